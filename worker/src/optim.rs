@@ -1,0 +1,268 @@
+//! Optimisers whose whole state is explicit: tensors the zoom can resample and the hand-off can
+//! serialise, plus a few scalars. tch's own optimisers hide their state, and tch has no L-BFGS.
+
+use crate::params::OptimizerKind;
+use tch::{Kind, Tensor};
+
+const ADAM_BETA1: f64 = 0.9;
+const ADAM_BETA2: f64 = 0.999;
+const ADAM_EPS: f64 = 1e-8;
+/// L-BFGS history length (PyTorch's default).
+const LBFGS_HISTORY: usize = 10;
+/// No pixel moves more than this in one L-BFGS step: there is no line search, and right after a
+/// zoom the curvature pairs are only approximate.
+const LBFGS_MAX_STEP: f64 = 0.25;
+
+#[derive(Debug)]
+pub struct AdamState {
+    pub m: Tensor,
+    pub v: Tensor,
+    pub step: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct LbfgsState {
+    /// Position differences s_k, oldest first.
+    pub s: Vec<Tensor>,
+    /// Gradient differences y_k, oldest first.
+    pub y: Vec<Tensor>,
+    pub prev_grad: Option<Tensor>,
+    /// The last step actually taken (x_{k+1} - x_k).
+    pub prev_step: Option<Tensor>,
+}
+
+#[derive(Debug)]
+pub enum OptimState {
+    Adam(AdamState),
+    Lbfgs(LbfgsState),
+}
+
+impl OptimState {
+    pub fn new(kind: OptimizerKind, like: &Tensor) -> Self {
+        match kind {
+            OptimizerKind::Adam => Self::Adam(AdamState {
+                m: like.zeros_like(),
+                v: like.zeros_like(),
+                step: 0,
+            }),
+            OptimizerKind::Lbfgs => Self::Lbfgs(LbfgsState::default()),
+        }
+    }
+
+    pub fn kind(&self) -> OptimizerKind {
+        match self {
+            Self::Adam(_) => OptimizerKind::Adam,
+            Self::Lbfgs(_) => OptimizerKind::Lbfgs,
+        }
+    }
+
+    /// One update of `x` in place given the gradient at `x`, projected onto the box [0, 1] where
+    /// images live (so no pixel drifts out of range over thousands of frames).
+    pub fn step(&mut self, x: &mut Tensor, grad: &Tensor, lr: f64) {
+        tch::no_grad(|| match self {
+            Self::Adam(st) => {
+                adam_step(st, x, grad, lr);
+                let _ = x.clamp_(0.0, 1.0);
+            }
+            Self::Lbfgs(st) => lbfgs_step(st, x, grad, lr),
+        })
+    }
+
+    /// Applies a spatial map (the zoom) to every image-shaped tensor of the state. Adam's second
+    /// moment must stay non-negative, and resampling kernels with negative lobes can break that.
+    pub fn map_spatial(&mut self, f: impl Fn(&Tensor) -> Tensor) {
+        tch::no_grad(|| match self {
+            Self::Adam(st) => {
+                st.m = f(&st.m);
+                st.v = f(&st.v).clamp_min(0.0);
+            }
+            Self::Lbfgs(st) => {
+                st.s.iter_mut().for_each(|t| *t = f(t));
+                st.y.iter_mut().for_each(|t| *t = f(t));
+                st.prev_grad = st.prev_grad.as_ref().map(&f);
+                st.prev_step = st.prev_step.as_ref().map(&f);
+            }
+        })
+    }
+
+    /// Named tensors and scalars for serialisation; `from_parts` inverts it exactly.
+    pub fn to_parts(&self) -> (Vec<(String, Tensor)>, Vec<(String, String)>) {
+        match self {
+            Self::Adam(st) => (
+                vec![
+                    ("adam.m".into(), st.m.shallow_clone()),
+                    ("adam.v".into(), st.v.shallow_clone()),
+                ],
+                vec![
+                    ("optimizer".into(), "adam".into()),
+                    ("adam.step".into(), st.step.to_string()),
+                ],
+            ),
+            Self::Lbfgs(st) => {
+                let mut t = Vec::new();
+                for (i, (s, y)) in st.s.iter().zip(&st.y).enumerate() {
+                    t.push((format!("lbfgs.s.{i}"), s.shallow_clone()));
+                    t.push((format!("lbfgs.y.{i}"), y.shallow_clone()));
+                }
+                if let Some(g) = &st.prev_grad {
+                    t.push(("lbfgs.prev_grad".into(), g.shallow_clone()));
+                }
+                if let Some(d) = &st.prev_step {
+                    t.push(("lbfgs.prev_step".into(), d.shallow_clone()));
+                }
+                (
+                    t,
+                    vec![
+                        ("optimizer".into(), "lbfgs".into()),
+                        ("lbfgs.history".into(), st.s.len().to_string()),
+                    ],
+                )
+            }
+        }
+    }
+
+    pub fn from_parts(
+        mut tensors: std::collections::HashMap<String, Tensor>,
+        scalars: &std::collections::HashMap<String, String>,
+    ) -> Result<Self, String> {
+        let mut take = |k: &str| {
+            tensors
+                .remove(k)
+                .ok_or_else(|| format!("missing tensor {k}"))
+        };
+        let scalar = |k: &str| scalars.get(k).ok_or_else(|| format!("missing field {k}"));
+        match scalar("optimizer")?.as_str() {
+            "adam" => {
+                let step = scalar("adam.step")?
+                    .parse()
+                    .map_err(|_| "adam.step is not an integer".to_string())?;
+                Ok(Self::Adam(AdamState {
+                    m: take("adam.m")?,
+                    v: take("adam.v")?,
+                    step,
+                }))
+            }
+            "lbfgs" => {
+                let n: usize = scalar("lbfgs.history")?
+                    .parse()
+                    .map_err(|_| "lbfgs.history is not an integer".to_string())?;
+                if n > LBFGS_HISTORY {
+                    return Err(format!(
+                        "lbfgs.history is {n}, at most {LBFGS_HISTORY} allowed"
+                    ));
+                }
+                let mut st = LbfgsState::default();
+                for i in 0..n {
+                    st.s.push(take(&format!("lbfgs.s.{i}"))?);
+                    st.y.push(take(&format!("lbfgs.y.{i}"))?);
+                }
+                st.prev_grad = take("lbfgs.prev_grad").ok();
+                st.prev_step = take("lbfgs.prev_step").ok();
+                Ok(Self::Lbfgs(st))
+            }
+            other => Err(format!("unknown optimizer {other:?}")),
+        }
+    }
+}
+
+fn adam_step(st: &mut AdamState, x: &mut Tensor, g: &Tensor, lr: f64) {
+    st.step += 1;
+    let t = st.step as i32;
+    st.m = &st.m * ADAM_BETA1 + g * (1.0 - ADAM_BETA1);
+    st.v = &st.v * ADAM_BETA2 + g.square() * (1.0 - ADAM_BETA2);
+    let mhat = &st.m / (1.0 - ADAM_BETA1.powi(t));
+    let vhat = &st.v / (1.0 - ADAM_BETA2.powi(t));
+    let update = mhat / (vhat.sqrt() + ADAM_EPS) * lr;
+    let _ = x.f_sub_(&update).expect("adam update");
+}
+
+fn dot(a: &Tensor, b: &Tensor) -> f64 {
+    (a * b).sum(Kind::Double).double_value(&[])
+}
+
+/// L-BFGS with the two-loop recursion and PyTorch's step rule without line search: the first
+/// step is scaled by 1/|g|_1, later steps use `lr` and the Hessian scale y·s / y·y.
+fn lbfgs_step(st: &mut LbfgsState, x: &mut Tensor, g: &Tensor, lr: f64) {
+    if let (Some(pg), Some(ps)) = (&st.prev_grad, &st.prev_step) {
+        let y = g - pg;
+        let ys = dot(&y, ps);
+        if ys > 1e-10 {
+            if st.s.len() == LBFGS_HISTORY {
+                drop(st.s.remove(0));
+                drop(st.y.remove(0));
+            }
+            st.s.push(ps.shallow_clone());
+            st.y.push(y);
+        }
+    }
+    let mut dir = if st.s.is_empty() {
+        -g
+    } else {
+        let rho: Vec<f64> =
+            st.s.iter()
+                .zip(&st.y)
+                .map(|(s, y)| 1.0 / dot(y, s))
+                .collect();
+        let mut q = -g;
+        let mut alpha = vec![0.0; st.s.len()];
+        for i in (0..st.s.len()).rev() {
+            alpha[i] = rho[i] * dot(&st.s[i], &q);
+            q -= &st.y[i] * alpha[i];
+        }
+        let (yl, sl) = (st.y.last().unwrap(), st.s.last().unwrap());
+        let h_diag = dot(yl, sl) / dot(yl, yl);
+        let mut r = q * h_diag;
+        for i in 0..st.s.len() {
+            let beta = rho[i] * dot(&st.y[i], &r);
+            r += &st.s[i] * (alpha[i] - beta);
+        }
+        r
+    };
+    let mut t = lr;
+    if st.s.is_empty() || dot(g, &dir) >= 0.0 {
+        // Fresh start, or the history no longer gives a descent direction: steepest descent.
+        st.s.clear();
+        st.y.clear();
+        dir = -g;
+        let g1 = g.abs().sum(Kind::Double).double_value(&[]);
+        t = lr * (1.0f64).min(1.0 / g1.max(1e-30));
+    }
+    let mut step = dir * t;
+    let biggest = step.abs().max().double_value(&[]);
+    if biggest > LBFGS_MAX_STEP {
+        step *= LBFGS_MAX_STEP / biggest;
+    }
+    // The curvature pair must use the step actually taken after projection onto [0, 1].
+    let before = x.copy();
+    *x += &step;
+    let _ = x.clamp_(0.0, 1.0);
+    st.prev_grad = Some(g.shallow_clone());
+    st.prev_step = Some(&*x - before);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    /// Minimises sum((x - c)^2 * a) from zero; returns the final loss.
+    fn minimise(kind: OptimizerKind, lr: f64, steps: usize) -> f64 {
+        let c = Tensor::from_slice(&[0.3f32, 0.8, 0.1, 0.55]).reshape([1, 1, 2, 2]);
+        let a = Tensor::from_slice(&[1.0f32, 3.0, 0.5, 2.0]).reshape([1, 1, 2, 2]);
+        let mut x = Tensor::zeros([1, 1, 2, 2], (Kind::Float, Device::Cpu));
+        let mut st = OptimState::new(kind, &x);
+        for _ in 0..steps {
+            let g = (&x - &c) * &a * 2.0;
+            st.step(&mut x, &g, lr);
+        }
+        ((&x - &c).square() * &a)
+            .sum(Kind::Double)
+            .double_value(&[])
+    }
+
+    #[test]
+    fn both_optimisers_minimise_a_quadratic() {
+        assert!(minimise(OptimizerKind::Adam, 0.05, 300) < 1e-4);
+        assert!(minimise(OptimizerKind::Lbfgs, 1.0, 20) < 1e-8);
+    }
+}

@@ -1,0 +1,318 @@
+//! Rendering a range of frames from a start state: the unit of work of both `gramzoom render`
+//! and a cluster worker.
+//!
+//! Frame i > 0 starts from frame i-1 zoomed by the per-frame factor (the optimiser state is
+//! zoomed with it), is optimised `iters` times, and is emitted. Frame 0 starts from the warm-up:
+//! noise at about 1/8 of the size, optimised and upsampled in steps, so large structure is laid
+//! out first. Every random draw depends only on (seed, frame), so rendering [0, n) at once and
+//! rendering [0, k) then [k, n) from a serialised state give bit-identical frames on the CPU.
+
+use crate::error::{EngineError, Result};
+use crate::gram::StyleTarget;
+use crate::handoff::State;
+use crate::optim::OptimState;
+use crate::params::RenderParams;
+use crate::rng::{Purpose, Stream};
+use crate::style::{rgb_to_tensor, Style};
+use crate::vgg::Vgg;
+use crate::zoom::Zoom;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tch::{Device, Kind, Tensor};
+
+/// Warm-up stages below this shorter side are skipped: the deepest layers need room.
+const MIN_STAGE_SIDE: u32 = 32;
+/// L-BFGS keeps one roll for this many warm-up iterations (the original's 20-evaluation runs).
+const LBFGS_WARMUP_RUN: u32 = 20;
+/// Warm-up randomness uses "frame" keys past any real frame index.
+const WARMUP_KEY: u64 = 1 << 40;
+
+/// One rendered frame, 8-bit RGB, row-major.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub index: u32,
+    pub width: u32,
+    pub height: u32,
+    pub rgb: Vec<u8>,
+}
+
+impl Frame {
+    fn from_tensor(index: u32, image: &Tensor) -> Self {
+        let (_, _, h, w) = image.size4().expect("NCHW");
+        let bytes = (image.clamp(0.0, 1.0) * 255.0)
+            .round()
+            .to_kind(Kind::Uint8)
+            .squeeze_dim(0)
+            .permute([1, 2, 0])
+            .contiguous()
+            .to_device(Device::Cpu);
+        Self {
+            index,
+            width: w as u32,
+            height: h as u32,
+            rgb: Vec::<u8>::try_from(bytes.flatten(0, -1)).expect("uint8 tensor"),
+        }
+    }
+
+    pub fn to_image(&self) -> image::RgbImage {
+        image::RgbImage::from_raw(self.width, self.height, self.rgb.clone())
+            .expect("frame buffer has width*height*3 bytes")
+    }
+
+    pub fn to_tensor(&self) -> Tensor {
+        rgb_to_tensor(&self.to_image())
+    }
+}
+
+/// What the engine reports after every optimiser iteration.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Frames finished in this call, and how many the call renders.
+    pub frames_done: u32,
+    pub frames_total: u32,
+    /// Warm-up iterations done and planned (zero when the call starts from a state).
+    pub warmup_done: u32,
+    pub warmup_total: u32,
+    pub loss: f64,
+}
+
+pub struct Engine {
+    params: RenderParams,
+    device: Device,
+    net: Vgg,
+    style: Style,
+    zoom: Zoom,
+    target: StyleTarget,
+    fingerprint: String,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Engine {
+    pub fn new(params: RenderParams, style: Style, net: Vgg, device: Device) -> Result<Self> {
+        params.validate()?;
+        let fingerprint = params.fingerprint(&style.digest, &net.origin.digest());
+        let zoom = Zoom::new(
+            params.width as usize,
+            params.height as usize,
+            params.zoom_per_frame(),
+            device,
+        );
+        let mut engine = Self {
+            target: StyleTarget {
+                layers: vec![],
+                weights: vec![],
+                grams: vec![],
+            },
+            params,
+            device,
+            net,
+            style,
+            zoom,
+            fingerprint,
+            cancel: Arc::new(AtomicBool::new(false)),
+        };
+        engine.target = engine.style_target(1.0)?;
+        Ok(engine)
+    }
+
+    pub fn params(&self) -> &RenderParams {
+        &self.params
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Set it to stop the render at the next iteration with `EngineError::Cancelled`.
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
+    }
+
+    /// Style Gram matrices for an output scaled by `factor` (warm-up stages use less than 1).
+    fn style_target(&self, factor: f64) -> Result<StyleTarget> {
+        let p = &self.params;
+        let short = ((p.width.min(p.height) as f64) * factor).round() as u32;
+        let size = self.style.scaled_size(short, p.style_scale)?;
+        let (layers, weights) = p.loss_layers().into_iter().unzip();
+        Ok(StyleTarget::new(
+            &self.net,
+            &self.style.tensor(size, self.device),
+            layers,
+            weights,
+        ))
+    }
+
+    /// Warm-up stage sizes, smallest first, ending at the output size.
+    fn stages(&self) -> Vec<(u32, u32)> {
+        let (w, h) = (self.params.width, self.params.height);
+        let mut out: Vec<(u32, u32)> = [8u32, 4, 2]
+            .iter()
+            .map(|d| {
+                (
+                    (w as f64 / *d as f64).round() as u32,
+                    (h as f64 / *d as f64).round() as u32,
+                )
+            })
+            .filter(|&(sw, sh)| sw.min(sh) >= MIN_STAGE_SIDE)
+            .collect();
+        out.push((w, h));
+        out
+    }
+
+    /// The state before frame 0: noise grown through the warm-up stages.
+    pub fn initial_state(&self, progress: &mut dyn FnMut(Progress)) -> Result<State> {
+        let p = &self.params;
+        let stages = self.stages();
+        let mut rng = Stream::new(p.seed, WARMUP_KEY, Purpose::InitNoise);
+        let (w0, h0) = stages[0];
+        let noise: Vec<f32> = (0..3 * w0 as usize * h0 as usize)
+            .map(|_| rng.next_f32())
+            .collect();
+        let mut image = Tensor::from_slice(&noise)
+            .reshape([1, 3, h0 as i64, w0 as i64])
+            .to_device(self.device);
+        let mut optim = OptimState::new(p.optimizer, &image);
+        let mut done = 0u32;
+        for (s, &(sw, sh)) in stages.iter().enumerate() {
+            if s > 0 {
+                image = tch::no_grad(|| {
+                    image
+                        .upsample_bicubic2d([sh as i64, sw as i64], false, None, None)
+                        .clamp(0.0, 1.0)
+                });
+                optim = OptimState::new(p.optimizer, &image);
+            }
+            let last = s + 1 == stages.len();
+            let target;
+            let target = if last {
+                &self.target
+            } else {
+                target = self.style_target(sh.min(sw) as f64 / p.height.min(p.width) as f64)?;
+                &target
+            };
+            let n = p.warmup / stages.len() as u32
+                + u32::from((s as u32) < p.warmup % stages.len() as u32);
+            let run = match p.optimizer {
+                crate::params::OptimizerKind::Adam => 1,
+                crate::params::OptimizerKind::Lbfgs => LBFGS_WARMUP_RUN,
+            };
+            let mut rolls = Stream::new(p.seed, WARMUP_KEY + 1 + s as u64, Purpose::Roll);
+            let mut shift = (0, 0);
+            for k in 0..n {
+                if k % run == 0 {
+                    shift = (rolls.below(sh as u64) as i64, rolls.below(sw as u64) as i64);
+                }
+                let loss = self.iterate(target, &mut image, &mut optim, shift, u32::MAX)?;
+                done += 1;
+                progress(Progress {
+                    frames_done: 0,
+                    frames_total: 0,
+                    warmup_done: done,
+                    warmup_total: p.warmup,
+                    loss,
+                });
+            }
+        }
+        Ok(State {
+            next_frame: 0,
+            image,
+            optim,
+            fingerprint: self.fingerprint.clone(),
+        })
+    }
+
+    /// Renders frames `state.next_frame .. end`, handing each to `on_frame` as soon as it is done,
+    /// and leaves `state` ready for frame `end`.
+    pub fn render(
+        &self,
+        state: &mut State,
+        end: u32,
+        on_frame: &mut dyn FnMut(Frame) -> Result<()>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<()> {
+        if state.fingerprint != self.fingerprint {
+            return Err(EngineError::State {
+                path: "<state>".into(),
+                reason: "it was made by a render with other parameters, style or weights".into(),
+            });
+        }
+        let (h, w) = (self.params.height as i64, self.params.width as i64);
+        if state.image.size() != [1, 3, h, w] {
+            return Err(EngineError::State {
+                path: "<state>".into(),
+                reason: format!(
+                    "image is {:?}, the render needs [1, 3, {h}, {w}]",
+                    state.image.size()
+                ),
+            });
+        }
+        let (start, total) = (state.next_frame, end.saturating_sub(state.next_frame));
+        let lr_roll_every = match self.params.optimizer {
+            crate::params::OptimizerKind::Adam => 1,
+            crate::params::OptimizerKind::Lbfgs => self.params.iters,
+        };
+        while state.next_frame < end {
+            let i = state.next_frame;
+            if i > 0 {
+                state.image = tch::no_grad(|| self.zoom.apply(&state.image));
+                state.optim.map_spatial(|t| self.zoom.apply(t));
+            }
+            let mut rolls = Stream::new(self.params.seed, i as u64, Purpose::Roll);
+            let mut shift = (0, 0);
+            let mut loss = 0.0;
+            for k in 0..self.params.iters {
+                if k % lr_roll_every == 0 {
+                    shift = (rolls.below(h as u64) as i64, rolls.below(w as u64) as i64);
+                }
+                loss = self.iterate(&self.target, &mut state.image, &mut state.optim, shift, i)?;
+                progress(Progress {
+                    frames_done: i - start,
+                    frames_total: total,
+                    warmup_done: 0,
+                    warmup_total: 0,
+                    loss,
+                });
+            }
+            on_frame(Frame::from_tensor(i, &state.image))?;
+            state.next_frame += 1;
+            progress(Progress {
+                frames_done: i + 1 - start,
+                frames_total: total,
+                warmup_done: 0,
+                warmup_total: 0,
+                loss,
+            });
+        }
+        Ok(())
+    }
+
+    /// One optimiser iteration on the image rolled by `shift` (a circular shift makes the
+    /// network see the image's wrap-around seams, so the texture tiles, as the original's roll).
+    /// The roll is inside the differentiated function, so the state never needs rolling back.
+    fn iterate(
+        &self,
+        target: &StyleTarget,
+        image: &mut Tensor,
+        optim: &mut OptimState,
+        shift: (i64, i64),
+        frame: u32,
+    ) -> Result<f64> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(EngineError::Cancelled);
+        }
+        let x = image.detach().set_requires_grad(true);
+        let loss = target.loss(&self.net, &x.roll([shift.0, shift.1], [2, 3]));
+        loss.backward();
+        let value = loss.double_value(&[]);
+        if !value.is_finite() {
+            return Err(EngineError::Diverged { frame, loss: value });
+        }
+        let grad = x.grad();
+        optim.step(image, &grad, self.params.learning_rate());
+        Ok(value)
+    }
+}

@@ -1,0 +1,97 @@
+//! The style image: decoding, and resizing it to the scale the user asked for.
+
+use crate::error::{EngineError, ParamError, Result};
+use crate::params::hex;
+use image::imageops::FilterType;
+use image::RgbImage;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use tch::{Device, Tensor};
+
+/// The smallest style side the deepest VGG layers can see (four 2x2 poolings).
+const MIN_STYLE_SIDE: u32 = 32;
+/// Style images are capped at this many pixels after scaling: memory grows with it, and a
+/// Gram matrix gains nothing from more.
+pub const MAX_STYLE_PIXELS: u64 = 40_000_000;
+
+/// The example style compiled into the binary: `gramzoom render` works with no file at all.
+pub const EMBEDDED: &[u8] = include_bytes!("../../examples/wheatfield.jpg");
+
+pub struct Style {
+    pub image: RgbImage,
+    /// SHA-256 of the encoded file, part of the render fingerprint.
+    pub digest: String,
+}
+
+impl Style {
+    pub fn from_bytes(bytes: &[u8], origin: &Path) -> Result<Self> {
+        let image = image::load_from_memory(bytes)
+            .map_err(|e| EngineError::Style {
+                path: origin.to_path_buf(),
+                reason: format!("not a readable PNG or JPEG image: {e}"),
+            })?
+            .to_rgb8();
+        if image.width() < 8 || image.height() < 8 {
+            return Err(EngineError::Style {
+                path: origin.to_path_buf(),
+                reason: format!(
+                    "image is {}x{}, at least 8x8 needed",
+                    image.width(),
+                    image.height()
+                ),
+            });
+        }
+        Ok(Self {
+            image,
+            digest: hex(&Sha256::digest(bytes)),
+        })
+    }
+
+    pub fn open(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| EngineError::Style {
+            path: path.to_path_buf(),
+            reason: e.to_string().to_lowercase(),
+        })?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    pub fn embedded() -> Self {
+        Self::from_bytes(EMBEDDED, Path::new("<embedded wheatfield.jpg>"))
+            .expect("embedded style decodes")
+    }
+
+    /// The size the style takes for an output whose shorter side is `out_short`: its own aspect,
+    /// with its shorter side `scale` times the output's.
+    pub fn scaled_size(&self, out_short: u32, scale: f64) -> Result<(u32, u32), ParamError> {
+        let (w, h) = (self.image.width() as f64, self.image.height() as f64);
+        let k = (out_short as f64 * scale).max(MIN_STYLE_SIDE as f64) / w.min(h);
+        let size = (
+            (w * k).round().max(1.0) as u32,
+            (h * k).round().max(1.0) as u32,
+        );
+        if size.0 as u64 * size.1 as u64 > MAX_STYLE_PIXELS {
+            return Err(ParamError::new("--style-scale", format!("the style image would be {}x{}, above the limit of {MAX_STYLE_PIXELS} pixels; lower it", size.0, size.1)));
+        }
+        Ok(size)
+    }
+
+    /// 1x3xHxW float tensor in [0, 1] at the given size (Lanczos-3 resampling).
+    pub fn tensor(&self, size: (u32, u32), device: Device) -> Tensor {
+        let img = if (self.image.width(), self.image.height()) == size {
+            self.image.clone()
+        } else {
+            image::imageops::resize(&self.image, size.0, size.1, FilterType::Lanczos3)
+        };
+        rgb_to_tensor(&img).to_device(device)
+    }
+}
+
+pub fn rgb_to_tensor(img: &RgbImage) -> Tensor {
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    Tensor::from_slice(img.as_raw())
+        .reshape([h, w, 3])
+        .permute([2, 0, 1])
+        .unsqueeze(0)
+        .to_kind(tch::Kind::Float)
+        / 255.0
+}

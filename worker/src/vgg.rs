@@ -1,0 +1,284 @@
+//! VGG16/VGG19 feature extractors (convolutional part only), in torchvision's layout so that
+//! torchvision's published state dicts load by name (`features.{index}.weight`).
+
+use crate::error::{EngineError, Result};
+use crate::rng::{Purpose, Stream};
+use std::collections::HashMap;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    Vgg16,
+    Vgg19,
+}
+
+impl Network {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Vgg16 => "vgg16",
+            Self::Vgg19 => "vgg19",
+        }
+    }
+
+    /// Output channels per conv block (torchvision's configurations D and E).
+    fn blocks(self) -> &'static [(usize, usize)] {
+        match self {
+            Self::Vgg16 => &[(2, 64), (2, 128), (3, 256), (3, 512), (3, 512)],
+            Self::Vgg19 => &[(2, 64), (2, 128), (4, 256), (4, 512), (4, 512)],
+        }
+    }
+
+    /// Every conv layer: (name like `conv3_2`, torchvision module index, in, out channels,
+    /// whether a 2x2 max-pool precedes it).
+    pub fn layers(self) -> Vec<LayerSpec> {
+        let mut out = Vec::new();
+        let (mut index, mut cin) = (0usize, 3usize);
+        for (b, &(n, cout)) in self.blocks().iter().enumerate() {
+            for i in 0..n {
+                out.push(LayerSpec {
+                    name: format!("conv{}_{}", b + 1, i + 1),
+                    index,
+                    cin,
+                    cout,
+                    pool_before: b > 0 && i == 0,
+                });
+                index += 2; // conv, relu
+                cin = cout;
+            }
+            index += 1; // max-pool
+        }
+        out
+    }
+}
+
+impl std::str::FromStr for Network {
+    type Err = crate::error::ParamError;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "vgg16" => Ok(Self::Vgg16),
+            "vgg19" => Ok(Self::Vgg19),
+            _ => Err(crate::error::ParamError::new(
+                "--network",
+                format!("expected vgg16 or vgg19, got {s:?}"),
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LayerSpec {
+    pub name: String,
+    pub index: usize,
+    pub cin: usize,
+    pub cout: usize,
+    pub pool_before: bool,
+}
+
+impl LayerSpec {
+    pub fn weight_key(&self) -> String {
+        format!("features.{}.weight", self.index)
+    }
+    pub fn bias_key(&self) -> String {
+        format!("features.{}.bias", self.index)
+    }
+    fn weight_shape(&self) -> [i64; 4] {
+        [self.cout as i64, self.cin as i64, 3, 3]
+    }
+}
+
+struct Conv {
+    spec: LayerSpec,
+    weight: Tensor,
+    bias: Tensor,
+}
+
+/// Where the network's weights came from; random features are announced once to the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightsOrigin {
+    /// Deterministic random features (no pretrained file available).
+    Random,
+    /// Loaded from a file; the string is the file's SHA-256.
+    File { path: String, sha256: String },
+}
+
+impl WeightsOrigin {
+    /// Part of the render fingerprint: a state made with one network must not resume on another.
+    pub fn digest(&self) -> String {
+        match self {
+            Self::Random => "random-v1".into(),
+            Self::File { sha256, .. } => sha256.clone(),
+        }
+    }
+}
+
+pub struct Vgg {
+    convs: Vec<Conv>,
+    mean: Tensor,
+    std: Tensor,
+    pub origin: WeightsOrigin,
+}
+
+impl Vgg {
+    /// Random features: He-normal filters made zero-mean per output channel, zero biases, from a
+    /// fixed seed, generated on the CPU by our own RNG so that every device and every worker of a
+    /// cluster gets the same network. Zero-mean filters respond to structure rather than to
+    /// brightness, which measurably gave textures closer to the style (see `bench features`).
+    pub fn random(network: Network, device: Device) -> Self {
+        let mut rng = Stream::new(0x6772_616d_7a6f_6f6d, 0, Purpose::Network);
+        let convs = network
+            .layers()
+            .into_iter()
+            .map(|spec| {
+                let fan_in = spec.cin * 9;
+                let std = (2.0 / fan_in as f32).sqrt();
+                let mut w: Vec<f32> = (0..spec.cout * fan_in)
+                    .map(|_| rng.next_normal() * std)
+                    .collect();
+                for filter in w.chunks_mut(fan_in) {
+                    let mean = filter.iter().sum::<f32>() / fan_in as f32;
+                    filter.iter_mut().for_each(|v| *v -= mean);
+                }
+                let weight = Tensor::from_slice(&w)
+                    .reshape(spec.weight_shape())
+                    .to_device(device);
+                let bias = Tensor::zeros([spec.cout as i64], (Kind::Float, device));
+                Conv { spec, weight, bias }
+            })
+            .collect();
+        Self::with_convs(convs, device, WeightsOrigin::Random)
+    }
+
+    /// Builds the network from named tensors (a torchvision state dict); every conv weight and
+    /// bias must be present with torchvision's shape. Extra tensors (the classifier) are ignored.
+    pub fn from_tensors(
+        network: Network,
+        mut tensors: HashMap<String, Tensor>,
+        path: &Path,
+        sha256: String,
+        device: Device,
+    ) -> Result<Self> {
+        let err = |reason: String| EngineError::Weights {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut convs = Vec::new();
+        for spec in network.layers() {
+            let mut take = |key: String, shape: &[i64]| -> Result<Tensor> {
+                let t = tensors.remove(&key).ok_or_else(|| {
+                    err(format!(
+                        "missing tensor {key} ({} {})",
+                        network.name(),
+                        spec.name
+                    ))
+                })?;
+                if t.size() != shape {
+                    return Err(err(format!(
+                        "tensor {key} has shape {:?}, {} {} needs {:?}",
+                        t.size(),
+                        network.name(),
+                        spec.name,
+                        shape
+                    )));
+                }
+                Ok(t.to_kind(Kind::Float).to_device(device))
+            };
+            let weight = take(spec.weight_key(), &spec.weight_shape())?;
+            let bias = take(spec.bias_key(), &[spec.cout as i64])?;
+            convs.push(Conv { spec, weight, bias });
+        }
+        Ok(Self::with_convs(
+            convs,
+            device,
+            WeightsOrigin::File {
+                path: path.display().to_string(),
+                sha256,
+            },
+        ))
+    }
+
+    fn with_convs(convs: Vec<Conv>, device: Device, origin: WeightsOrigin) -> Self {
+        let mean = Tensor::from_slice(&[0.485f32, 0.456, 0.406])
+            .reshape([1, 3, 1, 1])
+            .to_device(device);
+        let std = Tensor::from_slice(&[0.229f32, 0.224, 0.225])
+            .reshape([1, 3, 1, 1])
+            .to_device(device);
+        Self {
+            convs,
+            mean,
+            std,
+            origin,
+        }
+    }
+
+    /// The same network in another precision (double for gradient checks, half on GPUs).
+    pub fn to_kind(&self, kind: Kind) -> Self {
+        let convs = self
+            .convs
+            .iter()
+            .map(|c| Conv {
+                spec: c.spec.clone(),
+                weight: c.weight.to_kind(kind),
+                bias: c.bias.to_kind(kind),
+            })
+            .collect();
+        Self {
+            convs,
+            mean: self.mean.to_kind(kind),
+            std: self.std.to_kind(kind),
+            origin: self.origin.clone(),
+        }
+    }
+
+    pub fn layer_names(&self) -> Vec<String> {
+        self.convs.iter().map(|c| c.spec.name.clone()).collect()
+    }
+
+    /// Post-ReLU activations of the conv layers at `layers` (indices into `layer_names`), for an
+    /// RGB batch in [0, 1]. Stops after the deepest requested layer.
+    pub fn features(&self, image: &Tensor, layers: &[usize]) -> Vec<Tensor> {
+        let last = layers.iter().copied().max().unwrap_or(0);
+        let mut x = (image - &self.mean) / &self.std;
+        let mut out = Vec::with_capacity(layers.len());
+        for (i, conv) in self.convs.iter().enumerate().take(last + 1) {
+            if conv.spec.pool_before {
+                x = x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
+            }
+            x = x
+                .conv2d(&conv.weight, Some(&conv.bias), [1, 1], [1, 1], [1, 1], 1)
+                .relu();
+            if layers.contains(&i) {
+                out.push(x.shallow_clone());
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torchvision_indices() {
+        let idx: Vec<usize> = Network::Vgg16.layers().iter().map(|l| l.index).collect();
+        assert_eq!(idx, [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]);
+        let l19 = Network::Vgg19.layers();
+        assert_eq!(l19.len(), 16);
+        assert_eq!(l19.last().unwrap().index, 34);
+        assert_eq!(l19[4].name, "conv3_1");
+        assert!(l19[4].pool_before);
+    }
+
+    #[test]
+    fn random_network_is_deterministic() {
+        let a = Vgg::random(Network::Vgg16, Device::Cpu);
+        let b = Vgg::random(Network::Vgg16, Device::Cpu);
+        let x = Tensor::rand([1, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let fa = a.features(&x, &[0, 12]);
+        let fb = b.features(&x, &[0, 12]);
+        assert_eq!(fa[1].size(), [1, 512, 2, 2]);
+        assert!(fa[0].equal(&fb[0]) && fa[1].equal(&fb[1]));
+    }
+}
