@@ -14,10 +14,7 @@ pub struct ParamError {
 
 impl ParamError {
     pub fn new(field: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            field,
-            message: message.into(),
-        }
+        Self { field, message: message.into() }
     }
 }
 

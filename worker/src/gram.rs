@@ -7,7 +7,7 @@
 //! size from the output's. Loss per layer: sum((G - Gs)^2) / C^2, weighted.
 
 use crate::vgg::Vgg;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 pub const GRAM_SHIFT: f64 = 1.0;
 
@@ -27,11 +27,7 @@ pub struct StyleTarget {
 impl StyleTarget {
     pub fn new(net: &Vgg, style: &Tensor, layers: Vec<usize>, weights: Vec<f64>) -> Self {
         let grams = tch::no_grad(|| net.features(style, &layers).iter().map(gram).collect());
-        Self {
-            layers,
-            weights,
-            grams,
-        }
+        Self { layers, weights, grams }
     }
 
     /// The style loss of `image` (1x3xHxW in [0, 1]) as a scalar tensor that keeps the graph.
@@ -49,7 +45,7 @@ impl StyleTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Device;
+    use tch::{Device, Kind};
 
     /// The analytic gradient of the style loss, through the Gram matrices and the network, must
     /// match central finite differences.
@@ -74,10 +70,7 @@ mod tests {
             let fd = (bump(eps) - bump(-eps)) / (2.0 * eps);
             let an = grad.double_value(&[0, c, i, j]);
             let scale = an.abs().max(fd.abs()).max(1e-6);
-            assert!(
-                (fd - an).abs() / scale < 1e-4,
-                "({c},{i},{j}): finite difference {fd} vs analytic {an}"
-            );
+            assert!((fd - an).abs() / scale < 1e-4, "({c},{i},{j}): finite difference {fd} vs analytic {an}");
         }
     }
 
@@ -93,21 +86,13 @@ mod tests {
             let bump = |d: f64| {
                 tch::no_grad(|| {
                     let y = f.detach().copy();
-                    let _ = y
-                        .get(0)
-                        .get(idx[1])
-                        .get(idx[2])
-                        .get(idx[3])
-                        .g_add_scalar_(d);
+                    let _ = y.get(0).get(idx[1]).get(idx[2]).get(idx[3]).g_add_scalar_(d);
                     loss_of(&y).double_value(&[])
                 })
             };
             let fd = (bump(eps) - bump(-eps)) / (2.0 * eps);
             let an = grad.double_value(&idx);
-            assert!(
-                (fd - an).abs() < 1e-6 * an.abs().max(1.0),
-                "{idx:?}: {fd} vs {an}"
-            );
+            assert!((fd - an).abs() < 1e-6 * an.abs().max(1.0), "{idx:?}: {fd} vs {an}");
         }
     }
 }

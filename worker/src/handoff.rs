@@ -28,13 +28,8 @@ pub struct State {
 }
 
 fn tensor_bytes(t: &Tensor) -> Vec<u8> {
-    let v = Vec::<f32>::try_from(
-        t.to_device(Device::Cpu)
-            .to_kind(Kind::Float)
-            .contiguous()
-            .flatten(0, -1),
-    )
-    .expect("float tensor");
+    let v = Vec::<f32>::try_from(t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous().flatten(0, -1))
+        .expect("float tensor");
     v.iter().flat_map(|f| f.to_le_bytes()).collect()
 }
 
@@ -56,116 +51,67 @@ impl State {
         tensors.push(("image".into(), self.image.shallow_clone()));
         let owned: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
             .iter()
-            .map(|(n, t)| {
-                (
-                    n.clone(),
-                    t.size().iter().map(|&d| d as usize).collect(),
-                    tensor_bytes(t),
-                )
-            })
+            .map(|(n, t)| (n.clone(), t.size().iter().map(|&d| d as usize).collect(), tensor_bytes(t)))
             .collect();
-        let entries: Vec<(String, Vec<usize>, &[u8])> = owned
-            .iter()
-            .map(|(n, s, b)| (n.clone(), s.clone(), b.as_slice()))
-            .collect();
+        let entries: Vec<(String, Vec<usize>, &[u8])> =
+            owned.iter().map(|(n, s, b)| (n.clone(), s.clone(), b.as_slice())).collect();
         let mut meta: HashMap<String, String> = scalars.into_iter().collect();
         meta.insert("format".into(), FORMAT.into());
         meta.insert("next_frame".into(), self.next_frame.to_string());
         meta.insert("fingerprint".into(), self.fingerprint.clone());
         meta.insert("sha256".into(), payload_digest(&entries));
-        let views = owned.iter().map(|(n, s, b)| {
-            (
-                n.clone(),
-                TensorView::new(Dtype::F32, s.clone(), b).expect("sizes match"),
-            )
-        });
-        safetensors::tensor::serialize(views, &Some(meta))
-            .expect("serialising in memory cannot fail")
+        let views =
+            owned.iter().map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).expect("sizes match")));
+        safetensors::tensor::serialize(views, &Some(meta)).expect("serialising in memory cannot fail")
     }
 
     /// Parses and verifies a state; `origin` names it in errors.
     pub fn from_bytes(bytes: &[u8], origin: &Path, device: Device) -> Result<Self> {
-        let err = |reason: String| EngineError::State {
-            path: origin.to_path_buf(),
-            reason,
-        };
-        let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| err(format!("not a safetensors file: {e:?}")))?;
-        let (_, header) = SafeTensors::read_metadata(bytes)
-            .map_err(|e| err(format!("unreadable header: {e:?}")))?;
+        let err = |reason: String| EngineError::State { path: origin.to_path_buf(), reason };
+        let st = SafeTensors::deserialize(bytes).map_err(|e| err(format!("not a safetensors file: {e:?}")))?;
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| err(format!("unreadable header: {e:?}")))?;
         let meta = header.metadata().clone().unwrap_or_default();
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
-            return Err(err(format!(
-                "format is {:?}, expected {FORMAT}",
-                meta.get("format")
-            )));
+            return Err(err(format!("format is {:?}, expected {FORMAT}", meta.get("format"))));
         }
         let mut entries = Vec::new();
         for (name, view) in st.tensors() {
             if view.dtype() != Dtype::F32 {
-                return Err(err(format!(
-                    "tensor {name} is {:?}, expected F32",
-                    view.dtype()
-                )));
+                return Err(err(format!("tensor {name} is {:?}, expected F32", view.dtype())));
             }
             entries.push((name, view.shape().to_vec(), view.data()));
         }
         let digest = payload_digest(&entries);
         if meta.get("sha256") != Some(&digest) {
-            return Err(err(
-                "checksum mismatch: the file is corrupt or truncated".into()
-            ));
+            return Err(err("checksum mismatch: the file is corrupt or truncated".into()));
         }
         let mut tensors = HashMap::new();
         for (name, shape, data) in entries {
-            let floats: Vec<f32> = data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
+            let floats: Vec<f32> = data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
             let shape: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-            tensors.insert(
-                name,
-                Tensor::from_slice(&floats)
-                    .reshape(shape.as_slice())
-                    .to_device(device),
-            );
+            tensors.insert(name, Tensor::from_slice(&floats).reshape(shape.as_slice()).to_device(device));
         }
-        let image = tensors
-            .remove("image")
-            .ok_or_else(|| err("missing tensor image".into()))?;
+        let image = tensors.remove("image").ok_or_else(|| err("missing tensor image".into()))?;
         let next_frame = meta
             .get("next_frame")
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| err("missing or invalid next_frame".into()))?;
-        let fingerprint = meta
-            .get("fingerprint")
-            .cloned()
-            .ok_or_else(|| err("missing fingerprint".into()))?;
+        let fingerprint = meta.get("fingerprint").cloned().ok_or_else(|| err("missing fingerprint".into()))?;
         let optim = OptimState::from_parts(tensors, &meta).map_err(err)?;
-        Ok(Self {
-            next_frame,
-            image,
-            optim,
-            fingerprint,
-        })
+        Ok(Self { next_frame, image, optim, fingerprint })
     }
 
     /// Writes atomically: a reader never sees a half-written state under `path`.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let err = |e: std::io::Error| EngineError::State {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        };
+        let err = |e: std::io::Error| EngineError::State { path: path.to_path_buf(), reason: e.to_string() };
         let tmp = path.with_extension("partial");
         std::fs::write(&tmp, self.to_bytes()).map_err(err)?;
         std::fs::rename(&tmp, path).map_err(err)
     }
 
     pub fn load(path: &Path, device: Device) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| EngineError::State {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let bytes =
+            std::fs::read(path).map_err(|e| EngineError::State { path: path.to_path_buf(), reason: e.to_string() })?;
         Self::from_bytes(&bytes, path, device)
     }
 }
@@ -182,12 +128,7 @@ mod tests {
             let g = (&x - 0.5) * (i as f64 + 1.0);
             optim.step(&mut x, &g, 0.5);
         }
-        State {
-            next_frame: 17,
-            image: x,
-            optim,
-            fingerprint: "abc".into(),
-        }
+        State { next_frame: 17, image: x, optim, fingerprint: "abc".into() }
     }
 
     /// Continuing an optimisation from a restored state gives bit-identical results.
@@ -196,10 +137,7 @@ mod tests {
         for kind in [OptimizerKind::Adam, OptimizerKind::Lbfgs] {
             let mut a = exercised_state(kind);
             let mut b = State::from_bytes(&a.to_bytes(), Path::new("mem"), Device::Cpu).unwrap();
-            assert_eq!(
-                (b.next_frame, b.fingerprint.as_str(), b.optim.kind()),
-                (17, "abc", kind)
-            );
+            assert_eq!((b.next_frame, b.fingerprint.as_str(), b.optim.kind()), (17, "abc", kind));
             for i in 0..3 {
                 let ga = (&a.image - 0.25) * (i as f64 + 2.0);
                 let gb = (&b.image - 0.25) * (i as f64 + 2.0);
@@ -215,13 +153,9 @@ mod tests {
         let mut bytes = exercised_state(OptimizerKind::Lbfgs).to_bytes();
         let last = bytes.len() - 3;
         bytes[last] ^= 0x40;
-        let e = State::from_bytes(&bytes, Path::new("mem"), Device::Cpu)
-            .unwrap_err()
-            .to_string();
+        let e = State::from_bytes(&bytes, Path::new("mem"), Device::Cpu).unwrap_err().to_string();
         assert!(e.contains("checksum mismatch"), "{e}");
-        let e = State::from_bytes(&bytes[..bytes.len() / 2], Path::new("mem"), Device::Cpu)
-            .unwrap_err()
-            .to_string();
+        let e = State::from_bytes(&bytes[..bytes.len() / 2], Path::new("mem"), Device::Cpu).unwrap_err().to_string();
         assert!(e.contains("not a safetensors file"), "{e}");
     }
 }

@@ -3,15 +3,20 @@
 //! Start from noise, optimise the image so its VGG Gram matrices match a style image's, grow it
 //! to full size, then for every frame zoom in a little and optimise again. See ARCHITECTURE.md.
 
+pub mod device;
+pub mod encode;
 pub mod error;
 pub mod gram;
 pub mod handoff;
 pub mod optim;
 pub mod params;
+pub mod pth;
+pub mod render;
 pub mod rng;
 pub mod segment;
 pub mod style;
 pub mod vgg;
+pub mod weights;
 pub mod zoom;
 
 pub use error::{EngineError, ParamError};

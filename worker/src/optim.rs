@@ -40,11 +40,7 @@ pub enum OptimState {
 impl OptimState {
     pub fn new(kind: OptimizerKind, like: &Tensor) -> Self {
         match kind {
-            OptimizerKind::Adam => Self::Adam(AdamState {
-                m: like.zeros_like(),
-                v: like.zeros_like(),
-                step: 0,
-            }),
+            OptimizerKind::Adam => Self::Adam(AdamState { m: like.zeros_like(), v: like.zeros_like(), step: 0 }),
             OptimizerKind::Lbfgs => Self::Lbfgs(LbfgsState::default()),
         }
     }
@@ -89,14 +85,8 @@ impl OptimState {
     pub fn to_parts(&self) -> (Vec<(String, Tensor)>, Vec<(String, String)>) {
         match self {
             Self::Adam(st) => (
-                vec![
-                    ("adam.m".into(), st.m.shallow_clone()),
-                    ("adam.v".into(), st.v.shallow_clone()),
-                ],
-                vec![
-                    ("optimizer".into(), "adam".into()),
-                    ("adam.step".into(), st.step.to_string()),
-                ],
+                vec![("adam.m".into(), st.m.shallow_clone()), ("adam.v".into(), st.v.shallow_clone())],
+                vec![("optimizer".into(), "adam".into()), ("adam.step".into(), st.step.to_string())],
             ),
             Self::Lbfgs(st) => {
                 let mut t = Vec::new();
@@ -110,13 +100,7 @@ impl OptimState {
                 if let Some(d) = &st.prev_step {
                     t.push(("lbfgs.prev_step".into(), d.shallow_clone()));
                 }
-                (
-                    t,
-                    vec![
-                        ("optimizer".into(), "lbfgs".into()),
-                        ("lbfgs.history".into(), st.s.len().to_string()),
-                    ],
-                )
+                (t, vec![("optimizer".into(), "lbfgs".into()), ("lbfgs.history".into(), st.s.len().to_string())])
             }
         }
     }
@@ -125,31 +109,18 @@ impl OptimState {
         mut tensors: std::collections::HashMap<String, Tensor>,
         scalars: &std::collections::HashMap<String, String>,
     ) -> Result<Self, String> {
-        let mut take = |k: &str| {
-            tensors
-                .remove(k)
-                .ok_or_else(|| format!("missing tensor {k}"))
-        };
+        let mut take = |k: &str| tensors.remove(k).ok_or_else(|| format!("missing tensor {k}"));
         let scalar = |k: &str| scalars.get(k).ok_or_else(|| format!("missing field {k}"));
         match scalar("optimizer")?.as_str() {
             "adam" => {
-                let step = scalar("adam.step")?
-                    .parse()
-                    .map_err(|_| "adam.step is not an integer".to_string())?;
-                Ok(Self::Adam(AdamState {
-                    m: take("adam.m")?,
-                    v: take("adam.v")?,
-                    step,
-                }))
+                let step = scalar("adam.step")?.parse().map_err(|_| "adam.step is not an integer".to_string())?;
+                Ok(Self::Adam(AdamState { m: take("adam.m")?, v: take("adam.v")?, step }))
             }
             "lbfgs" => {
-                let n: usize = scalar("lbfgs.history")?
-                    .parse()
-                    .map_err(|_| "lbfgs.history is not an integer".to_string())?;
+                let n: usize =
+                    scalar("lbfgs.history")?.parse().map_err(|_| "lbfgs.history is not an integer".to_string())?;
                 if n > LBFGS_HISTORY {
-                    return Err(format!(
-                        "lbfgs.history is {n}, at most {LBFGS_HISTORY} allowed"
-                    ));
+                    return Err(format!("lbfgs.history is {n}, at most {LBFGS_HISTORY} allowed"));
                 }
                 let mut st = LbfgsState::default();
                 for i in 0..n {
@@ -198,11 +169,7 @@ fn lbfgs_step(st: &mut LbfgsState, x: &mut Tensor, g: &Tensor, lr: f64) {
     let mut dir = if st.s.is_empty() {
         -g
     } else {
-        let rho: Vec<f64> =
-            st.s.iter()
-                .zip(&st.y)
-                .map(|(s, y)| 1.0 / dot(y, s))
-                .collect();
+        let rho: Vec<f64> = st.s.iter().zip(&st.y).map(|(s, y)| 1.0 / dot(y, s)).collect();
         let mut q = -g;
         let mut alpha = vec![0.0; st.s.len()];
         for i in (0..st.s.len()).rev() {
@@ -255,9 +222,7 @@ mod tests {
             let g = (&x - &c) * &a * 2.0;
             st.step(&mut x, &g, lr);
         }
-        ((&x - &c).square() * &a)
-            .sum(Kind::Double)
-            .double_value(&[])
+        ((&x - &c).square() * &a).sum(Kind::Double).double_value(&[])
     }
 
     #[test]

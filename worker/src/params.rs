@@ -25,10 +25,7 @@ impl std::str::FromStr for OptimizerKind {
         match s {
             "adam" => Ok(Self::Adam),
             "lbfgs" => Ok(Self::Lbfgs),
-            _ => Err(ParamError::new(
-                "--optimizer",
-                format!("expected adam or lbfgs, got {s:?}"),
-            )),
+            _ => Err(ParamError::new("--optimizer", format!("expected adam or lbfgs, got {s:?}"))),
         }
     }
 }
@@ -59,26 +56,16 @@ impl Fps {
 impl std::str::FromStr for Fps {
     type Err = ParamError;
     fn from_str(s: &str) -> Result<Self, ParamError> {
-        let bad = || {
-            ParamError::new(
-                "--fps",
-                format!("expected a number between 1 and 240 such as 30 or 29.97, got {s:?}"),
-            )
-        };
+        let bad =
+            || ParamError::new("--fps", format!("expected a number between 1 and 240 such as 30 or 29.97, got {s:?}"));
         let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-        if int.is_empty()
-            || frac.len() > 3
-            || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
-        {
+        if int.is_empty() || frac.len() > 3 || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
             return Err(bad());
         }
         let den = 10u32.pow(frac.len() as u32);
         let num: u32 = format!("{int}{frac}").parse().map_err(|_| bad())?;
         let g = gcd(num, den);
-        let fps = Fps {
-            num: num / g.max(1),
-            den: den / g.max(1),
-        };
+        let fps = Fps { num: num / g.max(1), den: den / g.max(1) };
         if !(1.0..=240.0).contains(&fps.as_f64()) {
             return Err(bad());
         }
@@ -96,17 +83,9 @@ fn gcd(a: u32, b: u32) -> u32 {
 
 /// `WxH`, e.g. `1920x1080`.
 pub fn parse_size(s: &str) -> Result<(u32, u32), ParamError> {
-    let bad = || {
-        ParamError::new(
-            "--size",
-            format!("expected WIDTHxHEIGHT such as 1920x1080, got {s:?}"),
-        )
-    };
+    let bad = || ParamError::new("--size", format!("expected WIDTHxHEIGHT such as 1920x1080, got {s:?}"));
     let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
-    Ok((
-        w.trim().parse().map_err(|_| bad())?,
-        h.trim().parse().map_err(|_| bad())?,
-    ))
+    Ok((w.trim().parse().map_err(|_| bad())?, h.trim().parse().map_err(|_| bad())?))
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -169,23 +148,14 @@ impl RenderParams {
         if !(self.zoom.is_finite() && (1.0..=16.0).contains(&self.zoom)) {
             return Err(ParamError::new(
                 "--zoom",
-                format!(
-                    "magnification per second must be between 1.0 and 16.0, got {}",
-                    self.zoom
-                ),
+                format!("magnification per second must be between 1.0 and 16.0, got {}", self.zoom),
             ));
         }
         if !(1..=MAX_ITERS).contains(&self.iters) {
-            return Err(ParamError::new(
-                "--iters",
-                format!("must be between 1 and {MAX_ITERS}, got {}", self.iters),
-            ));
+            return Err(ParamError::new("--iters", format!("must be between 1 and {MAX_ITERS}, got {}", self.iters)));
         }
         if self.warmup > MAX_WARMUP {
-            return Err(ParamError::new(
-                "--warmup",
-                format!("must be at most {MAX_WARMUP}, got {}", self.warmup),
-            ));
+            return Err(ParamError::new("--warmup", format!("must be at most {MAX_WARMUP}, got {}", self.warmup)));
         }
         if !(self.style_scale.is_finite() && (0.05..=8.0).contains(&self.style_scale)) {
             return Err(ParamError::new(
@@ -198,11 +168,7 @@ impl RenderParams {
             if !names.contains(name) {
                 return Err(ParamError::new(
                     "--layers",
-                    format!(
-                        "{} has no layer {name:?}; it has {}",
-                        self.network.name(),
-                        names.join(",")
-                    ),
+                    format!("{} has no layer {name:?}; it has {}", self.network.name(), names.join(",")),
                 ));
             }
             if !(w.is_finite() && *w >= 0.0) {
@@ -214,10 +180,7 @@ impl RenderParams {
         }
         if let Some(lr) = self.learning_rate {
             if !(lr.is_finite() && lr > 0.0 && lr <= 100.0) {
-                return Err(ParamError::new(
-                    "--lr",
-                    format!("must be above 0 and at most 100, got {lr}"),
-                ));
+                return Err(ParamError::new("--lr", format!("must be above 0 and at most 100, got {lr}")));
             }
         }
         Ok(())
@@ -230,10 +193,7 @@ impl RenderParams {
         if self.layers.is_empty() {
             return (0..names.len()).map(|i| (i, 1.0)).collect();
         }
-        self.layers
-            .iter()
-            .filter_map(|(n, w)| names.iter().position(|x| x == n).map(|i| (i, *w)))
-            .collect()
+        self.layers.iter().filter_map(|(n, w)| names.iter().position(|x| x == n).map(|i| (i, *w))).collect()
     }
 
     pub fn zoom_per_frame(&self) -> f64 {

@@ -17,6 +17,7 @@ pub enum Purpose {
     InitNoise = 1,
     Roll = 2,
     Network = 3,
+    Jitter = 4,
 }
 
 /// A deterministic stream keyed by (seed, frame, purpose).
@@ -61,18 +62,9 @@ mod tests {
 
     #[test]
     fn streams_are_reproducible_and_distinct() {
-        let a: Vec<u64> = (0..4)
-            .map(|_| 0)
-            .scan(Stream::new(7, 3, Purpose::Roll), |s, _| Some(s.next_u64()))
-            .collect();
-        let b: Vec<u64> = (0..4)
-            .map(|_| 0)
-            .scan(Stream::new(7, 3, Purpose::Roll), |s, _| Some(s.next_u64()))
-            .collect();
-        let c: Vec<u64> = (0..4)
-            .map(|_| 0)
-            .scan(Stream::new(7, 4, Purpose::Roll), |s, _| Some(s.next_u64()))
-            .collect();
+        let a: Vec<u64> = (0..4).map(|_| 0).scan(Stream::new(7, 3, Purpose::Roll), |s, _| Some(s.next_u64())).collect();
+        let b: Vec<u64> = (0..4).map(|_| 0).scan(Stream::new(7, 3, Purpose::Roll), |s, _| Some(s.next_u64())).collect();
+        let c: Vec<u64> = (0..4).map(|_| 0).scan(Stream::new(7, 4, Purpose::Roll), |s, _| Some(s.next_u64())).collect();
         assert_eq!(a, b);
         assert_ne!(a, c);
         let mut s = Stream::new(1, 0, Purpose::InitNoise);

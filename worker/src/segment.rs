@@ -15,7 +15,7 @@ use crate::params::RenderParams;
 use crate::rng::{Purpose, Stream};
 use crate::style::{rgb_to_tensor, Style};
 use crate::vgg::Vgg;
-use crate::zoom::Zoom;
+use crate::zoom::{jitter, Zoom};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
@@ -81,7 +81,6 @@ pub struct Engine {
     device: Device,
     net: Vgg,
     style: Style,
-    zoom: Zoom,
     target: StyleTarget,
     fingerprint: String,
     cancel: Arc<AtomicBool>,
@@ -91,23 +90,12 @@ impl Engine {
     pub fn new(params: RenderParams, style: Style, net: Vgg, device: Device) -> Result<Self> {
         params.validate()?;
         let fingerprint = params.fingerprint(&style.digest, &net.origin.digest());
-        let zoom = Zoom::new(
-            params.width as usize,
-            params.height as usize,
-            params.zoom_per_frame(),
-            device,
-        );
         let mut engine = Self {
-            target: StyleTarget {
-                layers: vec![],
-                weights: vec![],
-                grams: vec![],
-            },
+            target: StyleTarget { layers: vec![], weights: vec![], grams: vec![] },
             params,
             device,
             net,
             style,
-            zoom,
             fingerprint,
             cancel: Arc::new(AtomicBool::new(false)),
         };
@@ -138,12 +126,7 @@ impl Engine {
         let short = ((p.width.min(p.height) as f64) * factor).round() as u32;
         let size = self.style.scaled_size(short, p.style_scale)?;
         let (layers, weights) = p.loss_layers().into_iter().unzip();
-        Ok(StyleTarget::new(
-            &self.net,
-            &self.style.tensor(size, self.device),
-            layers,
-            weights,
-        ))
+        Ok(StyleTarget::new(&self.net, &self.style.tensor(size, self.device), layers, weights))
     }
 
     /// Warm-up stage sizes, smallest first, ending at the output size.
@@ -151,12 +134,7 @@ impl Engine {
         let (w, h) = (self.params.width, self.params.height);
         let mut out: Vec<(u32, u32)> = [8u32, 4, 2]
             .iter()
-            .map(|d| {
-                (
-                    (w as f64 / *d as f64).round() as u32,
-                    (h as f64 / *d as f64).round() as u32,
-                )
-            })
+            .map(|d| ((w as f64 / *d as f64).round() as u32, (h as f64 / *d as f64).round() as u32))
             .filter(|&(sw, sh)| sw.min(sh) >= MIN_STAGE_SIDE)
             .collect();
         out.push((w, h));
@@ -169,20 +147,14 @@ impl Engine {
         let stages = self.stages();
         let mut rng = Stream::new(p.seed, WARMUP_KEY, Purpose::InitNoise);
         let (w0, h0) = stages[0];
-        let noise: Vec<f32> = (0..3 * w0 as usize * h0 as usize)
-            .map(|_| rng.next_f32())
-            .collect();
-        let mut image = Tensor::from_slice(&noise)
-            .reshape([1, 3, h0 as i64, w0 as i64])
-            .to_device(self.device);
+        let noise: Vec<f32> = (0..3 * w0 as usize * h0 as usize).map(|_| rng.next_f32()).collect();
+        let mut image = Tensor::from_slice(&noise).reshape([1, 3, h0 as i64, w0 as i64]).to_device(self.device);
         let mut optim = OptimState::new(p.optimizer, &image);
         let mut done = 0u32;
         for (s, &(sw, sh)) in stages.iter().enumerate() {
             if s > 0 {
                 image = tch::no_grad(|| {
-                    image
-                        .upsample_bicubic2d([sh as i64, sw as i64], false, None, None)
-                        .clamp(0.0, 1.0)
+                    image.upsample_bicubic2d([sh as i64, sw as i64], false, None, None).clamp(0.0, 1.0)
                 });
                 optim = OptimState::new(p.optimizer, &image);
             }
@@ -194,8 +166,7 @@ impl Engine {
                 target = self.style_target(sh.min(sw) as f64 / p.height.min(p.width) as f64)?;
                 &target
             };
-            let n = p.warmup / stages.len() as u32
-                + u32::from((s as u32) < p.warmup % stages.len() as u32);
+            let n = p.warmup / stages.len() as u32 + u32::from((s as u32) < p.warmup % stages.len() as u32);
             let run = match p.optimizer {
                 crate::params::OptimizerKind::Adam => 1,
                 crate::params::OptimizerKind::Lbfgs => LBFGS_WARMUP_RUN,
@@ -208,21 +179,10 @@ impl Engine {
                 }
                 let loss = self.iterate(target, &mut image, &mut optim, shift, u32::MAX)?;
                 done += 1;
-                progress(Progress {
-                    frames_done: 0,
-                    frames_total: 0,
-                    warmup_done: done,
-                    warmup_total: p.warmup,
-                    loss,
-                });
+                progress(Progress { frames_done: 0, frames_total: 0, warmup_done: done, warmup_total: p.warmup, loss });
             }
         }
-        Ok(State {
-            next_frame: 0,
-            image,
-            optim,
-            fingerprint: self.fingerprint.clone(),
-        })
+        Ok(State { next_frame: 0, image, optim, fingerprint: self.fingerprint.clone() })
     }
 
     /// Renders frames `state.next_frame .. end`, handing each to `on_frame` as soon as it is done,
@@ -244,10 +204,7 @@ impl Engine {
         if state.image.size() != [1, 3, h, w] {
             return Err(EngineError::State {
                 path: "<state>".into(),
-                reason: format!(
-                    "image is {:?}, the render needs [1, 3, {h}, {w}]",
-                    state.image.size()
-                ),
+                reason: format!("image is {:?}, the render needs [1, 3, {h}, {w}]", state.image.size()),
             });
         }
         let (start, total) = (state.next_frame, end.saturating_sub(state.next_frame));
@@ -258,8 +215,11 @@ impl Engine {
         while state.next_frame < end {
             let i = state.next_frame;
             if i > 0 {
-                state.image = tch::no_grad(|| self.zoom.apply(&state.image));
-                state.optim.map_spatial(|t| self.zoom.apply(t));
+                let p = &self.params;
+                let (from, to) = (jitter(p.seed, i - 1), jitter(p.seed, i));
+                let zoom = Zoom::new(p.width as usize, p.height as usize, p.zoom_per_frame(), from, to, self.device);
+                state.image = tch::no_grad(|| zoom.apply(&state.image));
+                state.optim.map_spatial(|t| zoom.apply(t));
             }
             let mut rolls = Stream::new(self.params.seed, i as u64, Purpose::Roll);
             let mut shift = (0, 0);

@@ -34,30 +34,20 @@ impl Style {
         if image.width() < 8 || image.height() < 8 {
             return Err(EngineError::Style {
                 path: origin.to_path_buf(),
-                reason: format!(
-                    "image is {}x{}, at least 8x8 needed",
-                    image.width(),
-                    image.height()
-                ),
+                reason: format!("image is {}x{}, at least 8x8 needed", image.width(), image.height()),
             });
         }
-        Ok(Self {
-            image,
-            digest: hex(&Sha256::digest(bytes)),
-        })
+        Ok(Self { image, digest: hex(&Sha256::digest(bytes)) })
     }
 
     pub fn open(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| EngineError::Style {
-            path: path.to_path_buf(),
-            reason: e.to_string().to_lowercase(),
-        })?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| EngineError::Style { path: path.to_path_buf(), reason: e.to_string().to_lowercase() })?;
         Self::from_bytes(&bytes, path)
     }
 
     pub fn embedded() -> Self {
-        Self::from_bytes(EMBEDDED, Path::new("<embedded wheatfield.jpg>"))
-            .expect("embedded style decodes")
+        Self::from_bytes(EMBEDDED, Path::new("<embedded wheatfield.jpg>")).expect("embedded style decodes")
     }
 
     /// The size the style takes for an output whose shorter side is `out_short`: its own aspect,
@@ -65,12 +55,15 @@ impl Style {
     pub fn scaled_size(&self, out_short: u32, scale: f64) -> Result<(u32, u32), ParamError> {
         let (w, h) = (self.image.width() as f64, self.image.height() as f64);
         let k = (out_short as f64 * scale).max(MIN_STYLE_SIDE as f64) / w.min(h);
-        let size = (
-            (w * k).round().max(1.0) as u32,
-            (h * k).round().max(1.0) as u32,
-        );
+        let size = ((w * k).round().max(1.0) as u32, (h * k).round().max(1.0) as u32);
         if size.0 as u64 * size.1 as u64 > MAX_STYLE_PIXELS {
-            return Err(ParamError::new("--style-scale", format!("the style image would be {}x{}, above the limit of {MAX_STYLE_PIXELS} pixels; lower it", size.0, size.1)));
+            return Err(ParamError::new(
+                "--style-scale",
+                format!(
+                    "the style image would be {}x{}, above the limit of {MAX_STYLE_PIXELS} pixels; lower it",
+                    size.0, size.1
+                ),
+            ));
         }
         Ok(size)
     }
@@ -88,10 +81,6 @@ impl Style {
 
 pub fn rgb_to_tensor(img: &RgbImage) -> Tensor {
     let (w, h) = (img.width() as i64, img.height() as i64);
-    Tensor::from_slice(img.as_raw())
-        .reshape([h, w, 3])
-        .permute([2, 0, 1])
-        .unsqueeze(0)
-        .to_kind(tch::Kind::Float)
+    Tensor::from_slice(img.as_raw()).reshape([h, w, 3]).permute([2, 0, 1]).unsqueeze(0).to_kind(tch::Kind::Float)
         / 255.0
 }

@@ -58,10 +58,7 @@ impl std::str::FromStr for Network {
         match s {
             "vgg16" => Ok(Self::Vgg16),
             "vgg19" => Ok(Self::Vgg19),
-            _ => Err(crate::error::ParamError::new(
-                "--network",
-                format!("expected vgg16 or vgg19, got {s:?}"),
-            )),
+            _ => Err(crate::error::ParamError::new("--network", format!("expected vgg16 or vgg19, got {s:?}"))),
         }
     }
 }
@@ -132,16 +129,12 @@ impl Vgg {
             .map(|spec| {
                 let fan_in = spec.cin * 9;
                 let std = (2.0 / fan_in as f32).sqrt();
-                let mut w: Vec<f32> = (0..spec.cout * fan_in)
-                    .map(|_| rng.next_normal() * std)
-                    .collect();
+                let mut w: Vec<f32> = (0..spec.cout * fan_in).map(|_| rng.next_normal() * std).collect();
                 for filter in w.chunks_mut(fan_in) {
                     let mean = filter.iter().sum::<f32>() / fan_in as f32;
                     filter.iter_mut().for_each(|v| *v -= mean);
                 }
-                let weight = Tensor::from_slice(&w)
-                    .reshape(spec.weight_shape())
-                    .to_device(device);
+                let weight = Tensor::from_slice(&w).reshape(spec.weight_shape()).to_device(device);
                 let bias = Tensor::zeros([spec.cout as i64], (Kind::Float, device));
                 Conv { spec, weight, bias }
             })
@@ -158,20 +151,13 @@ impl Vgg {
         sha256: String,
         device: Device,
     ) -> Result<Self> {
-        let err = |reason: String| EngineError::Weights {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let err = |reason: String| EngineError::Weights { path: path.to_path_buf(), reason };
         let mut convs = Vec::new();
         for spec in network.layers() {
             let mut take = |key: String, shape: &[i64]| -> Result<Tensor> {
-                let t = tensors.remove(&key).ok_or_else(|| {
-                    err(format!(
-                        "missing tensor {key} ({} {})",
-                        network.name(),
-                        spec.name
-                    ))
-                })?;
+                let t = tensors
+                    .remove(&key)
+                    .ok_or_else(|| err(format!("missing tensor {key} ({} {})", network.name(), spec.name)))?;
                 if t.size() != shape {
                     return Err(err(format!(
                         "tensor {key} has shape {:?}, {} {} needs {:?}",
@@ -187,29 +173,13 @@ impl Vgg {
             let bias = take(spec.bias_key(), &[spec.cout as i64])?;
             convs.push(Conv { spec, weight, bias });
         }
-        Ok(Self::with_convs(
-            convs,
-            device,
-            WeightsOrigin::File {
-                path: path.display().to_string(),
-                sha256,
-            },
-        ))
+        Ok(Self::with_convs(convs, device, WeightsOrigin::File { path: path.display().to_string(), sha256 }))
     }
 
     fn with_convs(convs: Vec<Conv>, device: Device, origin: WeightsOrigin) -> Self {
-        let mean = Tensor::from_slice(&[0.485f32, 0.456, 0.406])
-            .reshape([1, 3, 1, 1])
-            .to_device(device);
-        let std = Tensor::from_slice(&[0.229f32, 0.224, 0.225])
-            .reshape([1, 3, 1, 1])
-            .to_device(device);
-        Self {
-            convs,
-            mean,
-            std,
-            origin,
-        }
+        let mean = Tensor::from_slice(&[0.485f32, 0.456, 0.406]).reshape([1, 3, 1, 1]).to_device(device);
+        let std = Tensor::from_slice(&[0.229f32, 0.224, 0.225]).reshape([1, 3, 1, 1]).to_device(device);
+        Self { convs, mean, std, origin }
     }
 
     /// The same network in another precision (double for gradient checks, half on GPUs).
@@ -217,18 +187,9 @@ impl Vgg {
         let convs = self
             .convs
             .iter()
-            .map(|c| Conv {
-                spec: c.spec.clone(),
-                weight: c.weight.to_kind(kind),
-                bias: c.bias.to_kind(kind),
-            })
+            .map(|c| Conv { spec: c.spec.clone(), weight: c.weight.to_kind(kind), bias: c.bias.to_kind(kind) })
             .collect();
-        Self {
-            convs,
-            mean: self.mean.to_kind(kind),
-            std: self.std.to_kind(kind),
-            origin: self.origin.clone(),
-        }
+        Self { convs, mean: self.mean.to_kind(kind), std: self.std.to_kind(kind), origin: self.origin.clone() }
     }
 
     pub fn layer_names(&self) -> Vec<String> {
@@ -245,9 +206,7 @@ impl Vgg {
             if conv.spec.pool_before {
                 x = x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
             }
-            x = x
-                .conv2d(&conv.weight, Some(&conv.bias), [1, 1], [1, 1], [1, 1], 1)
-                .relu();
+            x = x.conv2d(&conv.weight, Some(&conv.bias), [1, 1], [1, 1], [1, 1], 1).relu();
             if layers.contains(&i) {
                 out.push(x.shallow_clone());
             }

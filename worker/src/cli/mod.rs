@@ -1,0 +1,4 @@
+pub mod bench;
+pub mod progress;
+pub mod render;
+pub mod weights;

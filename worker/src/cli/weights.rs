@@ -1,0 +1,58 @@
+//! `gramzoom weights download vgg16|vgg19`.
+
+use super::progress::Bar;
+use anyhow::Result;
+use clap::Subcommand;
+use std::path::PathBuf;
+use worker::vgg::Network;
+use worker::weights;
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Fetch torchvision's official VGG weights into the cache, verifying their hash;
+    /// `render` then uses them by itself.
+    Download {
+        /// vgg16 or vgg19.
+        network: String,
+        /// Fetch from this URL instead of the official one (a mirror).
+        #[arg(long)]
+        url: Option<String>,
+        /// Expected SHA-256 (or its prefix), when the file name does not carry one.
+        #[arg(long)]
+        sha256: Option<String>,
+        /// Cache directory (default: $GRAMZOOM_CACHE/weights or ~/.cache/gramzoom/weights).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Print where downloaded weights are kept.
+    Dir,
+}
+
+pub fn run(cmd: Command, bar: &Bar) -> Result<()> {
+    match cmd {
+        Command::Dir => println!("{}", weights::cache_dir().display()),
+        Command::Download { network, url, sha256, dir } => {
+            let network: Network = network.parse()?;
+            let url = url.unwrap_or_else(|| weights::official_url(network).to_string());
+            let dir = dir.unwrap_or_else(weights::cache_dir);
+            tracing::info!(%url, dir = %dir.display(), "downloading");
+            let mut pb = None;
+            let path = weights::download(&url, &dir, sha256.as_deref(), &mut |done, total| {
+                let pb = pb.get_or_insert_with(|| {
+                    let pb = bar.start(total.unwrap_or(0), "download", false);
+                    pb.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "{prefix:>8} [{bar:30.cyan/blue}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+                        )
+                        .expect("valid template"),
+                    );
+                    pb
+                });
+                pb.set_position(done);
+            })?;
+            bar.clear();
+            println!("{}", path.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,361 @@
+//! Output encoders. Every output is written to a temporary file beside its destination and
+//! renamed into place only when complete, so a failed or interrupted render never leaves a
+//! half-written file under the name the user asked for.
+
+use crate::error::ParamError;
+use crate::params::Fps;
+use crate::segment::Frame;
+use ffmpeg_next as ffmpeg;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("ffmpeg: {0}")]
+    Ffmpeg(String),
+    #[error("gif: {0}")]
+    Gif(String),
+    #[error("image: {0}")]
+    Image(String),
+}
+
+fn ff(context: &'static str) -> impl Fn(ffmpeg::Error) -> EncodeError {
+    move |e| EncodeError::Ffmpeg(format!("{context}: {e}"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    Mp4,
+    Gif,
+    Png,
+    Jpeg,
+}
+
+impl OutputKind {
+    pub fn from_path(path: &Path) -> Result<Self, ParamError> {
+        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        match ext.as_deref() {
+            Some("mp4") => Ok(Self::Mp4),
+            Some("gif") => Ok(Self::Gif),
+            Some("png") => Ok(Self::Png),
+            Some("jpg" | "jpeg") => Ok(Self::Jpeg),
+            other => Err(ParamError::new(
+                "--output",
+                format!("unknown output extension {:?}; use .mp4, .gif, .png or .jpg", other.unwrap_or("")),
+            )),
+        }
+    }
+
+    /// Limits of the format itself, checked before any work is done.
+    pub fn check(self, width: u32, height: u32, fps: Fps) -> Result<(), ParamError> {
+        match self {
+            Self::Mp4 if width % 2 == 1 || height % 2 == 1 => Err(ParamError::new(
+                "--size",
+                format!("an .mp4 (H.264, yuv420p) needs an even width and height, got {width}x{height}; use an even size, or .gif or .png output"),
+            )),
+            Self::Gif if fps.as_f64() > 50.0 => Err(ParamError::new(
+                "--fps",
+                format!("a .gif stores frame delays in 1/100 s and players slow down delays below 2/100 s, so at most 50 fps works, got {}", fps.as_f64()),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A file being written under a temporary name; `commit` renames it into place, dropping it
+/// without `commit` deletes it.
+pub struct PartialFile {
+    tmp: PathBuf,
+    dest: PathBuf,
+    committed: bool,
+}
+
+impl PartialFile {
+    /// Creates the temporary file right away, so an unwritable destination fails before any
+    /// rendering starts.
+    pub fn create(dest: &Path) -> Result<Self, ParamError> {
+        let name = dest
+            .file_name()
+            .ok_or_else(|| ParamError::new("--output", format!("{} is not a file path", dest.display())))?;
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if dest.is_dir() {
+            return Err(ParamError::new("--output", format!("{} is a directory", dest.display())));
+        }
+        let tmp = dir.join(format!(".{}.{}.partial", name.to_string_lossy(), std::process::id()));
+        File::create(&tmp).map_err(|e| {
+            ParamError::new("--output", format!("cannot write to {}: {}", dir.display(), e.to_string().to_lowercase()))
+        })?;
+        Ok(Self { tmp, dest: dest.to_path_buf(), committed: false })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    pub fn commit(mut self) -> Result<(), EncodeError> {
+        std::fs::rename(&self.tmp, &self.dest).map_err(|source| EncodeError::Io { path: self.dest.clone(), source })?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Where frames go, in order.
+pub trait FrameSink {
+    fn push(&mut self, frame: &Frame) -> Result<(), EncodeError>;
+    /// Completes the output; only then does it appear under its final name.
+    fn finish(self: Box<Self>) -> Result<(), EncodeError>;
+}
+
+/// Opens the sink for `kind` writing to `file`.
+pub fn open(
+    kind: OutputKind,
+    file: PartialFile,
+    width: u32,
+    height: u32,
+    fps: Fps,
+) -> Result<Box<dyn FrameSink>, EncodeError> {
+    Ok(match kind {
+        OutputKind::Mp4 => Box::new(Mp4::new(file, width, height, fps)?),
+        OutputKind::Gif => Box::new(Gif::new(file, width, height, fps)?),
+        OutputKind::Png | OutputKind::Jpeg => Box::new(Still { file, kind, last: None }),
+    })
+}
+
+/// H.264 in MP4, yuv420p, moov atom at the front.
+pub struct Mp4 {
+    file: Option<PartialFile>,
+    octx: ffmpeg::format::context::Output,
+    encoder: ffmpeg::encoder::Video,
+    scaler: ffmpeg::software::scaling::Context,
+    codec_tb: ffmpeg::Rational,
+    stream_tb: ffmpeg::Rational,
+    width: u32,
+    height: u32,
+    next_pts: i64,
+}
+
+impl Mp4 {
+    pub fn new(file: PartialFile, width: u32, height: u32, fps: Fps) -> Result<Self, EncodeError> {
+        use ffmpeg::format::Pixel;
+        ffmpeg::init().map_err(ff("init"))?;
+        ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Error);
+        let mut octx = ffmpeg::format::output_as(file.path(), "mp4").map_err(ff("open output"))?;
+        let codec = ffmpeg::encoder::find_by_name("libx264")
+            .ok_or_else(|| EncodeError::Ffmpeg("libx264 encoder not available".into()))?;
+        let global_header = octx.format().flags().contains(ffmpeg::format::Flags::GLOBAL_HEADER);
+        let codec_tb = ffmpeg::Rational(fps.den as i32, fps.num as i32);
+        let mut enc =
+            ffmpeg::codec::context::Context::new_with_codec(codec).encoder().video().map_err(ff("video encoder"))?;
+        enc.set_width(width);
+        enc.set_height(height);
+        enc.set_format(Pixel::YUV420P);
+        enc.set_time_base(codec_tb);
+        enc.set_frame_rate(Some(ffmpeg::Rational(fps.num as i32, fps.den as i32)));
+        enc.set_colorspace(ffmpeg::color::Space::SMPTE170M);
+        enc.set_color_range(ffmpeg::color::Range::MPEG);
+        if global_header {
+            enc.set_flags(ffmpeg::codec::Flags::GLOBAL_HEADER);
+        }
+        let mut opts = ffmpeg::Dictionary::new();
+        opts.set("crf", "18");
+        opts.set("preset", "medium");
+        let encoder = enc.open_with(opts).map_err(ff("open libx264"))?;
+        {
+            let mut ost = octx.add_stream(codec).map_err(ff("add stream"))?;
+            ost.set_parameters(&encoder);
+            ost.set_time_base(codec_tb);
+        }
+        let mut mux = ffmpeg::Dictionary::new();
+        mux.set("movflags", "+faststart");
+        octx.write_header_with(mux).map_err(ff("write header"))?;
+        let stream_tb = octx.stream(0).expect("stream 0 was added").time_base();
+        let scaler = ffmpeg::software::scaling::Context::get(
+            Pixel::RGB24,
+            width,
+            height,
+            Pixel::YUV420P,
+            width,
+            height,
+            ffmpeg::software::scaling::Flags::BICUBIC,
+        )
+        .map_err(ff("scaler"))?;
+        Ok(Self { file: Some(file), octx, encoder, scaler, codec_tb, stream_tb, width, height, next_pts: 0 })
+    }
+
+    fn drain(&mut self) -> Result<(), EncodeError> {
+        let mut packet = ffmpeg::Packet::empty();
+        while self.encoder.receive_packet(&mut packet).is_ok() {
+            packet.set_stream(0);
+            // FFmpeg 5.1's libx264 wrapper leaves durations at 0, and the MP4 muxer then gives
+            // the last frame no time: players and decoders drop it. One frame = 1 codec tick.
+            packet.set_duration(1);
+            packet.rescale_ts(self.codec_tb, self.stream_tb);
+            packet.write_interleaved(&mut self.octx).map_err(ff("write packet"))?;
+        }
+        Ok(())
+    }
+}
+
+impl FrameSink for Mp4 {
+    fn push(&mut self, frame: &Frame) -> Result<(), EncodeError> {
+        use ffmpeg::format::Pixel;
+        let mut rgb = ffmpeg::frame::Video::new(Pixel::RGB24, self.width, self.height);
+        let stride = rgb.stride(0);
+        let row = self.width as usize * 3;
+        let data = rgb.data_mut(0);
+        for (y, src) in frame.rgb.chunks_exact(row).enumerate() {
+            data[y * stride..y * stride + row].copy_from_slice(src);
+        }
+        let mut yuv = ffmpeg::frame::Video::empty();
+        self.scaler.run(&rgb, &mut yuv).map_err(ff("convert to yuv420p"))?;
+        yuv.set_pts(Some(self.next_pts));
+        self.next_pts += 1;
+        self.encoder.send_frame(&yuv).map_err(ff("encode"))?;
+        self.drain()
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<(), EncodeError> {
+        self.encoder.send_eof().map_err(ff("flush"))?;
+        self.drain()?;
+        self.octx.write_trailer().map_err(ff("write trailer"))?;
+        self.file.take().expect("finish runs once").commit()
+    }
+}
+
+/// Looping GIF with a palette per frame (NeuQuant), so colours stay faithful to the texture.
+pub struct Gif {
+    file: Option<PartialFile>,
+    encoder: gif::Encoder<BufWriter<File>>,
+    fps: Fps,
+    frames: u64,
+}
+
+impl Gif {
+    pub fn new(file: PartialFile, width: u32, height: u32, fps: Fps) -> Result<Self, EncodeError> {
+        let io = |source| EncodeError::Io { path: file.path().to_path_buf(), source };
+        let out = BufWriter::new(File::create(file.path()).map_err(io)?);
+        let (w, h) = (u16::try_from(width), u16::try_from(height));
+        let (Ok(w), Ok(h)) = (w, h) else {
+            return Err(EncodeError::Gif(format!(
+                "gif frames are at most 65535 pixels wide and high, got {width}x{height}"
+            )));
+        };
+        let mut encoder = gif::Encoder::new(out, w, h, &[]).map_err(|e| EncodeError::Gif(e.to_string()))?;
+        encoder.set_repeat(gif::Repeat::Infinite).map_err(|e| EncodeError::Gif(e.to_string()))?;
+        Ok(Self { file: Some(file), encoder, fps, frames: 0 })
+    }
+
+    /// Delay of frame n in centiseconds, rounded so that the running total is exact:
+    /// 30 fps gives 3, 3, 4, 3, 3, 4, ...
+    fn delay_cs(&self, n: u64) -> u16 {
+        let end = |k: u64| (k as u128 * 100 * self.fps.den as u128 + self.fps.num as u128 / 2) / self.fps.num as u128;
+        (end(n + 1) - end(n)) as u16
+    }
+}
+
+impl FrameSink for Gif {
+    fn push(&mut self, frame: &Frame) -> Result<(), EncodeError> {
+        let mut f = gif::Frame::from_rgb_speed(frame.width as u16, frame.height as u16, &frame.rgb, 10);
+        f.delay = self.delay_cs(self.frames);
+        self.frames += 1;
+        self.encoder.write_frame(&f).map_err(|e| EncodeError::Gif(e.to_string()))
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<(), EncodeError> {
+        let file = self.file.take().expect("finish runs once");
+        let out =
+            self.encoder.into_inner().map_err(|source| EncodeError::Io { path: file.path().to_path_buf(), source })?;
+        out.into_inner()
+            .map_err(|e| EncodeError::Io { path: file.path().to_path_buf(), source: e.into_error() })?
+            .sync_all()
+            .ok();
+        file.commit()
+    }
+}
+
+/// A still: the last frame, as PNG or JPEG.
+pub struct Still {
+    file: PartialFile,
+    kind: OutputKind,
+    last: Option<Frame>,
+}
+
+impl FrameSink for Still {
+    fn push(&mut self, frame: &Frame) -> Result<(), EncodeError> {
+        self.last = Some(frame.clone());
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), EncodeError> {
+        let frame = self.last.ok_or_else(|| EncodeError::Image("no frame was rendered".into()))?;
+        let format = if self.kind == OutputKind::Png { image::ImageFormat::Png } else { image::ImageFormat::Jpeg };
+        frame.to_image().save_with_format(self.file.path(), format).map_err(|e| EncodeError::Image(e.to_string()))?;
+        self.file.commit()
+    }
+}
+
+/// Every frame as a lossless PNG, `frame_000000.png` and so on, each written atomically.
+pub struct FramesDir {
+    dir: PathBuf,
+}
+
+impl FramesDir {
+    pub fn create(dir: &Path) -> Result<Self, ParamError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            ParamError::new(
+                "--frames-dir",
+                format!("cannot create {}: {}", dir.display(), e.to_string().to_lowercase()),
+            )
+        })?;
+        // Fail now, not after the first hour of rendering, when the directory is read-only.
+        drop(PartialFile::create(&dir.join("probe.png")).map_err(|e| ParamError::new("--frames-dir", e.message))?);
+        Ok(Self { dir: dir.to_path_buf() })
+    }
+
+    pub fn frame_path(dir: &Path, index: u32) -> PathBuf {
+        dir.join(format!("frame_{index:06}.png"))
+    }
+}
+
+impl FrameSink for FramesDir {
+    fn push(&mut self, frame: &Frame) -> Result<(), EncodeError> {
+        let file = PartialFile::create(&Self::frame_path(&self.dir, frame.index))
+            .map_err(|e| EncodeError::Image(e.to_string()))?;
+        frame
+            .to_image()
+            .save_with_format(file.path(), image::ImageFormat::Png)
+            .map_err(|e| EncodeError::Image(e.to_string()))?;
+        file.commit()
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), EncodeError> {
+        Ok(())
+    }
+}
+
+/// Several sinks fed the same frames.
+pub struct Tee(pub Vec<Box<dyn FrameSink>>);
+
+impl FrameSink for Tee {
+    fn push(&mut self, frame: &Frame) -> Result<(), EncodeError> {
+        self.0.iter_mut().try_for_each(|s| s.push(frame))
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), EncodeError> {
+        self.0.into_iter().try_for_each(|s| s.finish())
+    }
+}
