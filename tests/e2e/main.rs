@@ -1,1 +1,10 @@
-fn main() {}
+//! End-to-end tests: the real `gramzoom` binary and the engine's public API, on the CPU at small
+//! sizes. One test binary (shared helpers, one link step).
+
+mod helpers;
+
+mod cli_errors;
+mod outputs;
+mod quality;
+mod segments;
+mod weights;

@@ -11,6 +11,7 @@ pub mod handoff;
 pub mod optim;
 pub mod params;
 pub mod pth;
+pub mod quality;
 pub mod render;
 pub mod rng;
 pub mod segment;

@@ -28,7 +28,7 @@ impl Style {
         let image = image::load_from_memory(bytes)
             .map_err(|e| EngineError::Style {
                 path: origin.to_path_buf(),
-                reason: format!("not a readable PNG or JPEG image: {e}"),
+                reason: format!("not a readable png or jpeg image: {}", e.to_string().to_lowercase()),
             })?
             .to_rgb8();
         if image.width() < 8 || image.height() < 8 {

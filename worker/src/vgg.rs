@@ -94,7 +94,7 @@ struct Conv {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WeightsOrigin {
     /// Deterministic random features (no pretrained file available).
-    Random,
+    Random(RandomDesign),
     /// Loaded from a file; the string is the file's SHA-256.
     File { path: String, sha256: String },
 }
@@ -103,25 +103,54 @@ impl WeightsOrigin {
     /// Part of the render fingerprint: a state made with one network must not resume on another.
     pub fn digest(&self) -> String {
         match self {
-            Self::Random => "random-v1".into(),
+            Self::Random(design) => format!("random-v1-{}", design.name()),
             Self::File { sha256, .. } => sha256.clone(),
+        }
+    }
+}
+
+/// How random features are made, compared by `gramzoom bench --compare-features`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RandomDesign {
+    /// He-normal filters, zero biases, max-pooling: a VGG as initialised before training. The
+    /// default: it matched the styles' colours and scale of detail best (ARCHITECTURE.md).
+    He,
+    /// He-normal filters made zero-mean per output channel, max-pooling.
+    ZeroMean,
+    /// Zero-mean filters with 2x2 average pooling, which keeps more of every position's response.
+    ZeroMeanAvgPool,
+}
+
+impl RandomDesign {
+    pub const ALL: [RandomDesign; 3] = [Self::He, Self::ZeroMean, Self::ZeroMeanAvgPool];
+    pub const DEFAULT: RandomDesign = Self::He;
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::He => "he",
+            Self::ZeroMean => "zero-mean",
+            Self::ZeroMeanAvgPool => "zero-mean-avgpool",
         }
     }
 }
 
 pub struct Vgg {
     convs: Vec<Conv>,
+    avg_pool: bool,
     mean: Tensor,
     std: Tensor,
     pub origin: WeightsOrigin,
 }
 
 impl Vgg {
-    /// Random features: He-normal filters made zero-mean per output channel, zero biases, from a
-    /// fixed seed, generated on the CPU by our own RNG so that every device and every worker of a
-    /// cluster gets the same network. Zero-mean filters respond to structure rather than to
-    /// brightness, which measurably gave textures closer to the style (see `bench features`).
+    /// Random features in the default design, see `random_with`.
     pub fn random(network: Network, device: Device) -> Self {
+        Self::random_with(network, RandomDesign::DEFAULT, device)
+    }
+
+    /// Random features from a fixed seed, generated on the CPU by our own RNG so that every
+    /// device and every worker of a cluster gets the same network.
+    pub fn random_with(network: Network, design: RandomDesign, device: Device) -> Self {
         let mut rng = Stream::new(0x6772_616d_7a6f_6f6d, 0, Purpose::Network);
         let convs = network
             .layers()
@@ -130,7 +159,7 @@ impl Vgg {
                 let fan_in = spec.cin * 9;
                 let std = (2.0 / fan_in as f32).sqrt();
                 let mut w: Vec<f32> = (0..spec.cout * fan_in).map(|_| rng.next_normal() * std).collect();
-                for filter in w.chunks_mut(fan_in) {
+                for filter in w.chunks_mut(fan_in).filter(|_| design != RandomDesign::He) {
                     let mean = filter.iter().sum::<f32>() / fan_in as f32;
                     filter.iter_mut().for_each(|v| *v -= mean);
                 }
@@ -139,7 +168,9 @@ impl Vgg {
                 Conv { spec, weight, bias }
             })
             .collect();
-        Self::with_convs(convs, device, WeightsOrigin::Random)
+        let mut net = Self::with_convs(convs, device, WeightsOrigin::Random(design));
+        net.avg_pool = design == RandomDesign::ZeroMeanAvgPool;
+        net
     }
 
     /// Builds the network from named tensors (a torchvision state dict); every conv weight and
@@ -179,7 +210,7 @@ impl Vgg {
     fn with_convs(convs: Vec<Conv>, device: Device, origin: WeightsOrigin) -> Self {
         let mean = Tensor::from_slice(&[0.485f32, 0.456, 0.406]).reshape([1, 3, 1, 1]).to_device(device);
         let std = Tensor::from_slice(&[0.229f32, 0.224, 0.225]).reshape([1, 3, 1, 1]).to_device(device);
-        Self { convs, mean, std, origin }
+        Self { convs, avg_pool: false, mean, std, origin }
     }
 
     /// The same network in another precision (double for gradient checks, half on GPUs).
@@ -189,7 +220,13 @@ impl Vgg {
             .iter()
             .map(|c| Conv { spec: c.spec.clone(), weight: c.weight.to_kind(kind), bias: c.bias.to_kind(kind) })
             .collect();
-        Self { convs, mean: self.mean.to_kind(kind), std: self.std.to_kind(kind), origin: self.origin.clone() }
+        Self {
+            convs,
+            avg_pool: self.avg_pool,
+            mean: self.mean.to_kind(kind),
+            std: self.std.to_kind(kind),
+            origin: self.origin.clone(),
+        }
     }
 
     pub fn layer_names(&self) -> Vec<String> {
@@ -204,7 +241,11 @@ impl Vgg {
         let mut out = Vec::with_capacity(layers.len());
         for (i, conv) in self.convs.iter().enumerate().take(last + 1) {
             if conv.spec.pool_before {
-                x = x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
+                x = if self.avg_pool {
+                    x.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>)
+                } else {
+                    x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)
+                };
             }
             x = x.conv2d(&conv.weight, Some(&conv.bias), [1, 1], [1, 1], [1, 1], 1).relu();
             if layers.contains(&i) {

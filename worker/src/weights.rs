@@ -32,10 +32,29 @@ pub fn cache_dir() -> PathBuf {
     base.join("weights")
 }
 
-/// The cached official file for `network`, if it has been downloaded.
+/// The downloaded weights for `network`: the official file if present, else any
+/// `<network>-<hash>.pth|.safetensors` that `download` verified into the cache (from a mirror).
 pub fn cached(network: Network) -> Option<PathBuf> {
-    let name = official_url(network).rsplit('/').next()?;
-    Some(cache_dir().join(name)).filter(|p| p.is_file())
+    let dir = cache_dir();
+    let official = dir.join(official_url(network).rsplit('/').next()?);
+    if official.is_file() {
+        return Some(official);
+    }
+    let prefix = format!("{}-", network.name());
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+            name.starts_with(&prefix)
+                && hash_in_name(name).is_some()
+                && matches!(ext, "pth" | "safetensors")
+                && p.is_file()
+        })
+        .collect();
+    found.sort();
+    found.into_iter().next()
 }
 
 /// Reads a weights file into named float tensors on the CPU.

@@ -133,7 +133,7 @@ mod tests {
     #[test]
     fn centre_is_the_fixed_point_and_identity_is_exact() {
         // A single bright pixel at the exact centre of an odd-sized image stays there.
-        let mut img = Tensor::zeros([1, 1, 33, 33], (Kind::Float, Device::Cpu));
+        let img = Tensor::zeros([1, 1, 33, 33], (Kind::Float, Device::Cpu));
         let _ = img.get(0).get(0).get(16).get(16).fill_(1.0);
         let out = Zoom::new(33, 33, 1.2, (0.0, 0.0), (0.0, 0.0), Device::Cpu).apply(&img);
         let max_at = out.flatten(0, -1).argmax(0, false).int64_value(&[]);

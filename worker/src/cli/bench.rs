@@ -27,10 +27,23 @@ pub struct Args {
     pub network: String,
     #[arg(long)]
     pub weights: Option<std::path::PathBuf>,
+    /// Instead of timing: render with each random-feature design and score how close colours
+    /// and the scale of detail come to each style (lower is better).
+    #[arg(long)]
+    pub compare_features: bool,
+    /// Style images for --compare-features.
+    #[arg(long, default_value = "examples/wheatfield.jpg,examples/immunohistochemistry.png")]
+    pub styles: String,
+    /// Write the last frame of each --compare-features render here, to look at.
+    #[arg(long)]
+    pub stills: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let device = worker::device::parse(&args.device)?;
+    if args.compare_features {
+        return compare_features(&args, device);
+    }
     let sizes = args.sizes.clone().unwrap_or_else(|| {
         if device.is_cuda() {
             "256x256,512x512,1920x1080".into()
@@ -40,7 +53,8 @@ pub fn run(args: Args) -> Result<()> {
     });
     let network = args.network.parse()?;
     let net = worker::weights::resolve(network, args.weights.as_deref(), device)?;
-    let weights = if net.origin == worker::vgg::WeightsOrigin::Random { "random features" } else { "pretrained" };
+    let weights =
+        if matches!(net.origin, worker::vgg::WeightsOrigin::Random(_)) { "random features" } else { "pretrained" };
     println!(
         "device {device:?}, {} CPU threads, {} ({weights}), {}, {} iters per frame",
         tch::get_num_threads(),
@@ -82,6 +96,80 @@ pub fn run(args: Args) -> Result<()> {
             per_frame / args.iters as f64,
             per_frame,
             60.0 / per_frame
+        );
+    }
+    Ok(())
+}
+
+/// Scores each random-feature design: colour error (mean and spread per channel, 8-bit levels),
+/// the detail-scale distance of `quality::detail_distance`, and the centre-line ratio.
+fn compare_features(args: &Args, device: tch::Device) -> Result<()> {
+    use worker::quality;
+    use worker::vgg::{RandomDesign, Vgg};
+    let (width, height) = parse_size(args.sizes.as_deref().unwrap_or("128x128"))?;
+    let frames = args.frames.max(8) * 4;
+    println!("random-feature designs, {width}x{height}, {frames} frames of {} iters, warm-up 150", args.iters);
+    println!(
+        "{:>18} {:>26} {:>9} {:>8} {:>7} {:>8} {:>6}",
+        "design", "style", "mean err", "std err", "detail", "speckle", "lines"
+    );
+    for design in RandomDesign::ALL {
+        let mut total = 0.0;
+        for path in args.styles.split(',') {
+            let style = Style::open(std::path::Path::new(path))?;
+            let params = RenderParams {
+                width,
+                height,
+                frames,
+                iters: args.iters,
+                warmup: 150,
+                optimizer: args.optimizer.parse::<OptimizerKind>()?,
+                ..RenderParams::default()
+            };
+            let reference = style.tensor(style.scaled_size(width.min(height), params.style_scale)?, tch::Device::Cpu);
+            let engine =
+                Engine::new(params, style, Vgg::random_with(worker::vgg::Network::Vgg16, design, device), device)?;
+            let mut state = engine.initial_state(&mut |_| {})?;
+            let mut out = Vec::new();
+            engine.render(&mut state, frames, &mut |f| Ok(out.push(f)), &mut |_| {})?;
+            let last = out.last().expect("frames rendered").to_tensor();
+            let ((m1, s1), (m2, s2)) = (quality::colour_stats(&last), quality::colour_stats(&reference));
+            let mean_err = (0..3).map(|c| (m1[c] - m2[c]).abs()).sum::<f64>() / 3.0;
+            let std_err = (0..3).map(|c| (s1[c] - s2[c]).abs()).sum::<f64>() / 3.0;
+            let detail = quality::detail_distance(&last, &reference);
+            let (r, c) = quality::centre_line_ratio(&out[out.len() / 2..]);
+            // Colour speckle: log2 of the chroma-gradient ratio to the style's (0 = same).
+            let speckle = (quality::chroma_gradient(&last) / quality::chroma_gradient(&reference).max(1e-9)).log2();
+            total += detail + speckle.abs();
+            println!(
+                "{:>18} {:>26} {:>9.1} {:>8.1} {:>7.3} {:>8.3} {:>6.2}",
+                design.name(),
+                path.rsplit('/').next().unwrap_or(path),
+                mean_err,
+                std_err,
+                detail,
+                speckle,
+                r.max(c)
+            );
+
+            if let Some(dir) = &args.stills {
+                std::fs::create_dir_all(dir)?;
+                let name = std::path::Path::new(path)
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                out.last()
+                    .expect("frames rendered")
+                    .to_image()
+                    .save(dir.join(format!("{}-{name}.png", design.name())))?;
+            }
+        }
+        println!(
+            "{:>18} {:>26} {:>40.3}",
+            design.name(),
+            "mean |detail|+|speckle|",
+
+            total / args.styles.split(',').count() as f64
         );
     }
     Ok(())

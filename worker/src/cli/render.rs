@@ -123,7 +123,7 @@ pub fn run(args: Args, bar: &Bar) -> Result<()> {
     };
     let device = worker::device::parse(&args.device)?;
     let net = worker::weights::resolve(params.network, args.weights.as_deref(), device)?;
-    if net.origin == WeightsOrigin::Random {
+    if matches!(net.origin, WeightsOrigin::Random(_)) {
         tracing::warn!(
             "no pretrained {} weights found: rendering with deterministic random features; run `gramzoom weights download {}` or pass --weights for the pretrained look",
             params.network.name(),

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Second README command: install what is needed (skipped when present) and run the test suite,
+# plus the format and lint checks CI enforces. Tests build in the release profile, which shares
+# libtorch's C++ glue with `cargo build --release` instead of compiling it a second time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+source scripts/env.sh
+cargo fmt --all -- --check
+cargo test --release --workspace
+cargo clippy --release --workspace --all-targets -- -D warnings

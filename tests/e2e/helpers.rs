@@ -1,0 +1,76 @@
+//! Shared helpers: running the binary, temporary directories, decoding outputs back.
+
+use ffmpeg_next as ffmpeg;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("worker/ has a parent").to_path_buf()
+}
+
+pub fn example(name: &str) -> PathBuf {
+    repo_root().join("examples").join(name)
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temporary directory")
+}
+
+/// Runs `gramzoom` with `args` and a private weights cache (so a developer's downloaded weights
+/// never change what a test sees).
+pub fn gramzoom(args: &[&str], cache: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gramzoom"))
+        .args(args)
+        .env("GRAMZOOM_CACHE", cache)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("gramzoom runs")
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Small, fast render flags shared by the tests (64x48, short warm-up, 2 iterations a frame).
+pub const SMALL: &[&str] = &["--size", "64x48", "--warmup", "12", "--iters", "2", "--quiet"];
+
+/// Frame count, duration in seconds, frame rate and size of a video file, by decoding it.
+pub struct Decoded {
+    pub frames: usize,
+    pub duration: f64,
+    pub fps: f64,
+    pub size: (u32, u32),
+}
+
+pub fn decode_video(path: &Path) -> Decoded {
+    ffmpeg::init().expect("ffmpeg init");
+    let mut input = ffmpeg::format::input(path).expect("open video");
+    let stream = input.streams().best(ffmpeg::media::Type::Video).expect("video stream");
+    let index = stream.index();
+    let rate = stream.avg_frame_rate();
+    let duration = stream.duration() as f64 * f64::from(stream.time_base());
+    let mut decoder =
+        ffmpeg::codec::context::Context::from_parameters(stream.parameters()).unwrap().decoder().video().unwrap();
+    let mut frames = 0;
+    let mut frame = ffmpeg::frame::Video::empty();
+    for (s, packet) in input.packets() {
+        if s.index() == index {
+            decoder.send_packet(&packet).unwrap();
+            while decoder.receive_frame(&mut frame).is_ok() {
+                frames += 1;
+            }
+        }
+    }
+    decoder.send_eof().unwrap();
+    while decoder.receive_frame(&mut frame).is_ok() {
+        frames += 1;
+    }
+    Decoded { frames, duration, fps: f64::from(rate), size: (decoder.width(), decoder.height()) }
+}
+
+/// Every PNG frame of a --frames-dir, in order, as raw RGB.
+pub fn frames_in(dir: &Path) -> Vec<Vec<u8>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    paths.sort();
+    paths.iter().map(|p| image::open(p).unwrap().to_rgb8().into_raw()).collect()
+}

@@ -1,0 +1,64 @@
+//! A tiny render in each output format, decoded back.
+
+use crate::helpers::{decode_video, example, gramzoom, stderr, tempdir, SMALL};
+
+fn render(dir: &std::path::Path, out: &str, extra: &[&str]) -> std::path::PathBuf {
+    let path = dir.join(out);
+    let style = example("immunohistochemistry.png");
+    let mut args = vec!["render", style.to_str().unwrap(), "-o", path.to_str().unwrap()];
+    args.extend(SMALL);
+    args.extend(extra);
+    let r = gramzoom(&args, dir);
+    assert!(r.status.success(), "{out}: {}", stderr(&r));
+    path
+}
+
+#[test]
+fn mp4_has_exactly_the_frames_and_duration_asked_for() {
+    let dir = tempdir();
+    for (frames, fps, want_fps) in [("12", "30", 30.0), ("7", "29.97", 29.97)] {
+        let path = render(dir.path(), &format!("out-{frames}.mp4"), &["--frames", frames, "--fps", fps]);
+        let d = decode_video(&path);
+        let n: usize = frames.parse().unwrap();
+        assert_eq!(d.frames, n, "decoded frame count");
+        assert_eq!(d.size, (64, 48));
+        assert!((d.fps - want_fps).abs() < 1e-3, "fps {}", d.fps);
+        assert!((d.duration - n as f64 / want_fps).abs() < 1e-3, "duration {} for {n} frames", d.duration);
+    }
+    // --seconds: 0.5 s at 30 fps is 15 frames.
+    let d = decode_video(&render(dir.path(), "secs.mp4", &["--seconds", "0.5"]));
+    assert_eq!(d.frames, 15);
+}
+
+#[test]
+fn gif_loops_with_every_frame_and_the_right_total_delay() {
+    let dir = tempdir();
+    let path = render(dir.path(), "out.gif", &["--frames", "12", "--fps", "30"]);
+    let mut opts = gif::DecodeOptions::new();
+    opts.set_color_output(gif::ColorOutput::RGBA);
+    let mut dec = opts.read_info(std::fs::File::open(&path).unwrap()).unwrap();
+    assert_eq!((dec.width(), dec.height()), (64, 48));
+    let mut delays = Vec::new();
+    while let Some(f) = dec.read_next_frame().unwrap() {
+        delays.push(f.delay);
+    }
+    assert_eq!(delays.len(), 12);
+    assert_eq!(delays.iter().map(|&d| d as u32).sum::<u32>(), 40, "12 frames at 30 fps last 40 cs: {delays:?}");
+    assert_eq!(dec.repeat(), gif::Repeat::Infinite);
+}
+
+#[test]
+fn stills_and_frame_dumps() {
+    let dir = tempdir();
+    let frames = dir.path().join("frames");
+    let png = render(dir.path(), "still.png", &["--frames", "3", "--frames-dir", frames.to_str().unwrap()]);
+    let jpg = render(dir.path(), "still.jpg", &["--frames", "3"]);
+    let still = image::open(&png).unwrap().to_rgb8();
+    assert_eq!(still.dimensions(), (64, 48));
+    assert_eq!(image::open(&jpg).unwrap().to_rgb8().dimensions(), (64, 48));
+    let dumped = crate::helpers::frames_in(&frames);
+    assert_eq!(dumped.len(), 3);
+    // The still is the last frame, losslessly.
+    assert_eq!(dumped[2], still.into_raw());
+    assert_ne!(dumped[1], dumped[2]);
+}
