@@ -16,7 +16,12 @@ fn movie_is_a_clean_zoom_in_the_style() {
     let engine = Engine::new(params.clone(), style, Vgg::random(params.network, device), device).unwrap();
     let mut state = engine.initial_state(&mut |_| {}).unwrap();
     let mut frames = Vec::new();
-    engine.render(&mut state, params.frames, &mut |f| Ok(frames.push(f)), &mut |_| {}).unwrap();
+    let mut keep = |f| {
+        frames.push(f);
+        Ok(())
+    };
+    engine.render(&mut state, params.frames, &mut keep, &mut |_| {}).unwrap();
+
     let second_half = &frames[frames.len() / 2..];
 
     let (rows, cols) = centre_line_ratio(second_half);

@@ -36,7 +36,7 @@ impl StyleTarget {
         let mut total = Tensor::zeros([], (image.kind(), image.device()));
         for ((f, gs), w) in feats.iter().zip(&self.grams).zip(&self.weights) {
             let c = f.size()[1] as f64;
-            total = total + (gram(f) - gs).square().sum(f.kind()) * (w / (c * c));
+            total += (gram(f) - gs).square().sum(f.kind()) * (w / (c * c));
         }
         total
     }

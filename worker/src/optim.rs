@@ -13,6 +13,10 @@ const LBFGS_HISTORY: usize = 10;
 /// zoom the curvature pairs are only approximate.
 const LBFGS_MAX_STEP: f64 = 0.25;
 
+/// Named tensors and named scalars (as exact decimal strings) of a serialised state.
+pub type NamedTensors = Vec<(String, Tensor)>;
+pub type Scalars = Vec<(String, String)>;
+
 #[derive(Debug)]
 pub struct AdamState {
     pub m: Tensor,
@@ -82,7 +86,7 @@ impl OptimState {
     }
 
     /// Named tensors and scalars for serialisation; `from_parts` inverts it exactly.
-    pub fn to_parts(&self) -> (Vec<(String, Tensor)>, Vec<(String, String)>) {
+    pub fn to_parts(&self) -> (NamedTensors, Scalars) {
         match self {
             Self::Adam(st) => (
                 vec![("adam.m".into(), st.m.shallow_clone()), ("adam.v".into(), st.v.shallow_clone())],

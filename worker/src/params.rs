@@ -260,7 +260,8 @@ mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        let cases: [(fn(&mut RenderParams), &str); 6] = [
+        type Mutation = fn(&mut RenderParams);
+        let cases: [(Mutation, &str); 6] = [
             (|p| p.width = 0, "--size"),
             (|p| p.height = 9000, "--size"),
             (|p| p.frames = 0, "--frames"),

@@ -119,10 +119,12 @@ pub enum RandomDesign {
     ZeroMean,
     /// Zero-mean filters with 2x2 average pooling, which keeps more of every position's response.
     ZeroMeanAvgPool,
+    /// He-normal filters with average pooling.
+    HeAvgPool,
 }
 
 impl RandomDesign {
-    pub const ALL: [RandomDesign; 3] = [Self::He, Self::ZeroMean, Self::ZeroMeanAvgPool];
+    pub const ALL: [RandomDesign; 4] = [Self::He, Self::ZeroMean, Self::ZeroMeanAvgPool, Self::HeAvgPool];
     pub const DEFAULT: RandomDesign = Self::He;
 
     pub fn name(self) -> &'static str {
@@ -130,6 +132,7 @@ impl RandomDesign {
             Self::He => "he",
             Self::ZeroMean => "zero-mean",
             Self::ZeroMeanAvgPool => "zero-mean-avgpool",
+            Self::HeAvgPool => "he-avgpool",
         }
     }
 }
@@ -159,7 +162,8 @@ impl Vgg {
                 let fan_in = spec.cin * 9;
                 let std = (2.0 / fan_in as f32).sqrt();
                 let mut w: Vec<f32> = (0..spec.cout * fan_in).map(|_| rng.next_normal() * std).collect();
-                for filter in w.chunks_mut(fan_in).filter(|_| design != RandomDesign::He) {
+                let zero_mean = matches!(design, RandomDesign::ZeroMean | RandomDesign::ZeroMeanAvgPool);
+                for filter in w.chunks_mut(fan_in).filter(|_| zero_mean) {
                     let mean = filter.iter().sum::<f32>() / fan_in as f32;
                     filter.iter_mut().for_each(|v| *v -= mean);
                 }
@@ -169,7 +173,8 @@ impl Vgg {
             })
             .collect();
         let mut net = Self::with_convs(convs, device, WeightsOrigin::Random(design));
-        net.avg_pool = design == RandomDesign::ZeroMeanAvgPool;
+        net.avg_pool = matches!(design, RandomDesign::ZeroMeanAvgPool | RandomDesign::HeAvgPool);
+
         net
     }
 

@@ -63,6 +63,8 @@ pub fn run(args: Args) -> Result<()> {
         args.iters
     );
     println!("{:>10} {:>9} {:>9} {:>11}", "size", "s/iter", "s/frame", "frames/min");
+    println!("{:>10} {:>9} {:>9}", "", "(median)", "(all in)");
+
     let mut net = Some(net);
     for size in sizes.split(',') {
         let (width, height) = parse_size(size.trim())?;
@@ -86,17 +88,20 @@ pub fn run(args: Args) -> Result<()> {
         if let tch::Device::Cuda(i) = device {
             tch::Cuda::synchronize(i as i64);
         }
+        // Progress arrives after every iteration and after every frame; the gap between two
+        // iterations of one frame is one pure iteration (the first of a frame also pays the zoom).
+        let mut marks: Vec<(Instant, u32)> = Vec::new();
         let t = Instant::now();
-        engine.render(&mut state, args.frames + 1, &mut |_| Ok(()), &mut |_| {})?;
+        engine.render(&mut state, args.frames + 1, &mut |_| Ok(()), &mut |p| {
+            marks.push((Instant::now(), p.frames_done))
+        })?;
         let per_frame = t.elapsed().as_secs_f64() / args.frames as f64;
+        let mut iters: Vec<f64> =
+            marks.windows(2).filter(|w| w[0].1 == w[1].1).map(|w| (w[1].0 - w[0].0).as_secs_f64()).collect();
+        iters.sort_by(f64::total_cmp);
+        let median = iters.get(iters.len() / 2).copied().unwrap_or(f64::NAN);
         // Frames are read back to the host, so the timing includes all device work.
-        println!(
-            "{:>10} {:>9.4} {:>9.3} {:>11.1}",
-            size.trim(),
-            per_frame / args.iters as f64,
-            per_frame,
-            60.0 / per_frame
-        );
+        println!("{:>10} {:>9.4} {:>9.3} {:>11.1}", size.trim(), median, per_frame, 60.0 / per_frame);
     }
     Ok(())
 }
@@ -131,7 +136,12 @@ fn compare_features(args: &Args, device: tch::Device) -> Result<()> {
                 Engine::new(params, style, Vgg::random_with(worker::vgg::Network::Vgg16, design, device), device)?;
             let mut state = engine.initial_state(&mut |_| {})?;
             let mut out = Vec::new();
-            engine.render(&mut state, frames, &mut |f| Ok(out.push(f)), &mut |_| {})?;
+            let mut keep = |f| {
+                out.push(f);
+                Ok(())
+            };
+            engine.render(&mut state, frames, &mut keep, &mut |_| {})?;
+
             let last = out.last().expect("frames rendered").to_tensor();
             let ((m1, s1), (m2, s2)) = (quality::colour_stats(&last), quality::colour_stats(&reference));
             let mean_err = (0..3).map(|c| (m1[c] - m2[c]).abs()).sum::<f64>() / 3.0;
@@ -168,7 +178,6 @@ fn compare_features(args: &Args, device: tch::Device) -> Result<()> {
             "{:>18} {:>26} {:>40.3}",
             design.name(),
             "mean |detail|+|speckle|",
-
             total / args.styles.split(',').count() as f64
         );
     }

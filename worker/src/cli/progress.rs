@@ -67,7 +67,12 @@ pub fn init_logging(quiet: bool) -> Bar {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(if quiet { "warn" } else { "info" }));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(bar.clone()).with_target(false).with_ansi(ansi).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(bar.clone())
+        .with_target(false)
+        .with_ansi(ansi)
+        .init();
 
     bar
 }
