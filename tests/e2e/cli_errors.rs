@@ -44,9 +44,11 @@ fn bad_input_is_rejected_with_the_field_named_and_no_output_left() {
         (vec![wheat, "-o", &gif, "--fps", "60"], "--fps: a .gif stores frame delays in 1/100 s"),
     ];
     for (args, want) in cases {
+        // The shared small-render flags first: the case's own flags override them.
         let mut all = vec!["render"];
-        all.extend(&args);
         all.extend(SMALL);
+        all.extend(&args);
+
         let r = gramzoom(&all, d);
         let err = stderr(&r);
         assert!(!r.status.success(), "{args:?} succeeded");
