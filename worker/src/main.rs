@@ -17,7 +17,6 @@ enum Command {
     /// Render a zoom movie (.mp4, .gif) or a still (.png, .jpg) from a style image.
     /// A flag given twice takes its last value, so scripts can append overrides.
     #[command(args_override_self = true, allow_negative_numbers = true)]
-
     Render(cli::render::Args),
 
     /// Manage pretrained VGG weights.
