@@ -62,3 +62,36 @@ fn stills_and_frame_dumps() {
     assert_eq!(dumped[2], still.into_raw());
     assert_ne!(dumped[1], dumped[2]);
 }
+
+/// Ctrl-C (SIGINT) or SIGTERM mid-render: a non-zero exit, and neither the output nor its
+/// temporary file is left behind.
+#[test]
+fn an_interrupted_render_leaves_nothing_behind() {
+    for signal in ["-INT", "-TERM"] {
+        let dir = tempdir();
+        let out = dir.path().join("long.mp4");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_gramzoom"))
+            .args(["render", "-o", out.to_str().unwrap(), "--size", "64x48", "--frames", "100000", "--warmup", "1"])
+            .env("GRAMZOOM_CACHE", dir.path())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until it is rendering (its temporary output exists).
+        let partial = || {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".partial"))
+        };
+        let start = std::time::Instant::now();
+        while !partial() && start.elapsed().as_secs() < 60 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let killed = std::process::Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+        assert!(killed.success());
+        let result = child.wait_with_output().unwrap();
+        assert!(!result.status.success(), "{signal}: exit status {:?}", result.status);
+        assert!(stderr(&result).contains("cancelled"), "{signal}: {}", stderr(&result));
+        assert!(!out.exists() && !partial(), "{signal}: left files behind");
+    }
+}

@@ -20,6 +20,12 @@ pub enum RenderError {
     Encode { path: PathBuf, source: EncodeError },
 }
 
+enum ToEncoder {
+    Frame(Frame),
+    /// Sent once, after the last frame of a successful render.
+    Complete,
+}
+
 pub struct Outputs {
     pub output: PathBuf,
     pub frames_dir: Option<PathBuf>,
@@ -57,7 +63,7 @@ pub fn render(engine: &Engine, outputs: &Outputs, progress: &mut dyn FnMut(Progr
     let p = engine.params().clone();
     let start = Instant::now();
     let out_path = outputs.output.clone();
-    let (tx, rx) = mpsc::sync_channel::<Frame>(4);
+    let (tx, rx) = mpsc::sync_channel::<ToEncoder>(4);
     // The ffmpeg contexts are created, used and dropped on this thread alone.
     let encoder = std::thread::Builder::new()
         .name("encode".into())
@@ -67,20 +73,33 @@ pub fn render(engine: &Engine, outputs: &Outputs, progress: &mut dyn FnMut(Progr
                 Some(dir) => Box::new(encode::Tee(vec![main, Box::new(dir)])),
                 None => main,
             };
-            for frame in rx {
-                sink.push(&frame)?;
+            for msg in rx {
+                match msg {
+                    ToEncoder::Frame(frame) => sink.push(&frame)?,
+                    ToEncoder::Complete => return sink.finish(),
+                }
             }
-            sink.finish()
+            // The render failed or was cancelled: dropping the sink unfinished removes the
+            // temporary output, so no half movie appears under the requested name.
+            Ok(())
         })
         .expect("spawn encode thread");
 
     let result = run_engine(engine, outputs.segment_frames, &tx, progress);
+    if result.is_ok() {
+        // Only a render that produced every frame may complete the output.
+        let _ = tx.send(ToEncoder::Complete);
+    }
     drop(tx);
     let encoded = encoder.join().expect("encode thread panicked");
     let (warmup, state_bytes) = match (result, encoded) {
+        // The engine stops with "cancelled" when the encoder hung up: report why it did.
+        (Err(EngineError::Cancelled), Err(source)) | (Ok(_), Err(source)) => {
+            return Err(RenderError::Encode { path: out_path, source })
+        }
         // A failed render drops the sink unfinished: the temporary output is removed.
         (Err(e), _) => return Err(e.into()),
-        (Ok(_), Err(source)) => return Err(RenderError::Encode { path: out_path, source }),
+
         (Ok(r), Ok(())) => r,
     };
     Ok(Summary { frames: engine.params().frames, wall: start.elapsed(), warmup, state_bytes })
@@ -89,14 +108,14 @@ pub fn render(engine: &Engine, outputs: &Outputs, progress: &mut dyn FnMut(Progr
 fn run_engine(
     engine: &Engine,
     segment_frames: Option<u32>,
-    tx: &mpsc::SyncSender<Frame>,
+    tx: &mpsc::SyncSender<ToEncoder>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(Duration, Option<u64>), EngineError> {
     let total = engine.params().frames;
     let t0 = Instant::now();
     let mut state = engine.initial_state(progress)?;
     let warmup = t0.elapsed();
-    let mut send = |f: Frame| tx.send(f).map_err(|_| EngineError::Cancelled);
+    let mut send = |f: Frame| tx.send(ToEncoder::Frame(f)).map_err(|_| EngineError::Cancelled);
     let mut state_bytes = None;
     let seg = segment_frames.unwrap_or(total).max(1);
     let scratch = segment_frames

@@ -208,7 +208,7 @@ impl Engine {
             });
         }
         let (start, total) = (state.next_frame, end.saturating_sub(state.next_frame));
-        let lr_roll_every = match self.params.optimizer {
+        let roll_every = match self.params.optimizer {
             crate::params::OptimizerKind::Adam => 1,
             crate::params::OptimizerKind::Lbfgs => self.params.iters,
         };
@@ -225,7 +225,7 @@ impl Engine {
             let mut shift = (0, 0);
             let mut loss = 0.0;
             for k in 0..self.params.iters {
-                if k % lr_roll_every == 0 {
+                if k % roll_every == 0 {
                     shift = (rolls.below(h as u64) as i64, rolls.below(w as u64) as i64);
                 }
                 loss = self.iterate(&self.target, &mut state.image, &mut state.optim, shift, i)?;

@@ -131,6 +131,16 @@ pub fn run(args: Args, bar: &Bar) -> Result<()> {
         );
     }
     let engine = Engine::new(params.clone(), style, net, device)?;
+    // Ctrl-C or SIGTERM: stop at the next iteration and remove the unfinished output; a second
+    // one exits at once.
+    let cancel = engine.cancel_flag();
+    ctrlc::set_handler(move || {
+        if cancel.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    })
+    .context("installing the interrupt handler")?;
+
     let outputs = Outputs {
         output: args.output.clone(),
         frames_dir: args.frames_dir.clone(),
