@@ -99,7 +99,6 @@ pub fn render(engine: &Engine, outputs: &Outputs, progress: &mut dyn FnMut(Progr
         }
         // A failed render drops the sink unfinished: the temporary output is removed.
         (Err(e), _) => return Err(e.into()),
-
         (Ok(r), Ok(())) => r,
     };
     Ok(Summary { frames: engine.params().frames, wall: start.elapsed(), warmup, state_bytes })

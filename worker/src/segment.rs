@@ -64,7 +64,8 @@ impl Frame {
     }
 }
 
-/// What the engine reports after every optimiser iteration.
+/// What the engine reports after every optimiser iteration and after every finished frame.
+
 #[derive(Debug, Clone, Copy)]
 pub struct Progress {
     /// Frames finished in this call, and how many the call renders.
@@ -74,6 +75,8 @@ pub struct Progress {
     pub warmup_done: u32,
     pub warmup_total: u32,
     pub loss: f64,
+    /// True when this report follows an optimiser iteration, false when it announces a frame.
+    pub iteration: bool,
 }
 
 pub struct Engine {
@@ -179,7 +182,14 @@ impl Engine {
                 }
                 let loss = self.iterate(target, &mut image, &mut optim, shift, u32::MAX)?;
                 done += 1;
-                progress(Progress { frames_done: 0, frames_total: 0, warmup_done: done, warmup_total: p.warmup, loss });
+                progress(Progress {
+                    frames_done: 0,
+                    frames_total: 0,
+                    warmup_done: done,
+                    warmup_total: p.warmup,
+                    loss,
+                    iteration: true,
+                });
             }
         }
         Ok(State { next_frame: 0, image, optim, fingerprint: self.fingerprint.clone() })
@@ -235,6 +245,7 @@ impl Engine {
                     warmup_done: 0,
                     warmup_total: 0,
                     loss,
+                    iteration: true,
                 });
             }
             on_frame(Frame::from_tensor(i, &state.image))?;
@@ -245,6 +256,7 @@ impl Engine {
                 warmup_done: 0,
                 warmup_total: 0,
                 loss,
+                iteration: false,
             });
         }
         Ok(())

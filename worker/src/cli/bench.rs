@@ -88,16 +88,17 @@ pub fn run(args: Args) -> Result<()> {
         if let tch::Device::Cuda(i) = device {
             tch::Cuda::synchronize(i as i64);
         }
-        // Progress arrives after every iteration and after every frame; the gap between two
-        // iterations of one frame is one pure iteration (the first of a frame also pays the zoom).
-        let mut marks: Vec<(Instant, u32)> = Vec::new();
+        // Progress arrives after every iteration and after every frame. The gap between two
+        // iteration reports is one pure iteration; a gap that starts at a frame report also pays
+        // the frame's read-back and the next zoom, and is left out.
+        let mut marks: Vec<(Instant, bool)> = Vec::new();
         let t = Instant::now();
-        engine.render(&mut state, args.frames + 1, &mut |_| Ok(()), &mut |p| {
-            marks.push((Instant::now(), p.frames_done))
-        })?;
+        engine
+            .render(&mut state, args.frames + 1, &mut |_| Ok(()), &mut |p| marks.push((Instant::now(), p.iteration)))?;
         let per_frame = t.elapsed().as_secs_f64() / args.frames as f64;
         let mut iters: Vec<f64> =
-            marks.windows(2).filter(|w| w[0].1 == w[1].1).map(|w| (w[1].0 - w[0].0).as_secs_f64()).collect();
+            marks.windows(2).filter(|w| w[0].1 && w[1].1).map(|w| (w[1].0 - w[0].0).as_secs_f64()).collect();
+
         iters.sort_by(f64::total_cmp);
         let median = iters.get(iters.len() / 2).copied().unwrap_or(f64::NAN);
         // Frames are read back to the host, so the timing includes all device work.

@@ -160,7 +160,8 @@ pub fn run(args: Args, bar: &Bar) -> Result<()> {
     let mut frames_bar = None;
     let (mut iters, mut phase_start) = (0u64, Instant::now());
     let mut on_progress = |p: worker::Progress| {
-        iters += 1;
+        iters += u64::from(p.iteration);
+
         let rate = iters as f64 / phase_start.elapsed().as_secs_f64().max(1e-9);
         if p.warmup_total > 0 {
             let pb = warm.get_or_insert_with(|| bar.start(p.warmup_total as u64, "warm-up", args.quiet));
