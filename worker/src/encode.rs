@@ -26,44 +26,7 @@ fn ff(context: &'static str) -> impl Fn(ffmpeg::Error) -> EncodeError {
     move |e| EncodeError::Ffmpeg(format!("{context}: {e}"))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputKind {
-    Mp4,
-    Gif,
-    Png,
-    Jpeg,
-}
-
-impl OutputKind {
-    pub fn from_path(path: &Path) -> Result<Self, ParamError> {
-        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
-        match ext.as_deref() {
-            Some("mp4") => Ok(Self::Mp4),
-            Some("gif") => Ok(Self::Gif),
-            Some("png") => Ok(Self::Png),
-            Some("jpg" | "jpeg") => Ok(Self::Jpeg),
-            other => Err(ParamError::new(
-                "--output",
-                format!("unknown output extension {:?}; use .mp4, .gif, .png or .jpg", other.unwrap_or("")),
-            )),
-        }
-    }
-
-    /// Limits of the format itself, checked before any work is done.
-    pub fn check(self, width: u32, height: u32, fps: Fps) -> Result<(), ParamError> {
-        match self {
-            Self::Mp4 if width % 2 == 1 || height % 2 == 1 => Err(ParamError::new(
-                "--size",
-                format!("an .mp4 (H.264, yuv420p) needs an even width and height, got {width}x{height}; use an even size, or .gif or .png output"),
-            )),
-            Self::Gif if fps.as_f64() > 50.0 => Err(ParamError::new(
-                "--fps",
-                format!("a .gif stores frame delays in 1/100 s and players slow down delays below 2/100 s, so at most 50 fps works, got {}", fps.as_f64()),
-            )),
-            _ => Ok(()),
-        }
-    }
-}
+pub use proto::params::OutputKind;
 
 /// A file being written under a temporary name; `commit` renames it into place, dropping it
 /// without `commit` deletes it.
@@ -241,7 +204,6 @@ pub struct Gif {
     file: Option<PartialFile>,
     encoder: gif::Encoder<BufWriter<File>>,
     fps: Fps,
-    frames: u64,
 }
 
 impl Gif {
@@ -256,7 +218,7 @@ impl Gif {
         };
         let mut encoder = gif::Encoder::new(out, w, h, &[]).map_err(|e| EncodeError::Gif(e.to_string()))?;
         encoder.set_repeat(gif::Repeat::Infinite).map_err(|e| EncodeError::Gif(e.to_string()))?;
-        Ok(Self { file: Some(file), encoder, fps, frames: 0 })
+        Ok(Self { file: Some(file), encoder, fps })
     }
 
     /// Delay of frame n in centiseconds, rounded so that the running total is exact:
@@ -270,8 +232,9 @@ impl Gif {
 impl FrameSink for Gif {
     fn push(&mut self, frame: &Frame) -> Result<(), EncodeError> {
         let mut f = gif::Frame::from_rgb_speed(frame.width as u16, frame.height as u16, &frame.rgb, 10);
-        f.delay = self.delay_cs(self.frames);
-        self.frames += 1;
+        // Delays follow the frame's index in the whole movie, so a chunk of a segmented movie
+        // carries exactly the delays the same frames have in a movie encoded in one piece.
+        f.delay = self.delay_cs(frame.index as u64);
         self.encoder.write_frame(&f).map_err(|e| EncodeError::Gif(e.to_string()))
     }
 

@@ -3,20 +3,7 @@
 
 use std::path::PathBuf;
 
-/// A render parameter that is out of range; `field` is the CLI flag name, so messages read like
-/// `--size: width must be between 32 and 7680, got 7`.
-#[derive(Debug, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct ParamError {
-    pub field: &'static str,
-    pub message: String,
-}
-
-impl ParamError {
-    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
-        Self { field, message: message.into() }
-    }
-}
+pub use proto::params::ParamError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

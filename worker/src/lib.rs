@@ -9,7 +9,6 @@ pub mod error;
 pub mod gram;
 pub mod handoff;
 pub mod optim;
-pub mod params;
 pub mod pth;
 pub mod quality;
 pub mod render;
@@ -19,6 +18,9 @@ pub mod style;
 pub mod vgg;
 pub mod weights;
 pub mod zoom;
+
+/// Render parameters live in the `proto` crate, which the coordinator links too.
+pub use proto::params;
 
 pub use error::{EngineError, ParamError};
 pub use handoff::State;

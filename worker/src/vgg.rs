@@ -7,81 +7,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Network {
-    Vgg16,
-    Vgg19,
-}
+pub use proto::params::{LayerSpec, Network};
 
-impl Network {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Vgg16 => "vgg16",
-            Self::Vgg19 => "vgg19",
-        }
-    }
-
-    /// Output channels per conv block (torchvision's configurations D and E).
-    fn blocks(self) -> &'static [(usize, usize)] {
-        match self {
-            Self::Vgg16 => &[(2, 64), (2, 128), (3, 256), (3, 512), (3, 512)],
-            Self::Vgg19 => &[(2, 64), (2, 128), (4, 256), (4, 512), (4, 512)],
-        }
-    }
-
-    /// Every conv layer: (name like `conv3_2`, torchvision module index, in, out channels,
-    /// whether a 2x2 max-pool precedes it).
-    pub fn layers(self) -> Vec<LayerSpec> {
-        let mut out = Vec::new();
-        let (mut index, mut cin) = (0usize, 3usize);
-        for (b, &(n, cout)) in self.blocks().iter().enumerate() {
-            for i in 0..n {
-                out.push(LayerSpec {
-                    name: format!("conv{}_{}", b + 1, i + 1),
-                    index,
-                    cin,
-                    cout,
-                    pool_before: b > 0 && i == 0,
-                });
-                index += 2; // conv, relu
-                cin = cout;
-            }
-            index += 1; // max-pool
-        }
-        out
-    }
-}
-
-impl std::str::FromStr for Network {
-    type Err = crate::error::ParamError;
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        match s {
-            "vgg16" => Ok(Self::Vgg16),
-            "vgg19" => Ok(Self::Vgg19),
-            _ => Err(crate::error::ParamError::new("--network", format!("expected vgg16 or vgg19, got {s:?}"))),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct LayerSpec {
-    pub name: String,
-    pub index: usize,
-    pub cin: usize,
-    pub cout: usize,
-    pub pool_before: bool,
-}
-
-impl LayerSpec {
-    pub fn weight_key(&self) -> String {
-        format!("features.{}.weight", self.index)
-    }
-    pub fn bias_key(&self) -> String {
-        format!("features.{}.bias", self.index)
-    }
-    fn weight_shape(&self) -> [i64; 4] {
-        [self.cout as i64, self.cin as i64, 3, 3]
-    }
+fn weight_shape(l: &LayerSpec) -> [i64; 4] {
+    [l.cout as i64, l.cin as i64, 3, 3]
 }
 
 struct Conv {
@@ -167,7 +96,7 @@ impl Vgg {
                     let mean = filter.iter().sum::<f32>() / fan_in as f32;
                     filter.iter_mut().for_each(|v| *v -= mean);
                 }
-                let weight = Tensor::from_slice(&w).reshape(spec.weight_shape()).to_device(device);
+                let weight = Tensor::from_slice(&w).reshape(weight_shape(&spec)).to_device(device);
                 let bias = Tensor::zeros([spec.cout as i64], (Kind::Float, device));
                 Conv { spec, weight, bias }
             })
@@ -205,7 +134,7 @@ impl Vgg {
                 }
                 Ok(t.to_kind(Kind::Float).to_device(device))
             };
-            let weight = take(spec.weight_key(), &spec.weight_shape())?;
+            let weight = take(spec.weight_key(), &weight_shape(&spec))?;
             let bias = take(spec.bias_key(), &[spec.cout as i64])?;
             convs.push(Conv { spec, weight, bias });
         }

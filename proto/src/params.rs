@@ -1,11 +1,10 @@
 //! Render parameters: what a user asks for, validated once, with limits stated in the errors.
 //!
-//! The same struct travels from the CLI to the engine (and later over gRPC), so validation lives
-//! here and not in the CLI.
+//! The same struct travels from the CLI to the engine and over gRPC (see `wire`), so validation
+//! lives here, in the one crate both the coordinator and the worker link, and not in the CLI.
 
-use crate::error::ParamError;
-use crate::vgg::Network;
 use sha2::{Digest, Sha256};
+use std::path::Path;
 
 pub const MIN_SIDE: u32 = 32;
 pub const MAX_SIDE: u32 = 7680;
@@ -131,6 +130,12 @@ impl Default for RenderParams {
 
 impl RenderParams {
     pub fn validate(&self) -> Result<(), ParamError> {
+        if self.fps.den == 0 || !(1.0..=240.0).contains(&self.fps.as_f64()) {
+            return Err(ParamError::new(
+                "--fps",
+                format!("must be between 1 and 240 frames per second, got {}/{}", self.fps.num, self.fps.den),
+            ));
+        }
         for (name, v) in [("width", self.width), ("height", self.height)] {
             if !(MIN_SIDE..=MAX_SIDE).contains(&v) {
                 return Err(ParamError::new(
@@ -230,6 +235,151 @@ impl RenderParams {
             weights_digest,
         );
         hex(&Sha256::digest(canon.as_bytes()))
+    }
+}
+
+/// A render parameter that is out of range; `field` is the CLI flag name, so messages read like
+/// `--size: width must be between 32 and 7680, got 7`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ParamError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl ParamError {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self { field, message: message.into() }
+    }
+}
+
+/// The feature network. Its layer table lives here (not with the tensors) so that the
+/// coordinator can validate `--layers` without linking libtorch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    Vgg16,
+    Vgg19,
+}
+
+impl Network {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Vgg16 => "vgg16",
+            Self::Vgg19 => "vgg19",
+        }
+    }
+
+    /// Output channels per conv block (torchvision's configurations D and E).
+    fn blocks(self) -> &'static [(usize, usize)] {
+        match self {
+            Self::Vgg16 => &[(2, 64), (2, 128), (3, 256), (3, 512), (3, 512)],
+            Self::Vgg19 => &[(2, 64), (2, 128), (4, 256), (4, 512), (4, 512)],
+        }
+    }
+
+    /// Every conv layer: (name like `conv3_2`, torchvision module index, in, out channels,
+    /// whether a 2x2 max-pool precedes it).
+    pub fn layers(self) -> Vec<LayerSpec> {
+        let mut out = Vec::new();
+        let (mut index, mut cin) = (0usize, 3usize);
+        for (b, &(n, cout)) in self.blocks().iter().enumerate() {
+            for i in 0..n {
+                out.push(LayerSpec {
+                    name: format!("conv{}_{}", b + 1, i + 1),
+                    index,
+                    cin,
+                    cout,
+                    pool_before: b > 0 && i == 0,
+                });
+                index += 2; // conv, relu
+                cin = cout;
+            }
+            index += 1; // max-pool
+        }
+        out
+    }
+}
+
+impl std::str::FromStr for Network {
+    type Err = ParamError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "vgg16" => Ok(Self::Vgg16),
+            "vgg19" => Ok(Self::Vgg19),
+            _ => Err(ParamError::new("--network", format!("expected vgg16 or vgg19, got {s:?}"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LayerSpec {
+    pub name: String,
+    pub index: usize,
+    pub cin: usize,
+    pub cout: usize,
+    pub pool_before: bool,
+}
+
+impl LayerSpec {
+    pub fn weight_key(&self) -> String {
+        format!("features.{}.weight", self.index)
+    }
+    pub fn bias_key(&self) -> String {
+        format!("features.{}.bias", self.index)
+    }
+}
+
+/// What a render produces: a movie or the last frame as a still.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    Mp4,
+    Gif,
+    Png,
+    Jpeg,
+}
+
+impl OutputKind {
+    pub fn from_path(path: &Path) -> Result<Self, ParamError> {
+        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        match ext.as_deref() {
+            Some("mp4") => Ok(Self::Mp4),
+            Some("gif") => Ok(Self::Gif),
+            Some("png") => Ok(Self::Png),
+            Some("jpg" | "jpeg") => Ok(Self::Jpeg),
+            other => Err(ParamError::new(
+                "--output",
+                format!("unknown output extension {:?}; use .mp4, .gif, .png or .jpg", other.unwrap_or("")),
+            )),
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Mp4 => "mp4",
+            Self::Gif => "gif",
+            Self::Png => "png",
+            Self::Jpeg => "jpg",
+        }
+    }
+
+    /// Whether the output holds every frame (a movie) or only the last one (a still).
+    pub fn is_movie(self) -> bool {
+        matches!(self, Self::Mp4 | Self::Gif)
+    }
+
+    /// Limits of the format itself, checked before any work is done.
+    pub fn check(self, width: u32, height: u32, fps: Fps) -> Result<(), ParamError> {
+        match self {
+            Self::Mp4 if width % 2 == 1 || height % 2 == 1 => Err(ParamError::new(
+                "--size",
+                format!("an .mp4 (H.264, yuv420p) needs an even width and height, got {width}x{height}; use an even size, or .gif or .png output"),
+            )),
+            Self::Gif if fps.as_f64() > 50.0 => Err(ParamError::new(
+                "--fps",
+                format!("a .gif stores frame delays in 1/100 s and players slow down delays below 2/100 s, so at most 50 fps works, got {}", fps.as_f64()),
+            )),
+            _ => Ok(()),
+        }
     }
 }
 

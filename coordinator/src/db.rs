@@ -1,0 +1,375 @@
+//! The coordinator's durable state: jobs, their segments, every attempt at a segment, and the
+//! registered workers, in SQLite (WAL mode) under `--data`. Every state change is one
+//! transaction, so a coordinator killed at any point restarts into a consistent state.
+//!
+//! State machine (ARCHITECTURE.md has the picture):
+//! - job: queued -> running -> stitching -> succeeded; any non-final -> failed | cancelled
+//! - segment: waiting -> ready -> running -> done; running -> ready (attempt failed or expired,
+//!   retries left) | failed (none left); any non-done -> cancelled
+//! - attempt: running -> succeeded | failed | expired | cancelled
+
+use crate::error::{Error, Result};
+use proto::v1;
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use std::path::Path;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    spec BLOB NOT NULL,
+    priority INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    error TEXT NOT NULL DEFAULT '',
+    frames INTEGER NOT NULL,
+    style_sha256 TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    finished_ms INTEGER NOT NULL DEFAULT 0,
+    output_size INTEGER NOT NULL DEFAULT 0,
+    output_sha256 TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS segments (
+    job INTEGER NOT NULL REFERENCES jobs(seq),
+    idx INTEGER NOT NULL,
+    start_frame INTEGER NOT NULL,
+    end_frame INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    ready_ms INTEGER NOT NULL DEFAULT 0,
+    -- The worker that produced this segment's start state (affinity).
+    preferred_worker TEXT,
+    -- The attempt whose end state starts this segment, and the one that finished it.
+    start_attempt INTEGER NOT NULL DEFAULT 0,
+    done_attempt INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (job, idx)
+);
+CREATE INDEX IF NOT EXISTS segments_by_state ON segments(state);
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    worker TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    lease_until_ms INTEGER NOT NULL,
+    started_ms INTEGER NOT NULL,
+    ended_ms INTEGER NOT NULL DEFAULT 0,
+    frames_done INTEGER NOT NULL DEFAULT 0,
+    chunk_sha256 TEXT NOT NULL DEFAULT '',
+    state_sha256 TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS attempts_by_segment ON attempts(job, idx);
+CREATE INDEX IF NOT EXISTS attempts_by_state ON attempts(state);
+CREATE TABLE IF NOT EXISTS workers (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    device TEXT NOT NULL,
+    registered_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL
+);
+";
+
+pub fn open(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+pub fn job_id(seq: i64) -> String {
+    format!("job-{seq}")
+}
+
+/// `job-7` -> 7; anything else is an unknown job.
+pub fn job_seq(id: &str) -> Result<i64> {
+    id.strip_prefix("job-").and_then(|n| n.parse().ok()).ok_or_else(|| Error::JobNotFound(id.into()))
+}
+
+pub fn worker_id(seq: i64) -> String {
+    format!("worker-{seq}")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    Queued,
+    Running,
+    Stitching,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Stitching => "stitching",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "queued" => Self::Queued,
+            "running" => Self::Running,
+            "stitching" => Self::Stitching,
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            _ => Self::Cancelled,
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+
+    /// For messages: "succeeded", "was cancelled", ...
+    pub fn described(self) -> &'static str {
+        match self {
+            Self::Queued => "is queued",
+            Self::Running => "is running",
+            Self::Stitching => "is being stitched",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "was cancelled",
+        }
+    }
+
+    pub fn to_wire(self) -> v1::JobState {
+        match self {
+            Self::Queued => v1::JobState::Queued,
+            Self::Running => v1::JobState::Running,
+            Self::Stitching => v1::JobState::Stitching,
+            Self::Succeeded => v1::JobState::Succeeded,
+            Self::Failed => v1::JobState::Failed,
+            Self::Cancelled => v1::JobState::Cancelled,
+        }
+    }
+}
+
+/// Inserts a job and its segments; the first segment is ready at once.
+pub fn submit(
+    conn: &mut Connection,
+    spec: &v1::JobSpec,
+    frames: u32,
+    segment_frames: u32,
+    style_sha256: &str,
+    now: i64,
+) -> Result<i64> {
+    use prost::Message;
+    let tx = conn.transaction()?;
+    tx.execute(
+        "INSERT INTO jobs (spec, priority, state, frames, style_sha256, created_ms) VALUES (?1, ?2, 'queued', ?3, ?4, ?5)",
+        params![spec.encode_to_vec(), spec.priority, frames, style_sha256, now],
+    )?;
+    let seq = tx.last_insert_rowid();
+    let mut start = 0u32;
+    let mut idx = 0u32;
+    while start < frames {
+        let end = start.saturating_add(segment_frames).min(frames);
+        let state = if idx == 0 { "ready" } else { "waiting" };
+        tx.execute(
+            "INSERT INTO segments (job, idx, start_frame, end_frame, state, ready_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![seq, idx, start, end, state, now],
+        )?;
+        start = end;
+        idx += 1;
+    }
+    tx.commit()?;
+    Ok(seq)
+}
+
+pub fn job_state(tx: &Transaction, seq: i64) -> Result<JobState> {
+    tx.query_row("SELECT state FROM jobs WHERE seq = ?1", [seq], |r| r.get::<_, String>(0))
+        .optional()?
+        .map(|s| JobState::parse(&s))
+        .ok_or_else(|| Error::JobNotFound(job_id(seq)))
+}
+
+/// Cancels a job that has not ended: its unfinished segments and running attempts too.
+pub fn cancel(conn: &mut Connection, seq: i64, now: i64) -> Result<()> {
+    let tx = conn.transaction()?;
+    let state = job_state(&tx, seq)?;
+    if state.is_final() {
+        return Err(Error::JobEnded { id: job_id(seq), state: state.described() });
+    }
+    tx.execute(
+        "UPDATE jobs SET state = 'cancelled', error = 'cancelled by request', finished_ms = ?2 WHERE seq = ?1",
+        params![seq, now],
+    )?;
+    tx.execute("UPDATE segments SET state = 'cancelled' WHERE job = ?1 AND state != 'done'", [seq])?;
+    tx.execute(
+        "UPDATE attempts SET state = 'cancelled', reason = 'job cancelled', ended_ms = ?2 WHERE job = ?1 AND state = 'running'",
+        params![seq, now],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Marks a job failed (stitching errors and the like) unless it already ended.
+pub fn fail_job(tx: &Transaction, seq: i64, reason: &str, now: i64) -> Result<()> {
+    tx.execute(
+        "UPDATE jobs SET state = 'failed', error = ?2, finished_ms = ?3 WHERE seq = ?1 AND state NOT IN ('succeeded', 'failed', 'cancelled')",
+        params![seq, reason, now],
+    )?;
+    tx.execute("UPDATE segments SET state = 'cancelled' WHERE job = ?1 AND state IN ('waiting', 'ready')", [seq])?;
+    tx.execute(
+        "UPDATE attempts SET state = 'cancelled', reason = 'job failed', ended_ms = ?2 WHERE job = ?1 AND state = 'running'",
+        params![seq, now],
+    )?;
+    Ok(())
+}
+
+pub fn finish_stitch(conn: &mut Connection, seq: i64, size: u64, sha256: &str, now: i64) -> Result<bool> {
+    let n = conn.execute(
+        "UPDATE jobs SET state = 'succeeded', output_size = ?2, output_sha256 = ?3, finished_ms = ?4 WHERE seq = ?1 AND state = 'stitching'",
+        params![seq, size as i64, sha256, now],
+    )?;
+    Ok(n == 1)
+}
+
+pub fn jobs_in_state(conn: &Connection, state: JobState) -> Result<Vec<i64>> {
+    let mut stmt = conn.prepare("SELECT seq FROM jobs WHERE state = ?1 ORDER BY seq")?;
+    let rows = stmt.query_map([state.as_str()], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// What the stitcher needs: each done segment's chunk attempt and frame range, in order.
+pub fn done_chunks(conn: &Connection, seq: i64) -> Result<Vec<(u64, u32, u32)>> {
+    let mut stmt = conn.prepare(
+        "SELECT done_attempt, start_frame, end_frame FROM segments WHERE job = ?1 AND state = 'done' ORDER BY idx",
+    )?;
+    let rows = stmt.query_map([seq], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn spec(conn: &Connection, seq: i64) -> Result<v1::JobSpec> {
+    use prost::Message;
+    let blob: Vec<u8> = conn
+        .query_row("SELECT spec FROM jobs WHERE seq = ?1", [seq], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| Error::JobNotFound(job_id(seq)))?;
+    v1::JobSpec::decode(blob.as_slice()).map_err(|e| Error::Db(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
+}
+
+/// The job as users see it. `include_segments` adds every segment and attempt.
+pub fn job(conn: &Connection, seq: i64, include_segments: bool) -> Result<v1::Job> {
+    let spec = spec(conn, seq)?;
+    let (state, error, frames, created, finished, size, sha): (String, String, u32, i64, i64, i64, String) = conn
+        .query_row(
+            "SELECT state, error, frames, created_ms, finished_ms, output_size, output_sha256 FROM jobs WHERE seq = ?1",
+            [seq],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)),
+        )?;
+    let (done_frames, segments_done, segments_total): (u32, u32, u32) = conn.query_row(
+        "SELECT COALESCE(SUM(CASE WHEN state = 'done' THEN end_frame - start_frame ELSE 0 END), 0),
+                COALESCE(SUM(state = 'done'), 0), COUNT(*) FROM segments WHERE job = ?1",
+        [seq],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let running: u32 = conn.query_row(
+        "SELECT COALESCE(SUM(frames_done), 0) FROM attempts WHERE job = ?1 AND state = 'running'",
+        [seq],
+        |r| r.get(0),
+    )?;
+    let mut job = v1::Job {
+        id: job_id(seq),
+        spec: Some(spec),
+        state: JobState::parse(&state).to_wire() as i32,
+        error,
+        frames_done: (done_frames + running).min(frames),
+        frames_total: frames,
+        segments_done,
+        segments_total,
+        created_unix_ms: created,
+        finished_unix_ms: finished,
+        output_size: size as u64,
+        output_sha256: sha,
+        ..Default::default()
+    };
+    if include_segments {
+        job.segments = segments(conn, seq)?;
+    }
+    Ok(job)
+}
+
+fn segments(conn: &Connection, seq: i64) -> Result<Vec<v1::Segment>> {
+    let mut stmt =
+        conn.prepare("SELECT idx, start_frame, end_frame, state FROM segments WHERE job = ?1 ORDER BY idx")?;
+    let mut out: Vec<v1::Segment> = stmt
+        .query_map([seq], |r| {
+            let state: String = r.get(3)?;
+            Ok(v1::Segment {
+                index: r.get(0)?,
+                start_frame: r.get(1)?,
+                end_frame: r.get(2)?,
+                state: segment_state(&state) as i32,
+                attempts: Vec::new(),
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut stmt = conn.prepare(
+        "SELECT idx, id, worker, state, reason, started_ms, ended_ms, frames_done FROM attempts WHERE job = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map([seq], |r| {
+        let state: String = r.get(3)?;
+        Ok((
+            r.get::<_, u32>(0)?,
+            v1::Attempt {
+                id: r.get::<_, i64>(1)? as u64,
+                worker_id: r.get(2)?,
+                state: attempt_state(&state) as i32,
+                reason: r.get(4)?,
+                started_unix_ms: r.get(5)?,
+                ended_unix_ms: r.get(6)?,
+                frames_done: r.get(7)?,
+            },
+        ))
+    })?;
+    for row in rows {
+        let (idx, attempt) = row?;
+        if let Some(s) = out.get_mut(idx as usize) {
+            s.attempts.push(attempt);
+        }
+    }
+    Ok(out)
+}
+
+fn segment_state(s: &str) -> v1::SegmentState {
+    match s {
+        "waiting" => v1::SegmentState::Waiting,
+        "ready" => v1::SegmentState::Ready,
+        "running" => v1::SegmentState::Running,
+        "done" => v1::SegmentState::Done,
+        "failed" => v1::SegmentState::Failed,
+        _ => v1::SegmentState::Cancelled,
+    }
+}
+
+fn attempt_state(s: &str) -> v1::AttemptState {
+    match s {
+        "running" => v1::AttemptState::Running,
+        "succeeded" => v1::AttemptState::Succeeded,
+        "failed" => v1::AttemptState::Failed,
+        "expired" => v1::AttemptState::Expired,
+        _ => v1::AttemptState::Cancelled,
+    }
+}
+
+pub fn list(conn: &Connection) -> Result<Vec<v1::Job>> {
+    let mut stmt = conn.prepare("SELECT seq FROM jobs ORDER BY seq")?;
+    let seqs: Vec<i64> = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    seqs.into_iter().map(|s| job(conn, s, false)).collect()
+}
+
+pub fn register_worker(conn: &Connection, name: &str, device: &str, now: i64) -> Result<String> {
+    conn.execute(
+        "INSERT INTO workers (name, device, registered_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?3)",
+        params![name, device, now],
+    )?;
+    Ok(worker_id(conn.last_insert_rowid()))
+}

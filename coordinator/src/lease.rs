@@ -1,0 +1,303 @@
+//! Leases and fencing. A worker holds a segment through an attempt whose id is the fencing
+//! token: heartbeats extend its lease, an expired lease sends the segment back to the queue, and
+//! anything later sent for a superseded attempt is rejected here, in the same transaction that
+//! would have used it.
+
+use crate::db::{self, job_id};
+use crate::error::{Error, Result};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+/// What a worker is told to do.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub attempt: u64,
+    pub job: i64,
+    pub idx: u32,
+    pub segment_count: u32,
+    pub start_frame: u32,
+    pub end_frame: u32,
+    pub start_attempt: u64,
+    pub start_state_sha256: String,
+    pub style_sha256: String,
+}
+
+/// The scheduling knobs that touch the database.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub lease_ms: i64,
+    /// Attempts per segment before the job fails.
+    pub max_attempts: u32,
+    /// How long a ready segment waits for the worker that holds its start state.
+    pub affinity_grace_ms: i64,
+}
+
+fn worker_seq(conn: &Connection, worker: &str) -> Result<i64> {
+    let seq = worker.strip_prefix("worker-").and_then(|n| n.parse::<i64>().ok());
+    let known = match seq {
+        Some(s) => conn.query_row("SELECT 1 FROM workers WHERE seq = ?1", [s], |_| Ok(())).optional()?.is_some(),
+        None => false,
+    };
+    match (seq, known) {
+        (Some(s), true) => Ok(s),
+        _ => Err(Error::WorkerNotFound(worker.into())),
+    }
+}
+
+/// Hands the best ready segment to `worker`: highest priority first, then the segment whose
+/// start state this worker produced, then the oldest job. A segment whose start state another
+/// live worker holds is left to that worker for `affinity_grace_ms`.
+pub fn acquire(conn: &mut Connection, worker: &str, policy: Policy, now: i64) -> Result<Option<Grant>> {
+    let tx = conn.transaction()?;
+    let wseq = worker_seq(&tx, worker)?;
+    tx.execute("UPDATE workers SET last_seen_ms = ?2 WHERE seq = ?1", params![wseq, now])?;
+    expire_in(&tx, policy, now)?;
+    let row = tx
+        .query_row(
+            "SELECT s.job, s.idx, s.start_frame, s.end_frame, s.start_attempt, j.style_sha256
+             FROM segments s JOIN jobs j ON j.seq = s.job
+             WHERE s.state = 'ready' AND j.state IN ('queued', 'running')
+               AND (s.preferred_worker IS NULL OR s.preferred_worker = ?1 OR s.ready_ms <= ?2)
+             ORDER BY j.priority DESC, (s.preferred_worker IS ?1) DESC, j.seq ASC
+             LIMIT 1",
+            params![worker, now - policy.affinity_grace_ms],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, u32>(1)?,
+                    r.get::<_, u32>(2)?,
+                    r.get::<_, u32>(3)?,
+                    r.get::<_, i64>(4)? as u64,
+                    r.get::<_, String>(5)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((job, idx, start_frame, end_frame, start_attempt, style_sha256)) = row else {
+        tx.commit()?;
+        return Ok(None);
+    };
+    tx.execute(
+        "INSERT INTO attempts (job, idx, worker, state, lease_until_ms, started_ms) VALUES (?1, ?2, ?3, 'running', ?4, ?5)",
+        params![job, idx, worker, now + policy.lease_ms, now],
+    )?;
+    let attempt = tx.last_insert_rowid() as u64;
+    tx.execute("UPDATE segments SET state = 'running' WHERE job = ?1 AND idx = ?2", params![job, idx])?;
+    tx.execute("UPDATE jobs SET state = 'running' WHERE seq = ?1 AND state = 'queued'", [job])?;
+    let segment_count: u32 = tx.query_row("SELECT COUNT(*) FROM segments WHERE job = ?1", [job], |r| r.get(0))?;
+    let start_state_sha256: String = tx
+        .query_row("SELECT state_sha256 FROM attempts WHERE id = ?1", [start_attempt as i64], |r| r.get(0))
+        .optional()?
+        .unwrap_or_default();
+    tx.commit()?;
+    Ok(Some(Grant {
+        attempt,
+        job,
+        idx,
+        segment_count,
+        start_frame,
+        end_frame,
+        start_attempt,
+        start_state_sha256,
+        style_sha256,
+    }))
+}
+
+/// The segment an attempt works on, if the attempt is still current.
+#[derive(Debug, Clone)]
+pub struct Current {
+    pub job: i64,
+    pub idx: u32,
+    pub worker: String,
+    pub start_attempt: u64,
+}
+
+/// The fencing check. An attempt is current while it runs and its lease has not run out; a
+/// lease found expired here is expired on the spot, so a late call can never win a race with
+/// the sweeper.
+pub fn current(tx: &Transaction, attempt: u64, policy: Policy, now: i64) -> Result<Current> {
+    let row = tx
+        .query_row(
+            "SELECT a.job, a.idx, a.worker, a.state, a.reason, a.lease_until_ms, s.start_attempt
+             FROM attempts a JOIN segments s ON s.job = a.job AND s.idx = a.idx WHERE a.id = ?1",
+            [attempt as i64],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, u32>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, i64>(6)? as u64,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((job, idx, worker, state, reason, lease_until, start_attempt)) = row else {
+        return Err(Error::StaleAttempt { id: attempt, reason: "no such attempt".into() });
+    };
+    if state == "running" && lease_until < now {
+        expire_one(tx, attempt, job, idx, &worker, policy, now)?;
+        return Err(Error::StaleAttempt { id: attempt, reason: "its lease expired".into() });
+    }
+    match state.as_str() {
+        "running" => Ok(Current { job, idx, worker, start_attempt }),
+        "expired" => Err(Error::StaleAttempt { id: attempt, reason: "its lease expired".into() }),
+        "succeeded" => Err(Error::StaleAttempt { id: attempt, reason: "it already completed".into() }),
+        _ => Err(Error::StaleAttempt { id: attempt, reason: format!("it {state}: {reason}") }),
+    }
+}
+
+pub fn heartbeat(conn: &mut Connection, attempt: u64, frames_done: u32, policy: Policy, now: i64) -> Result<()> {
+    let tx = conn.transaction()?;
+    let cur = current(&tx, attempt, policy, now);
+    let cur = match cur {
+        Ok(c) => c,
+        Err(e) => {
+            tx.commit()?; // keep an on-the-spot expiry
+            return Err(e);
+        }
+    };
+    tx.execute(
+        "UPDATE attempts SET lease_until_ms = ?2, frames_done = ?3 WHERE id = ?1",
+        params![attempt as i64, now + policy.lease_ms, frames_done],
+    )?;
+    tx.execute("UPDATE workers SET last_seen_ms = ?2 WHERE 'worker-' || seq = ?1", params![cur.worker, now])?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Checks that `attempt` may still read its inputs.
+pub fn check(conn: &mut Connection, attempt: u64, policy: Policy, now: i64) -> Result<Current> {
+    let tx = conn.transaction()?;
+    let cur = current(&tx, attempt, policy, now);
+    tx.commit()?;
+    cur
+}
+
+/// Records a finished segment (its chunk and end state are already in the store) and readies
+/// the next one, preferring the same worker. Returns whether this was the job's last segment.
+pub fn complete(
+    conn: &mut Connection,
+    attempt: u64,
+    chunk_sha256: &str,
+    state_sha256: &str,
+    policy: Policy,
+    now: i64,
+) -> Result<(Current, bool)> {
+    let tx = conn.transaction()?;
+    let cur = match current(&tx, attempt, policy, now) {
+        Ok(c) => c,
+        Err(e) => {
+            tx.commit()?;
+            return Err(e);
+        }
+    };
+    let segment_frames: u32 = tx.query_row(
+        "SELECT end_frame - start_frame FROM segments WHERE job = ?1 AND idx = ?2",
+        params![cur.job, cur.idx],
+        |r| r.get(0),
+    )?;
+    tx.execute(
+        "UPDATE attempts SET state = 'succeeded', ended_ms = ?2, frames_done = ?3, chunk_sha256 = ?4, state_sha256 = ?5 WHERE id = ?1",
+        params![attempt as i64, now, segment_frames, chunk_sha256, state_sha256],
+    )?;
+    tx.execute(
+        "UPDATE segments SET state = 'done', done_attempt = ?3 WHERE job = ?1 AND idx = ?2",
+        params![cur.job, cur.idx, attempt as i64],
+    )?;
+    let next = tx.execute(
+        "UPDATE segments SET state = 'ready', ready_ms = ?3, preferred_worker = ?4, start_attempt = ?5
+         WHERE job = ?1 AND idx = ?2 AND state = 'waiting'",
+        params![cur.job, cur.idx + 1, now, cur.worker, attempt as i64],
+    )?;
+    let last = next == 0;
+    if last {
+        tx.execute("UPDATE jobs SET state = 'stitching' WHERE seq = ?1 AND state = 'running'", [cur.job])?;
+    }
+    tx.commit()?;
+    Ok((cur, last))
+}
+
+/// A worker gave up on its attempt (or sent a corrupt upload): retry, or fail the job.
+pub fn fail(conn: &mut Connection, attempt: u64, reason: &str, policy: Policy, now: i64) -> Result<()> {
+    let tx = conn.transaction()?;
+    let cur = match current(&tx, attempt, policy, now) {
+        Ok(c) => c,
+        Err(e) => {
+            tx.commit()?;
+            return Err(e);
+        }
+    };
+    tx.execute(
+        "UPDATE attempts SET state = 'failed', reason = ?2, ended_ms = ?3 WHERE id = ?1",
+        params![attempt as i64, reason, now],
+    )?;
+    retry_or_fail(&tx, cur.job, cur.idx, reason, policy, now)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Expires every lease that has run out. Returns how many.
+pub fn expire(conn: &mut Connection, policy: Policy, now: i64) -> Result<usize> {
+    let tx = conn.transaction()?;
+    let n = expire_in(&tx, policy, now)?;
+    tx.commit()?;
+    Ok(n)
+}
+
+fn expire_in(tx: &Transaction, policy: Policy, now: i64) -> Result<usize> {
+    let expired: Vec<(u64, i64, u32, String)> = {
+        let mut stmt =
+            tx.prepare("SELECT id, job, idx, worker FROM attempts WHERE state = 'running' AND lease_until_ms < ?1")?;
+        let rows = stmt.query_map([now], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for (attempt, job, idx, worker) in &expired {
+        expire_one(tx, *attempt, *job, *idx, worker, policy, now)?;
+    }
+    Ok(expired.len())
+}
+
+fn expire_one(
+    tx: &Transaction,
+    attempt: u64,
+    job: i64,
+    idx: u32,
+    worker: &str,
+    policy: Policy,
+    now: i64,
+) -> Result<()> {
+    let reason = format!("lease expired: no heartbeat from {worker} for {:.1} s", policy.lease_ms as f64 / 1000.0);
+    tracing::warn!(attempt, job = %job_id(job), segment = idx, %worker, "lease expired");
+    tx.execute(
+        "UPDATE attempts SET state = 'expired', reason = ?2, ended_ms = ?3 WHERE id = ?1",
+        params![attempt as i64, reason, now],
+    )?;
+    retry_or_fail(tx, job, idx, &reason, policy, now)
+}
+
+fn retry_or_fail(tx: &Transaction, job: i64, idx: u32, reason: &str, policy: Policy, now: i64) -> Result<()> {
+    let attempts: u32 =
+        tx.query_row("SELECT COUNT(*) FROM attempts WHERE job = ?1 AND idx = ?2", params![job, idx], |r| r.get(0))?;
+    if attempts < policy.max_attempts {
+        tx.execute(
+            "UPDATE segments SET state = 'ready', ready_ms = ?3 WHERE job = ?1 AND idx = ?2 AND state = 'running'",
+            params![job, idx, now],
+        )?;
+        return Ok(());
+    }
+    tx.execute("UPDATE segments SET state = 'failed' WHERE job = ?1 AND idx = ?2", params![job, idx])?;
+    let message = format!("segment {idx} failed {attempts} attempts; last: {reason}");
+    tracing::error!(job = %job_id(job), segment = idx, %message, "job failed");
+    db::fail_job(tx, job, &message, now)
+}
+
+/// After a restart, running attempts get one full lease from now: their workers could not
+/// heartbeat while the coordinator was down.
+pub fn resume(conn: &Connection, policy: Policy, now: i64) -> Result<usize> {
+    Ok(conn.execute(
+        "UPDATE attempts SET lease_until_ms = MAX(lease_until_ms, ?1) WHERE state = 'running'",
+        [now + policy.lease_ms],
+    )?)
+}

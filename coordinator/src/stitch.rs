@@ -1,0 +1,120 @@
+//! Joining a job's encoded chunks into its output, without re-encoding: H.264 packets are copied
+//! into one MP4 (timestamps offset by each chunk's first frame, moov at the front), GIF frames
+//! are copied with their own palettes and delays, and a still is the last segment's chunk.
+
+use crate::error::{Error, Result};
+use ffmpeg_next as ffmpeg;
+use proto::params::{Fps, OutputKind};
+use std::path::{Path, PathBuf};
+
+/// One chunk and the frames it must hold.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub path: PathBuf,
+    pub start_frame: u32,
+    pub end_frame: u32,
+}
+
+pub fn stitch(kind: OutputKind, chunks: &[Chunk], fps: Fps, out: &Path) -> Result<()> {
+    match kind {
+        OutputKind::Mp4 => mp4(chunks, fps, out),
+        OutputKind::Gif => gif(chunks, out),
+        OutputKind::Png | OutputKind::Jpeg => {
+            let last = chunks.last().ok_or_else(|| Error::Stitch("no chunks".into()))?;
+            std::fs::copy(&last.path, out)?;
+            Ok(())
+        }
+    }
+}
+
+fn ff(context: &'static str) -> impl Fn(ffmpeg::Error) -> Error {
+    move |e| Error::Stitch(format!("{context}: {e}"))
+}
+
+fn mp4(chunks: &[Chunk], fps: Fps, out: &Path) -> Result<()> {
+    ffmpeg::init().map_err(ff("init"))?;
+    ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Error);
+    let mut octx = ffmpeg::format::output_as(out, "mp4").map_err(ff("open output"))?;
+    // One frame lasts den/num seconds; chunk k starts start_frame of those in.
+    let frame_tb = ffmpeg::Rational(fps.den as i32, fps.num as i32);
+    let mut out_tb = frame_tb;
+    for (i, chunk) in chunks.iter().enumerate() {
+        let mut ictx = ffmpeg::format::input(&chunk.path).map_err(ff("open chunk"))?;
+        let (index, in_tb) = {
+            let stream = ictx
+                .streams()
+                .best(ffmpeg::media::Type::Video)
+                .ok_or_else(|| Error::Stitch(format!("chunk {} has no video stream", chunk.path.display())))?;
+            if i == 0 {
+                let mut ost =
+                    octx.add_stream(ffmpeg::encoder::find(ffmpeg::codec::Id::None)).map_err(ff("add stream"))?;
+                ost.set_parameters(stream.parameters());
+                ost.set_time_base(frame_tb);
+                let mut mux = ffmpeg::Dictionary::new();
+                mux.set("movflags", "+faststart");
+                octx.write_header_with(mux).map_err(ff("write header"))?;
+                out_tb = octx.stream(0).expect("stream 0 was added").time_base();
+            }
+            (stream.index(), stream.time_base())
+        };
+        let offset = ffmpeg::Rescale::rescale(&(chunk.start_frame as i64), frame_tb, out_tb);
+        let mut packets = 0u32;
+        for (stream, mut packet) in ictx.packets() {
+            if stream.index() != index {
+                continue;
+            }
+            packet.rescale_ts(in_tb, out_tb);
+            packet.set_pts(packet.pts().map(|t| t + offset));
+            packet.set_dts(packet.dts().map(|t| t + offset));
+            packet.set_position(-1);
+            packet.set_stream(0);
+            packet.write_interleaved(&mut octx).map_err(ff("write packet"))?;
+            packets += 1;
+        }
+        let want = chunk.end_frame - chunk.start_frame;
+        if packets != want {
+            return Err(Error::Stitch(format!(
+                "chunk for frames {}..{} holds {packets} frames, expected {want}",
+                chunk.start_frame, chunk.end_frame
+            )));
+        }
+    }
+    octx.write_trailer().map_err(ff("write trailer"))?;
+    Ok(())
+}
+
+fn gif(chunks: &[Chunk], out: &Path) -> Result<()> {
+    let gif_err = |e: gif::DecodingError| Error::Stitch(format!("gif chunk: {e}"));
+    let mut encoder: Option<gif::Encoder<std::io::BufWriter<std::fs::File>>> = None;
+    for chunk in chunks {
+        let mut options = gif::DecodeOptions::new();
+        options.set_color_output(gif::ColorOutput::Indexed);
+        let mut decoder =
+            options.read_info(std::io::BufReader::new(std::fs::File::open(&chunk.path)?)).map_err(gif_err)?;
+        if encoder.is_none() {
+            let file = std::io::BufWriter::new(std::fs::File::create(out)?);
+            let mut e =
+                gif::Encoder::new(file, decoder.width(), decoder.height(), decoder.global_palette().unwrap_or(&[]))
+                    .map_err(|e| Error::Stitch(format!("gif: {e}")))?;
+            e.set_repeat(gif::Repeat::Infinite).map_err(|e| Error::Stitch(format!("gif: {e}")))?;
+            encoder = Some(e);
+        }
+        let enc = encoder.as_mut().expect("set above");
+        let mut frames = 0u32;
+        while let Some(frame) = decoder.read_next_frame().map_err(gif_err)? {
+            enc.write_frame(frame).map_err(|e| Error::Stitch(format!("gif: {e}")))?;
+            frames += 1;
+        }
+        let want = chunk.end_frame - chunk.start_frame;
+        if frames != want {
+            return Err(Error::Stitch(format!(
+                "gif chunk for frames {}..{} holds {frames} frames, expected {want}",
+                chunk.start_frame, chunk.end_frame
+            )));
+        }
+    }
+    let enc = encoder.ok_or_else(|| Error::Stitch("no chunks".into()))?;
+    let file = enc.into_inner()?;
+    file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(())
+}

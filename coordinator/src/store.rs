@@ -1,0 +1,97 @@
+//! Artifacts (style images, hand-off states, encoded chunks, outputs) live outside the database,
+//! behind `ArtifactStore`, so that they could move to object storage without touching the
+//! scheduling code. Keys are relative paths like `jobs/7/attempt-12.state`.
+//!
+//! Writers first write a scratch file (hashing as they go) and then `put_file` it: a key is
+//! either absent or complete, never half written.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub trait ArtifactStore: Send + Sync + 'static {
+    /// Moves a finished local file into the store under `key`, atomically.
+    fn put_file(&self, key: &str, file: &Path) -> io::Result<()>;
+    /// A local file holding `key` (a cache copy, for remote stores).
+    fn local_path(&self, key: &str) -> io::Result<PathBuf>;
+    fn exists(&self, key: &str) -> bool;
+    fn delete(&self, key: &str) -> io::Result<()>;
+    /// A directory for scratch files on the same filesystem as the store's files.
+    fn scratch_dir(&self) -> &Path;
+}
+
+/// Artifacts as files under `<data>/artifacts`; scratch files under `<data>/scratch`, emptied at
+/// start (anything there belonged to an upload that never finished).
+pub struct FsStore {
+    root: PathBuf,
+    scratch: PathBuf,
+}
+
+impl FsStore {
+    pub fn open(data: &Path) -> io::Result<Self> {
+        let root = data.join("artifacts");
+        let scratch = data.join("scratch");
+        std::fs::create_dir_all(&root)?;
+        let _ = std::fs::remove_dir_all(&scratch);
+        std::fs::create_dir_all(&scratch)?;
+        Ok(Self { root, scratch })
+    }
+
+    fn path(&self, key: &str) -> io::Result<PathBuf> {
+        if key.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad artifact key {key:?}")));
+        }
+        Ok(self.root.join(key))
+    }
+}
+
+impl ArtifactStore for FsStore {
+    fn put_file(&self, key: &str, file: &Path) -> io::Result<()> {
+        let dest = self.path(key)?;
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::File::open(file)?.sync_all()?;
+        std::fs::rename(file, &dest)
+    }
+
+    fn local_path(&self, key: &str) -> io::Result<PathBuf> {
+        let p = self.path(key)?;
+        if p.is_file() {
+            Ok(p)
+        } else {
+            Err(io::Error::new(io::ErrorKind::NotFound, format!("artifact {key} is missing")))
+        }
+    }
+
+    fn exists(&self, key: &str) -> bool {
+        self.path(key).map(|p| p.is_file()).unwrap_or(false)
+    }
+
+    fn delete(&self, key: &str) -> io::Result<()> {
+        match std::fs::remove_file(self.path(key)?) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn scratch_dir(&self) -> &Path {
+        &self.scratch
+    }
+}
+
+/// Where each artifact of a job lives.
+pub mod keys {
+    /// Style images are stored by content, before their job exists.
+    pub fn style(sha256: &str) -> String {
+        format!("styles/{sha256}")
+    }
+    pub fn state(job: i64, attempt: u64) -> String {
+        format!("jobs/{job}/attempt-{attempt}.state")
+    }
+    pub fn chunk(job: i64, attempt: u64) -> String {
+        format!("jobs/{job}/attempt-{attempt}.chunk")
+    }
+    pub fn output(job: i64, ext: &str) -> String {
+        format!("jobs/{job}/output.{ext}")
+    }
+}

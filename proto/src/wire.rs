@@ -1,0 +1,93 @@
+//! Conversions between the domain types and their gramzoom.v1 messages. Decoding validates, so
+//! a request that converts is a request the engine accepts.
+
+use crate::params::{Fps, Network, OptimizerKind, OutputKind, ParamError, RenderParams};
+use crate::v1;
+
+pub fn params_to_wire(p: &RenderParams) -> v1::RenderParams {
+    v1::RenderParams {
+        width: p.width,
+        height: p.height,
+        frames: p.frames,
+        fps_num: p.fps.num,
+        fps_den: p.fps.den,
+        zoom: p.zoom,
+        iters: p.iters,
+        warmup: p.warmup,
+        seed: p.seed,
+        optimizer: p.optimizer.name().into(),
+        learning_rate: p.learning_rate,
+        style_scale: p.style_scale,
+        network: p.network.name().into(),
+        layers: p.layers.iter().map(|(name, weight)| v1::LayerWeight { name: name.clone(), weight: *weight }).collect(),
+    }
+}
+
+/// Decodes and validates; errors name the CLI flag of the offending field.
+pub fn params_from_wire(w: &v1::RenderParams) -> Result<RenderParams, ParamError> {
+    let p = RenderParams {
+        width: w.width,
+        height: w.height,
+        frames: w.frames,
+        fps: Fps { num: w.fps_num, den: w.fps_den },
+        zoom: w.zoom,
+        iters: w.iters,
+        warmup: w.warmup,
+        seed: w.seed,
+        optimizer: w.optimizer.parse::<OptimizerKind>()?,
+        learning_rate: w.learning_rate,
+        style_scale: w.style_scale,
+        network: w.network.parse::<Network>()?,
+        layers: w.layers.iter().map(|l| (l.name.clone(), l.weight)).collect(),
+    };
+    p.validate()?;
+    Ok(p)
+}
+
+pub fn output_to_wire(kind: OutputKind) -> v1::OutputFormat {
+    match kind {
+        OutputKind::Mp4 => v1::OutputFormat::Mp4,
+        OutputKind::Gif => v1::OutputFormat::Gif,
+        OutputKind::Png => v1::OutputFormat::Png,
+        OutputKind::Jpeg => v1::OutputFormat::Jpeg,
+    }
+}
+
+pub fn output_from_wire(value: i32) -> Result<OutputKind, ParamError> {
+    match v1::OutputFormat::try_from(value) {
+        Ok(v1::OutputFormat::Mp4) => Ok(OutputKind::Mp4),
+        Ok(v1::OutputFormat::Gif) => Ok(OutputKind::Gif),
+        Ok(v1::OutputFormat::Png) => Ok(OutputKind::Png),
+        Ok(v1::OutputFormat::Jpeg) => Ok(OutputKind::Jpeg),
+        _ => Err(ParamError::new("--output", format!("output format must be mp4, gif, png or jpeg, got {value}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_round_trip_and_bad_fields_are_named() {
+        let mut p =
+            RenderParams { learning_rate: Some(0.5), layers: vec![("conv2_1".into(), 2.0)], ..Default::default() };
+        p.fps = Fps { num: 2997, den: 100 };
+        assert_eq!(params_from_wire(&params_to_wire(&p)).unwrap(), p);
+
+        type Mutation = fn(&mut v1::RenderParams);
+        let cases: [(Mutation, &str); 5] = [
+            (|w| w.optimizer = "sgd".into(), "--optimizer"),
+            (|w| w.network = "resnet".into(), "--network"),
+            (|w| w.fps_den = 0, "--fps"),
+            (|w| w.width = 8, "--size"),
+            (|w| w.layers.push(v1::LayerWeight { name: "conv9_9".into(), weight: 1.0 }), "--layers"),
+        ];
+        for (mutate, field) in cases {
+            let mut w = params_to_wire(&p);
+            mutate(&mut w);
+            assert_eq!(params_from_wire(&w).unwrap_err().field, field);
+        }
+        assert_eq!(output_from_wire(0).unwrap_err().field, "--output");
+        assert_eq!(output_from_wire(output_to_wire(OutputKind::Gif) as i32).unwrap(), OutputKind::Gif);
+    }
+}
