@@ -219,8 +219,9 @@ pub fn complete(
     Ok((cur, last))
 }
 
-/// A worker gave up on its attempt (or sent a corrupt upload): retry, or fail the job.
-pub fn fail(conn: &mut Connection, attempt: u64, reason: &str, policy: Policy, now: i64) -> Result<()> {
+/// A worker gave up on its attempt (or sent a corrupt upload): retry, or fail the job. A
+/// released attempt (worker shutting down) is cancelled instead and costs no retry.
+pub fn fail(conn: &mut Connection, attempt: u64, reason: &str, released: bool, policy: Policy, now: i64) -> Result<()> {
     let tx = conn.transaction()?;
     let cur = match current(&tx, attempt, policy, now) {
         Ok(c) => c,
@@ -229,9 +230,10 @@ pub fn fail(conn: &mut Connection, attempt: u64, reason: &str, policy: Policy, n
             return Err(e);
         }
     };
+    let state = if released { "cancelled" } else { "failed" };
     tx.execute(
-        "UPDATE attempts SET state = 'failed', reason = ?2, ended_ms = ?3 WHERE id = ?1",
-        params![attempt as i64, reason, now],
+        "UPDATE attempts SET state = ?4, reason = ?2, ended_ms = ?3 WHERE id = ?1",
+        params![attempt as i64, reason, now, state],
     )?;
     retry_or_fail(&tx, cur.job, cur.idx, reason, policy, now)?;
     tx.commit()?;
@@ -278,8 +280,11 @@ fn expire_one(
 }
 
 fn retry_or_fail(tx: &Transaction, job: i64, idx: u32, reason: &str, policy: Policy, now: i64) -> Result<()> {
-    let attempts: u32 =
-        tx.query_row("SELECT COUNT(*) FROM attempts WHERE job = ?1 AND idx = ?2", params![job, idx], |r| r.get(0))?;
+    let attempts: u32 = tx.query_row(
+        "SELECT COUNT(*) FROM attempts WHERE job = ?1 AND idx = ?2 AND state != 'cancelled'",
+        params![job, idx],
+        |r| r.get(0),
+    )?;
     if attempts < policy.max_attempts {
         tx.execute(
             "UPDATE segments SET state = 'ready', ready_ms = ?3 WHERE job = ?1 AND idx = ?2 AND state = 'running'",

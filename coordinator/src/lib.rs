@@ -5,6 +5,7 @@
 //! `run` serves the gRPC job and worker APIs (plus grpc.health.v1 and reflection) on a listener
 //! until `shutdown` resolves; tests and `gramzoom render` start it in-process on port 0.
 
+pub mod cli;
 pub mod db;
 pub mod error;
 pub mod lease;

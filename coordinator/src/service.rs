@@ -231,10 +231,10 @@ impl JobService for Api {
                     format!("{name:?} is not a PNG or JPEG image: {}", e.to_string().to_lowercase()),
                 )
             })?;
-            if img.width() < 8 || img.height() < 8 {
+            if img.width() < 32 || img.height() < 32 {
                 return Err(Error::invalid(
                     "style",
-                    format!("{name:?} is {}x{}; a style image needs at least 8x8 pixels", img.width(), img.height()),
+                    format!("{name:?} is {}x{}; a style image needs at least 32x32 pixels", img.width(), img.height()),
                 ));
             }
             if !store.exists(&key) {
@@ -488,7 +488,7 @@ impl WorkerService for Api {
             // A corrupt upload fails this attempt; the segment is retried (elsewhere, maybe).
             let reason = e.to_string();
             tracing::warn!(attempt, job = %db::job_id(cur.job), segment = cur.idx, %reason, "upload rejected");
-            let _ = self.0.db(move |c| lease::fail(c, attempt, &reason, policy, now_ms())).await;
+            let _ = self.0.db(move |c| lease::fail(c, attempt, &reason, false, policy, now_ms())).await;
             self.0.segments_may_be_ready();
             return Err(e.into());
         }
@@ -531,9 +531,9 @@ impl WorkerService for Api {
     ) -> Result<Response<v1::FailSegmentResponse>, Status> {
         let r = request.into_inner();
         let policy = self.0.policy;
-        let (attempt, reason) = (r.attempt_id, r.reason.clone());
-        self.0.db(move |c| lease::fail(c, attempt, &reason, policy, now_ms())).await?;
-        tracing::warn!(attempt, reason = %r.reason, "worker failed a segment");
+        let (attempt, reason, released) = (r.attempt_id, r.reason.clone(), r.released);
+        self.0.db(move |c| lease::fail(c, attempt, &reason, released, policy, now_ms())).await?;
+        tracing::warn!(attempt, reason = %r.reason, released, "worker gave a segment back");
         self.0.segments_may_be_ready();
         Ok(Response::new(v1::FailSegmentResponse {}))
     }

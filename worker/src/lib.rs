@@ -3,11 +3,13 @@
 //! Start from noise, optimise the image so its VGG Gram matrices match a style image's, grow it
 //! to full size, then for every frame zoom in a little and optimise again. See ARCHITECTURE.md.
 
+pub mod client;
 pub mod device;
 pub mod encode;
 pub mod error;
 pub mod gram;
 pub mod handoff;
+pub mod node;
 pub mod optim;
 pub mod pth;
 pub mod quality;

@@ -24,16 +24,45 @@ enum Command {
     Weights(cli::weights::Command),
     /// Measure seconds per optimiser iteration and per frame.
     Bench(cli::bench::Args),
+
+    /// Run the coordinator: job and worker gRPC APIs, state under --data.
+    Serve(coordinator::cli::ServeArgs),
+    /// Run a render node that takes segments from a coordinator.
+    Worker(cli::worker::Args),
+    /// Submit a job to a coordinator; prints its id.
+    #[command(args_override_self = true, allow_negative_numbers = true)]
+    Submit(cli::jobs::Submit),
+    /// Show all jobs, or one job (with --segments, its segments and attempts).
+    Status(cli::jobs::Status),
+    /// Follow a job with a progress bar until it ends; exits non-zero unless it succeeded.
+    Watch(cli::jobs::Job),
+    /// Download a finished job's output.
+    Download(cli::jobs::Download),
+    /// Cancel a job; its running segment stops within seconds.
+    Cancel(cli::jobs::Job),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(&cli.command, Command::Render(a) if a.quiet);
-    let progress = cli::progress::init_logging(quiet);
+    // A local render runs a coordinator and a node in-process: their per-segment logs are for
+    // clusters, so they only speak up about problems unless RUST_LOG asks for more.
+    let default_filter = match &cli.command {
+        Command::Render(a) if a.quiet => "warn",
+        Command::Render(_) => "info,coordinator=warn,worker::node=warn",
+        _ => "info",
+    };
+    let progress = cli::progress::init_logging(default_filter);
     let result = match cli.command {
         Command::Render(args) => cli::render::run(args, &progress),
         Command::Weights(cmd) => cli::weights::run(cmd, &progress),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Serve(args) => cli::worker::serve(args),
+        Command::Worker(args) => cli::worker::run(args),
+        Command::Submit(args) => cli::jobs::submit(args),
+        Command::Status(args) => cli::jobs::status(args),
+        Command::Watch(args) => cli::jobs::watch(args, &progress),
+        Command::Download(args) => cli::jobs::download(args),
+        Command::Cancel(args) => cli::jobs::cancel(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,35 +1,41 @@
-//! A whole local render: the engine on the calling thread, encoding pipelined on a dedicated
-//! thread, and (with `segment_frames`) the hand-off state round-tripped through its file format
-//! between segments exactly as a cluster worker would receive it.
+//! A whole local render, through the same coordinator and worker code a cluster runs: an
+//! in-process coordinator (data in a temporary directory, loopback port) and one in-process
+//! node. One machine and a cluster therefore share one code path, down to the hand-off state
+//! format and the stitching of chunks.
 
-use crate::encode::{self, EncodeError, FrameSink, FramesDir, OutputKind, PartialFile};
-use crate::error::{EngineError, ParamError};
-use crate::handoff::State;
-use crate::segment::{Engine, Frame, Progress};
+use crate::client::{self, ClientError};
+use crate::encode::{FramesDir, OutputKind, PartialFile};
+use crate::error::ParamError;
+use crate::node::{Node, NodeConfig, NodeError};
+use crate::segment::Engine;
+use proto::v1;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
     #[error(transparent)]
-    Engine(#[from] EngineError),
-    #[error(transparent)]
     Param(#[from] ParamError),
-    #[error("encoding {path}: {source}")]
-    Encode { path: PathBuf, source: EncodeError },
-}
-
-enum ToEncoder {
-    Frame(Frame),
-    /// Sent once, after the last frame of a successful render.
-    Complete,
+    #[error("cancelled")]
+    Cancelled,
+    #[error("{0}")]
+    Failed(String),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error(transparent)]
+    Coordinator(#[from] coordinator::Error),
+    #[error("encoding {path}: {reason}")]
+    Output { path: PathBuf, reason: String },
 }
 
 pub struct Outputs {
     pub output: PathBuf,
     pub frames_dir: Option<PathBuf>,
-    /// Render in segments of this many frames, serialising the state between them.
+    /// Render in segments of this many frames; every hand-off then goes through the
+    /// coordinator's store in its wire format, as between two cluster workers.
     pub segment_frames: Option<u32>,
 }
 
@@ -37,107 +43,134 @@ pub struct Outputs {
 pub struct Summary {
     pub frames: u32,
     pub wall: Duration,
-    pub warmup: Duration,
-    /// Size of one serialised hand-off state, when segments were used.
-    pub state_bytes: Option<u64>,
+    pub output_bytes: u64,
 }
 
 /// Checks everything about the outputs that can be checked before any work: the extension, the
-/// format's limits and that the destinations are writable. Returns the open temporary files.
-pub fn prepare(engine: &Engine, outputs: &Outputs) -> Result<(OutputKind, PartialFile, Option<FramesDir>), ParamError> {
+/// format's limits and that the destinations are writable.
+pub fn prepare(engine: &Engine, outputs: &Outputs) -> Result<(OutputKind, PartialFile), ParamError> {
     let p = engine.params();
     let kind = OutputKind::from_path(&outputs.output)?;
     kind.check(p.width, p.height, p.fps)?;
-    if let Some(k) = outputs.segment_frames {
-        if k == 0 {
-            return Err(ParamError::new("--segment-frames", "must be at least 1"));
-        }
+    if outputs.segment_frames == Some(0) {
+        return Err(ParamError::new("--segment-frames", "must be at least 1"));
     }
     let file = PartialFile::create(&outputs.output)?;
-    let frames_dir = outputs.frames_dir.as_deref().map(FramesDir::create).transpose()?;
-    Ok((kind, file, frames_dir))
+    if let Some(dir) = &outputs.frames_dir {
+        FramesDir::create(dir)?;
+    }
+    Ok((kind, file))
 }
 
-pub fn render(engine: &Engine, outputs: &Outputs, progress: &mut dyn FnMut(Progress)) -> Result<Summary, RenderError> {
-    let (kind, file, frames_dir) = prepare(engine, outputs)?;
-    let p = engine.params().clone();
-    let start = Instant::now();
-    let out_path = outputs.output.clone();
-    let (tx, rx) = mpsc::sync_channel::<ToEncoder>(4);
-    // The ffmpeg contexts are created, used and dropped on this thread alone.
-    let encoder = std::thread::Builder::new()
-        .name("encode".into())
-        .spawn(move || -> Result<(), EncodeError> {
-            let main = encode::open(kind, file, p.width, p.height, p.fps)?;
-            let mut sink: Box<dyn FrameSink> = match frames_dir {
-                Some(dir) => Box::new(encode::Tee(vec![main, Box::new(dir)])),
-                None => main,
-            };
-            for msg in rx {
-                match msg {
-                    ToEncoder::Frame(frame) => sink.push(&frame)?,
-                    ToEncoder::Complete => return sink.finish(),
+/// A scratch directory removed when dropped.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn create() -> std::io::Result<Self> {
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!("gramzoom-render-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Renders `engine`'s movie into `outputs`. `style` is the encoded style image the engine was
+/// built from. `cancel` turning true cancels the job; the output is then never written.
+pub async fn render(
+    engine: Engine,
+    style: Vec<u8>,
+    style_name: &str,
+    outputs: &Outputs,
+    mut cancel: watch::Receiver<bool>,
+    mut on_update: impl FnMut(&v1::Job),
+) -> Result<Summary, RenderError> {
+    let started = Instant::now();
+    let (kind, file) = prepare(&engine, outputs)?;
+    let params = engine.params().clone();
+    let device = engine.device();
+    let scratch = ScratchDir::create().map_err(coordinator::Error::from)?;
+
+    let mut config = coordinator::Config::new(scratch.0.join("coordinator"));
+    config.segment_frames = outputs.segment_frames.unwrap_or(params.frames).max(1);
+    // A local failure would fail again: no retries. Heartbeats often, for a smooth progress bar.
+    config.max_attempts = 1;
+    config.lease = Duration::from_secs(60);
+    config.heartbeat = Duration::from_millis(200);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(coordinator::Error::from)?;
+    let url = format!("http://{}", listener.local_addr().map_err(coordinator::Error::from)?);
+    let (stop_tx, mut stop) = watch::channel(false);
+    let server = tokio::spawn(coordinator::run(listener, config, async move {
+        let _ = stop.wait_for(|s| *s).await;
+    }));
+
+    let result = async {
+        let mut jobs = client::connect(&url).await?;
+        let spec = v1::JobSpec {
+            params: Some(proto::wire::params_to_wire(&params)),
+            output: proto::wire::output_to_wire(kind) as i32,
+            segment_frames: 0,
+            priority: 0,
+            name: style_name.into(),
+        };
+        let job = client::submit(&mut jobs, spec, &style, style_name).await?;
+        let node_config = NodeConfig {
+            coordinator: url.clone(),
+            name: "local".into(),
+            device,
+            weights: None,
+            frames_dir: outputs.frames_dir.clone(),
+            max_segments: None,
+            reuse_state: outputs.segment_frames.is_none(),
+        };
+        let (node_stop, node_stop_rx) = watch::channel(false);
+        let mut node = Node::connect(node_config, node_stop_rx).await?;
+        node.preload(&job.id, engine);
+        let worker = tokio::spawn(node.run());
+
+        let mut watch_client = jobs.clone();
+        let watching = client::watch(&mut watch_client, &job.id, &mut on_update);
+        tokio::pin!(watching);
+        let mut cancelled = false;
+        let last = loop {
+            tokio::select! {
+                r = &mut watching => break r?,
+                _ = cancel.wait_for(|c| *c), if !cancelled => {
+                    cancelled = true;
+                    tracing::info!(job = %job.id, "cancelling");
+                    let _ = jobs.cancel_job(v1::CancelJobRequest { job_id: job.id.clone() }).await;
                 }
             }
-            // The render failed or was cancelled: dropping the sink unfinished removes the
-            // temporary output, so no half movie appears under the requested name.
-            Ok(())
-        })
-        .expect("spawn encode thread");
-
-    let result = run_engine(engine, outputs.segment_frames, &tx, progress);
-    if result.is_ok() {
-        // Only a render that produced every frame may complete the output.
-        let _ = tx.send(ToEncoder::Complete);
-    }
-    drop(tx);
-    let encoded = encoder.join().expect("encode thread panicked");
-    let (warmup, state_bytes) = match (result, encoded) {
-        // The engine stops with "cancelled" when the encoder hung up: report why it did.
-        (Err(EngineError::Cancelled), Err(source)) | (Ok(_), Err(source)) => {
-            return Err(RenderError::Encode { path: out_path, source })
-        }
-        // A failed render drops the sink unfinished: the temporary output is removed.
-        (Err(e), _) => return Err(e.into()),
-        (Ok(r), Ok(())) => r,
-    };
-    Ok(Summary { frames: engine.params().frames, wall: start.elapsed(), warmup, state_bytes })
-}
-
-fn run_engine(
-    engine: &Engine,
-    segment_frames: Option<u32>,
-    tx: &mpsc::SyncSender<ToEncoder>,
-    progress: &mut dyn FnMut(Progress),
-) -> Result<(Duration, Option<u64>), EngineError> {
-    let total = engine.params().frames;
-    let t0 = Instant::now();
-    let mut state = engine.initial_state(progress)?;
-    let warmup = t0.elapsed();
-    let mut send = |f: Frame| tx.send(ToEncoder::Frame(f)).map_err(|_| EngineError::Cancelled);
-    let mut state_bytes = None;
-    let seg = segment_frames.unwrap_or(total).max(1);
-    let scratch = segment_frames
-        .map(|_| std::env::temp_dir().join(format!("gramzoom-{}-handoff.safetensors", std::process::id())));
-    while state.next_frame < total {
-        let end = (state.next_frame.saturating_add(seg)).min(total);
-        engine.render(&mut state, end, &mut send, progress)?;
-        if let (Some(path), true) = (&scratch, end < total) {
-            state = round_trip(&state, path, engine.device())?;
-            state_bytes = std::fs::metadata(path).ok().map(|m| m.len());
+        };
+        let _ = node_stop.send(true);
+        let _ = worker.await;
+        match client::state(&last) {
+            v1::JobState::Succeeded => {
+                let bytes = client::download(&mut jobs, &job.id, &file).await?;
+                Ok(bytes)
+            }
+            v1::JobState::Cancelled => Err(RenderError::Cancelled),
+            _ => Err(RenderError::Failed(last.error.clone())),
         }
     }
-    if let Some(path) = scratch {
-        let _ = std::fs::remove_file(path);
-    }
-    Ok((warmup, state_bytes))
+    .await;
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    let output_bytes = result?;
+    file.commit().map_err(|e| RenderError::Output { path: outputs.output.clone(), reason: e.to_string() })?;
+    Ok(Summary { frames: params.frames, wall: started.elapsed(), output_bytes })
 }
 
-/// Saves the state and reads it back, as a hand-off between two workers does.
-fn round_trip(state: &State, path: &Path, device: tch::Device) -> Result<State, EngineError> {
-    let t = Instant::now();
-    state.save(path)?;
-    let back = State::load(path, device)?;
-    tracing::debug!(frame = back.next_frame, elapsed_ms = t.elapsed().as_millis() as u64, "hand-off state round trip");
-    Ok(back)
+/// The encoded bytes of a style image file, or of the built-in one.
+pub fn style_bytes(path: Option<&Path>) -> std::io::Result<Vec<u8>> {
+    match path {
+        Some(p) => std::fs::read(p),
+        None => Ok(crate::style::EMBEDDED.to_vec()),
+    }
 }

@@ -1,4 +1,6 @@
 pub mod bench;
+pub mod jobs;
 pub mod progress;
 pub mod render;
 pub mod weights;
+pub mod worker;

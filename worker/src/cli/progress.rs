@@ -62,10 +62,10 @@ impl<'a> MakeWriter<'a> for Bar {
 }
 
 /// RUST_LOG wins; otherwise info (warn with --quiet).
-pub fn init_logging(quiet: bool) -> Bar {
+/// `default` is the filter when RUST_LOG is unset.
+pub fn init_logging(default: &str) -> Bar {
     let bar = Bar::default();
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(if quiet { "warn" } else { "info" }));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)

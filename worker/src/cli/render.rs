@@ -3,21 +3,16 @@
 use super::progress::Bar;
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
-use std::path::PathBuf;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
 use worker::params::{parse_size, Fps, OptimizerKind, RenderParams};
 use worker::render::{render, Outputs};
 use worker::style::Style;
 use worker::vgg::{Network, WeightsOrigin};
 use worker::{Engine, ParamError};
 
-#[derive(ClapArgs)]
-pub struct Args {
-    /// Style image (PNG or JPEG); the built-in Van Gogh wheat field when omitted.
-    pub style: Option<PathBuf>,
-    /// Output: .mp4 (H.264), .gif (looping), .png or .jpg (the last frame).
-    #[arg(short, long)]
-    pub output: PathBuf,
+/// The render parameters, shared by `render` and `submit`.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct RenderFlags {
     /// Frame size, WIDTHxHEIGHT.
     #[arg(long, default_value = "512x512")]
     pub size: String,
@@ -56,6 +51,21 @@ pub struct Args {
     /// Style layers and weights, e.g. conv1_1=1,conv2_1=1,conv3_1=0.5 (default: all, equal).
     #[arg(long)]
     pub layers: Option<String>,
+    /// Render in segments of this many frames, each handing its end state to the next (for
+    /// `render`: through the hand-off format, as the cluster does between workers).
+    #[arg(long)]
+    pub segment_frames: Option<u32>,
+}
+
+#[derive(ClapArgs)]
+pub struct Args {
+    /// Style image (PNG or JPEG); the built-in Van Gogh wheat field when omitted.
+    pub style: Option<PathBuf>,
+    /// Output: .mp4 (H.264), .gif (looping), .png or .jpg (the last frame).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub flags: RenderFlags,
     /// Pretrained weights (.pth from torchvision or .safetensors); default: the downloaded ones.
     #[arg(long)]
     pub weights: Option<PathBuf>,
@@ -65,10 +75,6 @@ pub struct Args {
     /// Also write every frame as a lossless PNG into this directory.
     #[arg(long)]
     pub frames_dir: Option<PathBuf>,
-    /// Render in segments of this many frames, passing the state between them through its file
-    /// format, as the cluster does between workers.
-    #[arg(long)]
-    pub segment_frames: Option<u32>,
     /// No progress bar or summary.
     #[arg(long, short)]
     pub quiet: bool,
@@ -87,7 +93,7 @@ fn parse_layers(spec: &str) -> Result<Vec<(String, f64)>, ParamError> {
         .collect()
 }
 
-pub fn params(args: &Args) -> Result<RenderParams, ParamError> {
+pub fn params(args: &RenderFlags) -> Result<RenderParams, ParamError> {
     let (width, height) = parse_size(&args.size)?;
     let fps: Fps = args.fps.parse()?;
     let frames = match (args.frames, args.seconds) {
@@ -116,11 +122,14 @@ pub fn params(args: &Args) -> Result<RenderParams, ParamError> {
 }
 
 pub fn run(args: Args, bar: &Bar) -> Result<()> {
-    let params = params(&args)?;
+    let params = params(&args.flags)?;
     let style = match &args.style {
         Some(path) => Style::open(path)?,
         None => Style::embedded(),
     };
+    let style_bytes = worker::render::style_bytes(args.style.as_deref())
+        .with_context(|| format!("style image {}", args.style.as_deref().unwrap_or(Path::new("")).display()))?;
+    let style_name = args.style.as_deref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
     let device = worker::device::parse(&args.device)?;
     let net = worker::weights::resolve(params.network, args.weights.as_deref(), device)?;
     if matches!(net.origin, WeightsOrigin::Random(_)) {
@@ -131,21 +140,21 @@ pub fn run(args: Args, bar: &Bar) -> Result<()> {
         );
     }
     let engine = Engine::new(params.clone(), style, net, device)?;
-    // Ctrl-C or SIGTERM: stop at the next iteration and remove the unfinished output; a second
-    // one exits at once.
-    let cancel = engine.cancel_flag();
+    let outputs = Outputs {
+        output: args.output.clone(),
+        frames_dir: args.frames_dir.clone(),
+        segment_frames: args.flags.segment_frames,
+    };
+    // Fail on a bad output before the runtime and coordinator start.
+    drop(worker::render::prepare(&engine, &outputs)?);
+    // Ctrl-C or SIGTERM: cancel the job (the output is never written); a second one exits.
+    let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
     ctrlc::set_handler(move || {
-        if cancel.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        if cancel_tx.send_replace(true) {
             std::process::exit(130);
         }
     })
     .context("installing the interrupt handler")?;
-
-    let outputs = Outputs {
-        output: args.output.clone(),
-        frames_dir: args.frames_dir.clone(),
-        segment_frames: args.segment_frames,
-    };
     tracing::info!(
         size = %format!("{}x{}", params.width, params.height),
         frames = params.frames,
@@ -155,37 +164,23 @@ pub fn run(args: Args, bar: &Bar) -> Result<()> {
         optimizer = params.optimizer.name(),
         "rendering"
     );
-
-    let mut warm = None;
-    let mut frames_bar = None;
-    let (mut iters, mut phase_start) = (0u64, Instant::now());
-    let mut on_progress = |p: worker::Progress| {
-        iters += u64::from(p.iteration);
-
-        let rate = iters as f64 / phase_start.elapsed().as_secs_f64().max(1e-9);
-        if p.warmup_total > 0 {
-            let pb = warm.get_or_insert_with(|| bar.start(p.warmup_total as u64, "warm-up", args.quiet));
-            pb.set_position(p.warmup_done as u64);
-            pb.set_message(format!("iters, {rate:.2} it/s, loss {:.3e}", p.loss));
-        } else {
-            let pb = frames_bar.get_or_insert_with(|| {
-                if let Some(w) = warm.take() {
-                    w.finish_and_clear();
-                }
-                iters = 1;
-                phase_start = Instant::now();
-                bar.start(p.frames_total as u64, "frames", args.quiet)
-            });
-            pb.set_position(p.frames_done as u64);
-            pb.set_message(format!("{rate:.2} it/s, loss {:.3e}", p.loss));
-        }
-    };
-    let summary = render(&engine, &outputs, &mut on_progress)
+    let mut follow = super::jobs::Follow::new(bar, args.quiet);
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let summary = runtime
+        .block_on(render(
+            engine,
+            style_bytes,
+            style_name.as_deref().unwrap_or("wheatfield.jpg"),
+            &outputs,
+            cancel_rx,
+            |job| follow.update(job),
+        ))
         .with_context(|| format!("render to {} failed", args.output.display()))?;
     bar.clear();
     let secs = summary.wall.as_secs_f64();
-    let frame_secs = (secs - summary.warmup.as_secs_f64()) / summary.frames.max(1) as f64;
-    tracing::info!(frames = summary.frames, wall_s = secs, warmup_s = summary.warmup.as_secs_f64(), s_per_frame = frame_secs, state_bytes = ?summary.state_bytes, output = %args.output.display(), "done");
+    let warmup = follow.warmup_secs();
+    let frame_secs = (secs - warmup) / summary.frames.max(1) as f64;
+    tracing::info!(frames = summary.frames, wall_s = secs, warmup_s = warmup, s_per_frame = frame_secs, bytes = summary.output_bytes, output = %args.output.display(), "done");
     if !args.quiet {
         eprintln!(
             "rendered {} frames ({}x{}) in {:.1} s (warm-up {:.1} s, {:.2} s per frame) -> {}",
@@ -193,7 +188,7 @@ pub fn run(args: Args, bar: &Bar) -> Result<()> {
             params.width,
             params.height,
             secs,
-            summary.warmup.as_secs_f64(),
+            warmup,
             frame_secs,
             args.output.display()
         );

@@ -1,0 +1,243 @@
+//! `gramzoom submit | status | watch | download | cancel`: the job API from the command line.
+
+use super::progress::Bar;
+use super::render::{params, RenderFlags};
+use anyhow::{bail, Context, Result};
+use clap::Args as ClapArgs;
+use indicatif::ProgressBar;
+use proto::v1;
+use std::path::PathBuf;
+use std::time::Instant;
+use worker::client;
+use worker::encode::{OutputKind, PartialFile};
+
+#[derive(ClapArgs)]
+pub struct Submit {
+    /// Style image (PNG or JPEG); the built-in Van Gogh wheat field when omitted.
+    pub style: Option<PathBuf>,
+    #[command(flatten)]
+    pub flags: RenderFlags,
+    /// Output format: mp4, gif, png or jpg.
+    #[arg(long, default_value = "mp4")]
+    pub format: String,
+    /// Higher runs first; equal priorities run in submission order.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
+    #[command(flatten)]
+    pub at: At,
+}
+
+#[derive(ClapArgs)]
+pub struct At {
+    /// The coordinator, e.g. http://coordinator:50051.
+    #[arg(long, env = "GRAMZOOM_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    pub coordinator: String,
+}
+
+#[derive(ClapArgs)]
+pub struct Status {
+    /// A job id; all jobs when omitted.
+    pub job: Option<String>,
+    /// Also list every segment and its attempts.
+    #[arg(long)]
+    pub segments: bool,
+    #[command(flatten)]
+    pub at: At,
+}
+
+#[derive(ClapArgs)]
+pub struct Job {
+    pub job: String,
+    #[command(flatten)]
+    pub at: At,
+}
+
+#[derive(ClapArgs)]
+pub struct Download {
+    pub job: String,
+    /// Where to write the output; written under a temporary name and renamed when complete.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub at: At,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("starting the async runtime")
+}
+
+pub fn submit(args: Submit) -> Result<()> {
+    let p = params(&args.flags)?;
+    let kind = OutputKind::from_path(std::path::Path::new(&format!("x.{}", args.format)))
+        .map_err(|_| anyhow::anyhow!("--format: expected mp4, gif, png or jpg, got {:?}", args.format))?;
+    let style = worker::render::style_bytes(args.style.as_deref()).with_context(|| {
+        format!("style image {}", args.style.as_deref().unwrap_or(std::path::Path::new("")).display())
+    })?;
+    let name = args.style.as_deref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
+    let name = name.unwrap_or_else(|| "wheatfield.jpg".into());
+    let spec = v1::JobSpec {
+        params: Some(proto::wire::params_to_wire(&p)),
+        output: proto::wire::output_to_wire(kind) as i32,
+        segment_frames: args.flags.segment_frames.unwrap_or(0),
+        priority: args.priority,
+        name: name.clone(),
+    };
+    let job = runtime()?.block_on(async {
+        let mut c = client::connect(&args.at.coordinator).await?;
+        client::submit(&mut c, spec, &style, &name).await
+    })?;
+    println!("{}", job.id);
+    Ok(())
+}
+
+fn line(job: &v1::Job) -> String {
+    let p = job.spec.as_ref().and_then(|s| s.params.as_ref());
+    let size = p.map(|p| format!("{}x{}", p.width, p.height)).unwrap_or_default();
+    let mut s = format!(
+        "{}  {:<10} {}/{} frames  {}/{} segments  {}",
+        job.id,
+        client::state_name(job),
+        job.frames_done,
+        job.frames_total,
+        job.segments_done,
+        job.segments_total,
+        size
+    );
+    if !job.error.is_empty() {
+        s.push_str(&format!("  ({})", job.error));
+    }
+    s
+}
+
+pub fn status(args: Status) -> Result<()> {
+    runtime()?.block_on(async {
+        let mut c = client::connect(&args.at.coordinator).await?;
+        match &args.job {
+            None => {
+                let jobs =
+                    c.list_jobs(v1::ListJobsRequest {}).await.map_err(client::ClientError::from)?.into_inner().jobs;
+                for job in &jobs {
+                    println!("{}", line(job));
+                }
+            }
+            Some(id) => {
+                let job = c
+                    .get_job(v1::GetJobRequest { job_id: id.clone(), include_segments: args.segments })
+                    .await
+                    .map_err(client::ClientError::from)?
+                    .into_inner();
+                println!("{}", line(&job));
+                for s in &job.segments {
+                    let state = v1::SegmentState::try_from(s.state).map(|x| x.as_str_name()).unwrap_or("?");
+                    println!(
+                        "  segment {:>4} frames {}..{} {}",
+                        s.index,
+                        s.start_frame,
+                        s.end_frame,
+                        state.trim_start_matches("SEGMENT_STATE_").to_lowercase()
+                    );
+                    for a in &s.attempts {
+                        let st = v1::AttemptState::try_from(a.state).map(|x| x.as_str_name()).unwrap_or("?");
+                        println!(
+                            "    attempt {:>5} {:<10} {} {}",
+                            a.id,
+                            a.worker_id,
+                            st.trim_start_matches("ATTEMPT_STATE_").to_lowercase(),
+                            a.reason
+                        );
+                    }
+                }
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+}
+
+/// Turns job updates into a progress bar: warm-up iterations, then frames with fps and ETA.
+pub struct Follow<'a> {
+    bar: &'a Bar,
+    quiet: bool,
+    warm: Option<ProgressBar>,
+    frames: Option<ProgressBar>,
+    frames_start: Option<(Instant, u32)>,
+    started: Instant,
+    warmup_secs: f64,
+}
+
+impl<'a> Follow<'a> {
+    pub fn new(bar: &'a Bar, quiet: bool) -> Self {
+        Self { bar, quiet, warm: None, frames: None, frames_start: None, started: Instant::now(), warmup_secs: 0.0 }
+    }
+
+    pub fn update(&mut self, job: &v1::Job) {
+        if job.frames_done == 0 && job.warmup_total > 0 && job.warmup_done < job.warmup_total {
+            let pb = self.warm.get_or_insert_with(|| self.bar.start(job.warmup_total as u64, "warm-up", self.quiet));
+            pb.set_position(job.warmup_done as u64);
+            return;
+        }
+        if job.frames_done == 0 && self.frames.is_none() {
+            return;
+        }
+        let (bar, quiet, warm) = (self.bar, self.quiet, &mut self.warm);
+        let pb = self.frames.get_or_insert_with(|| {
+            if let Some(w) = warm.take() {
+                w.finish_and_clear();
+            }
+            bar.start(job.frames_total as u64, "frames", quiet)
+        });
+        let (t0, f0) = *self.frames_start.get_or_insert_with(|| {
+            self.warmup_secs = self.started.elapsed().as_secs_f64();
+            (Instant::now(), job.frames_done)
+        });
+        pb.set_position(job.frames_done as u64);
+        let secs = t0.elapsed().as_secs_f64();
+        if secs > 0.0 && job.frames_done > f0 {
+            pb.set_message(format!(
+                "{:.2} fps, segment {}/{}",
+                (job.frames_done - f0) as f64 / secs,
+                job.segments_done + 1,
+                job.segments_total.max(1)
+            ));
+        }
+    }
+
+    /// Seconds from the start until the first frame arrived.
+    pub fn warmup_secs(&self) -> f64 {
+        self.warmup_secs
+    }
+}
+
+pub fn watch(args: Job, bar: &Bar) -> Result<()> {
+    let mut follow = Follow::new(bar, false);
+    let job = runtime()?.block_on(async {
+        let mut c = client::connect(&args.at.coordinator).await?;
+        client::watch(&mut c, &args.job, |j| follow.update(j)).await
+    })?;
+    bar.clear();
+    eprintln!("{}", line(&job));
+    match client::state(&job) {
+        v1::JobState::Succeeded => Ok(()),
+        v1::JobState::Cancelled => bail!("job {} was cancelled", job.id),
+        _ => bail!("job {} failed: {}", job.id, job.error),
+    }
+}
+
+pub fn download(args: Download) -> Result<()> {
+    let file = PartialFile::create(&args.output)?;
+    let bytes = runtime()?.block_on(async {
+        let mut c = client::connect(&args.at.coordinator).await?;
+        client::download(&mut c, &args.job, &file).await
+    })?;
+    file.commit()?;
+    eprintln!("downloaded {} ({bytes} bytes) -> {}", args.job, args.output.display());
+    Ok(())
+}
+
+pub fn cancel(args: Job) -> Result<()> {
+    let job = runtime()?.block_on(async {
+        let mut c = client::connect(&args.at.coordinator).await?;
+        c.cancel_job(v1::CancelJobRequest { job_id: args.job.clone() }).await.map_err(client::ClientError::from)
+    })?;
+    println!("{}", line(&job.into_inner()));
+    Ok(())
+}

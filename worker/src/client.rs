@@ -1,0 +1,130 @@
+//! The user's side of the job API: submit a job with its style image, follow it, download its
+//! output. `gramzoom submit/status/watch/download/cancel` and the local `gramzoom render` use it.
+
+use crate::encode::PartialFile;
+use proto::v1::job_service_client::JobServiceClient;
+use proto::v1::{self, submit_job_request};
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("coordinator address {url:?}: {reason}")]
+    Address { url: String, reason: String },
+    #[error("coordinator at {url} is unreachable: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("{}", .0.message())]
+    Rpc(#[from] tonic::Status),
+    #[error("{path}: {reason}")]
+    Output { path: String, reason: String },
+}
+
+pub type Client = JobServiceClient<Channel>;
+
+pub async fn connect(url: &str) -> Result<Client, ClientError> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| ClientError::Address { url: url.into(), reason: e.to_string() })?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| ClientError::Unreachable { url: url.into(), reason: format!("{e}: {}", source_chain(&e)) })?;
+    Ok(JobServiceClient::new(channel))
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = Vec::new();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push(s.to_string());
+        cur = s.source();
+    }
+    out.join(": ")
+}
+
+/// Submits a job; the style image travels in 1 MiB pieces with its checksum.
+pub async fn submit(
+    client: &mut Client,
+    spec: v1::JobSpec,
+    style: &[u8],
+    style_name: &str,
+) -> Result<v1::Job, ClientError> {
+    use submit_job_request::Part;
+    let mut messages = vec![v1::SubmitJobRequest {
+        part: Some(Part::Header(v1::SubmitHeader { spec: Some(spec), style_name: style_name.into() })),
+    }];
+    let sha = proto::params::hex(&Sha256::digest(style));
+    for (i, piece) in style.chunks(proto::BLOB_PIECE).enumerate() {
+        let blob = if i == 0 {
+            v1::Blob { total_size: style.len() as u64, sha256: sha.clone(), data: piece.to_vec() }
+        } else {
+            v1::Blob { data: piece.to_vec(), ..Default::default() }
+        };
+        messages.push(v1::SubmitJobRequest { part: Some(Part::Style(blob)) });
+    }
+    Ok(client.submit_job(tokio_stream::iter(messages)).await?.into_inner())
+}
+
+pub fn state(job: &v1::Job) -> v1::JobState {
+    v1::JobState::try_from(job.state).unwrap_or(v1::JobState::Unspecified)
+}
+
+pub fn is_final(job: &v1::Job) -> bool {
+    matches!(state(job), v1::JobState::Succeeded | v1::JobState::Failed | v1::JobState::Cancelled)
+}
+
+pub fn state_name(job: &v1::Job) -> String {
+    state(job).as_str_name().trim_start_matches("JOB_STATE_").to_lowercase()
+}
+
+/// Follows a job until it ends, calling `on_update` with every change; returns the final job.
+pub async fn watch(
+    client: &mut Client,
+    job_id: &str,
+    mut on_update: impl FnMut(&v1::Job),
+) -> Result<v1::Job, ClientError> {
+    let mut stream = client.watch_job(v1::WatchJobRequest { job_id: job_id.into() }).await?.into_inner();
+    let mut last = None;
+    while let Some(job) = stream.message().await? {
+        on_update(&job);
+        let done = is_final(&job);
+        last = Some(job);
+        if done {
+            break;
+        }
+    }
+    match last {
+        Some(job) if is_final(&job) => Ok(job),
+        _ => Err(tonic::Status::unavailable("the watch stream ended before the job did").into()),
+    }
+}
+
+/// Downloads a finished job's output into `file` (a temporary file that the caller commits),
+/// checking its size and checksum. Returns the size.
+pub async fn download(client: &mut Client, job_id: &str, file: &PartialFile) -> Result<u64, ClientError> {
+    let out_err = |reason: String| ClientError::Output { path: file.path().display().to_string(), reason };
+    let mut stream = client.download_output(v1::DownloadOutputRequest { job_id: job_id.into() }).await?.into_inner();
+    let mut out = std::io::BufWriter::new(std::fs::File::create(file.path()).map_err(|e| out_err(e.to_string()))?);
+    let mut hasher = Sha256::new();
+    let (mut size, mut declared) = (0u64, None);
+    while let Some(blob) = stream.message().await? {
+        if declared.is_none() {
+            declared = Some((blob.total_size, blob.sha256.clone()));
+        }
+        hasher.update(&blob.data);
+        size += blob.data.len() as u64;
+        out.write_all(&blob.data).map_err(|e| out_err(e.to_string()))?;
+    }
+    out.into_inner().map_err(|e| out_err(e.to_string()))?.sync_all().map_err(|e| out_err(e.to_string()))?;
+    let (want_size, want_sha) = declared.unwrap_or_default();
+    let sha = proto::params::hex(&hasher.finalize());
+    if size != want_size || sha != want_sha {
+        return Err(out_err(format!(
+            "download corrupt: got {size} bytes with sha256 {sha}, expected {want_size} bytes with sha256 {want_sha}"
+        )));
+    }
+    Ok(size)
+}
