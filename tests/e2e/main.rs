@@ -4,6 +4,7 @@
 mod helpers;
 
 mod cli_errors;
+mod cluster;
 mod outputs;
 mod quality;
 mod segments;
