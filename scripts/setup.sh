@@ -13,7 +13,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 need_apt=()
 for pkg in pkg-config clang libclang-dev libavcodec-dev libavformat-dev libavutil-dev \
-           libswscale-dev libavfilter-dev libavdevice-dev libswresample-dev ffmpeg; do
+           libswscale-dev libavfilter-dev libavdevice-dev libswresample-dev ffmpeg libsqlite3-dev; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

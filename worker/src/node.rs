@@ -9,6 +9,7 @@
 //! released, so the coordinator requeues it at once without charging it a retry; a worker that
 //! dies instead loses its lease and the segment is requeued when the lease runs out.
 
+use crate::device::DeviceThread;
 use crate::encode::{self, FrameSink, FramesDir, PartialFile};
 use crate::error::EngineError;
 use crate::handoff::State;
@@ -60,6 +61,7 @@ enum Outcome {
 
 pub struct Node {
     config: NodeConfig,
+    torch: DeviceThread,
     client: WorkerServiceClient<Channel>,
     worker_id: String,
     heartbeat: Duration,
@@ -107,8 +109,13 @@ async fn receive(mut stream: tonic::Streaming<v1::Blob>, what: &str) -> Result<V
 }
 
 impl Node {
-    /// Connects (lazily: a coordinator that is not up yet is retried) and registers.
-    pub async fn connect(config: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<Self, NodeError> {
+    /// Connects (lazily: a coordinator that is not up yet is retried) and registers. All
+    /// libtorch work runs on `torch`.
+    pub async fn connect(
+        config: NodeConfig,
+        torch: DeviceThread,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, NodeError> {
         let endpoint = tonic::transport::Endpoint::from_shared(config.coordinator.clone())
             .map_err(|e| NodeError::Address { url: config.coordinator.clone(), reason: e.to_string() })?
             .connect_timeout(Duration::from_secs(5))
@@ -116,6 +123,7 @@ impl Node {
         let client = WorkerServiceClient::new(endpoint.connect_lazy());
         let mut node = Self {
             config,
+            torch,
             client,
             worker_id: String::new(),
             heartbeat: Duration::from_secs(2),
@@ -242,14 +250,14 @@ impl Node {
         let params = proto::wire::params_from_wire(a.params.as_ref().unwrap_or(&Default::default()))
             .map_err(|e| e.to_string())?;
         let (device, weights, job) = (self.config.device, self.config.weights.clone(), a.job_id.clone());
-        tokio::task::spawn_blocking(move || -> Result<Engine, EngineError> {
-            let style = Style::from_bytes(&style, &PathBuf::from(format!("<style of {job}>")))?;
-            let net = crate::weights::resolve(params.network, weights.as_deref(), device)?;
-            Engine::new(params, style, net, device)
-        })
-        .await
-        .expect("engine set-up panicked")
-        .map_err(|e| e.to_string())
+        self.torch
+            .run(move || -> Result<Engine, EngineError> {
+                let style = Style::from_bytes(&style, &PathBuf::from(format!("<style of {job}>")))?;
+                let net = crate::weights::resolve(params.network, weights.as_deref(), device)?;
+                Engine::new(params, style, net, device)
+            })
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn start_state(&mut self, a: &v1::Assignment) -> Result<Option<State>, String> {
@@ -343,12 +351,13 @@ impl Node {
         ));
         let frames_dir = self.config.frames_dir.clone();
         let (end, job) = (a.end_frame, a.job_id.clone());
-        let rendered = tokio::task::spawn_blocking(move || {
-            let result = render_segment(&engine, start, end, kind, &chunk_path, frames_dir, &progress);
-            (engine, result)
-        })
-        .await
-        .expect("render thread panicked");
+        let rendered = self
+            .torch
+            .run(move || {
+                let result = render_segment(&engine, start, end, kind, &chunk_path, frames_dir, &progress);
+                (engine, result)
+            })
+            .await;
         watcher.abort();
         let (engine, result) = rendered;
         self.engine = Some((job, engine));
@@ -366,14 +375,22 @@ impl Node {
             }
         };
         let (state, chunk) = result;
-        let state_bytes = tokio::task::block_in_place(|| state.to_bytes());
-        let header = v1::CompleteHeader {
-            attempt_id: a.attempt_id,
-            chunk_size: chunk.len() as u64,
-            chunk_sha256: proto::params::hex(&Sha256::digest(&chunk)),
-            state_size: state_bytes.len() as u64,
-            state_sha256: proto::params::hex(&Sha256::digest(&state_bytes)),
-        };
+        // Serialising and hashing a 1080p state takes a few hundred milliseconds: off the runtime.
+        let attempt_id = a.attempt_id;
+        let (state, chunk, state_bytes, header) = self
+            .torch
+            .run(move || {
+                let bytes = state.to_bytes();
+                let header = v1::CompleteHeader {
+                    attempt_id,
+                    chunk_size: chunk.len() as u64,
+                    chunk_sha256: proto::params::hex(&Sha256::digest(&chunk)),
+                    state_size: bytes.len() as u64,
+                    state_sha256: proto::params::hex(&Sha256::digest(&bytes)),
+                };
+                (state, chunk, bytes, header)
+            })
+            .await;
         let (chunk_len, state_len) = (chunk.len(), state_bytes.len());
         let upload = Instant::now();
         let mut result = Err(tonic::Status::unavailable("not sent"));

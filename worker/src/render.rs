@@ -4,6 +4,7 @@
 //! format and the stitching of chunks.
 
 use crate::client::{self, ClientError};
+use crate::device::DeviceThread;
 use crate::encode::{FramesDir, OutputKind, PartialFile};
 use crate::error::ParamError;
 use crate::node::{Node, NodeConfig, NodeError};
@@ -81,9 +82,10 @@ impl Drop for ScratchDir {
     }
 }
 
-/// Renders `engine`'s movie into `outputs`. `style` is the encoded style image the engine was
-/// built from. `cancel` turning true cancels the job; the output is then never written.
+/// Renders `engine`'s movie into `outputs`. `engine` must have been built on `torch`, which
+/// then runs all of the render. `style` is the encoded style image the engine was built from. `cancel` turning true cancels the job; the output is then never written.
 pub async fn render(
+    torch: DeviceThread,
     engine: Engine,
     style: Vec<u8>,
     style_name: &str,
@@ -102,7 +104,7 @@ pub async fn render(
     // A local failure would fail again: no retries. Heartbeats often, for a smooth progress bar.
     config.max_attempts = 1;
     config.lease = Duration::from_secs(60);
-    config.heartbeat = Duration::from_millis(200);
+    config.heartbeat = Duration::from_millis(250);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(coordinator::Error::from)?;
     let url = format!("http://{}", listener.local_addr().map_err(coordinator::Error::from)?);
     let (stop_tx, mut stop) = watch::channel(false);
@@ -130,7 +132,7 @@ pub async fn render(
             reuse_state: outputs.segment_frames.is_none(),
         };
         let (node_stop, node_stop_rx) = watch::channel(false);
-        let mut node = Node::connect(node_config, node_stop_rx).await?;
+        let mut node = Node::connect(node_config, torch, node_stop_rx).await?;
         node.preload(&job.id, engine);
         let worker = tokio::spawn(node.run());
 

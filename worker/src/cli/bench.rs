@@ -37,12 +37,19 @@ pub struct Args {
     /// Write the last frame of each --compare-features render here, to look at.
     #[arg(long)]
     pub stills: Option<std::path::PathBuf>,
+    /// Instead of timing the engine: measure the coordinator (1080p hand-off state transfer,
+    /// dispatch latency, stitching 100 chunks).
+    #[arg(long)]
+    pub cluster: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let device = worker::device::parse(&args.device)?;
     if args.compare_features {
         return compare_features(&args, device);
+    }
+    if args.cluster {
+        return super::bench_cluster::run();
     }
     let sizes = args.sizes.clone().unwrap_or_else(|| {
         if device.is_cuda() {

@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod bench_cluster;
 pub mod jobs;
 pub mod progress;
 pub mod render;

@@ -4,6 +4,7 @@ use super::progress::Bar;
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use std::path::{Path, PathBuf};
+use worker::device::DeviceThread;
 use worker::params::{parse_size, Fps, OptimizerKind, RenderParams};
 use worker::render::{render, Outputs};
 use worker::style::Style;
@@ -131,15 +132,20 @@ pub fn run(args: Args, bar: &Bar) -> Result<()> {
         .with_context(|| format!("style image {}", args.style.as_deref().unwrap_or(Path::new("")).display()))?;
     let style_name = args.style.as_deref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
     let device = worker::device::parse(&args.device)?;
-    let net = worker::weights::resolve(params.network, args.weights.as_deref(), device)?;
-    if matches!(net.origin, WeightsOrigin::Random(_)) {
-        tracing::warn!(
-            "no pretrained {} weights found: rendering with deterministic random features; run `gramzoom weights download {}` or pass --weights for the pretrained look",
-            params.network.name(),
-            params.network.name()
-        );
-    }
-    let engine = Engine::new(params.clone(), style, net, device)?;
+    // Every libtorch call of this render, from loading weights on, runs on one thread.
+    let torch = DeviceThread::spawn();
+    let (weights, p) = (args.weights.clone(), params.clone());
+    let engine = torch.run_blocking(move || -> Result<Engine> {
+        let net = worker::weights::resolve(p.network, weights.as_deref(), device)?;
+        if matches!(net.origin, WeightsOrigin::Random(_)) {
+            tracing::warn!(
+                "no pretrained {} weights found: rendering with deterministic random features; run `gramzoom weights download {}` or pass --weights for the pretrained look",
+                p.network.name(),
+                p.network.name()
+            );
+        }
+        Ok(Engine::new(p, style, net, device)?)
+    })?;
     let outputs = Outputs {
         output: args.output.clone(),
         frames_dir: args.frames_dir.clone(),
@@ -168,6 +174,7 @@ pub fn run(args: Args, bar: &Bar) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let summary = runtime
         .block_on(render(
+            torch,
             engine,
             style_bytes,
             style_name.as_deref().unwrap_or("wheatfield.jpg"),

@@ -50,7 +50,7 @@ pub fn run(args: Args) -> Result<()> {
             coordinator::cli::shutdown_signal().await;
             std::process::exit(130);
         });
-        let node = Node::connect(config, rx).await?;
+        let node = Node::connect(config, worker::device::DeviceThread::spawn(), rx).await?;
         node.run().await?;
         Ok(())
     })
