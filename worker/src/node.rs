@@ -309,39 +309,47 @@ impl Node {
             Ok(k) => k,
             Err(e) => return Outcome::Failed(e.to_string()),
         };
+        // Heartbeats start now: setting up an engine or fetching a 1080p state can take longer
+        // than a short lease.
+        let progress = Arc::new((AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)));
+        let lost = Arc::new(std::sync::Mutex::new(None::<String>));
+        let stop: StopSlot = Arc::default();
+        let _heartbeats = AbortOnDrop(tokio::spawn(heartbeat_loop(
+            self.client.clone(),
+            a.attempt_id,
+            self.heartbeat,
+            progress.clone(),
+            stop.clone(),
+            lost.clone(),
+        )));
+        let superseded = || lost.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let engine = match self.engine_for(&a).await {
             Ok(e) => e,
-            Err(e) => return Outcome::Failed(e),
+            Err(e) => return superseded().map_or(Outcome::Failed(e), Outcome::Superseded),
         };
         let start = match self.start_state(&a).await {
             Ok(s) => s,
             Err(e) => {
                 self.engine = Some((a.job_id.clone(), engine));
-                return Outcome::Failed(e);
+                return superseded().map_or(Outcome::Failed(e), Outcome::Superseded);
             }
         };
         let cancel = engine.cancel_flag();
         cancel.store(false, Ordering::SeqCst);
-        let progress = Arc::new((AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)));
-        let lost = Arc::new(std::sync::Mutex::new(None::<String>));
-        let heartbeats = tokio::spawn(heartbeat_loop(
-            self.client.clone(),
-            a.attempt_id,
-            self.heartbeat,
-            progress.clone(),
-            cancel.clone(),
-            lost.clone(),
-        ));
+        *stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(cancel.clone());
+        if superseded().is_some() {
+            cancel.store(true, Ordering::SeqCst); // lost while setting up: the render stops at once
+        }
         let released = Arc::new(AtomicBool::new(false));
         let mut shutdown = self.shutdown.clone();
-        let watcher = {
+        let _watcher = {
             let (cancel, released) = (cancel.clone(), released.clone());
-            tokio::spawn(async move {
+            AbortOnDrop(tokio::spawn(async move {
                 if shutdown.wait_for(|s| *s).await.is_ok() {
                     released.store(true, Ordering::SeqCst);
                     cancel.store(true, Ordering::SeqCst);
                 }
-            })
+            }))
         };
         let chunk_path = std::env::temp_dir().join(format!(
             "gramzoom-{}-attempt-{}.{}",
@@ -358,14 +366,12 @@ impl Node {
                 (engine, result)
             })
             .await;
-        watcher.abort();
         let (engine, result) = rendered;
         self.engine = Some((job, engine));
         let result = match result {
             Ok(r) => r,
             Err(e) => {
-                heartbeats.abort();
-                if let Some(why) = lost.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                if let Some(why) = superseded() {
                     return Outcome::Superseded(why);
                 }
                 if released.load(Ordering::SeqCst) {
@@ -408,7 +414,6 @@ impl Node {
                 _ => break,
             }
         }
-        heartbeats.abort();
         match result {
             Ok(()) => {
                 let secs = started.elapsed().as_secs_f64();
@@ -433,6 +438,18 @@ impl Node {
             Err(s) if s.code() == Code::FailedPrecondition => Outcome::Superseded(s.message().to_string()),
             Err(s) => Outcome::Failed(format!("upload: {}", s.message())),
         }
+    }
+}
+
+/// The render's cancel flag, once there is a render to cancel.
+type StopSlot = Arc<std::sync::Mutex<Option<Arc<AtomicBool>>>>;
+
+/// Aborts a background task when the attempt that started it ends, on every path.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -485,7 +502,7 @@ async fn heartbeat_loop(
     attempt: u64,
     every: Duration,
     progress: Arc<(AtomicU32, AtomicU32, AtomicU32)>,
-    cancel: Arc<AtomicBool>,
+    stop: StopSlot,
     lost: Arc<std::sync::Mutex<Option<String>>>,
 ) {
     loop {
@@ -502,7 +519,9 @@ async fn heartbeat_loop(
             Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound) => {
                 tracing::warn!(attempt, reason = %s.message(), "coordinator ended this attempt; stopping");
                 *lost.lock().unwrap_or_else(|e| e.into_inner()) = Some(s.message().to_string());
-                cancel.store(true, Ordering::SeqCst);
+                if let Some(cancel) = stop.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                    cancel.store(true, Ordering::SeqCst);
+                }
                 return;
             }
             Err(s) => tracing::warn!(attempt, error = %s.message(), "heartbeat failed; retrying"),
