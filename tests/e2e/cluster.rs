@@ -508,3 +508,32 @@ fn a_cancelled_job_stops_its_running_segment_within_seconds() {
     assert!(!r.status.success());
     assert!(stderr(&r).contains("has already ended: it succeeded"), "{}", stderr(&r));
 }
+
+#[test]
+fn a_worker_stopped_with_sigterm_releases_its_segment_at_once() {
+    // A long lease: only the release can requeue the segment quickly.
+    let mut c = Cluster::start("60", &[]);
+    let a = c.worker("a", &[]);
+    let movie = ["--size", "64x48", "--frames", "8", "--warmup", "6", "--iters", "10", "--segment-frames", "4"];
+    let id = c.submit(&movie);
+    c.wait(&id, 120, "worker a in the middle of segment 0", |j| mid_segment(j, 0).is_some());
+    c.workers[a].signal("-TERM");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = c.workers[a].child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "worker a did not stop on SIGTERM\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "worker a exited with {status}\n{}", c.logs());
+    let job = c.job(&id);
+    let first = &job.segments[0].attempts[0];
+    assert_eq!(first.state, v1::AttemptState::Cancelled as i32, "{first:?}");
+    assert_eq!(first.reason, "worker shut down");
+    assert_eq!(job.segments[0].state, v1::SegmentState::Ready as i32);
+    c.worker("b", &[]);
+    let job =
+        c.wait(&id, 50, "worker b to finish well within the lease", |j| j.state == v1::JobState::Succeeded as i32);
+    assert_eq!(job.segments[0].attempts.len(), 2);
+}
