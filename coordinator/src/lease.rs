@@ -148,7 +148,8 @@ pub fn current(tx: &Transaction, attempt: u64, policy: Policy, now: i64) -> Resu
     }
 }
 
-pub fn heartbeat(conn: &mut Connection, attempt: u64, frames_done: u32, policy: Policy, now: i64) -> Result<()> {
+/// Extends the lease of a current attempt and records its progress.
+pub fn heartbeat(conn: &mut Connection, attempt: u64, frames_done: u32, policy: Policy, now: i64) -> Result<Current> {
     let tx = conn.transaction()?;
     let cur = current(&tx, attempt, policy, now);
     let cur = match cur {
@@ -164,7 +165,7 @@ pub fn heartbeat(conn: &mut Connection, attempt: u64, frames_done: u32, policy: 
     )?;
     tx.execute("UPDATE workers SET last_seen_ms = ?2 WHERE 'worker-' || seq = ?1", params![cur.worker, now])?;
     tx.commit()?;
-    Ok(())
+    Ok(cur)
 }
 
 /// Checks that `attempt` may still read its inputs.

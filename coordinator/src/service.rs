@@ -386,15 +386,7 @@ impl WorkerService for Api {
         let r = request.into_inner();
         let policy = self.0.policy;
         let (attempt, frames) = (r.attempt_id, r.frames_done);
-        let result = self
-            .0
-            .db(move |c| {
-                lease::heartbeat(c, attempt, frames, policy, now_ms())?;
-                let tx = c.transaction()?;
-                let cur = lease::current(&tx, attempt, policy, now_ms())?;
-                Ok(cur)
-            })
-            .await;
+        let result = self.0.db(move |c| lease::heartbeat(c, attempt, frames, policy, now_ms())).await;
         let cur = match result {
             Ok(cur) => cur,
             Err(e) => {

@@ -15,10 +15,19 @@ pub enum ClientError {
     Address { url: String, reason: String },
     #[error("coordinator at {url} is unreachable: {reason}")]
     Unreachable { url: String, reason: String },
+    /// The coordinator's own message; it names the field and the rule.
     #[error("{}", .0.message())]
-    Rpc(#[from] tonic::Status),
+    Rpc(tonic::Status),
     #[error("{path}: {reason}")]
     Output { path: String, reason: String },
+}
+
+// Not `#[from]`: that would make the status an error source, and the CLI's error chain would
+// print its code and message a second time.
+impl From<tonic::Status> for ClientError {
+    fn from(status: tonic::Status) -> Self {
+        Self::Rpc(status)
+    }
 }
 
 pub type Client = JobServiceClient<Channel>;
