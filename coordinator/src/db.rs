@@ -247,6 +247,13 @@ pub fn done_chunks(conn: &Connection, seq: i64) -> Result<Vec<(u64, u32, u32)>> 
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// Attempts of a job whose chunk and end state are in the store.
+pub fn stored_attempts(conn: &Connection, seq: i64) -> Result<Vec<u64>> {
+    let mut stmt = conn.prepare("SELECT id FROM attempts WHERE job = ?1 AND state = 'succeeded'")?;
+    let rows = stmt.query_map([seq], |r| Ok(r.get::<_, i64>(0)? as u64))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 pub fn spec(conn: &Connection, seq: i64) -> Result<v1::JobSpec> {
     use prost::Message;
     let blob: Vec<u8> = conn

@@ -303,7 +303,21 @@ impl JobService for Api {
 
     async fn cancel_job(&self, request: Request<v1::CancelJobRequest>) -> Result<Response<v1::Job>, Status> {
         let seq = db::job_seq(&request.into_inner().job_id)?;
-        self.0.db(move |c| db::cancel(c, seq, now_ms())).await?;
+        let stored = self
+            .0
+            .db(move |c| {
+                db::cancel(c, seq, now_ms())?;
+                db::stored_attempts(c, seq)
+            })
+            .await?;
+        // Its chunks and states can never be used now: free the space (1080p states are 75 MB).
+        let store = self.0.store.clone();
+        tokio::task::spawn_blocking(move || {
+            for attempt in stored {
+                let _ = store.delete(&keys::chunk(seq, attempt));
+                let _ = store.delete(&keys::state(seq, attempt));
+            }
+        });
         tracing::info!(job = %db::job_id(seq), "job cancelled");
         self.0.changed();
         Ok(Response::new(self.job_view(seq, false).await?))
