@@ -211,9 +211,12 @@ impl Coordinator {
                 match done {
                     Ok(true) => {
                         tracing::info!(job = %db::job_id(job), bytes = size, elapsed_ms = started.elapsed().as_millis() as u64, "output stitched");
-                        for key in garbage {
-                            let _ = self.store.delete(&key);
-                        }
+                        let store = self.store.clone();
+                        tokio::task::spawn_blocking(move || {
+                            for key in garbage {
+                                let _ = store.delete(&key);
+                            }
+                        });
                     }
                     Ok(false) => {}
                     Err(e) => tracing::error!(job = %db::job_id(job), error = %e, "recording the output failed"),
