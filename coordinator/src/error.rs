@@ -26,6 +26,8 @@ pub enum Error {
     Store(#[from] std::io::Error),
     #[error("stitching: {0}")]
     Stitch(String),
+    #[error("starting: {0}")]
+    Startup(String),
     #[error("grpc transport: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -48,7 +50,7 @@ impl From<Error> for tonic::Status {
             Error::StaleAttempt { .. } | Error::JobEnded { .. } | Error::NoOutput { .. } => {
                 Status::failed_precondition(message)
             }
-            Error::Db(_) | Error::Store(_) | Error::Stitch(_) | Error::Transport(_) => {
+            Error::Db(_) | Error::Store(_) | Error::Stitch(_) | Error::Startup(_) | Error::Transport(_) => {
                 tracing::error!(error = %message, "internal error");
                 Status::internal(message)
             }

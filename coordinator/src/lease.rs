@@ -144,7 +144,8 @@ pub fn current(tx: &Transaction, attempt: u64, policy: Policy, now: i64) -> Resu
         "running" => Ok(Current { job, idx, worker, start_attempt }),
         "expired" => Err(Error::StaleAttempt { id: attempt, reason: "its lease expired".into() }),
         "succeeded" => Err(Error::StaleAttempt { id: attempt, reason: "it already completed".into() }),
-        _ => Err(Error::StaleAttempt { id: attempt, reason: format!("it {state}: {reason}") }),
+        "cancelled" => Err(Error::StaleAttempt { id: attempt, reason: format!("it was cancelled ({reason})") }),
+        _ => Err(Error::StaleAttempt { id: attempt, reason: format!("it {state} ({reason})") }),
     }
 }
 

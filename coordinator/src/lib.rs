@@ -241,13 +241,66 @@ impl Coordinator {
 
 /// Serves the coordinator on `listener` until `shutdown` resolves.
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "coordinator listening");
+    run_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener), config, shutdown).await
+}
+
+/// Serves the coordinator on any stream of connections (TCP, or in-memory pipes for an
+/// in-process coordinator) until `shutdown` resolves.
+pub async fn run_with_incoming<S, IO>(
+    incoming: S,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()>
+where
+    S: tokio_stream::Stream<Item = std::io::Result<IO>> + Send,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
+    <IO as tonic::transport::server::Connected>::ConnectInfo: Clone + Send + Sync + 'static,
+{
     let coordinator = Coordinator::open(config)?;
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "coordinator listening");
     let sweeper = tokio::spawn(coordinator.clone().sweep());
-    let result = service::serve(coordinator, listener, shutdown).await;
+    let result = service::serve(coordinator, incoming, shutdown).await;
     sweeper.abort();
     result
+}
+
+/// A coordinator inside this process, reached through in-memory pipes: `gramzoom render` uses
+/// it, so a local render needs no network at all and still speaks the real gRPC protocol.
+pub struct InProcess {
+    pub channel: tonic::transport::Channel,
+    stop: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl InProcess {
+    pub async fn start(config: Config) -> Result<Self> {
+        let (connections, accepted) = tokio::sync::mpsc::unbounded_channel::<tokio::io::DuplexStream>();
+        let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::UnboundedReceiverStream::new(accepted), Ok);
+        let (stop, mut stopped) = watch::channel(false);
+        let server = tokio::spawn(run_with_incoming(incoming, config, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
+        let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+            let connections = connections.clone();
+            async move {
+                let (client, server) = tokio::io::duplex(1 << 20);
+                connections.send(server).map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the in-process coordinator stopped")
+                })?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(client))
+            }
+        });
+        let channel = tonic::transport::Endpoint::from_static("http://in-process.invalid")
+            .connect_with_connector(connector)
+            .await?;
+        Ok(Self { channel, stop, server })
+    }
+
+    /// Stops serving and waits for the coordinator to finish.
+    pub async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        self.server.await.unwrap_or_else(|e| Err(Error::Startup(format!("coordinator task: {e}"))))
+    }
 }
 
 /// The job spec a caller submits, checked the way the coordinator will check it.

@@ -15,9 +15,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
+use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status, Streaming};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -28,11 +28,16 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 struct Api(Arc<Coordinator>);
 
-pub(crate) async fn serve(
+pub(crate) async fn serve<S, IO>(
     coordinator: Arc<Coordinator>,
-    listener: TcpListener,
+    incoming: S,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<()> {
+) -> Result<()>
+where
+    S: Stream<Item = std::io::Result<IO>> + Send,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+{
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<JobServiceServer<Api>>().await;
     health.set_serving::<WorkerServiceServer<Api>>().await;
@@ -40,14 +45,14 @@ pub(crate) async fn serve(
         .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| Error::Stitch(format!("reflection: {e}")))?;
+        .map_err(|e| Error::Startup(format!("reflection: {e}")))?;
     let api = Api(coordinator);
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(JobServiceServer::new(api.clone()))
         .add_service(WorkerServiceServer::new(api))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }

@@ -44,11 +44,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // A local render runs a coordinator and a node in-process: their per-segment logs are for
-    // clusters, so they only speak up about problems unless RUST_LOG asks for more.
+    // A local render runs a coordinator and a node in-process: their logs are for clusters (a
+    // lost lease, a retried upload); locally a failure reaches the user as the render's error.
     let default_filter = match &cli.command {
         Command::Render(a) if a.quiet => "warn",
-        Command::Render(_) => "info,coordinator=warn,worker::node=warn",
+        Command::Render(_) => "info,coordinator=error,worker::node=error",
         _ => "info",
     };
     let progress = cli::progress::init_logging(default_filter);

@@ -120,11 +120,20 @@ impl Node {
             .map_err(|e| NodeError::Address { url: config.coordinator.clone(), reason: e.to_string() })?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
-        let client = WorkerServiceClient::new(endpoint.connect_lazy());
+        Self::with_channel(config, endpoint.connect_lazy(), torch, shutdown).await
+    }
+
+    /// Registers over an existing channel (an in-process coordinator's, for `gramzoom render`).
+    pub async fn with_channel(
+        config: NodeConfig,
+        channel: Channel,
+        torch: DeviceThread,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, NodeError> {
         let mut node = Self {
             config,
             torch,
-            client,
+            client: WorkerServiceClient::new(channel),
             worker_id: String::new(),
             heartbeat: Duration::from_secs(2),
             engine: None,

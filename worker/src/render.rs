@@ -1,6 +1,6 @@
 //! A whole local render, through the same coordinator and worker code a cluster runs: an
-//! in-process coordinator (data in a temporary directory, loopback port) and one in-process
-//! node. One machine and a cluster therefore share one code path, down to the hand-off state
+//! in-process coordinator (data in a temporary directory, reached through in-memory pipes, so
+//! no network is involved) and one in-process node. One machine and a cluster therefore share one code path, down to the hand-off state
 //! format and the stitching of chunks.
 
 use crate::client::{self, ClientError};
@@ -105,15 +105,9 @@ pub async fn render(
     config.max_attempts = 1;
     config.lease = Duration::from_secs(60);
     config.heartbeat = Duration::from_millis(250);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(coordinator::Error::from)?;
-    let url = format!("http://{}", listener.local_addr().map_err(coordinator::Error::from)?);
-    let (stop_tx, mut stop) = watch::channel(false);
-    let server = tokio::spawn(coordinator::run(listener, config, async move {
-        let _ = stop.wait_for(|s| *s).await;
-    }));
-
+    let coordinator = coordinator::InProcess::start(config).await?;
     let result = async {
-        let mut jobs = client::connect(&url).await?;
+        let mut jobs = client::Client::new(coordinator.channel.clone());
         let spec = v1::JobSpec {
             params: Some(proto::wire::params_to_wire(&params)),
             output: proto::wire::output_to_wire(kind) as i32,
@@ -123,7 +117,7 @@ pub async fn render(
         };
         let job = client::submit(&mut jobs, spec, &style, style_name).await?;
         let node_config = NodeConfig {
-            coordinator: url.clone(),
+            coordinator: "in-process".into(),
             name: "local".into(),
             device,
             weights: None,
@@ -132,7 +126,7 @@ pub async fn render(
             reuse_state: outputs.segment_frames.is_none(),
         };
         let (node_stop, node_stop_rx) = watch::channel(false);
-        let mut node = Node::connect(node_config, torch, node_stop_rx).await?;
+        let mut node = Node::with_channel(node_config, coordinator.channel.clone(), torch, node_stop_rx).await?;
         node.preload(&job.id, engine);
         let worker = tokio::spawn(node.run());
 
@@ -162,9 +156,9 @@ pub async fn render(
         }
     }
     .await;
-    let _ = stop_tx.send(true);
-    let _ = server.await;
+    let stopped = coordinator.stop().await;
     let output_bytes = result?;
+    stopped?;
     file.commit().map_err(|e| RenderError::Output { path: outputs.output.clone(), reason: e.to_string() })?;
     Ok(Summary { frames: params.frames, wall: started.elapsed(), output_bytes })
 }
