@@ -95,6 +95,9 @@ pub struct Coordinator {
     ready: Notify,
     /// Bumped on every change a watcher could care about.
     changes: watch::Sender<u64>,
+    /// True once shutdown began: watch streams end and long polls return, so the server's
+    /// graceful shutdown does not wait on them.
+    closing: watch::Sender<bool>,
     live: Mutex<HashMap<i64, Live>>,
 }
 
@@ -116,6 +119,7 @@ impl Coordinator {
             store,
             ready: Notify::new(),
             changes: watch::channel(0).0,
+            closing: watch::channel(false).0,
             live: Mutex::new(HashMap::new()),
         });
         for job in stitching {
@@ -259,6 +263,12 @@ where
 {
     let coordinator = Coordinator::open(config)?;
     let sweeper = tokio::spawn(coordinator.clone().sweep());
+    let closing = coordinator.clone();
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("coordinator shutting down: ending watches and long polls");
+        closing.closing.send_replace(true);
+    };
     let result = service::serve(coordinator, incoming, shutdown).await;
     sweeper.abort();
     result

@@ -278,6 +278,7 @@ impl JobService for Api {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let api = self.clone();
         let mut changes = self.0.changes.subscribe();
+        let mut closing = self.0.closing.subscribe();
         tokio::spawn(async move {
             let mut last = first;
             if tx.send(Ok(last.clone())).await.is_err() {
@@ -287,7 +288,13 @@ impl JobService for Api {
                 if db::JobState::parse(&state_name(last.state)).is_final() {
                     return;
                 }
-                let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
+                tokio::select! {
+                    _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()) => {}
+                    _ = async { closing.wait_for(|c| *c).await.is_ok() } => {
+                        let _ = tx.send(Err(Status::unavailable("the coordinator is shutting down"))).await;
+                        return;
+                    }
+                }
                 match api.job_view(seq, false).await {
                     Ok(job) if job != last => {
                         last = job;
@@ -373,6 +380,7 @@ impl WorkerService for Api {
         let r = request.into_inner();
         let deadline = Instant::now() + Duration::from_millis(r.wait_ms as u64).min(MAX_WAIT);
         let policy = self.0.policy;
+        let mut closing = self.0.closing.subscribe();
         loop {
             // Listen before looking, so a segment readied in between still wakes us.
             let notified = self.0.ready.notified();
@@ -394,6 +402,7 @@ impl WorkerService for Api {
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep(tick) => {}
+                _ = async { closing.wait_for(|c| *c).await.is_ok() } => return Ok(Response::new(v1::AcquireResponse { assignment: None })),
             }
         }
     }

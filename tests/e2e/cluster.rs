@@ -537,3 +537,25 @@ fn a_worker_stopped_with_sigterm_releases_its_segment_at_once() {
         c.wait(&id, 50, "worker b to finish well within the lease", |j| j.state == v1::JobState::Succeeded as i32);
     assert_eq!(job.segments[0].attempts.len(), 2);
 }
+
+#[test]
+fn a_coordinator_stops_promptly_on_sigterm_even_with_watchers() {
+    let mut c = Cluster::start("10", &[]);
+    let id = c.submit(&["--size", "64x48", "--frames", "4"]); // no worker: it stays queued
+    let url = c.url();
+    let mut watch = Proc::spawn(&["watch", &id, "--coordinator", &url], c.path("watch.log"), c.dir.path());
+    std::thread::sleep(Duration::from_millis(500));
+    let coordinator = c.coordinator.as_mut().unwrap();
+    coordinator.signal("-TERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while coordinator.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the coordinator did not stop\n{}", coordinator.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = watch.child.wait().unwrap();
+    assert!(!status.success());
+    assert!(watch.log().contains("the coordinator is shutting down"), "{}", watch.log());
+    // Nothing was lost: the job is still queued after a restart.
+    c.start_coordinator("10", &[]);
+    assert_eq!(c.job(&id).state, v1::JobState::Queued as i32);
+}
