@@ -45,7 +45,8 @@ fn worker_seq(conn: &Connection, worker: &str) -> Result<i64> {
 
 /// Hands the best ready segment to `worker`: highest priority first, then the segment whose
 /// start state this worker produced, then the oldest job. A segment whose start state another
-/// live worker holds is left to that worker for `affinity_grace_ms`.
+/// worker holds is left to that worker for `affinity_grace_ms`, unless that worker is busy with
+/// another segment: then waiting would only idle the asker.
 pub fn acquire(conn: &mut Connection, worker: &str, policy: Policy, now: i64) -> Result<Option<Grant>> {
     let tx = conn.transaction()?;
     let wseq = worker_seq(&tx, worker)?;
@@ -56,7 +57,8 @@ pub fn acquire(conn: &mut Connection, worker: &str, policy: Policy, now: i64) ->
             "SELECT s.job, s.idx, s.start_frame, s.end_frame, s.start_attempt, j.style_sha256
              FROM segments s JOIN jobs j ON j.seq = s.job
              WHERE s.state = 'ready' AND j.state IN ('queued', 'running')
-               AND (s.preferred_worker IS NULL OR s.preferred_worker = ?1 OR s.ready_ms <= ?2)
+               AND (s.preferred_worker IS NULL OR s.preferred_worker = ?1 OR s.ready_ms <= ?2
+                    OR EXISTS (SELECT 1 FROM attempts b WHERE b.worker = s.preferred_worker AND b.state = 'running'))
              ORDER BY j.priority DESC, (s.preferred_worker IS ?1) DESC, j.seq ASC
              LIMIT 1",
             params![worker, now - policy.affinity_grace_ms],
@@ -354,6 +356,18 @@ mod tests {
         // A waiting segment is never handed out; nothing else is ready now.
         assert_eq!(take(&mut c, "worker-1", 50), None);
         assert!(matches!(acquire(&mut c, "worker-9", POLICY, 50), Err(Error::WorkerNotFound(_))));
+    }
+
+    #[test]
+    fn a_reservation_does_not_hold_for_a_busy_producer() {
+        let (mut c, jobs) = setup(&[(0, 4)]);
+        let (_, _, a) = take(&mut c, "worker-1", 0).unwrap();
+        let urgent = v1::JobSpec { priority: 5, ..Default::default() };
+        let y = db::submit(&mut c, &urgent, 4, 2, "style", 1).unwrap();
+        complete(&mut c, a, "c", "s", POLICY, 10).unwrap(); // segment 1 reserved for worker-1...
+        assert_eq!(take(&mut c, "worker-1", 11).map(|t| (t.0, t.1)), Some((y, 0))); // ...which is now busy
+        let got = take(&mut c, "worker-2", 12).map(|t| (t.0, t.1));
+        assert_eq!(got, Some((jobs[0], 1)), "an idle worker must not wait for a busy one");
     }
 
     #[test]
