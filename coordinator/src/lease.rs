@@ -152,16 +152,21 @@ pub fn current(tx: &Transaction, attempt: u64, policy: Policy, now: i64) -> Resu
 }
 
 /// Extends the lease of a current attempt and records its progress.
-pub fn heartbeat(conn: &mut Connection, attempt: u64, frames_done: u32, policy: Policy, now: i64) -> Result<Current> {
+/// Opens a transaction for a current attempt. A stale one is an error, committed first so that
+/// an on-the-spot expiry is kept.
+fn fenced(conn: &mut Connection, attempt: u64, policy: Policy, now: i64) -> Result<(Transaction<'_>, Current)> {
     let tx = conn.transaction()?;
-    let cur = current(&tx, attempt, policy, now);
-    let cur = match cur {
-        Ok(c) => c,
+    match current(&tx, attempt, policy, now) {
+        Ok(cur) => Ok((tx, cur)),
         Err(e) => {
-            tx.commit()?; // keep an on-the-spot expiry
-            return Err(e);
+            tx.commit()?;
+            Err(e)
         }
-    };
+    }
+}
+
+pub fn heartbeat(conn: &mut Connection, attempt: u64, frames_done: u32, policy: Policy, now: i64) -> Result<Current> {
+    let (tx, cur) = fenced(conn, attempt, policy, now)?;
     tx.execute(
         "UPDATE attempts SET lease_until_ms = ?2, frames_done = ?3 WHERE id = ?1",
         params![attempt as i64, now + policy.lease_ms, frames_done],
@@ -173,10 +178,9 @@ pub fn heartbeat(conn: &mut Connection, attempt: u64, frames_done: u32, policy: 
 
 /// Checks that `attempt` may still read its inputs.
 pub fn check(conn: &mut Connection, attempt: u64, policy: Policy, now: i64) -> Result<Current> {
-    let tx = conn.transaction()?;
-    let cur = current(&tx, attempt, policy, now);
+    let (tx, cur) = fenced(conn, attempt, policy, now)?;
     tx.commit()?;
-    cur
+    Ok(cur)
 }
 
 /// Records a finished segment (its chunk and end state are already in the store) and readies
@@ -189,14 +193,7 @@ pub fn complete(
     policy: Policy,
     now: i64,
 ) -> Result<(Current, bool)> {
-    let tx = conn.transaction()?;
-    let cur = match current(&tx, attempt, policy, now) {
-        Ok(c) => c,
-        Err(e) => {
-            tx.commit()?;
-            return Err(e);
-        }
-    };
+    let (tx, cur) = fenced(conn, attempt, policy, now)?;
     let segment_frames: u32 = tx.query_row(
         "SELECT end_frame - start_frame FROM segments WHERE job = ?1 AND idx = ?2",
         params![cur.job, cur.idx],
@@ -226,14 +223,7 @@ pub fn complete(
 /// A worker gave up on its attempt (or sent a corrupt upload): retry, or fail the job. A
 /// released attempt (worker shutting down) is cancelled instead and costs no retry.
 pub fn fail(conn: &mut Connection, attempt: u64, reason: &str, released: bool, policy: Policy, now: i64) -> Result<()> {
-    let tx = conn.transaction()?;
-    let cur = match current(&tx, attempt, policy, now) {
-        Ok(c) => c,
-        Err(e) => {
-            tx.commit()?;
-            return Err(e);
-        }
-    };
+    let (tx, cur) = fenced(conn, attempt, policy, now)?;
     let state = if released { "cancelled" } else { "failed" };
     tx.execute(
         "UPDATE attempts SET state = ?4, reason = ?2, ended_ms = ?3 WHERE id = ?1",

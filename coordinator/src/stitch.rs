@@ -15,6 +15,22 @@ pub struct Chunk {
     pub end_frame: u32,
 }
 
+impl Chunk {
+    /// A chunk must hold exactly its segment's frames, or the output's length would be wrong.
+    fn check_frames(&self, frames: u32) -> Result<()> {
+        let want = self.end_frame - self.start_frame;
+        if frames != want {
+            return Err(Error::Stitch(format!(
+                "chunk {} for frames {}..{} holds {frames} frames, expected {want}",
+                self.path.display(),
+                self.start_frame,
+                self.end_frame
+            )));
+        }
+        Ok(())
+    }
+}
+
 pub fn stitch(kind: OutputKind, chunks: &[Chunk], fps: Fps, out: &Path) -> Result<()> {
     match kind {
         OutputKind::Mp4 => mp4(chunks, fps, out),
@@ -71,13 +87,7 @@ fn mp4(chunks: &[Chunk], fps: Fps, out: &Path) -> Result<()> {
             packet.write_interleaved(&mut octx).map_err(ff("write packet"))?;
             packets += 1;
         }
-        let want = chunk.end_frame - chunk.start_frame;
-        if packets != want {
-            return Err(Error::Stitch(format!(
-                "chunk for frames {}..{} holds {packets} frames, expected {want}",
-                chunk.start_frame, chunk.end_frame
-            )));
-        }
+        chunk.check_frames(packets)?;
     }
     octx.write_trailer().map_err(ff("write trailer"))?;
     Ok(())
@@ -105,13 +115,7 @@ fn gif(chunks: &[Chunk], out: &Path) -> Result<()> {
             enc.write_frame(frame).map_err(|e| Error::Stitch(format!("gif: {e}")))?;
             frames += 1;
         }
-        let want = chunk.end_frame - chunk.start_frame;
-        if frames != want {
-            return Err(Error::Stitch(format!(
-                "gif chunk for frames {}..{} holds {frames} frames, expected {want}",
-                chunk.start_frame, chunk.end_frame
-            )));
-        }
+        chunk.check_frames(frames)?;
     }
     let enc = encoder.ok_or_else(|| Error::Stitch("no chunks".into()))?;
     let file = enc.into_inner()?;

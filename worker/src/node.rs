@@ -75,7 +75,8 @@ fn retryable(status: &tonic::Status) -> bool {
     matches!(status.code(), Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled)
 }
 
-fn piece_stream(header: v1::CompleteHeader, chunk: Vec<u8>, state: Vec<u8>) -> Vec<v1::CompleteSegmentRequest> {
+/// The messages of a CompleteSegment upload: the header, then the chunk's and the state's pieces.
+pub fn piece_stream(header: v1::CompleteHeader, chunk: Vec<u8>, state: Vec<u8>) -> Vec<v1::CompleteSegmentRequest> {
     use complete_segment_request::Part;
     let mut out = vec![v1::CompleteSegmentRequest { part: Some(Part::Header(header)) }];
     out.extend(
@@ -87,8 +88,14 @@ fn piece_stream(header: v1::CompleteHeader, chunk: Vec<u8>, state: Vec<u8>) -> V
     out
 }
 
-/// Receives a `Blob` stream and checks its declared size and checksum.
-async fn receive(mut stream: tonic::Streaming<v1::Blob>, what: &str) -> Result<Vec<u8>, String> {
+/// Receives a `Blob` stream and checks it against its declared size and checksum, and against
+/// `expected` (the checksum the assignment named) when given. Hashing a 1080p state takes a few
+/// hundred milliseconds, so it runs off the async runtime.
+async fn receive(
+    mut stream: tonic::Streaming<v1::Blob>,
+    what: &'static str,
+    expected: &str,
+) -> Result<Vec<u8>, String> {
     let mut data = Vec::new();
     let mut declared = None;
     while let Some(blob) = stream.message().await.map_err(|e| format!("fetching the {what}: {}", e.message()))? {
@@ -97,15 +104,21 @@ async fn receive(mut stream: tonic::Streaming<v1::Blob>, what: &str) -> Result<V
         }
         data.extend_from_slice(&blob.data);
     }
-    let (size, sha) = declared.unwrap_or_default();
-    let actual = proto::params::hex(&Sha256::digest(&data));
-    if size != data.len() as u64 || (!sha.is_empty() && sha != actual) {
-        return Err(format!(
-            "the {what} arrived corrupt: {} bytes with sha256 {actual}, declared {size} bytes with sha256 {sha}",
-            data.len()
-        ));
-    }
-    Ok(data)
+    let (size, declared_sha) = declared.unwrap_or_default();
+    let expected = expected.to_string();
+    tokio::task::spawn_blocking(move || {
+        let actual = proto::params::hex(&Sha256::digest(&data));
+        let wanted = [declared_sha.as_str(), expected.as_str()];
+        if size != data.len() as u64 || wanted.iter().any(|w| !w.is_empty() && *w != actual) {
+            return Err(format!(
+                "the {what} arrived corrupt: {} bytes with sha256 {actual}, declared {size} bytes with sha256 {declared_sha}, assigned sha256 {expected:?}",
+                data.len()
+            ));
+        }
+        Ok(data)
+    })
+    .await
+    .expect("hashing panicked")
 }
 
 impl Node {
@@ -255,7 +268,7 @@ impl Node {
             .await
             .map_err(|s| format!("fetching the style: {}", s.message()))?
             .into_inner();
-        let style = receive(stream, "style image").await?;
+        let style = receive(stream, "style image", &a.style_sha256).await?;
         let params = proto::wire::params_from_wire(a.params.as_ref().unwrap_or(&Default::default()))
             .map_err(|e| e.to_string())?;
         let (device, weights, job) = (self.config.device, self.config.weights.clone(), a.job_id.clone());
@@ -286,16 +299,7 @@ impl Node {
             .await
             .map_err(|s| format!("fetching the start state: {}", s.message()))?
             .into_inner();
-        let bytes = receive(stream, "start state").await?;
-        if bytes.len() as u64 > 0 && !a.start_state_sha256.is_empty() {
-            let actual = proto::params::hex(&Sha256::digest(&bytes));
-            if actual != a.start_state_sha256 {
-                return Err(format!(
-                    "start state sha256 {actual} differs from the assignment's {}",
-                    a.start_state_sha256
-                ));
-            }
-        }
+        let bytes = receive(stream, "start state", &a.start_state_sha256).await?;
         let (device, n) = (self.config.device, bytes.len());
         let state =
             tokio::task::spawn_blocking(move || State::from_bytes(&bytes, &PathBuf::from("<start state>"), device))

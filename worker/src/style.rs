@@ -41,9 +41,14 @@ impl Style {
     }
 
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with_bytes(path).map(|(style, _)| style)
+    }
+
+    /// The style and its encoded bytes (which a render submits to its coordinator).
+    pub fn open_with_bytes(path: &Path) -> Result<(Self, Vec<u8>)> {
         let bytes = std::fs::read(path)
             .map_err(|e| EngineError::Style { path: path.to_path_buf(), reason: e.to_string().to_lowercase() })?;
-        Self::from_bytes(&bytes, path)
+        Ok((Self::from_bytes(&bytes, path)?, bytes))
     }
 
     pub fn embedded() -> Self {

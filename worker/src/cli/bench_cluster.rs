@@ -51,7 +51,6 @@ async fn acquire(w: &mut WorkerServiceClient<Channel>, id: &str) -> Result<v1::A
 }
 
 async fn complete(w: &mut WorkerServiceClient<Channel>, attempt: u64, chunk: &[u8], state: &[u8]) -> Result<()> {
-    use v1::complete_segment_request::Part;
     let header = v1::CompleteHeader {
         attempt_id: attempt,
         chunk_size: chunk.len() as u64,
@@ -59,13 +58,7 @@ async fn complete(w: &mut WorkerServiceClient<Channel>, attempt: u64, chunk: &[u
         state_size: state.len() as u64,
         state_sha256: hex(state),
     };
-    let mut msgs = vec![v1::CompleteSegmentRequest { part: Some(Part::Header(header)) }];
-    msgs.extend(
-        chunk.chunks(proto::BLOB_PIECE).map(|c| v1::CompleteSegmentRequest { part: Some(Part::Chunk(c.to_vec())) }),
-    );
-    msgs.extend(
-        state.chunks(proto::BLOB_PIECE).map(|c| v1::CompleteSegmentRequest { part: Some(Part::State(c.to_vec())) }),
-    );
+    let msgs = worker::node::piece_stream(header, chunk.to_vec(), state.to_vec());
     w.complete_segment(tokio_stream::iter(msgs)).await?;
     Ok(())
 }

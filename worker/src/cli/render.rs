@@ -3,7 +3,7 @@
 use super::progress::Bar;
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use worker::device::DeviceThread;
 use worker::params::{parse_size, Fps, OptimizerKind, RenderParams};
 use worker::render::{render, Outputs};
@@ -124,12 +124,11 @@ pub fn params(args: &RenderFlags) -> Result<RenderParams, ParamError> {
 
 pub fn run(args: Args, bar: &Bar) -> Result<()> {
     let params = params(&args.flags)?;
-    let style = match &args.style {
-        Some(path) => Style::open(path)?,
-        None => Style::embedded(),
+    // The file is read once: decoded here (bad input fails before any work), submitted as is.
+    let (style, style_bytes) = match &args.style {
+        Some(path) => Style::open_with_bytes(path)?,
+        None => (Style::embedded(), worker::style::EMBEDDED.to_vec()),
     };
-    let style_bytes = worker::render::style_bytes(args.style.as_deref())
-        .with_context(|| format!("style image {}", args.style.as_deref().unwrap_or(Path::new("")).display()))?;
     let style_name = args.style.as_deref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
     let device = worker::device::parse(&args.device)?;
     // Every libtorch call of this render, from loading weights on, runs on one thread.
