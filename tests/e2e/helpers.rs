@@ -16,15 +16,21 @@ pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temporary directory")
 }
 
-/// Runs `gramzoom` with `args` and a private weights cache (so a developer's downloaded weights
-/// never change what a test sees).
+/// The `gramzoom` binary with a private weights cache (so a developer's downloaded weights never
+/// change what a test sees) and one libtorch thread. Tests run in parallel and a cluster test
+/// starts several processes; with libtorch's default of one thread per core every process's
+/// OpenMP team spins on cores the others need, and on a loaded 2-core CI machine a 64x48
+/// segment took 41 s instead of 4 s. One thread each makes the suite's speed degrade gently
+/// with load; results do not depend on it (every comparison is between runs of this suite).
+pub fn command(cache: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gramzoom"));
+    command.env("GRAMZOOM_CACHE", cache).env("OMP_NUM_THREADS", "1").env("RUST_LOG", "warn");
+    command
+}
+
+/// Runs `gramzoom` with `args` (see [`command`]) and waits for its output.
 pub fn gramzoom(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gramzoom"))
-        .args(args)
-        .env("GRAMZOOM_CACHE", cache)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("gramzoom runs")
+    command(cache).args(args).output().expect("gramzoom runs")
 }
 
 pub fn stderr(out: &Output) -> String {

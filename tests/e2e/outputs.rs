@@ -1,6 +1,6 @@
 //! A tiny render in each output format, decoded back.
 
-use crate::helpers::{decode_video, example, gramzoom, stderr, tempdir, SMALL};
+use crate::helpers::{command, decode_video, example, gramzoom, stderr, tempdir, SMALL};
 
 fn render(dir: &std::path::Path, out: &str, extra: &[&str]) -> std::path::PathBuf {
     let path = dir.join(out);
@@ -70,9 +70,9 @@ fn an_interrupted_render_leaves_nothing_behind() {
     for signal in ["-INT", "-TERM"] {
         let dir = tempdir();
         let out = dir.path().join("long.mp4");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_gramzoom"))
+        let child = command(dir.path())
             .args(["render", "-o", out.to_str().unwrap(), "--size", "64x48", "--frames", "100000", "--warmup", "1"])
-            .env("GRAMZOOM_CACHE", dir.path())
+            .env_remove("RUST_LOG") // what a user sees by default
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
