@@ -38,6 +38,7 @@ fn bad_input_is_rejected_with_the_field_named_and_no_output_left() {
         (vec![wheat, "-o", &out, "--layers", "conv9_1"], "--layers: vgg16 has no layer \"conv9_1\""),
         (vec![wheat, "-o", &out, "--device", "tpu"], "--device: expected auto, cpu, cuda or cuda:N"),
         (vec![wheat, "-o", &out, "--segment-frames", "0"], "--segment-frames: must be at least 1"),
+        (vec![wheat, "-o", &out, "--threads", "0"], "invalid value '0' for '--threads <THREADS>': 0 is not in 1.."),
         (vec![wheat, "-o", &out, "--weights", &bad_w], "not a safetensors file"),
         (vec![wheat, "-o", &webm], "--output: unknown output extension \"webm\"; use .mp4, .gif, .png or .jpg"),
         (vec![wheat, "-o", "/nonexistent-dir/out.mp4"], "--output: cannot write to /nonexistent-dir"),

@@ -36,14 +36,43 @@ pub fn parse(spec: &str) -> Result<Device, EngineError> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn parses_and_rejects() {
-        assert_eq!(super::parse("cpu").unwrap(), tch::Device::Cpu);
-        assert!(super::parse("gpu").unwrap_err().to_string().starts_with("--device: expected auto"));
-        assert!(super::parse("cuda:x").unwrap_err().to_string().starts_with("--device: expected auto"));
+/// Where the CPU thread count of libtorch's kernels came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadSource {
+    /// `--threads` or `GRAMZOOM_THREADS`.
+    Flag,
+    /// `OMP_NUM_THREADS`, which libtorch itself reads.
+    OmpEnv,
+    /// The CPUs this process may use: its affinity mask and its cgroup's CPU quota.
+    Available,
+}
+
+/// How many threads libtorch's CPU kernels should use: the flag, else `OMP_NUM_THREADS` (its
+/// first level when it lists several), else the available CPUs.
+///
+/// Without this libtorch counts the machine's cores and ignores a container's CPU limit
+/// (Kubernetes `limits.cpu` is a cgroup quota): a worker limited to 4 CPUs on a 64-core node
+/// would run 64 spinning OpenMP threads and spend most of its quota throttled. Rust's
+/// `available_parallelism` honours both the quota and the affinity mask.
+pub fn choose_threads(flag: Option<usize>, omp_env: Option<&str>, available: usize) -> (usize, ThreadSource) {
+    let omp = omp_env.and_then(|v| v.split(',').next()?.trim().parse::<usize>().ok()).filter(|&n| n > 0);
+    match (flag, omp) {
+        (Some(n), _) => (n.max(1), ThreadSource::Flag),
+        (None, Some(n)) => (n, ThreadSource::OmpEnv),
+        (None, None) => (available.max(1), ThreadSource::Available),
     }
+}
+
+/// Sets libtorch's CPU thread count for the calling thread's parallel work (OpenMP keeps the
+/// count per thread that starts parallel regions, so call it on the thread that runs tensors)
+/// and returns it.
+pub fn set_threads(flag: Option<usize>) -> usize {
+    let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let omp = std::env::var("OMP_NUM_THREADS").ok();
+    let (n, source) = choose_threads(flag, omp.as_deref(), available);
+    tch::set_num_threads(i32::try_from(n).unwrap_or(i32::MAX));
+    tracing::debug!(threads = n, ?source, available, "libtorch cpu threads");
+    n
 }
 
 /// The one thread that runs a process's libtorch work, fed by closures.
@@ -59,11 +88,13 @@ pub struct DeviceThread {
 }
 
 impl DeviceThread {
-    pub fn spawn() -> Self {
+    /// Starts the thread; its first act is [`set_threads`] with `threads` (`--threads`).
+    pub fn spawn(threads: Option<usize>) -> Self {
         let (tx, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
         std::thread::Builder::new()
             .name("torch".into())
             .spawn(move || {
+                set_threads(threads);
                 for job in rx {
                     job();
                 }
@@ -103,5 +134,42 @@ impl DeviceThread {
             Ok(v) => v,
             Err(panic) => std::panic::resume_unwind(panic),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects() {
+        assert_eq!(parse("cpu").unwrap(), tch::Device::Cpu);
+        assert!(parse("gpu").unwrap_err().to_string().starts_with("--device: expected auto"));
+        assert!(parse("cuda:x").unwrap_err().to_string().starts_with("--device: expected auto"));
+    }
+
+    #[test]
+    fn thread_count_precedence() {
+        use ThreadSource::*;
+        // (flag, OMP_NUM_THREADS, available CPUs) -> chosen
+        let cases = [
+            ((Some(3), Some("8"), 16), (3, Flag)),
+            ((None, Some("8"), 16), (8, OmpEnv)),
+            ((None, Some("6,2"), 16), (6, OmpEnv)),
+            ((None, Some(" 5 "), 16), (5, OmpEnv)),
+            ((None, Some("many"), 4), (4, Available)),
+            ((None, Some("0"), 4), (4, Available)),
+            ((None, None, 4), (4, Available)),
+            ((None, None, 0), (1, Available)),
+        ];
+        for ((flag, omp, available), want) in cases {
+            assert_eq!(choose_threads(flag, omp, available), want, "{flag:?} {omp:?} {available}");
+        }
+    }
+
+    #[test]
+    fn the_device_thread_runs_with_the_chosen_thread_count() {
+        let torch = DeviceThread::spawn(Some(1));
+        assert_eq!(torch.run_blocking(tch::get_num_threads), 1);
     }
 }

@@ -73,6 +73,10 @@ pub struct Args {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// CPU threads for libtorch (default: OMP_NUM_THREADS, else the CPUs this process may use,
+    /// container CPU limits included).
+    #[arg(long, env = "GRAMZOOM_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
     /// Also write every frame as a lossless PNG into this directory.
     #[arg(long)]
     pub frames_dir: Option<PathBuf>,
@@ -132,7 +136,7 @@ pub fn run(args: Args, bar: &Bar) -> Result<()> {
     let style_name = args.style.as_deref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
     let device = worker::device::parse(&args.device)?;
     // Every libtorch call of this render, from loading weights on, runs on one thread.
-    let torch = DeviceThread::spawn();
+    let torch = DeviceThread::spawn(args.threads.map(usize::from));
     let (weights, p) = (args.weights.clone(), params.clone());
     let engine = torch.run_blocking(move || -> Result<Engine> {
         let net = worker::weights::resolve(p.network, weights.as_deref(), device)?;

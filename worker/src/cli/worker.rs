@@ -13,6 +13,10 @@ pub struct Args {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// CPU threads for libtorch (default: OMP_NUM_THREADS, else the CPUs this process may use,
+    /// container CPU limits included).
+    #[arg(long, env = "GRAMZOOM_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
     /// Pretrained weights (.pth or .safetensors); default: the downloaded ones.
     #[arg(long)]
     pub weights: Option<PathBuf>,
@@ -29,6 +33,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let device = worker::device::parse(&args.device)?;
+    let threads = args.threads.map(usize::from);
     let host =
         std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "worker".into());
     let config = NodeConfig {
@@ -50,7 +55,7 @@ pub fn run(args: Args) -> Result<()> {
             coordinator::cli::shutdown_signal().await;
             std::process::exit(130);
         });
-        let node = Node::connect(config, worker::device::DeviceThread::spawn(), rx).await?;
+        let node = Node::connect(config, worker::device::DeviceThread::spawn(threads), rx).await?;
         node.run().await?;
         Ok(())
     })
