@@ -19,6 +19,8 @@ pub struct Grant {
     pub start_attempt: u64,
     pub start_state_sha256: String,
     pub style_sha256: String,
+    /// The worker already held this attempt but had not received it.
+    pub redelivered: bool,
 }
 
 /// The scheduling knobs that touch the database.
@@ -47,14 +49,35 @@ fn worker_seq(conn: &Connection, worker: &str) -> Result<i64> {
 /// start state this worker produced, then the oldest job. A segment whose start state another
 /// worker holds is left to that worker for `affinity_grace_ms`, unless that worker is busy with
 /// another segment: then waiting would only idle the asker.
+///
+/// A worker renders one segment at a time and asks for work only when idle, so a worker that
+/// asks while an attempt of its own still runs never received that grant (its long poll was cut
+/// after the choice was committed). It gets the same attempt again, with a fresh lease, instead
+/// of the segment waiting out a lease nobody holds.
 pub fn acquire(conn: &mut Connection, worker: &str, policy: Policy, now: i64) -> Result<Option<Grant>> {
     let tx = conn.transaction()?;
     let wseq = worker_seq(&tx, worker)?;
     tx.execute("UPDATE workers SET last_seen_ms = ?2 WHERE seq = ?1", params![wseq, now])?;
     expire_in(&tx, policy, now)?;
+    let held = tx
+        .query_row(
+            "SELECT id, job, idx FROM attempts WHERE worker = ?1 AND state = 'running' ORDER BY id LIMIT 1",
+            [worker],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?, r.get::<_, u32>(2)?)),
+        )
+        .optional()?;
+    if let Some((attempt, job, idx)) = held {
+        tx.execute(
+            "UPDATE attempts SET lease_until_ms = ?2 WHERE id = ?1",
+            params![attempt as i64, now + policy.lease_ms],
+        )?;
+        let grant = grant(&tx, attempt, job, idx, true)?;
+        tx.commit()?;
+        return Ok(Some(grant));
+    }
     let row = tx
         .query_row(
-            "SELECT s.job, s.idx, s.start_frame, s.end_frame, s.start_attempt, j.style_sha256
+            "SELECT s.job, s.idx
              FROM segments s JOIN jobs j ON j.seq = s.job
              WHERE s.state = 'ready' AND j.state IN ('queued', 'running')
                AND (s.preferred_worker IS NULL OR s.preferred_worker = ?1 OR s.ready_ms <= ?2
@@ -62,19 +85,10 @@ pub fn acquire(conn: &mut Connection, worker: &str, policy: Policy, now: i64) ->
              ORDER BY j.priority DESC, (s.preferred_worker IS ?1) DESC, j.seq ASC
              LIMIT 1",
             params![worker, now - policy.affinity_grace_ms],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, u32>(1)?,
-                    r.get::<_, u32>(2)?,
-                    r.get::<_, u32>(3)?,
-                    r.get::<_, i64>(4)? as u64,
-                    r.get::<_, String>(5)?,
-                ))
-            },
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?)),
         )
         .optional()?;
-    let Some((job, idx, start_frame, end_frame, start_attempt, style_sha256)) = row else {
+    let Some((job, idx)) = row else {
         tx.commit()?;
         return Ok(None);
     };
@@ -85,13 +99,25 @@ pub fn acquire(conn: &mut Connection, worker: &str, policy: Policy, now: i64) ->
     let attempt = tx.last_insert_rowid() as u64;
     tx.execute("UPDATE segments SET state = 'running' WHERE job = ?1 AND idx = ?2", params![job, idx])?;
     tx.execute("UPDATE jobs SET state = 'running' WHERE seq = ?1 AND state = 'queued'", [job])?;
+    let grant = grant(&tx, attempt, job, idx, false)?;
+    tx.commit()?;
+    Ok(Some(grant))
+}
+
+/// What a worker needs to know to run `attempt` on segment `idx` of `job`.
+fn grant(tx: &Transaction, attempt: u64, job: i64, idx: u32, redelivered: bool) -> Result<Grant> {
+    let (start_frame, end_frame, start_attempt, style_sha256) = tx.query_row(
+        "SELECT s.start_frame, s.end_frame, s.start_attempt, j.style_sha256
+         FROM segments s JOIN jobs j ON j.seq = s.job WHERE s.job = ?1 AND s.idx = ?2",
+        params![job, idx],
+        |r| Ok((r.get::<_, u32>(0)?, r.get::<_, u32>(1)?, r.get::<_, i64>(2)? as u64, r.get::<_, String>(3)?)),
+    )?;
     let segment_count: u32 = tx.query_row("SELECT COUNT(*) FROM segments WHERE job = ?1", [job], |r| r.get(0))?;
     let start_state_sha256: String = tx
         .query_row("SELECT state_sha256 FROM attempts WHERE id = ?1", [start_attempt as i64], |r| r.get(0))
         .optional()?
         .unwrap_or_default();
-    tx.commit()?;
-    Ok(Some(Grant {
+    Ok(Grant {
         attempt,
         job,
         idx,
@@ -101,7 +127,8 @@ pub fn acquire(conn: &mut Connection, worker: &str, policy: Policy, now: i64) ->
         start_attempt,
         start_state_sha256,
         style_sha256,
-    }))
+        redelivered,
+    })
 }
 
 /// The segment an attempt works on, if the attempt is still current.
@@ -317,7 +344,7 @@ mod tests {
                 db::submit(&mut conn, &spec, frames, 2, "style", 0).unwrap()
             })
             .collect();
-        for name in ["a", "b"] {
+        for name in ["a", "b", "c", "d"] {
             db::register_worker(&conn, name, "cpu", 0).unwrap();
         }
         (conn, seqs)
@@ -341,10 +368,10 @@ mod tests {
         assert_eq!(take(&mut c, "worker-1", 10).map(|t| (t.0, t.1)), Some((j3, 0)), "priority first");
         let (_, _, a) = take(&mut c, "worker-2", 10).unwrap();
         complete(&mut c, a, "c", "s", POLICY, 20).unwrap(); // job 1's segment 1 is now ready, for worker-2
-        assert_eq!(take(&mut c, "worker-1", 30).map(|t| (t.0, t.1)), Some((j2, 0)), "reserved segment skipped");
+        assert_eq!(take(&mut c, "worker-3", 30).map(|t| (t.0, t.1)), Some((j2, 0)), "reserved segment skipped");
         assert_eq!(take(&mut c, "worker-2", 40).map(|t| (t.0, t.1)), Some((j1, 1)), "producer takes its segment");
         // A waiting segment is never handed out; nothing else is ready now.
-        assert_eq!(take(&mut c, "worker-1", 50), None);
+        assert_eq!(take(&mut c, "worker-4", 50), None);
         assert!(matches!(acquire(&mut c, "worker-9", POLICY, 50), Err(Error::WorkerNotFound(_))));
     }
 
@@ -388,6 +415,27 @@ mod tests {
         let states: Vec<i32> = job.segments[0].attempts.iter().map(|a| a.state).collect();
         assert_eq!(states, [v1::AttemptState::Expired as i32, v1::AttemptState::Failed as i32]);
         assert_eq!(take(&mut c, "worker-1", 2200), None);
+    }
+
+    #[test]
+    fn a_grant_that_never_arrived_is_handed_to_the_same_worker_again() {
+        let (mut c, _) = setup(&[(0, 4)]);
+        let first = acquire(&mut c, "worker-1", POLICY, 0).unwrap().unwrap();
+        assert!(!first.redelivered);
+        // Near the end of the lease worker-1 asks again: its long poll was cut, it never got it.
+        let again = acquire(&mut c, "worker-1", POLICY, POLICY.lease_ms - 1).unwrap().unwrap();
+        assert!(again.redelivered);
+        let what = |g: &Grant| (g.attempt, g.job, g.idx, g.start_frame, g.end_frame, g.segment_count);
+        assert_eq!(what(&again), what(&first));
+        // With a fresh lease, and nobody else gets the segment meanwhile.
+        let later = POLICY.lease_ms + 10;
+        check(&mut c, first.attempt, POLICY, later).unwrap();
+        assert!(take(&mut c, "worker-2", later).is_none());
+        // Once it ends, the worker gets new work as usual.
+        complete(&mut c, first.attempt, "c", "s", POLICY, later).unwrap();
+        let next = acquire(&mut c, "worker-1", POLICY, later + 1).unwrap().unwrap();
+        assert_eq!((next.idx, next.redelivered), (1, false));
+        assert_ne!(next.attempt, first.attempt);
     }
 
     #[test]

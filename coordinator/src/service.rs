@@ -388,7 +388,12 @@ impl WorkerService for Api {
             notified.as_mut().enable();
             let worker = r.worker_id.clone();
             if let Some(grant) = self.0.db(move |c| lease::acquire(c, &worker, policy, now_ms())).await? {
-                tracing::info!(worker = %r.worker_id, job = %db::job_id(grant.job), segment = grant.idx, attempt = grant.attempt, frames = %format!("{}..{}", grant.start_frame, grant.end_frame), "segment assigned");
+                let what = if grant.redelivered {
+                    "segment assigned again: the worker never received it"
+                } else {
+                    "segment assigned"
+                };
+                tracing::info!(worker = %r.worker_id, job = %db::job_id(grant.job), segment = grant.idx, attempt = grant.attempt, frames = %format!("{}..{}", grant.start_frame, grant.end_frame), "{what}");
                 self.0.changed();
                 let assignment = self.assignment(grant).await?;
                 return Ok(Response::new(v1::AcquireResponse { assignment: Some(assignment) }));

@@ -456,6 +456,9 @@ fn bad_requests_get_the_right_status_with_the_field_named() {
     let job = c.job(&id);
     assert_eq!(job.segments[0].attempts[0].state, v1::AttemptState::Failed as i32);
     assert!(job.segments[0].attempts[0].reason.contains("checksum mismatch"));
+    // A worker that asks for work while it holds an attempt never got that reply (its long poll
+    // was cut): it is handed the same assignment, not a new attempt.
+    assert_eq!(fake.acquire(&c), retry);
 
     // A stale attempt (lease run out) may not upload, even a correct chunk.
     std::thread::sleep(Duration::from_millis(1600));
