@@ -41,25 +41,36 @@ pub fn parse(spec: &str) -> Result<Device, EngineError> {
 pub enum ThreadSource {
     /// `--threads` or `GRAMZOOM_THREADS`.
     Flag,
-    /// `OMP_NUM_THREADS`, which libtorch itself reads.
+    /// `OMP_NUM_THREADS`, which libtorch itself reads: the user's explicit choice.
     OmpEnv,
-    /// The CPUs this process may use: its affinity mask and its cgroup's CPU quota.
+    /// libtorch's own default, one thread per physical core, which fits the CPUs available.
+    Libtorch,
+    /// Fewer CPUs than physical cores are available: the process's affinity mask or its
+    /// cgroup's CPU quota.
     Available,
 }
 
-/// How many threads libtorch's CPU kernels should use: the flag, else `OMP_NUM_THREADS` (its
-/// first level when it lists several), else the available CPUs.
+/// How many threads libtorch's CPU kernels should use: the flag; else what `OMP_NUM_THREADS`
+/// made libtorch choose; else libtorch's default (physical cores, SMT siblings left out)
+/// capped at the CPUs this process may use.
 ///
-/// Without this libtorch counts the machine's cores and ignores a container's CPU limit
+/// Without the cap libtorch counts the machine's cores and ignores a container's CPU limit
 /// (Kubernetes `limits.cpu` is a cgroup quota): a worker limited to 4 CPUs on a 64-core node
 /// would run 64 spinning OpenMP threads and spend most of its quota throttled. Rust's
-/// `available_parallelism` honours both the quota and the affinity mask.
-pub fn choose_threads(flag: Option<usize>, omp_env: Option<&str>, available: usize) -> (usize, ThreadSource) {
-    let omp = omp_env.and_then(|v| v.split(',').next()?.trim().parse::<usize>().ok()).filter(|&n| n > 0);
-    match (flag, omp) {
-        (Some(n), _) => (n.max(1), ThreadSource::Flag),
-        (None, Some(n)) => (n, ThreadSource::OmpEnv),
-        (None, None) => (available.max(1), ThreadSource::Available),
+/// `available_parallelism` honours both the quota and the affinity mask, but counts logical
+/// CPUs, hence the minimum of the two.
+pub fn choose_threads(
+    flag: Option<usize>,
+    omp_env: Option<&str>,
+    libtorch_default: usize,
+    available: usize,
+) -> (usize, ThreadSource) {
+    let omp_set = omp_env.and_then(|v| v.split(',').next()?.trim().parse::<usize>().ok()).is_some_and(|n| n > 0);
+    match flag {
+        Some(n) => (n.max(1), ThreadSource::Flag),
+        None if omp_set => (libtorch_default.max(1), ThreadSource::OmpEnv),
+        None if available < libtorch_default => (available.max(1), ThreadSource::Available),
+        None => (libtorch_default.max(1), ThreadSource::Libtorch),
     }
 }
 
@@ -69,9 +80,10 @@ pub fn choose_threads(flag: Option<usize>, omp_env: Option<&str>, available: usi
 pub fn set_threads(flag: Option<usize>) -> usize {
     let available = std::thread::available_parallelism().map_or(1, |n| n.get());
     let omp = std::env::var("OMP_NUM_THREADS").ok();
-    let (n, source) = choose_threads(flag, omp.as_deref(), available);
+    let libtorch_default = usize::try_from(tch::get_num_threads()).unwrap_or(1);
+    let (n, source) = choose_threads(flag, omp.as_deref(), libtorch_default, available);
     tch::set_num_threads(i32::try_from(n).unwrap_or(i32::MAX));
-    tracing::debug!(threads = n, ?source, available, "libtorch cpu threads");
+    tracing::debug!(threads = n, ?source, available, libtorch_default, "libtorch cpu threads");
     n
 }
 
@@ -151,19 +163,21 @@ mod tests {
     #[test]
     fn thread_count_precedence() {
         use ThreadSource::*;
-        // (flag, OMP_NUM_THREADS, available CPUs) -> chosen
+        // (flag, OMP_NUM_THREADS, libtorch's default, available CPUs) -> chosen
         let cases = [
-            ((Some(3), Some("8"), 16), (3, Flag)),
-            ((None, Some("8"), 16), (8, OmpEnv)),
-            ((None, Some("6,2"), 16), (6, OmpEnv)),
-            ((None, Some(" 5 "), 16), (5, OmpEnv)),
-            ((None, Some("many"), 4), (4, Available)),
-            ((None, Some("0"), 4), (4, Available)),
-            ((None, None, 4), (4, Available)),
-            ((None, None, 0), (1, Available)),
+            ((Some(3), Some("8"), 8, 16), (3, Flag)),
+            ((Some(32), None, 8, 4), (32, Flag)),
+            ((None, Some("8"), 8, 4), (8, OmpEnv)),
+            ((None, Some("6,2"), 6, 16), (6, OmpEnv)),
+            ((None, Some("many"), 8, 16), (8, Libtorch)),
+            ((None, Some("0"), 64, 4), (4, Available)),
+            ((None, None, 64, 4), (4, Available)), // a 4-CPU pod on a 64-core node
+            ((None, None, 8, 16), (8, Libtorch)),  // 8 cores with SMT siblings
+            ((None, None, 2, 2), (2, Libtorch)),
+            ((None, None, 4, 0), (1, Available)),
         ];
-        for ((flag, omp, available), want) in cases {
-            assert_eq!(choose_threads(flag, omp, available), want, "{flag:?} {omp:?} {available}");
+        for ((flag, omp, default, available), want) in cases {
+            assert_eq!(choose_threads(flag, omp, default, available), want, "{flag:?} {omp:?} {default} {available}");
         }
     }
 

@@ -21,12 +21,8 @@ pub struct Args {
     pub iters: u32,
     #[arg(long, default_value = "adam")]
     pub optimizer: String,
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// CPU threads for libtorch (default: OMP_NUM_THREADS, else the CPUs this process may use,
-    /// container CPU limits included).
-    #[arg(long, env = "GRAMZOOM_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
-    pub threads: Option<u16>,
+    #[command(flatten)]
+    pub torch: super::TorchFlags,
     #[arg(long, default_value = "vgg16")]
     pub network: String,
     #[arg(long)]
@@ -48,9 +44,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let device = worker::device::parse(&args.device)?;
+    let device = args.torch.device()?;
     // The benchmark runs its tensors on this thread.
-    worker::device::set_threads(args.threads.map(usize::from));
+    worker::device::set_threads(args.torch.threads());
     if args.compare_features {
         return compare_features(&args, device);
     }

@@ -70,13 +70,8 @@ pub struct Args {
     /// Pretrained weights (.pth from torchvision or .safetensors); default: the downloaded ones.
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// CPU threads for libtorch (default: OMP_NUM_THREADS, else the CPUs this process may use,
-    /// container CPU limits included).
-    #[arg(long, env = "GRAMZOOM_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
-    pub threads: Option<u16>,
+    #[command(flatten)]
+    pub torch: super::TorchFlags,
     /// Also write every frame as a lossless PNG into this directory.
     #[arg(long)]
     pub frames_dir: Option<PathBuf>,
@@ -134,9 +129,9 @@ pub fn run(args: Args, bar: &Bar) -> Result<()> {
         None => (Style::embedded(), worker::style::EMBEDDED.to_vec()),
     };
     let style_name = args.style.as_deref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
-    let device = worker::device::parse(&args.device)?;
+    let device = args.torch.device()?;
     // Every libtorch call of this render, from loading weights on, runs on one thread.
-    let torch = DeviceThread::spawn(args.threads.map(usize::from));
+    let torch = DeviceThread::spawn(args.torch.threads());
     let (weights, p) = (args.weights.clone(), params.clone());
     let engine = torch.run_blocking(move || -> Result<Engine> {
         let net = worker::weights::resolve(p.network, weights.as_deref(), device)?;

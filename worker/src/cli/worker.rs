@@ -10,13 +10,8 @@ pub struct Args {
     /// The coordinator, e.g. http://coordinator:50051.
     #[arg(long, env = "GRAMZOOM_COORDINATOR")]
     pub coordinator: String,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// CPU threads for libtorch (default: OMP_NUM_THREADS, else the CPUs this process may use,
-    /// container CPU limits included).
-    #[arg(long, env = "GRAMZOOM_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
-    pub threads: Option<u16>,
+    #[command(flatten)]
+    pub torch: super::TorchFlags,
     /// Pretrained weights (.pth or .safetensors); default: the downloaded ones.
     #[arg(long)]
     pub weights: Option<PathBuf>,
@@ -32,8 +27,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let device = worker::device::parse(&args.device)?;
-    let threads = args.threads.map(usize::from);
+    let device = args.torch.device()?;
+    let threads = args.torch.threads();
     let host =
         std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "worker".into());
     let config = NodeConfig {
