@@ -262,6 +262,26 @@ pub fn fail(conn: &mut Connection, attempt: u64, reason: &str, released: bool, p
 }
 
 /// Expires every lease that has run out. Returns how many.
+/// A worker stopping for good releases whatever the coordinator still counts as its own: at most
+/// an attempt whose grant crossed the worker's shutdown. Released attempts cost no retry.
+pub fn leave(conn: &mut Connection, worker: &str, policy: Policy, now: i64) -> Result<Vec<u64>> {
+    worker_seq(conn, worker)?;
+    let held: Vec<u64> = conn
+        .prepare("SELECT id FROM attempts WHERE worker = ?1 AND state = 'running' ORDER BY id")?
+        .query_map([worker], |r| r.get::<_, i64>(0))?
+        .map(|id| id.map(|id| id as u64))
+        .collect::<rusqlite::Result<_>>()?;
+    let mut released = Vec::new();
+    for attempt in held {
+        match fail(conn, attempt, "worker shut down", true, policy, now) {
+            Ok(()) => released.push(attempt),
+            Err(Error::StaleAttempt { .. }) => {} // its lease ran out meanwhile: already requeued
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(released)
+}
+
 pub fn expire(conn: &mut Connection, policy: Policy, now: i64) -> Result<usize> {
     let tx = conn.transaction()?;
     let n = expire_in(&tx, policy, now)?;
@@ -436,6 +456,19 @@ mod tests {
         let next = acquire(&mut c, "worker-1", POLICY, later + 1).unwrap().unwrap();
         assert_eq!((next.idx, next.redelivered), (1, false));
         assert_ne!(next.attempt, first.attempt);
+    }
+
+    #[test]
+    fn a_leaving_worker_releases_a_grant_it_never_saw() {
+        let (mut c, _) = setup(&[(0, 4)]);
+        let strict = Policy { max_attempts: 1, ..POLICY };
+        let lost = acquire(&mut c, "worker-1", strict, 0).unwrap().unwrap().attempt;
+        assert_eq!(leave(&mut c, "worker-1", strict, 10).unwrap(), vec![lost]);
+        assert!(stale(check(&mut c, lost, strict, 11)).contains("worker shut down"));
+        // Requeued at once and not charged: a job allowed one attempt still runs.
+        assert_eq!(take(&mut c, "worker-2", 12).map(|t| t.1), Some(0));
+        assert_eq!(leave(&mut c, "worker-1", strict, 13).unwrap(), Vec::<u64>::new());
+        assert!(matches!(leave(&mut c, "worker-9", strict, 14), Err(Error::WorkerNotFound(_))));
     }
 
     #[test]

@@ -562,4 +562,16 @@ impl WorkerService for Api {
         self.0.segments_may_be_ready();
         Ok(Response::new(v1::FailSegmentResponse {}))
     }
+
+    async fn leave(&self, request: Request<v1::LeaveRequest>) -> Result<Response<v1::LeaveResponse>, Status> {
+        let worker = request.into_inner().worker_id;
+        let policy = self.0.policy;
+        let w = worker.clone();
+        let released = self.0.db(move |c| lease::leave(c, &w, policy, now_ms())).await?;
+        tracing::info!(%worker, ?released, "worker left");
+        if !released.is_empty() {
+            self.0.segments_may_be_ready();
+        }
+        Ok(Response::new(v1::LeaveResponse { released_attempt_ids: released }))
+    }
 }

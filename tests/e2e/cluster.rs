@@ -474,6 +474,19 @@ fn bad_requests_get_the_right_status_with_the_field_named() {
     let status = c.runtime.block_on(jobs.download_output(v1::DownloadOutputRequest { job_id: id })).unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
 
+    // A worker leaving gives back an assignment it never saw (granted while it stopped): the
+    // segment is ready again at once and the attempt is not charged.
+    let id = submit_raw(&c, small_spec(), &style).unwrap().id;
+    let mut leaving = FakeWorker::register(&c);
+    let lost = leaving.acquire(&c);
+    let r = v1::LeaveRequest { worker_id: leaving.id.clone() };
+    let left = c.runtime.block_on(leaving.client.leave(r)).unwrap().into_inner();
+    assert_eq!(left.released_attempt_ids, vec![lost.attempt_id]);
+    let job = c.job(&id);
+    assert_eq!(job.segments[0].state, v1::SegmentState::Ready as i32, "{job:#?}");
+    assert_eq!(job.segments[0].attempts[0].state, v1::AttemptState::Cancelled as i32);
+    assert_eq!(job.segments[0].attempts[0].reason, "worker shut down");
+
     // Standard tools work: health and reflection.
     let url = c.url();
     c.runtime.block_on(async {

@@ -251,8 +251,25 @@ impl Node {
                 }
             }
         }
+        self.leave().await;
         tracing::info!(worker = %self.worker_id, segments = done, "worker stopped");
         Ok(())
+    }
+
+    /// Tells the coordinator this worker is gone, so that a segment granted while an Acquire was
+    /// being cut short by the shutdown is requeued now, not after its lease, and not charged.
+    async fn leave(&mut self) {
+        let request = v1::LeaveRequest { worker_id: self.worker_id.clone() };
+        match tokio::time::timeout(Duration::from_secs(2), self.client.leave(request)).await {
+            Ok(Ok(r)) => {
+                let released = r.into_inner().released_attempt_ids;
+                if !released.is_empty() {
+                    tracing::info!(attempts = ?released, "gave back a segment granted while stopping");
+                }
+            }
+            Ok(Err(s)) => tracing::warn!(error = %s.message(), "could not tell the coordinator this worker left"),
+            Err(_) => tracing::warn!("could not tell the coordinator this worker left: no answer within 2 s"),
+        }
     }
 
     /// Gets the engine for the assignment's job, building it (weights, style) when it changed.
