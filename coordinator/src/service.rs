@@ -275,6 +275,7 @@ impl JobService for Api {
     async fn watch_job(&self, request: Request<v1::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
         let seq = db::job_seq(&request.into_inner().job_id)?;
         let first = self.job_view(seq, false).await?;
+        tracing::debug!(job = %db::job_id(seq), "watch started");
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let api = self.clone();
         let mut changes = self.0.changes.subscribe();

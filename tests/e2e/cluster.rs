@@ -28,7 +28,7 @@ impl Proc {
         let file = std::fs::File::create(&log).unwrap();
         let child = command(cache)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,coordinator::service=debug")
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -565,8 +565,12 @@ fn a_coordinator_stops_promptly_on_sigterm_even_with_watchers() {
     let id = c.submit(&["--size", "64x48", "--frames", "4"]); // no worker: it stays queued
     let url = c.url();
     let mut watch = Proc::spawn(&["watch", &id, "--coordinator", &url], c.path("watch.log"), c.dir.path());
-    std::thread::sleep(Duration::from_millis(500));
     let coordinator = c.coordinator.as_mut().unwrap();
+    let attached = Instant::now() + Duration::from_secs(60);
+    while !coordinator.log().contains("watch started") {
+        assert!(Instant::now() < attached, "the watcher never attached\n{}", watch.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     coordinator.signal("-TERM");
     let deadline = Instant::now() + Duration::from_secs(10);
     while coordinator.child.try_wait().unwrap().is_none() {
