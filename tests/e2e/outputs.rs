@@ -95,3 +95,40 @@ fn an_interrupted_render_leaves_nothing_behind() {
         assert!(!out.exists() && !partial(), "{signal}: left files behind");
     }
 }
+
+/// Without a terminal (a log file, `kubectl logs`, CI) there is no progress bar, so progress
+/// comes as log lines: frames done of total, fps, ETA and segment, ending with the last frame.
+#[test]
+fn progress_is_logged_where_there_is_no_terminal() {
+    let dir = tempdir();
+    let out = dir.path().join("logged.mp4");
+    let flags = ["--size", "64x48", "--warmup", "6", "--iters", "2", "--frames", "6", "--segment-frames", "3"];
+    let r = command(dir.path())
+        .env_remove("RUST_LOG") // what a user sees by default
+        .args(["render", "-o", out.to_str().unwrap()])
+        .args(flags)
+        .output()
+        .unwrap();
+    let err = stderr(&r);
+    assert!(r.status.success(), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains(" progress ")).collect();
+    assert!(!lines.is_empty(), "no progress lines in:\n{err}");
+    for line in &lines {
+        for field in ["job=job-1", "frames=", "fps=", "eta_s=", "segment="] {
+            assert!(line.contains(field), "{field} missing in {line:?}");
+        }
+    }
+    let last = lines.last().unwrap();
+    assert!(last.contains("frames=6/6") && last.contains("eta_s=0") && last.contains("segment=2/2"), "{last}");
+    assert!(!err.contains('\u{1b}'), "terminal escapes in a log:\n{err}");
+    // --quiet means quiet.
+    let quiet = dir.path().join("quiet.mp4");
+    let r = command(dir.path())
+        .env_remove("RUST_LOG")
+        .args(["render", "-o", quiet.to_str().unwrap(), "--quiet"])
+        .args(flags)
+        .output()
+        .unwrap();
+    assert!(r.status.success());
+    assert!(!stderr(&r).contains("progress"), "{}", stderr(&r));
+}

@@ -239,14 +239,14 @@ impl Node {
                         released: true,
                     };
                     if let Err(s) = self.client.fail_segment(request).await {
-                        tracing::warn!(attempt, error = %s.message(), "could not release the segment; its lease will expire");
+                        tracing::warn!(attempt, error = %s.message(), "could not release the segment; leaving will retry");
                     }
                 }
                 Outcome::Failed(reason) => {
                     tracing::error!(attempt, %reason, "segment failed");
                     let request = v1::FailSegmentRequest { attempt_id: attempt, reason, released: false };
                     if let Err(s) = self.client.fail_segment(request).await {
-                        tracing::warn!(attempt, error = %s.message(), "could not report the failure; its lease will expire");
+                        tracing::warn!(attempt, error = %s.message(), "could not report the failure; the coordinator will offer the segment again");
                     }
                 }
             }

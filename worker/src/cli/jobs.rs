@@ -1,13 +1,11 @@
 //! `gramzoom submit | status | watch | download | cancel`: the job API from the command line.
 
-use super::progress::Bar;
+use super::progress::{Bar, Follow};
 use super::render::{params, RenderFlags};
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
-use indicatif::ProgressBar;
 use proto::v1;
 use std::path::PathBuf;
-use std::time::Instant;
 use worker::client;
 use worker::encode::{OutputKind, PartialFile};
 
@@ -154,59 +152,6 @@ pub fn status(args: Status) -> Result<()> {
 }
 
 /// Turns job updates into a progress bar: warm-up iterations, then frames with fps and ETA.
-pub struct Follow<'a> {
-    bar: &'a Bar,
-    quiet: bool,
-    warm: Option<ProgressBar>,
-    frames: Option<ProgressBar>,
-    frames_start: Option<(Instant, u32)>,
-    started: Instant,
-    warmup_secs: f64,
-}
-
-impl<'a> Follow<'a> {
-    pub fn new(bar: &'a Bar, quiet: bool) -> Self {
-        Self { bar, quiet, warm: None, frames: None, frames_start: None, started: Instant::now(), warmup_secs: 0.0 }
-    }
-
-    pub fn update(&mut self, job: &v1::Job) {
-        if job.frames_done == 0 && job.warmup_total > 0 && job.warmup_done < job.warmup_total {
-            let pb = self.warm.get_or_insert_with(|| self.bar.start(job.warmup_total as u64, "warm-up", self.quiet));
-            pb.set_position(job.warmup_done as u64);
-            return;
-        }
-        if job.frames_done == 0 && self.frames.is_none() {
-            return;
-        }
-        let (bar, quiet, warm) = (self.bar, self.quiet, &mut self.warm);
-        let pb = self.frames.get_or_insert_with(|| {
-            if let Some(w) = warm.take() {
-                w.finish_and_clear();
-            }
-            bar.start(job.frames_total as u64, "frames", quiet)
-        });
-        let (t0, f0) = *self.frames_start.get_or_insert_with(|| {
-            self.warmup_secs = self.started.elapsed().as_secs_f64();
-            (Instant::now(), job.frames_done)
-        });
-        pb.set_position(job.frames_done as u64);
-        let secs = t0.elapsed().as_secs_f64();
-        if secs > 0.0 && job.frames_done > f0 {
-            pb.set_message(format!(
-                "{:.2} fps, segment {}/{}",
-                (job.frames_done - f0) as f64 / secs,
-                job.segments_done + 1,
-                job.segments_total.max(1)
-            ));
-        }
-    }
-
-    /// Seconds from the start until the first frame arrived.
-    pub fn warmup_secs(&self) -> f64 {
-        self.warmup_secs
-    }
-}
-
 pub fn watch(args: Job, bar: &Bar) -> Result<()> {
     let mut follow = Follow::new(bar, false);
     let job = runtime()?.block_on(async {

@@ -168,7 +168,7 @@ pub fn run(args: Args, bar: &Bar) -> Result<()> {
         optimizer = params.optimizer.name(),
         "rendering"
     );
-    let mut follow = super::jobs::Follow::new(bar, args.quiet);
+    let mut follow = super::progress::Follow::new(bar, args.quiet);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let summary = runtime
         .block_on(render(
