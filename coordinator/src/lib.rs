@@ -12,6 +12,7 @@ pub mod lease;
 mod service;
 pub mod stitch;
 pub mod store;
+mod watchers;
 
 pub use error::{Error, Result};
 
@@ -28,6 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use store::{keys, ArtifactStore, FsStore};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
+use watchers::Watchers;
 
 /// Segment length when a job does not choose one. Measured on the CPU at 256x256 a frame takes
 /// about 2.2 s, at 512x512 about 9.7 s; 120 frames (4 s of a 30 fps movie) is then 4 to 20
@@ -93,8 +95,10 @@ pub struct Coordinator {
     store: Arc<dyn ArtifactStore>,
     /// Woken whenever a segment may have become ready.
     ready: Notify,
-    /// Bumped on every change a watcher could care about.
+    /// Bumped on changes that may touch any job (a segment done, failed or expired).
     changes: watch::Sender<u64>,
+    /// Woken on changes to one job, for that job's watchers only.
+    watchers: Watchers,
     /// True once shutdown began: watch streams end and long polls return, so the server's
     /// graceful shutdown does not wait on them.
     closing: watch::Sender<bool>,
@@ -119,6 +123,7 @@ impl Coordinator {
             store,
             ready: Notify::new(),
             changes: watch::channel(0).0,
+            watchers: Watchers::default(),
             closing: watch::channel(false).0,
             live: Mutex::new(HashMap::new()),
         });
@@ -138,6 +143,11 @@ impl Coordinator {
 
     fn changed(&self) {
         self.changes.send_modify(|v| *v += 1);
+    }
+
+    /// Wakes the watchers of `job`, if it has any.
+    fn job_changed(&self, job: i64) {
+        self.watchers.changed(job);
     }
 
     fn segments_may_be_ready(&self) {
@@ -239,7 +249,7 @@ impl Coordinator {
                     .await;
             }
         }
-        self.changed();
+        self.job_changed(job);
     }
 }
 

@@ -255,7 +255,7 @@ impl JobService for Api {
         let spec2 = spec.clone();
         let seq = self.0.db(move |c| db::submit(c, &spec2, frames, segment_frames, &sha, now_ms())).await?;
         tracing::info!(job = %db::job_id(seq), frames, segment_frames, priority = spec.priority, name = %spec.name, "job submitted");
-        self.0.segments_may_be_ready();
+        self.0.ready.notify_waiters();
         Ok(Response::new(self.job_view(seq, false).await?))
     }
 
@@ -274,11 +274,13 @@ impl JobService for Api {
 
     async fn watch_job(&self, request: Request<v1::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
         let seq = db::job_seq(&request.into_inner().job_id)?;
+        // Subscribe before the first look, so a change in between still wakes us.
+        let mut mine = self.0.watchers.subscribe(seq);
+        let mut changes = self.0.changes.subscribe();
         let first = self.job_view(seq, false).await?;
         tracing::debug!(job = %db::job_id(seq), "watch started");
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let api = self.clone();
-        let mut changes = self.0.changes.subscribe();
         let mut closing = self.0.closing.subscribe();
         tokio::spawn(async move {
             let mut last = first;
@@ -291,6 +293,7 @@ impl JobService for Api {
                 }
                 tokio::select! {
                     _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()) => {}
+                    _ = mine.changed() => {}
                     _ = async { closing.wait_for(|c| *c).await.is_ok() } => {
                         let _ = tx.send(Err(Status::unavailable("the coordinator is shutting down"))).await;
                         return;
@@ -332,7 +335,7 @@ impl JobService for Api {
             }
         });
         tracing::info!(job = %db::job_id(seq), "job cancelled");
-        self.0.changed();
+        self.0.job_changed(seq);
         Ok(Response::new(self.job_view(seq, false).await?))
     }
 
@@ -395,7 +398,7 @@ impl WorkerService for Api {
                     "segment assigned"
                 };
                 tracing::info!(worker = %r.worker_id, job = %db::job_id(grant.job), segment = grant.idx, attempt = grant.attempt, frames = %format!("{}..{}", grant.start_frame, grant.end_frame), "{what}");
-                self.0.changed();
+                self.0.job_changed(grant.job);
                 let assignment = self.assignment(grant).await?;
                 return Ok(Response::new(v1::AcquireResponse { assignment: Some(assignment) }));
             }
@@ -435,7 +438,7 @@ impl WorkerService for Api {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(cur.job, Live { warmup_done: r.warmup_done, warmup_total: r.warmup_total });
         }
-        self.0.changed();
+        self.0.job_changed(cur.job);
         Ok(Response::new(v1::HeartbeatResponse { lease_ms: policy.lease_ms as u32 }))
     }
 
