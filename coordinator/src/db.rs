@@ -210,6 +210,24 @@ pub fn cancel(conn: &mut Connection, seq: i64, now: i64) -> Result<()> {
     Ok(())
 }
 
+/// Forgets an ended job: its attempts, segments and record. Returns its style's hash and
+/// whether another job still uses that style (styles are stored once per content).
+pub fn delete(conn: &mut Connection, seq: i64) -> Result<(String, bool)> {
+    let tx = conn.transaction()?;
+    let state = job_state(&tx, seq)?;
+    if !state.is_final() {
+        return Err(Error::JobNotEnded { id: job_id(seq), state: state.described() });
+    }
+    let style: String = tx.query_row("SELECT style_sha256 FROM jobs WHERE seq = ?1", [seq], |r| r.get(0))?;
+    tx.execute("DELETE FROM attempts WHERE job = ?1", [seq])?;
+    tx.execute("DELETE FROM segments WHERE job = ?1", [seq])?;
+    tx.execute("DELETE FROM jobs WHERE seq = ?1", [seq])?;
+    let shared =
+        tx.query_row("SELECT 1 FROM jobs WHERE style_sha256 = ?1 LIMIT 1", [&style], |_| Ok(())).optional()?.is_some();
+    tx.commit()?;
+    Ok((style, shared))
+}
+
 /// Marks a job failed (stitching errors and the like) unless it already ended.
 pub fn fail_job(tx: &Transaction, seq: i64, reason: &str, now: i64) -> Result<()> {
     tx.execute(
@@ -379,4 +397,28 @@ pub fn register_worker(conn: &Connection, name: &str, device: &str, now: i64) ->
         params![name, device, now],
     )?;
     Ok(worker_id(conn.last_insert_rowid()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_ended_job_is_deleted_and_a_shared_style_is_kept() {
+        let mut c = open(Path::new(":memory:")).unwrap();
+        let spec = v1::JobSpec::default();
+        let a = submit(&mut c, &spec, 4, 2, "style-1", 0).unwrap();
+        let b = submit(&mut c, &spec, 4, 2, "style-1", 0).unwrap();
+        let err = delete(&mut c, a).unwrap_err().to_string();
+        assert_eq!(err, "job job-1 has not ended: it is queued; cancel it first");
+        cancel(&mut c, a, 1).unwrap();
+        assert_eq!(delete(&mut c, a).unwrap(), ("style-1".to_string(), true), "job b still uses the style");
+        assert!(matches!(job(&c, a, true), Err(Error::JobNotFound(_))));
+        let rows: i64 = c.query_row("SELECT COUNT(*) FROM segments WHERE job = ?1", [a], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 0);
+        assert!(matches!(delete(&mut c, a), Err(Error::JobNotFound(_))));
+        cancel(&mut c, b, 2).unwrap();
+        assert_eq!(delete(&mut c, b).unwrap(), ("style-1".to_string(), false), "the last user of the style");
+        assert!(list(&c).unwrap().is_empty());
+    }
 }

@@ -20,6 +20,8 @@ pub enum Error {
     JobEnded { id: String, state: &'static str },
     #[error("job {id} has no output: it {state}")]
     NoOutput { id: String, state: &'static str },
+    #[error("job {id} has not ended: it {state}; cancel it first")]
+    JobNotEnded { id: String, state: &'static str },
     #[error("database: {0}")]
     Db(#[from] rusqlite::Error),
     #[error("artifact store: {0}")]
@@ -47,9 +49,10 @@ impl From<Error> for tonic::Status {
         match e {
             Error::Param(_) | Error::Invalid { .. } => Status::invalid_argument(message),
             Error::JobNotFound(_) | Error::WorkerNotFound(_) => Status::not_found(message),
-            Error::StaleAttempt { .. } | Error::JobEnded { .. } | Error::NoOutput { .. } => {
-                Status::failed_precondition(message)
-            }
+            Error::StaleAttempt { .. }
+            | Error::JobEnded { .. }
+            | Error::NoOutput { .. }
+            | Error::JobNotEnded { .. } => Status::failed_precondition(message),
             Error::Db(_) | Error::Store(_) | Error::Stitch(_) | Error::Startup(_) | Error::Transport(_) => {
                 tracing::error!(error = %message, "internal error");
                 Status::internal(message)

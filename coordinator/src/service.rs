@@ -339,6 +339,32 @@ impl JobService for Api {
         Ok(Response::new(self.job_view(seq, false).await?))
     }
 
+    async fn delete_job(
+        &self,
+        request: Request<v1::DeleteJobRequest>,
+    ) -> Result<Response<v1::DeleteJobResponse>, Status> {
+        let seq = db::job_seq(&request.into_inner().job_id)?;
+        let (style, shared) = self.0.db(move |c| db::delete(c, seq)).await?;
+        self.0.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq);
+        // The record is gone first: a crash now leaves unreferenced files, never a record whose
+        // output is missing.
+        let store = self.0.store.clone();
+        let freed = tokio::task::spawn_blocking(move || -> Result<u64, Error> {
+            let mut freed = store.delete_all(&keys::job(seq))?;
+            if !shared {
+                let key = keys::style(&style);
+                freed += store.local_path(&key).and_then(std::fs::metadata).map_or(0, |m| m.len());
+                store.delete(&key)?;
+            }
+            Ok(freed)
+        })
+        .await
+        .expect("artifact deletion panicked")?;
+        tracing::info!(job = %db::job_id(seq), bytes_freed = freed, "job deleted");
+        self.0.job_changed(seq);
+        Ok(Response::new(v1::DeleteJobResponse { bytes_freed: freed }))
+    }
+
     type DownloadOutputStream = BoxStream<v1::Blob>;
 
     async fn download_output(

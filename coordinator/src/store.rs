@@ -15,6 +15,8 @@ pub trait ArtifactStore: Send + Sync + 'static {
     fn local_path(&self, key: &str) -> io::Result<PathBuf>;
     fn exists(&self, key: &str) -> bool;
     fn delete(&self, key: &str) -> io::Result<()>;
+    /// Deletes every key under `prefix` (`jobs/7`); returns the bytes freed.
+    fn delete_all(&self, prefix: &str) -> io::Result<u64>;
     /// A directory for scratch files on the same filesystem as the store's files.
     fn scratch_dir(&self) -> &Path;
 }
@@ -74,6 +76,17 @@ impl ArtifactStore for FsStore {
         }
     }
 
+    fn delete_all(&self, prefix: &str) -> io::Result<u64> {
+        let dir = self.path(prefix)?;
+        let freed = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        std::fs::remove_dir_all(&dir)?;
+        Ok(freed)
+    }
+
     fn scratch_dir(&self) -> &Path {
         &self.scratch
     }
@@ -93,5 +106,9 @@ pub mod keys {
     }
     pub fn output(job: i64, ext: &str) -> String {
         format!("jobs/{job}/output.{ext}")
+    }
+    /// Everything stored for a job.
+    pub fn job(job: i64) -> String {
+        format!("jobs/{job}")
     }
 }

@@ -486,6 +486,10 @@ fn bad_requests_get_the_right_status_with_the_field_named() {
     assert_eq!(job.segments[0].state, v1::SegmentState::Ready as i32, "{job:#?}");
     assert_eq!(job.segments[0].attempts[0].state, v1::AttemptState::Cancelled as i32);
     assert_eq!(job.segments[0].attempts[0].reason, "worker shut down");
+    // A job that has not ended cannot be deleted.
+    let status = c.runtime.block_on(jobs.delete_job(v1::DeleteJobRequest { job_id: id.clone() })).unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().ends_with("has not ended: it is running; cancel it first"), "{}", status.message());
 
     // Standard tools work: health and reflection.
     let url = c.url();
@@ -522,6 +526,17 @@ fn a_cancelled_job_stops_its_running_segment_within_seconds() {
     let r = gramzoom(&["cancel", &next, "--coordinator", &url], c.dir.path());
     assert!(!r.status.success());
     assert!(stderr(&r).contains("has already ended: it succeeded"), "{}", stderr(&r));
+    // Ended jobs can be deleted, output and stored files with them.
+    let stored = |id: &str| c.path("data/artifacts/jobs").join(id.trim_start_matches("job-"));
+    assert!(stored(&next).join("output.png").is_file());
+    for job in [&next, &id] {
+        let r = gramzoom(&["delete", job, "--coordinator", &url], c.dir.path());
+        assert!(r.status.success(), "{}", stderr(&r));
+        assert!(String::from_utf8_lossy(&r.stdout).starts_with(&format!("deleted {job} (")));
+        assert!(!stored(job).exists(), "{job}'s files are still there");
+        let r = gramzoom(&["status", job, "--coordinator", &url], c.dir.path());
+        assert!(stderr(&r).contains("not found"), "{}", stderr(&r));
+    }
 }
 
 #[test]

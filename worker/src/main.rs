@@ -40,6 +40,8 @@ enum Command {
     Download(cli::jobs::Download),
     /// Cancel a job; its running segment stops within seconds.
     Cancel(cli::jobs::Job),
+    /// Delete an ended job: its record, output and stored files.
+    Delete(cli::jobs::Job),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::Watch(args) => cli::jobs::watch(args, &progress),
         Command::Download(args) => cli::jobs::download(args),
         Command::Cancel(args) => cli::jobs::cancel(args),
+        Command::Delete(args) => cli::jobs::delete(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -186,3 +186,13 @@ pub fn cancel(args: Job) -> Result<()> {
     println!("{}", line(&job.into_inner()));
     Ok(())
 }
+
+pub fn delete(args: Job) -> Result<()> {
+    let freed = runtime()?.block_on(async {
+        let mut c = client::connect(&args.at.coordinator).await?;
+        let r = c.delete_job(v1::DeleteJobRequest { job_id: args.job.clone() }).await;
+        r.map(|r| r.into_inner().bytes_freed).map_err(client::ClientError::from)
+    })?;
+    println!("deleted {} ({freed} bytes freed)", args.job);
+    Ok(())
+}
