@@ -261,7 +261,6 @@ pub fn fail(conn: &mut Connection, attempt: u64, reason: &str, released: bool, p
     Ok(())
 }
 
-/// Expires every lease that has run out. Returns how many.
 /// A worker stopping for good releases whatever the coordinator still counts as its own: at most
 /// an attempt whose grant crossed the worker's shutdown. Released attempts cost no retry.
 pub fn leave(conn: &mut Connection, worker: &str, policy: Policy, now: i64) -> Result<Vec<u64>> {
@@ -282,6 +281,7 @@ pub fn leave(conn: &mut Connection, worker: &str, policy: Policy, now: i64) -> R
     Ok(released)
 }
 
+/// Expires every lease that has run out. Returns how many.
 pub fn expire(conn: &mut Connection, policy: Policy, now: i64) -> Result<usize> {
     let tx = conn.transaction()?;
     let n = expire_in(&tx, policy, now)?;

@@ -1,4 +1,5 @@
-//! `gramzoom submit | status | watch | download | cancel`: the job API from the command line.
+//! `gramzoom submit | status | watch | download | cancel | delete`: the job API from the command
+//! line.
 
 use super::progress::{Bar, Follow};
 use super::render::{params, RenderFlags};
@@ -151,7 +152,7 @@ pub fn status(args: Status) -> Result<()> {
     })
 }
 
-/// Turns job updates into a progress bar: warm-up iterations, then frames with fps and ETA.
+/// Follows a job until it ends; the exit status says how it ended.
 pub fn watch(args: Job, bar: &Bar) -> Result<()> {
     let mut follow = Follow::new(bar, false);
     let job = runtime()?.block_on(async {
