@@ -395,8 +395,8 @@ impl FakeWorker {
 
 fn submit_raw(c: &Cluster, spec: v1::JobSpec, style: &[u8]) -> Result<v1::Job, tonic::Status> {
     let mut jobs = c.jobs();
-    c.runtime.block_on(worker::client::submit(&mut jobs, spec, style, "style")).map_err(|e| match e {
-        worker::client::ClientError::Rpc(s) => s,
+    c.runtime.block_on(cli::client::submit(&mut jobs, spec, style, "style")).map_err(|e| match e {
+        cli::client::ClientError::Rpc(s) => s,
         other => panic!("{other}"),
     })
 }

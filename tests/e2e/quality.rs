@@ -1,11 +1,11 @@
 //! Quality, measured on a small movie: no lines through the zoom's centre, each frame is the
 //! previous one zoomed, and colours and the scale of detail follow the style.
 
-use worker::quality::{centre_line_ratio, colour_stats, detail_distance, rms};
-use worker::style::Style;
-use worker::vgg::Vgg;
-use worker::zoom::{jitter, Zoom};
-use worker::{Engine, RenderParams};
+use engine::quality::{centre_line_ratio, colour_stats, detail_distance, rms};
+use engine::style::Style;
+use engine::vgg::Vgg;
+use engine::zoom::{jitter, Zoom};
+use engine::{Engine, RenderParams};
 
 #[test]
 fn movie_is_a_clean_zoom_in_the_style() {

@@ -33,7 +33,7 @@ fn segmented_render_is_bit_identical_to_one_segment() {
 
 #[test]
 fn a_state_only_resumes_the_render_that_made_it() {
-    use worker::{style::Style, vgg::Vgg, Engine, RenderParams};
+    use engine::{style::Style, vgg::Vgg, Engine, RenderParams};
     let device = tch::Device::Cpu;
     let params = RenderParams { width: 32, height: 32, frames: 4, warmup: 2, iters: 1, ..RenderParams::default() };
     let engine = Engine::new(params.clone(), Style::embedded(), Vgg::random(params.network, device), device).unwrap();

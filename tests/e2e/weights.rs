@@ -37,7 +37,7 @@ fn serve(files: Vec<(String, Vec<u8>)>, requests: usize) -> (String, std::thread
 /// A complete VGG16 conv state dict of random values, as safetensors.
 fn vgg16_safetensors() -> Vec<u8> {
     use safetensors::tensor::{Dtype, TensorView};
-    let layers = worker::vgg::Network::Vgg16.layers();
+    let layers = engine::vgg::Network::Vgg16.layers();
     let data: Vec<(String, Vec<usize>, Vec<u8>)> = layers
         .iter()
         .flat_map(|l| {

@@ -1,30 +1,19 @@
-//! gramzoom's engine: infinite-zoom movies by VGG Gram-matrix texture synthesis.
+//! gramzoom's render node: registers with a coordinator, takes segments by long poll, renders
+//! each through the `engine` on the process's one torch thread, heartbeats while it works,
+//! uploads the encoded chunk and end state, and releases its work when asked to stop.
 //!
-//! Start from noise, optimise the image so its VGG Gram matrices match a style image's, grow it
-//! to full size, then for every frame zoom in a little and optimise again. See ARCHITECTURE.md.
+//! - `node`: the node's life: connect, register, the acquire loop, leave.
+//! - `attempt`: one assignment from set-up to upload, and what it came to.
+//! - `inputs`: what an attempt needs from the coordinator: the style (engine) and start state.
+//! - `chunk`: rendering a segment into an encoded chunk, on the torch thread.
+//! - `upload`: CompleteSegment: the chunk and end state in pieces, retried across restarts.
+//! - `heartbeat`: keeping the lease, and stopping the render when the coordinator ends it.
 
-pub mod client;
-pub mod device;
-pub mod encode;
-pub mod error;
-pub mod gram;
-pub mod handoff;
+mod attempt;
+mod chunk;
+mod heartbeat;
+mod inputs;
 pub mod node;
-pub mod optim;
-pub mod pth;
-pub mod quality;
-pub mod render;
-pub mod rng;
-pub mod segment;
-pub mod style;
-pub mod vgg;
-pub mod weights;
-pub mod zoom;
+pub mod upload;
 
-/// Render parameters live in the `proto` crate, which the coordinator links too.
-pub use proto::params;
-
-pub use error::{EngineError, ParamError};
-pub use handoff::State;
-pub use params::RenderParams;
-pub use segment::{Engine, Frame, Progress};
+pub use node::{Node, NodeConfig, NodeError};

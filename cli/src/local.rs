@@ -1,18 +1,16 @@
 //! A whole local render, through the same coordinator and worker code a cluster runs: an
 //! in-process coordinator (data in a temporary directory, reached through in-memory pipes, so
-//! no network is involved) and one in-process node. One machine and a cluster therefore share one code path, down to the hand-off state
-//! format and the stitching of chunks.
+//! no network is involved) and one in-process node. One machine and a cluster therefore share
+//! one code path, down to the hand-off state format and the stitching of chunks.
 
 use crate::client::{self, ClientError};
-use crate::device::DeviceThread;
-use crate::encode::{FramesDir, OutputKind, PartialFile};
-use crate::error::ParamError;
-use crate::node::{Node, NodeConfig, NodeError};
-use crate::segment::Engine;
+use engine::encode::{FramesDir, OutputKind, PartialFile};
+use engine::{DeviceThread, Engine, ParamError};
 use proto::v1;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use worker::{Node, NodeConfig, NodeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
@@ -83,7 +81,8 @@ impl Drop for ScratchDir {
 }
 
 /// Renders `engine`'s movie into `outputs`. `engine` must have been built on `torch`, which
-/// then runs all of the render. `style` is the encoded style image the engine was built from. `cancel` turning true cancels the job; the output is then never written.
+/// then runs all of the render. `style` is the encoded style image the engine was built from.
+/// `cancel` turning true cancels the job; the output is then never written.
 pub async fn render(
     torch: DeviceThread,
     engine: Engine,
@@ -167,6 +166,6 @@ pub async fn render(
 pub fn style_bytes(path: Option<&Path>) -> std::io::Result<Vec<u8>> {
     match path {
         Some(p) => std::fs::read(p),
-        None => Ok(crate::style::EMBEDDED.to_vec()),
+        None => Ok(engine::style::EMBEDDED.to_vec()),
     }
 }

@@ -1,4 +1,5 @@
-//! `gramzoom worker` and `gramzoom serve`.
+//! `gramzoom worker`: a render node for a coordinator, until Ctrl-C or SIGTERM (which releases
+//! the segment in hand) or `--max-segments`.
 
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
@@ -50,20 +51,8 @@ pub fn run(args: Args) -> Result<()> {
             coordinator::cli::shutdown_signal().await;
             std::process::exit(130);
         });
-        let node = Node::connect(config, worker::device::DeviceThread::spawn(threads), rx).await?;
+        let node = Node::connect(config, engine::device::DeviceThread::spawn(threads), rx).await?;
         node.run().await?;
-        Ok(())
-    })
-}
-
-pub fn serve(args: coordinator::cli::ServeArgs) -> Result<()> {
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(async {
-        let listener =
-            tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-        // Tests and scripts that pass port 0 read the real address from this line.
-        eprintln!("listening on {}", listener.local_addr()?);
-        coordinator::run(listener, args.config(), coordinator::cli::shutdown_signal()).await?;
         Ok(())
     })
 }

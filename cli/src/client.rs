@@ -1,7 +1,7 @@
 //! The user's side of the job API: submit a job with its style image, follow it, download its
 //! output. `gramzoom submit/status/watch/download/cancel` and the local `gramzoom render` use it.
 
-use crate::encode::PartialFile;
+use engine::encode::PartialFile;
 use proto::v1::job_service_client::JobServiceClient;
 use proto::v1::{self, submit_job_request};
 use sha2::{Digest, Sha256};

@@ -1,11 +1,11 @@
 //! `gramzoom weights download vgg16|vgg19`.
 
-use super::progress::Bar;
+use crate::progress::Bar;
 use anyhow::Result;
 use clap::Subcommand;
+use engine::vgg::Network;
+use engine::weights;
 use std::path::PathBuf;
-use worker::vgg::Network;
-use worker::weights;
 
 #[derive(Subcommand)]
 pub enum Command {

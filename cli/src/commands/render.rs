@@ -1,15 +1,15 @@
 //! `gramzoom render`.
 
-use super::progress::Bar;
+use crate::local::{render, Outputs};
+use crate::progress::Bar;
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
+use engine::device::DeviceThread;
+use engine::params::{parse_size, Fps, OptimizerKind, RenderParams};
+use engine::style::Style;
+use engine::vgg::{Network, WeightsOrigin};
+use engine::{Engine, ParamError};
 use std::path::PathBuf;
-use worker::device::DeviceThread;
-use worker::params::{parse_size, Fps, OptimizerKind, RenderParams};
-use worker::render::{render, Outputs};
-use worker::style::Style;
-use worker::vgg::{Network, WeightsOrigin};
-use worker::{Engine, ParamError};
 
 /// The render parameters, shared by `render` and `submit`.
 #[derive(ClapArgs, Debug, Clone)]
@@ -126,7 +126,7 @@ pub fn run(args: Args, bar: &Bar) -> Result<()> {
     // The file is read once: decoded here (bad input fails before any work), submitted as is.
     let (style, style_bytes) = match &args.style {
         Some(path) => Style::open_with_bytes(path)?,
-        None => (Style::embedded(), worker::style::EMBEDDED.to_vec()),
+        None => (Style::embedded(), engine::style::EMBEDDED.to_vec()),
     };
     let style_name = args.style.as_deref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
     let device = args.torch.device()?;
@@ -134,7 +134,7 @@ pub fn run(args: Args, bar: &Bar) -> Result<()> {
     let torch = DeviceThread::spawn(args.torch.threads());
     let (weights, p) = (args.weights.clone(), params.clone());
     let engine = torch.run_blocking(move || -> Result<Engine> {
-        let net = worker::weights::resolve(p.network, weights.as_deref(), device)?;
+        let net = engine::weights::resolve(p.network, weights.as_deref(), device)?;
         if matches!(net.origin, WeightsOrigin::Random(_)) {
             tracing::warn!(
                 "no pretrained {} weights found: rendering with deterministic random features; run `gramzoom weights download {}` or pass --weights for the pretrained look",
@@ -150,7 +150,7 @@ pub fn run(args: Args, bar: &Bar) -> Result<()> {
         segment_frames: args.flags.segment_frames,
     };
     // Fail on a bad output before the runtime and coordinator start.
-    drop(worker::render::prepare(&engine, &outputs)?);
+    drop(crate::local::prepare(&engine, &outputs)?);
     // Ctrl-C or SIGTERM: cancel the job (the output is never written); a second one exits.
     let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
     ctrlc::set_handler(move || {
@@ -168,7 +168,7 @@ pub fn run(args: Args, bar: &Bar) -> Result<()> {
         optimizer = params.optimizer.name(),
         "rendering"
     );
-    let mut follow = super::progress::Follow::new(bar, args.quiet);
+    let mut follow = crate::progress::Follow::new(bar, args.quiet);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let summary = runtime
         .block_on(render(

@@ -1,14 +1,14 @@
 //! `gramzoom submit | status | watch | download | cancel | delete`: the job API from the command
 //! line.
 
-use super::progress::{Bar, Follow};
 use super::render::{params, RenderFlags};
+use crate::client;
+use crate::progress::{Bar, Follow};
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
+use engine::encode::{OutputKind, PartialFile};
 use proto::v1;
 use std::path::PathBuf;
-use worker::client;
-use worker::encode::{OutputKind, PartialFile};
 
 #[derive(ClapArgs)]
 pub struct Submit {
@@ -69,7 +69,7 @@ pub fn submit(args: Submit) -> Result<()> {
     let p = params(&args.flags)?;
     let kind = OutputKind::from_path(std::path::Path::new(&format!("x.{}", args.format)))
         .map_err(|_| anyhow::anyhow!("--format: expected mp4, gif, png or jpg, got {:?}", args.format))?;
-    let style = worker::render::style_bytes(args.style.as_deref()).with_context(|| {
+    let style = crate::local::style_bytes(args.style.as_deref()).with_context(|| {
         format!("style image {}", args.style.as_deref().unwrap_or(std::path::Path::new("")).display())
     })?;
     let name = args.style.as_deref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());

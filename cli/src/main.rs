@@ -1,7 +1,5 @@
 //! `gramzoom`: parses flags, sets up logging, and hands over to the library.
 
-mod cli;
-
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -17,31 +15,31 @@ enum Command {
     /// Render a zoom movie (.mp4, .gif) or a still (.png, .jpg) from a style image.
     /// A flag given twice takes its last value, so scripts can append overrides.
     #[command(args_override_self = true, allow_negative_numbers = true)]
-    Render(cli::render::Args),
+    Render(cli::commands::render::Args),
 
     /// Manage pretrained VGG weights.
     #[command(subcommand)]
-    Weights(cli::weights::Command),
+    Weights(cli::commands::weights::Command),
     /// Measure seconds per optimiser iteration and per frame.
-    Bench(cli::bench::Args),
+    Bench(cli::commands::bench::Args),
 
     /// Run the coordinator: job and worker gRPC APIs, state under --data.
     Serve(coordinator::cli::ServeArgs),
     /// Run a render node that takes segments from a coordinator.
-    Worker(cli::worker::Args),
+    Worker(cli::commands::worker::Args),
     /// Submit a job to a coordinator; prints its id.
     #[command(args_override_self = true, allow_negative_numbers = true)]
-    Submit(cli::jobs::Submit),
+    Submit(cli::commands::jobs::Submit),
     /// Show all jobs, or one job (with --segments, its segments and attempts).
-    Status(cli::jobs::Status),
+    Status(cli::commands::jobs::Status),
     /// Follow a job with a progress bar until it ends; exits non-zero unless it succeeded.
-    Watch(cli::jobs::Job),
+    Watch(cli::commands::jobs::Job),
     /// Download a finished job's output.
-    Download(cli::jobs::Download),
+    Download(cli::commands::jobs::Download),
     /// Cancel a job; its running segment stops within seconds.
-    Cancel(cli::jobs::Job),
+    Cancel(cli::commands::jobs::Job),
     /// Delete an ended job: its record, output and stored files.
-    Delete(cli::jobs::Job),
+    Delete(cli::commands::jobs::Job),
 }
 
 fn main() -> ExitCode {
@@ -50,22 +48,22 @@ fn main() -> ExitCode {
     // lost lease, a retried upload); locally a failure reaches the user as the render's error.
     let default_filter = match &cli.command {
         Command::Render(a) if a.quiet => "warn",
-        Command::Render(_) => "info,coordinator=error,worker::node=error",
+        Command::Render(_) => "info,coordinator=error,worker=error",
         _ => "info",
     };
     let progress = cli::progress::init_logging(default_filter);
     let result = match cli.command {
-        Command::Render(args) => cli::render::run(args, &progress),
-        Command::Weights(cmd) => cli::weights::run(cmd, &progress),
-        Command::Bench(args) => cli::bench::run(args),
-        Command::Serve(args) => cli::worker::serve(args),
-        Command::Worker(args) => cli::worker::run(args),
-        Command::Submit(args) => cli::jobs::submit(args),
-        Command::Status(args) => cli::jobs::status(args),
-        Command::Watch(args) => cli::jobs::watch(args, &progress),
-        Command::Download(args) => cli::jobs::download(args),
-        Command::Cancel(args) => cli::jobs::cancel(args),
-        Command::Delete(args) => cli::jobs::delete(args),
+        Command::Render(args) => cli::commands::render::run(args, &progress),
+        Command::Weights(cmd) => cli::commands::weights::run(cmd, &progress),
+        Command::Bench(args) => cli::commands::bench::run(args),
+        Command::Serve(args) => cli::commands::serve::run(args),
+        Command::Worker(args) => cli::commands::worker::run(args),
+        Command::Submit(args) => cli::commands::jobs::submit(args),
+        Command::Status(args) => cli::commands::jobs::status(args),
+        Command::Watch(args) => cli::commands::jobs::watch(args, &progress),
+        Command::Download(args) => cli::commands::jobs::download(args),
+        Command::Cancel(args) => cli::commands::jobs::cancel(args),
+        Command::Delete(args) => cli::commands::jobs::delete(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,10 +3,10 @@
 
 use anyhow::Result;
 use clap::Args as ClapArgs;
+use engine::params::{parse_size, OptimizerKind, RenderParams};
+use engine::style::Style;
+use engine::Engine;
 use std::time::Instant;
-use worker::params::{parse_size, OptimizerKind, RenderParams};
-use worker::style::Style;
-use worker::Engine;
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -46,7 +46,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let device = args.torch.device()?;
     // The benchmark runs its tensors on this thread.
-    worker::device::set_threads(args.torch.threads());
+    engine::device::set_threads(args.torch.threads());
     if args.compare_features {
         return compare_features(&args, device);
     }
@@ -61,9 +61,9 @@ pub fn run(args: Args) -> Result<()> {
         }
     });
     let network = args.network.parse()?;
-    let net = worker::weights::resolve(network, args.weights.as_deref(), device)?;
+    let net = engine::weights::resolve(network, args.weights.as_deref(), device)?;
     let weights =
-        if matches!(net.origin, worker::vgg::WeightsOrigin::Random(_)) { "random features" } else { "pretrained" };
+        if matches!(net.origin, engine::vgg::WeightsOrigin::Random(_)) { "random features" } else { "pretrained" };
     println!(
         "device {device:?}, {} CPU threads, {} ({weights}), {}, {} iters per frame",
         tch::get_num_threads(),
@@ -89,7 +89,7 @@ pub fn run(args: Args) -> Result<()> {
         };
         let net_here = match net.take() {
             Some(n) => n,
-            None => worker::weights::resolve(network, args.weights.as_deref(), device)?,
+            None => engine::weights::resolve(network, args.weights.as_deref(), device)?,
         };
         let engine = Engine::new(params, Style::embedded(), net_here, device)?;
         let mut state = engine.initial_state(&mut |_| {})?;
@@ -119,8 +119,8 @@ pub fn run(args: Args) -> Result<()> {
 /// Scores each random-feature design: colour error (mean and spread per channel, 8-bit levels),
 /// the detail-scale distance of `quality::detail_distance`, and the centre-line ratio.
 fn compare_features(args: &Args, device: tch::Device) -> Result<()> {
-    use worker::quality;
-    use worker::vgg::{RandomDesign, Vgg};
+    use engine::quality;
+    use engine::vgg::{RandomDesign, Vgg};
     let (width, height) = parse_size(args.sizes.as_deref().unwrap_or("128x128"))?;
     let frames = args.frames.max(8) * 4;
     println!("random-feature designs, {width}x{height}, {frames} frames of {} iters, warm-up 150", args.iters);
@@ -143,7 +143,7 @@ fn compare_features(args: &Args, device: tch::Device) -> Result<()> {
             };
             let reference = style.tensor(style.scaled_size(width.min(height), params.style_scale)?, tch::Device::Cpu);
             let engine =
-                Engine::new(params, style, Vgg::random_with(worker::vgg::Network::Vgg16, design, device), device)?;
+                Engine::new(params, style, Vgg::random_with(engine::vgg::Network::Vgg16, design, device), device)?;
             let mut state = engine.initial_state(&mut |_| {})?;
             let mut out = Vec::new();
             let mut keep = |f| {

@@ -3,18 +3,18 @@
 //! the time from a segment becoming ready to a waiting worker receiving it, heartbeats while
 //! many users watch other jobs, and the time to stitch 100 encoded chunks into one MP4.
 
+use crate::client;
 use anyhow::{Context, Result};
+use engine::encode::{self, OutputKind, PartialFile};
+use engine::handoff::State;
+use engine::optim::OptimState;
+use engine::params::{Fps, OptimizerKind, RenderParams};
+use engine::segment::Frame;
 use proto::v1;
 use proto::v1::worker_service_client::WorkerServiceClient;
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
-use worker::client;
-use worker::encode::{self, OutputKind, PartialFile};
-use worker::handoff::State;
-use worker::optim::OptimState;
-use worker::params::{Fps, OptimizerKind, RenderParams};
-use worker::segment::Frame;
 
 fn hex(bytes: &[u8]) -> String {
     proto::params::hex(&Sha256::digest(bytes))
@@ -58,7 +58,7 @@ async fn complete(w: &mut WorkerServiceClient<Channel>, attempt: u64, chunk: &[u
         state_size: state.len() as u64,
         state_sha256: hex(state),
     };
-    let msgs = worker::node::piece_stream(header, chunk.to_vec(), state.to_vec());
+    let msgs = worker::upload::piece_stream(header, chunk.to_vec(), state.to_vec());
     w.complete_segment(tokio_stream::iter(msgs)).await?;
     Ok(())
 }
@@ -78,7 +78,7 @@ pub fn run() -> Result<()> {
         let mut jobs = client::connect(&url).await?;
         let mut w = WorkerServiceClient::connect(url.clone()).await?;
         let me = register(&mut w).await?;
-        let style = std::fs::read("examples/immunohistochemistry.png").unwrap_or_else(|_| worker::style::EMBEDDED.to_vec());
+        let style = std::fs::read("examples/immunohistochemistry.png").unwrap_or_else(|_| engine::style::EMBEDDED.to_vec());
 
         // 1. A 1920x1080 Adam hand-off state: upload (worker -> coordinator, hashed, stored,
         //    fsynced) and fetch (coordinator -> another worker, then decoded into tensors).

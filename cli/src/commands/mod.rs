@@ -1,8 +1,10 @@
+//! One module per `gramzoom` subcommand (or family of them): its flags and what it runs.
+
 pub mod bench;
 pub mod bench_cluster;
 pub mod jobs;
-pub mod progress;
 pub mod render;
+pub mod serve;
 pub mod weights;
 pub mod worker;
 
@@ -19,8 +21,8 @@ pub struct TorchFlags {
 }
 
 impl TorchFlags {
-    pub fn device(&self) -> Result<tch::Device, ::worker::EngineError> {
-        ::worker::device::parse(&self.device)
+    pub fn device(&self) -> Result<tch::Device, engine::EngineError> {
+        engine::device::parse(&self.device)
     }
 
     pub fn threads(&self) -> Option<usize> {

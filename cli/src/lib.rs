@@ -1,0 +1,14 @@
+//! The `gramzoom` command. `main.rs` only parses flags, sets up logging and dispatches; the
+//! rest is here, so the end-to-end tests can use it too:
+//!
+//! - `commands`: one module per subcommand (render, weights, bench, serve, worker, and the job
+//!   commands submit, status, watch, download, cancel, delete).
+//! - `client`: the job API client (submit a style and spec, watch, download atomically).
+//! - `local`: `gramzoom render`, through the same coordinator and node a cluster runs, both
+//!   in-process.
+//! - `progress`: the progress bar on a terminal, progress log lines elsewhere, and logging.
+
+pub mod client;
+pub mod commands;
+pub mod local;
+pub mod progress;

@@ -1,0 +1,156 @@
+//! Dispatch, expiry, fencing and retries, on an in-memory database.
+
+use super::*;
+use proto::v1;
+
+const POLICY: Policy = Policy { lease_ms: 1000, max_attempts: 2, affinity_grace_ms: 500 };
+
+fn setup(jobs: &[(i32, u32)]) -> (Connection, Vec<i64>) {
+    let mut conn = db::open(std::path::Path::new(":memory:")).unwrap();
+    let seqs = jobs
+        .iter()
+        .map(|&(priority, frames)| {
+            let spec = v1::JobSpec { priority, ..Default::default() };
+            db::submit(&mut conn, &spec, frames, 2, "style", 0).unwrap()
+        })
+        .collect();
+    for name in ["a", "b", "c", "d"] {
+        db::register_worker(&conn, name, "cpu", 0).unwrap();
+    }
+    (conn, seqs)
+}
+
+fn take(conn: &mut Connection, worker: &str, now: i64) -> Option<(i64, u32, u64)> {
+    acquire(conn, worker, POLICY, now).unwrap().map(|g| (g.job, g.idx, g.attempt))
+}
+
+fn stale(r: Result<impl std::fmt::Debug>) -> String {
+    match r {
+        Err(Error::StaleAttempt { reason, .. }) => reason,
+        other => panic!("expected a stale attempt, got {other:?}"),
+    }
+}
+
+#[test]
+fn dispatch_is_priority_then_affinity_then_fifo() {
+    let (mut c, jobs) = setup(&[(0, 4), (0, 4), (5, 4)]);
+    let (j1, j2, j3) = (jobs[0], jobs[1], jobs[2]);
+    assert_eq!(take(&mut c, "worker-1", 10).map(|t| (t.0, t.1)), Some((j3, 0)), "priority first");
+    let (_, _, a) = take(&mut c, "worker-2", 10).unwrap();
+    complete(&mut c, a, "c", "s", POLICY, 20).unwrap(); // job 1's segment 1 is now ready, for worker-2
+    assert_eq!(take(&mut c, "worker-3", 30).map(|t| (t.0, t.1)), Some((j2, 0)), "reserved segment skipped");
+    assert_eq!(take(&mut c, "worker-2", 40).map(|t| (t.0, t.1)), Some((j1, 1)), "producer takes its segment");
+    // A waiting segment is never handed out; nothing else is ready now.
+    assert_eq!(take(&mut c, "worker-4", 50), None);
+    assert!(matches!(acquire(&mut c, "worker-9", POLICY, 50), Err(Error::WorkerNotFound(_))));
+}
+
+#[test]
+fn a_reservation_does_not_hold_for_a_busy_producer() {
+    let (mut c, jobs) = setup(&[(0, 4)]);
+    let (_, _, a) = take(&mut c, "worker-1", 0).unwrap();
+    let urgent = v1::JobSpec { priority: 5, ..Default::default() };
+    let y = db::submit(&mut c, &urgent, 4, 2, "style", 1).unwrap();
+    complete(&mut c, a, "c", "s", POLICY, 10).unwrap(); // segment 1 reserved for worker-1...
+    assert_eq!(take(&mut c, "worker-1", 11).map(|t| (t.0, t.1)), Some((y, 0))); // ...which is now busy
+    let got = take(&mut c, "worker-2", 12).map(|t| (t.0, t.1));
+    assert_eq!(got, Some((jobs[0], 1)), "an idle worker must not wait for a busy one");
+}
+
+#[test]
+fn a_reservation_lapses_after_the_grace() {
+    let (mut c, jobs) = setup(&[(0, 4)]);
+    let (_, _, a) = take(&mut c, "worker-1", 0).unwrap();
+    complete(&mut c, a, "c", "s", POLICY, 100).unwrap();
+    assert_eq!(take(&mut c, "worker-2", 100 + POLICY.affinity_grace_ms - 1), None);
+    let got = take(&mut c, "worker-2", 100 + POLICY.affinity_grace_ms).map(|t| (t.0, t.1));
+    assert_eq!(got, Some((jobs[0], 1)));
+}
+
+#[test]
+fn expired_leases_requeue_until_the_job_runs_out_of_attempts() {
+    let (mut c, jobs) = setup(&[(0, 2)]);
+    let (_, _, a1) = take(&mut c, "worker-1", 0).unwrap();
+    heartbeat(&mut c, a1, 1, POLICY, 900).unwrap(); // lease now runs to 1900
+    assert_eq!(expire(&mut c, POLICY, 1899).unwrap(), 0);
+    assert_eq!(expire(&mut c, POLICY, 1901).unwrap(), 1);
+    // The superseded attempt is fenced off from everything.
+    assert!(stale(heartbeat(&mut c, a1, 2, POLICY, 1902)).contains("lease expired"));
+    assert!(stale(complete(&mut c, a1, "c", "s", POLICY, 1902)).contains("lease expired"));
+    let (_, _, a2) = take(&mut c, "worker-2", 2000).unwrap();
+    fail(&mut c, a2, "cuda out of memory", false, POLICY, 2100).unwrap();
+    let job = db::job(&c, jobs[0], true).unwrap();
+    assert_eq!(job.state, v1::JobState::Failed as i32);
+    assert_eq!(job.error, "segment 0 failed 2 attempts; last: cuda out of memory");
+    let states: Vec<i32> = job.segments[0].attempts.iter().map(|a| a.state).collect();
+    assert_eq!(states, [v1::AttemptState::Expired as i32, v1::AttemptState::Failed as i32]);
+    assert_eq!(take(&mut c, "worker-1", 2200), None);
+}
+
+#[test]
+fn a_grant_that_never_arrived_is_handed_to_the_same_worker_again() {
+    let (mut c, _) = setup(&[(0, 4)]);
+    let first = acquire(&mut c, "worker-1", POLICY, 0).unwrap().unwrap();
+    assert!(!first.redelivered);
+    // Near the end of the lease worker-1 asks again: its long poll was cut, it never got it.
+    let again = acquire(&mut c, "worker-1", POLICY, POLICY.lease_ms - 1).unwrap().unwrap();
+    assert!(again.redelivered);
+    let what = |g: &Grant| (g.attempt, g.job, g.idx, g.start_frame, g.end_frame, g.segment_count);
+    assert_eq!(what(&again), what(&first));
+    // With a fresh lease, and nobody else gets the segment meanwhile.
+    let later = POLICY.lease_ms + 10;
+    check(&mut c, first.attempt, POLICY, later).unwrap();
+    assert!(take(&mut c, "worker-2", later).is_none());
+    // Once it ends, the worker gets new work as usual.
+    complete(&mut c, first.attempt, "c", "s", POLICY, later).unwrap();
+    let next = acquire(&mut c, "worker-1", POLICY, later + 1).unwrap().unwrap();
+    assert_eq!((next.idx, next.redelivered), (1, false));
+    assert_ne!(next.attempt, first.attempt);
+}
+
+#[test]
+fn a_leaving_worker_releases_a_grant_it_never_saw() {
+    let (mut c, _) = setup(&[(0, 4)]);
+    let strict = Policy { max_attempts: 1, ..POLICY };
+    let lost = acquire(&mut c, "worker-1", strict, 0).unwrap().unwrap().attempt;
+    assert_eq!(leave(&mut c, "worker-1", strict, 10).unwrap(), vec![lost]);
+    assert!(stale(check(&mut c, lost, strict, 11)).contains("worker shut down"));
+    // Requeued at once and not charged: a job allowed one attempt still runs.
+    assert_eq!(take(&mut c, "worker-2", 12).map(|t| t.1), Some(0));
+    assert_eq!(leave(&mut c, "worker-1", strict, 13).unwrap(), Vec::<u64>::new());
+    assert!(matches!(leave(&mut c, "worker-9", strict, 14), Err(Error::WorkerNotFound(_))));
+}
+
+#[test]
+fn a_released_attempt_costs_no_retry() {
+    let (mut c, _) = setup(&[(0, 2)]);
+    let strict = Policy { max_attempts: 1, ..POLICY };
+    let a1 = acquire(&mut c, "worker-1", strict, 0).unwrap().unwrap().attempt;
+    fail(&mut c, a1, "worker shut down", true, strict, 10).unwrap();
+    let again = acquire(&mut c, "worker-2", strict, 20).unwrap().unwrap();
+    assert_eq!(again.idx, 0);
+}
+
+#[test]
+fn cancelling_fences_running_attempts_and_cannot_repeat() {
+    let (mut c, jobs) = setup(&[(0, 4)]);
+    let (_, _, a) = take(&mut c, "worker-1", 0).unwrap();
+    db::cancel(&mut c, jobs[0], 10).unwrap();
+    assert!(stale(heartbeat(&mut c, a, 1, POLICY, 20)).contains("job cancelled"));
+    assert!(matches!(db::cancel(&mut c, jobs[0], 30), Err(Error::JobEnded { .. })));
+    assert_eq!(take(&mut c, "worker-2", 40), None);
+}
+
+#[test]
+fn the_last_segment_hands_the_job_to_stitching_and_a_restart_renews_leases() {
+    let (mut c, jobs) = setup(&[(0, 3)]);
+    let (_, _, a) = take(&mut c, "worker-1", 0).unwrap();
+    assert!(!complete(&mut c, a, "c0", "s0", POLICY, 10).unwrap().1);
+    let g = acquire(&mut c, "worker-1", POLICY, 20).unwrap().unwrap();
+    assert_eq!((g.start_frame, g.end_frame, g.start_attempt, g.start_state_sha256.as_str()), (2, 3, a, "s0"));
+    assert_eq!(resume(&c, POLICY, 5000).unwrap(), 1);
+    heartbeat(&mut c, g.attempt, 1, POLICY, 5500).unwrap(); // would have expired at 1020
+    assert!(complete(&mut c, g.attempt, "c1", "s1", POLICY, 5600).unwrap().1);
+    assert_eq!(db::jobs_in_state(&c, db::JobState::Stitching).unwrap(), vec![jobs[0]]);
+    assert_eq!(db::done_chunks(&c, jobs[0]).unwrap(), vec![(a, 0, 2), (g.attempt, 2, 3)]);
+}

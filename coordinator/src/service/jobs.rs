@@ -1,0 +1,234 @@
+//! `JobService`: what users call (the CLI, scripts, a dashboard).
+
+use super::transfer::{stream_file, BoxStream};
+use super::Api;
+use crate::error::{Error, Result};
+use crate::store::keys;
+use crate::{check_spec, db, now_ms, sha256_hex, MAX_SEGMENTS, MAX_STYLE_BYTES};
+use proto::v1::job_service_server::JobService;
+use proto::v1::{self, submit_job_request};
+use std::time::Duration;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+#[tonic::async_trait]
+impl JobService for Api {
+    async fn submit_job(&self, request: Request<Streaming<v1::SubmitJobRequest>>) -> Result<Response<v1::Job>, Status> {
+        let mut stream = request.into_inner();
+        let header = match stream.message().await?.and_then(|m| m.part) {
+            Some(submit_job_request::Part::Header(h)) => h,
+            _ => return Err(Error::invalid("header", "the first message must carry the job header").into()),
+        };
+        let spec = header.spec.ok_or_else(|| Error::invalid("spec", "missing"))?;
+        let params = check_spec(&spec)?;
+        let segment_frames = match spec.segment_frames {
+            0 => self.0.config.segment_frames,
+            n => n,
+        };
+        if params.frames.div_ceil(segment_frames) > MAX_SEGMENTS {
+            return Err(Error::Param(proto::params::ParamError::new(
+                "--segment-frames",
+                format!(
+                    "{} frames in segments of {segment_frames} would be more than {MAX_SEGMENTS} segments",
+                    params.frames
+                ),
+            ))
+            .into());
+        }
+        let mut style = Vec::new();
+        let mut declared: Option<(u64, String)> = None;
+        while let Some(message) = stream.message().await? {
+            let Some(submit_job_request::Part::Style(blob)) = message.part else {
+                return Err(Error::invalid("header", "only the first message may carry the header").into());
+            };
+            if declared.is_none() {
+                declared = Some((blob.total_size, blob.sha256));
+            }
+            if (style.len() + blob.data.len()) as u64 > MAX_STYLE_BYTES {
+                return Err(Error::invalid(
+                    "style",
+                    format!("style image is larger than {} MiB", MAX_STYLE_BYTES >> 20),
+                )
+                .into());
+            }
+            style.extend_from_slice(&blob.data);
+        }
+        let sha = sha256_hex(&style);
+        if let Some((size, declared_sha)) = declared {
+            if size != style.len() as u64 || (!declared_sha.is_empty() && declared_sha != sha) {
+                return Err(Error::invalid(
+                    "style",
+                    format!(
+                        "checksum mismatch: declared {size} bytes, received {} bytes with sha256 {sha}",
+                        style.len()
+                    ),
+                )
+                .into());
+            }
+        }
+        let name = header.style_name.clone();
+        let store = self.0.store.clone();
+        let key = keys::style(&sha);
+        let style_sha = sha.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let img = image::load_from_memory(&style).map_err(|e| {
+                Error::invalid(
+                    "style",
+                    format!("{name:?} is not a PNG or JPEG image: {}", e.to_string().to_lowercase()),
+                )
+            })?;
+            if img.width() < 32 || img.height() < 32 {
+                return Err(Error::invalid(
+                    "style",
+                    format!("{name:?} is {}x{}; a style image needs at least 32x32 pixels", img.width(), img.height()),
+                ));
+            }
+            if !store.exists(&key) {
+                let tmp = store.scratch_dir().join(format!("style-{style_sha}"));
+                std::fs::write(&tmp, &style)?;
+                store.put_file(&key, &tmp)?;
+            }
+            Ok(())
+        })
+        .await
+        .expect("style check panicked")?;
+        let frames = params.frames;
+        let spec2 = spec.clone();
+        let seq = self.0.db(move |c| db::submit(c, &spec2, frames, segment_frames, &sha, now_ms())).await?;
+        tracing::info!(job = %db::job_id(seq), frames, segment_frames, priority = spec.priority, name = %spec.name, "job submitted");
+        self.0.ready.notify_waiters();
+        Ok(Response::new(self.job_view(seq, false).await?))
+    }
+
+    async fn get_job(&self, request: Request<v1::GetJobRequest>) -> Result<Response<v1::Job>, Status> {
+        let r = request.into_inner();
+        let seq = db::job_seq(&r.job_id)?;
+        Ok(Response::new(self.job_view(seq, r.include_segments).await?))
+    }
+
+    async fn list_jobs(&self, _: Request<v1::ListJobsRequest>) -> Result<Response<v1::ListJobsResponse>, Status> {
+        let jobs = self.0.db(|c| db::list(c)).await?;
+        Ok(Response::new(v1::ListJobsResponse { jobs }))
+    }
+
+    type WatchJobStream = BoxStream<v1::Job>;
+
+    async fn watch_job(&self, request: Request<v1::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
+        let seq = db::job_seq(&request.into_inner().job_id)?;
+        // Subscribe before the first look, so a change in between still wakes us.
+        let mut mine = self.0.watchers.subscribe(seq);
+        let mut changes = self.0.changes.subscribe();
+        let first = self.job_view(seq, false).await?;
+        tracing::debug!(job = %db::job_id(seq), "watch started");
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let api = self.clone();
+        let mut closing = self.0.closing.subscribe();
+        tokio::spawn(async move {
+            let mut last = first;
+            if tx.send(Ok(last.clone())).await.is_err() {
+                return;
+            }
+            loop {
+                if db::JobState::parse(&state_name(last.state)).is_final() {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()) => {}
+                    _ = mine.changed() => {}
+                    _ = async { closing.wait_for(|c| *c).await.is_ok() } => {
+                        let _ = tx.send(Err(Status::unavailable("the coordinator is shutting down"))).await;
+                        return;
+                    }
+                }
+                match api.job_view(seq, false).await {
+                    Ok(job) if job != last => {
+                        last = job;
+                        if tx.send(Ok(last.clone())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn cancel_job(&self, request: Request<v1::CancelJobRequest>) -> Result<Response<v1::Job>, Status> {
+        let seq = db::job_seq(&request.into_inner().job_id)?;
+        let stored = self
+            .0
+            .db(move |c| {
+                db::cancel(c, seq, now_ms())?;
+                db::stored_attempts(c, seq)
+            })
+            .await?;
+        // Its chunks and states can never be used now: free the space (1080p states are 75 MB).
+        let store = self.0.store.clone();
+        tokio::task::spawn_blocking(move || {
+            for attempt in stored {
+                let _ = store.delete(&keys::chunk(seq, attempt));
+                let _ = store.delete(&keys::state(seq, attempt));
+            }
+        });
+        tracing::info!(job = %db::job_id(seq), "job cancelled");
+        self.0.job_changed(seq);
+        Ok(Response::new(self.job_view(seq, false).await?))
+    }
+
+    async fn delete_job(
+        &self,
+        request: Request<v1::DeleteJobRequest>,
+    ) -> Result<Response<v1::DeleteJobResponse>, Status> {
+        let seq = db::job_seq(&request.into_inner().job_id)?;
+        let (style, shared) = self.0.db(move |c| db::delete(c, seq)).await?;
+        self.0.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq);
+        // The record is gone first: a crash now leaves unreferenced files, never a record whose
+        // output is missing.
+        let store = self.0.store.clone();
+        let freed = tokio::task::spawn_blocking(move || -> Result<u64, Error> {
+            let mut freed = store.delete_all(&keys::job(seq))?;
+            if !shared {
+                let key = keys::style(&style);
+                freed += store.local_path(&key).and_then(std::fs::metadata).map_or(0, |m| m.len());
+                store.delete(&key)?;
+            }
+            Ok(freed)
+        })
+        .await
+        .expect("artifact deletion panicked")?;
+        tracing::info!(job = %db::job_id(seq), bytes_freed = freed, "job deleted");
+        self.0.job_changed(seq);
+        Ok(Response::new(v1::DeleteJobResponse { bytes_freed: freed }))
+    }
+
+    type DownloadOutputStream = BoxStream<v1::Blob>;
+
+    async fn download_output(
+        &self,
+        request: Request<v1::DownloadOutputRequest>,
+    ) -> Result<Response<Self::DownloadOutputStream>, Status> {
+        let seq = db::job_seq(&request.into_inner().job_id)?;
+        let job = self.job_view(seq, false).await?;
+        let state = db::JobState::parse(&state_name(job.state));
+        if state != db::JobState::Succeeded {
+            let detail = if job.error.is_empty() { String::new() } else { format!(": {}", job.error) };
+            return Err(Error::NoOutput { id: job.id, state: state.described() })
+                .map_err(|e| Status::failed_precondition(format!("{e}{detail}")));
+        }
+        let kind =
+            proto::wire::output_from_wire(job.spec.as_ref().map(|s| s.output).unwrap_or(0)).map_err(Error::from)?;
+        let path = self.0.store.local_path(&keys::output(seq, kind.extension())).map_err(Error::from)?;
+        Ok(Response::new(stream_file(path, job.output_sha256)))
+    }
+}
+
+fn state_name(state: i32) -> String {
+    v1::JobState::try_from(state)
+        .map(|s| s.as_str_name().trim_start_matches("JOB_STATE_").to_lowercase())
+        .unwrap_or_default()
+}

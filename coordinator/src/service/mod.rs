@@ -1,0 +1,84 @@
+//! The gRPC face of the coordinator: `JobService` for users, `WorkerService` for render nodes,
+//! grpc.health.v1 and server reflection. Handlers parse, call the core, and turn `Error` into a
+//! `Status` through the one `From` impl in `error.rs`.
+//!
+//! - `jobs`: `JobService` (submit, get, list, watch, cancel, delete, download).
+//! - `workers`: `WorkerService` (register, acquire, heartbeat, fetches, complete, fail, leave).
+//! - `transfer`: large payloads in and out: stored files streamed as pieces, uploads received
+//!   into scratch and checked.
+
+mod jobs;
+mod transfer;
+mod workers;
+
+use crate::error::{Error, Result};
+use crate::{db, lease, Coordinator};
+use proto::v1;
+use proto::v1::job_service_server::JobServiceServer;
+use proto::v1::worker_service_server::WorkerServiceServer;
+use std::future::Future;
+use std::sync::Arc;
+use tokio_stream::Stream;
+use tonic::transport::server::Connected;
+
+#[derive(Clone)]
+struct Api(Arc<Coordinator>);
+
+pub(crate) async fn serve<S, IO>(
+    coordinator: Arc<Coordinator>,
+    incoming: S,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()>
+where
+    S: Stream<Item = std::io::Result<IO>> + Send,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+{
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<JobServiceServer<Api>>().await;
+    health.set_serving::<WorkerServiceServer<Api>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Startup(format!("reflection: {e}")))?;
+    let api = Api(coordinator);
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(JobServiceServer::new(api.clone()))
+        .add_service(WorkerServiceServer::new(api))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}
+
+impl Api {
+    async fn job_view(&self, seq: i64, include_segments: bool) -> Result<v1::Job> {
+        let mut job = self.0.db(move |c| db::job(c, seq, include_segments)).await?;
+        if let Some(live) = self.0.live.lock().unwrap_or_else(|e| e.into_inner()).get(&seq) {
+            job.warmup_done = live.warmup_done;
+            job.warmup_total = live.warmup_total;
+        }
+        Ok(job)
+    }
+
+    async fn assignment(&self, g: lease::Grant) -> Result<v1::Assignment> {
+        let job = g.job;
+        let spec = self.0.db(move |c| db::spec(c, job)).await?;
+        Ok(v1::Assignment {
+            attempt_id: g.attempt,
+            job_id: db::job_id(g.job),
+            segment_index: g.idx,
+            segment_count: g.segment_count,
+            start_frame: g.start_frame,
+            end_frame: g.end_frame,
+            params: spec.params,
+            output: spec.output,
+            style_sha256: g.style_sha256,
+            start_state_attempt_id: g.start_attempt,
+            start_state_sha256: g.start_state_sha256,
+            lease_ms: self.0.policy.lease_ms as u32,
+        })
+    }
+}

@@ -1,0 +1,229 @@
+//! `WorkerService`: what render nodes call. Every call after Acquire names its attempt, the
+//! fencing token, and is checked against it in the transaction that acts on it.
+
+use super::transfer::{stream_file, BoxStream, Incoming};
+use super::Api;
+use crate::error::{Error, Result};
+use crate::store::keys;
+use crate::{db, lease, now_ms, Live};
+use proto::v1::worker_service_server::WorkerService;
+use proto::v1::{self, complete_segment_request};
+use std::time::{Duration, Instant};
+use tonic::{Request, Response, Status, Streaming};
+
+/// Longest long poll a worker may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+#[tonic::async_trait]
+impl WorkerService for Api {
+    async fn register(&self, request: Request<v1::RegisterRequest>) -> Result<Response<v1::RegisterResponse>, Status> {
+        let r = request.into_inner();
+        let (name, device) = (r.name.clone(), r.device.clone());
+        let id = self.0.db(move |c| db::register_worker(c, &name, &device, now_ms())).await?;
+        tracing::info!(worker = %id, name = %r.name, device = %r.device, "worker registered");
+        Ok(Response::new(v1::RegisterResponse {
+            worker_id: id,
+            lease_ms: self.0.config.lease.as_millis() as u32,
+            heartbeat_ms: self.0.config.heartbeat.as_millis() as u32,
+        }))
+    }
+
+    async fn acquire(&self, request: Request<v1::AcquireRequest>) -> Result<Response<v1::AcquireResponse>, Status> {
+        let r = request.into_inner();
+        let deadline = Instant::now() + Duration::from_millis(r.wait_ms as u64).min(MAX_WAIT);
+        let policy = self.0.policy;
+        let mut closing = self.0.closing.subscribe();
+        loop {
+            // Listen before looking, so a segment readied in between still wakes us.
+            let notified = self.0.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let worker = r.worker_id.clone();
+            if let Some(grant) = self.0.db(move |c| lease::acquire(c, &worker, policy, now_ms())).await? {
+                let what = if grant.redelivered {
+                    "segment assigned again: the worker never received it"
+                } else {
+                    "segment assigned"
+                };
+                tracing::info!(worker = %r.worker_id, job = %db::job_id(grant.job), segment = grant.idx, attempt = grant.attempt, frames = %format!("{}..{}", grant.start_frame, grant.end_frame), "{what}");
+                self.0.job_changed(grant.job);
+                let assignment = self.assignment(grant).await?;
+                return Ok(Response::new(v1::AcquireResponse { assignment: Some(assignment) }));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Response::new(v1::AcquireResponse { assignment: None }));
+            }
+            // Re-look now and then too: an affinity reservation runs out without any event.
+            let tick = (deadline - now).min(Duration::from_millis(250));
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(tick) => {}
+                _ = async { closing.wait_for(|c| *c).await.is_ok() } => return Ok(Response::new(v1::AcquireResponse { assignment: None })),
+            }
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<v1::HeartbeatRequest>,
+    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        let r = request.into_inner();
+        let policy = self.0.policy;
+        let (attempt, frames) = (r.attempt_id, r.frames_done);
+        let result = self.0.db(move |c| lease::heartbeat(c, attempt, frames, policy, now_ms())).await;
+        let cur = match result {
+            Ok(cur) => cur,
+            Err(e) => {
+                self.0.segments_may_be_ready();
+                return Err(e.into());
+            }
+        };
+        if cur.idx == 0 && r.warmup_total > 0 {
+            self.0
+                .live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(cur.job, Live { warmup_done: r.warmup_done, warmup_total: r.warmup_total });
+        }
+        self.0.job_changed(cur.job);
+        Ok(Response::new(v1::HeartbeatResponse { lease_ms: policy.lease_ms as u32 }))
+    }
+
+    type FetchStyleStream = BoxStream<v1::Blob>;
+
+    async fn fetch_style(
+        &self,
+        request: Request<v1::FetchRequest>,
+    ) -> Result<Response<Self::FetchStyleStream>, Status> {
+        let attempt = request.into_inner().attempt_id;
+        let policy = self.0.policy;
+        let cur = self.0.db(move |c| lease::check(c, attempt, policy, now_ms())).await?;
+        let job = cur.job;
+        let sha: String = self
+            .0
+            .db(move |c| Ok(c.query_row("SELECT style_sha256 FROM jobs WHERE seq = ?1", [job], |r| r.get(0))?))
+            .await?;
+        let path = self.0.store.local_path(&keys::style(&sha)).map_err(Error::from)?;
+        Ok(Response::new(stream_file(path, sha)))
+    }
+
+    type FetchStateStream = BoxStream<v1::Blob>;
+
+    async fn fetch_state(
+        &self,
+        request: Request<v1::FetchRequest>,
+    ) -> Result<Response<Self::FetchStateStream>, Status> {
+        let attempt = request.into_inner().attempt_id;
+        let policy = self.0.policy;
+        let cur = self.0.db(move |c| lease::check(c, attempt, policy, now_ms())).await?;
+        if cur.start_attempt == 0 {
+            return Err(Error::invalid(
+                "attempt_id",
+                format!("attempt {attempt} starts from noise and has no start state"),
+            )
+            .into());
+        }
+        let start = cur.start_attempt as i64;
+        let sha: String = self
+            .0
+            .db(move |c| Ok(c.query_row("SELECT state_sha256 FROM attempts WHERE id = ?1", [start], |r| r.get(0))?))
+            .await?;
+        let path = self.0.store.local_path(&keys::state(cur.job, cur.start_attempt)).map_err(Error::from)?;
+        Ok(Response::new(stream_file(path, sha)))
+    }
+
+    async fn complete_segment(
+        &self,
+        request: Request<Streaming<v1::CompleteSegmentRequest>>,
+    ) -> Result<Response<v1::CompleteSegmentResponse>, Status> {
+        let mut stream = request.into_inner();
+        let header = match stream.message().await?.and_then(|m| m.part) {
+            Some(complete_segment_request::Part::Header(h)) => h,
+            _ => return Err(Error::invalid("header", "the first message must carry the completion header").into()),
+        };
+        let attempt = header.attempt_id;
+        let policy = self.0.policy;
+        // Fencing, early: a stale worker is turned away before it uploads anything big.
+        let cur = self.0.db(move |c| lease::check(c, attempt, policy, now_ms())).await?;
+        let scratch = self.0.store.scratch_dir().to_path_buf();
+        let mut chunk = Incoming::create(&scratch, format!("attempt-{attempt}.chunk")).await?;
+        let mut state = Incoming::create(&scratch, format!("attempt-{attempt}.state")).await?;
+        while let Some(message) = stream.message().await? {
+            match message.part {
+                Some(complete_segment_request::Part::Chunk(data)) => chunk.write(&data).await?,
+                Some(complete_segment_request::Part::State(data)) => state.write(&data).await?,
+                _ => return Err(Error::invalid("header", "only the first message may carry the header").into()),
+            }
+        }
+        let verified = async {
+            chunk.finish("chunk_sha256", header.chunk_size, &header.chunk_sha256).await?;
+            state.finish("state_sha256", header.state_size, &header.state_sha256).await
+        }
+        .await;
+        if let Err(e) = verified {
+            // A corrupt upload fails this attempt; the segment is retried (elsewhere, maybe).
+            let reason = e.to_string();
+            tracing::warn!(attempt, job = %db::job_id(cur.job), segment = cur.idx, %reason, "upload rejected");
+            let _ = self.0.db(move |c| lease::fail(c, attempt, &reason, false, policy, now_ms())).await;
+            self.0.segments_may_be_ready();
+            return Err(e.into());
+        }
+        let (chunk_key, state_key) = (keys::chunk(cur.job, attempt), keys::state(cur.job, attempt));
+        {
+            let store = self.0.store.clone();
+            let (ck, sk, cp, sp) = (chunk_key.clone(), state_key.clone(), chunk.path.clone(), state.path.clone());
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                store.put_file(&ck, &cp)?;
+                store.put_file(&sk, &sp)?;
+                Ok(())
+            })
+            .await
+            .expect("store task panicked")?;
+        }
+        let (cs, ss) = (header.chunk_sha256.clone(), header.state_sha256.clone());
+        let done = self.0.db(move |c| lease::complete(c, attempt, &cs, &ss, policy, now_ms())).await;
+        let (cur, last) = match done {
+            Ok(v) => v,
+            Err(e) => {
+                // Superseded while uploading: its files must not linger under live keys.
+                let _ = self.0.store.delete(&chunk_key);
+                let _ = self.0.store.delete(&state_key);
+                self.0.segments_may_be_ready();
+                return Err(e.into());
+            }
+        };
+        tracing::info!(attempt, job = %db::job_id(cur.job), segment = cur.idx, worker = %cur.worker, chunk_bytes = header.chunk_size, state_bytes = header.state_size, "segment completed");
+        self.0.segments_may_be_ready();
+        if last {
+            self.0.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&cur.job);
+            tokio::spawn(self.0.clone().stitch(cur.job));
+        }
+        Ok(Response::new(v1::CompleteSegmentResponse {}))
+    }
+
+    async fn fail_segment(
+        &self,
+        request: Request<v1::FailSegmentRequest>,
+    ) -> Result<Response<v1::FailSegmentResponse>, Status> {
+        let r = request.into_inner();
+        let policy = self.0.policy;
+        let (attempt, reason, released) = (r.attempt_id, r.reason.clone(), r.released);
+        self.0.db(move |c| lease::fail(c, attempt, &reason, released, policy, now_ms())).await?;
+        tracing::warn!(attempt, reason = %r.reason, released, "worker gave a segment back");
+        self.0.segments_may_be_ready();
+        Ok(Response::new(v1::FailSegmentResponse {}))
+    }
+
+    async fn leave(&self, request: Request<v1::LeaveRequest>) -> Result<Response<v1::LeaveResponse>, Status> {
+        let worker = request.into_inner().worker_id;
+        let policy = self.0.policy;
+        let w = worker.clone();
+        let released = self.0.db(move |c| lease::leave(c, &w, policy, now_ms())).await?;
+        tracing::info!(%worker, ?released, "worker left");
+        if !released.is_empty() {
+            self.0.segments_may_be_ready();
+        }
+        Ok(Response::new(v1::LeaveResponse { released_attempt_ids: released }))
+    }
+}

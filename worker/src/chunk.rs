@@ -1,0 +1,51 @@
+//! Rendering one segment into an encoded chunk. Runs on the torch thread: the engine renders
+//! frames straight into the chunk's encoder (and a PNG dump when asked), and reports progress
+//! through atomics the heartbeats read.
+
+use engine::encode::{self, FrameSink, FramesDir, PartialFile};
+use engine::{Engine, EngineError, Frame, Progress, State};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Renders one segment into an encoded chunk; returns the end state and the chunk's bytes.
+/// Renders one segment into an encoded chunk; returns the end state and the chunk's bytes.
+pub(crate) fn render_segment(
+    engine: &Engine,
+    start: Option<State>,
+    end: u32,
+    kind: proto::params::OutputKind,
+    chunk_path: &std::path::Path,
+    frames_dir: Option<PathBuf>,
+    progress: &(AtomicU32, AtomicU32, AtomicU32),
+) -> Result<(State, Vec<u8>), String> {
+    let p = engine.params();
+    let file = PartialFile::create(chunk_path).map_err(|e| e.to_string())?;
+    let main = encode::open(kind, file, p.width, p.height, p.fps).map_err(|e| e.to_string())?;
+    let mut sink: Box<dyn FrameSink> = match frames_dir {
+        Some(dir) => Box::new(encode::Tee(vec![main, Box::new(FramesDir::create(&dir).map_err(|e| e.to_string())?)])),
+        None => main,
+    };
+    let mut report = |pr: Progress| {
+        progress.0.store(pr.frames_done, Ordering::Relaxed);
+        progress.1.store(pr.warmup_done, Ordering::Relaxed);
+        progress.2.store(pr.warmup_total, Ordering::Relaxed);
+    };
+    let mut state = match start {
+        Some(s) => s,
+        None => engine.initial_state(&mut report).map_err(|e| e.to_string())?,
+    };
+    let mut encode_error = None;
+    let mut on_frame = |f: Frame| {
+        sink.push(&f).map_err(|e| {
+            encode_error = Some(e.to_string());
+            EngineError::Cancelled
+        })
+    };
+    engine
+        .render(&mut state, end, &mut on_frame, &mut report)
+        .map_err(|e| encode_error.take().unwrap_or(e.to_string()))?;
+    sink.finish().map_err(|e| e.to_string())?;
+    let chunk = std::fs::read(chunk_path).map_err(|e| format!("reading the chunk: {e}"))?;
+    let _ = std::fs::remove_file(chunk_path);
+    Ok((state, chunk))
+}

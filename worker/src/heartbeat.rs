@@ -1,0 +1,56 @@
+//! Keeping the lease: heartbeats carry the attempt's progress, and when the coordinator says
+//! the attempt is no longer current (lease lost, job cancelled) they stop the render.
+
+use proto::v1;
+use proto::v1::worker_service_client::WorkerServiceClient;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::Channel;
+use tonic::Code;
+
+/// The render's cancel flag, once there is a render to cancel.
+pub(crate) type StopSlot = Arc<std::sync::Mutex<Option<Arc<AtomicBool>>>>;
+
+/// Aborts a background task when the attempt that started it ends, on every path.
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Extends the lease every `every` until aborted. When the coordinator says the attempt is no
+/// longer current (lease lost, job cancelled), stops the render.
+pub(crate) async fn heartbeat_loop(
+    mut client: WorkerServiceClient<Channel>,
+    attempt: u64,
+    every: Duration,
+    progress: Arc<(AtomicU32, AtomicU32, AtomicU32)>,
+    stop: StopSlot,
+    lost: Arc<std::sync::Mutex<Option<String>>>,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        let request = v1::HeartbeatRequest {
+            attempt_id: attempt,
+            frames_done: progress.0.load(Ordering::Relaxed),
+            warmup_done: progress.1.load(Ordering::Relaxed),
+            warmup_total: progress.2.load(Ordering::Relaxed),
+            loss: 0.0,
+        };
+        match client.heartbeat(request).await {
+            Ok(_) => {}
+            Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound) => {
+                tracing::warn!(attempt, reason = %s.message(), "coordinator ended this attempt; stopping");
+                *lost.lock().unwrap_or_else(|e| e.into_inner()) = Some(s.message().to_string());
+                if let Some(cancel) = stop.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                    cancel.store(true, Ordering::SeqCst);
+                }
+                return;
+            }
+            Err(s) => tracing::warn!(attempt, error = %s.message(), "heartbeat failed; retrying"),
+        }
+    }
+}

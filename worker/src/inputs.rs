@@ -1,0 +1,105 @@
+//! What an attempt needs from the coordinator before it can render: the engine for its job
+//! (built from the fetched style, cached across the job's segments) and its start state (held
+//! in memory when this node produced it, fetched otherwise). Every download is checked against
+//! its declared size and checksum and against the one the assignment named.
+
+use crate::node::Node;
+use engine::style::Style;
+use engine::{Engine, EngineError, State};
+use proto::v1;
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// hundred milliseconds, so it runs off the async runtime.
+async fn receive(
+    mut stream: tonic::Streaming<v1::Blob>,
+    what: &'static str,
+    expected: &str,
+) -> Result<Vec<u8>, String> {
+    let mut data = Vec::new();
+    let mut declared = None;
+    while let Some(blob) = stream.message().await.map_err(|e| format!("fetching the {what}: {}", e.message()))? {
+        if declared.is_none() {
+            declared = Some((blob.total_size, blob.sha256));
+        }
+        data.extend_from_slice(&blob.data);
+    }
+    let (size, declared_sha) = declared.unwrap_or_default();
+    let expected = expected.to_string();
+    tokio::task::spawn_blocking(move || {
+        let actual = proto::params::hex(&Sha256::digest(&data));
+        let wanted = [declared_sha.as_str(), expected.as_str()];
+        if size != data.len() as u64 || wanted.iter().any(|w| !w.is_empty() && *w != actual) {
+            return Err(format!(
+                "the {what} arrived corrupt: {} bytes with sha256 {actual}, declared {size} bytes with sha256 {declared_sha}, assigned sha256 {expected:?}",
+                data.len()
+            ));
+        }
+        Ok(data)
+    })
+    .await
+    .expect("hashing panicked")
+}
+
+impl Node {
+    /// Gets the engine for the assignment's job, building it (weights, style) when it changed.
+    pub(crate) async fn engine_for(&mut self, a: &v1::Assignment) -> Result<Engine, String> {
+        if let Some((job, engine)) = self.engine.take() {
+            if job == a.job_id {
+                return Ok(engine);
+            }
+        }
+        let stream = self
+            .client
+            .fetch_style(v1::FetchRequest { attempt_id: a.attempt_id })
+            .await
+            .map_err(|s| format!("fetching the style: {}", s.message()))?
+            .into_inner();
+        let style = receive(stream, "style image", &a.style_sha256).await?;
+        let params = proto::wire::params_from_wire(a.params.as_ref().unwrap_or(&Default::default()))
+            .map_err(|e| e.to_string())?;
+        let (device, weights, job) = (self.config.device, self.config.weights.clone(), a.job_id.clone());
+        self.torch
+            .run(move || -> Result<Engine, EngineError> {
+                let style = Style::from_bytes(&style, &PathBuf::from(format!("<style of {job}>")))?;
+                let net = engine::weights::resolve(params.network, weights.as_deref(), device)?;
+                Engine::new(params, style, net, device)
+            })
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    pub(crate) async fn start_state(&mut self, a: &v1::Assignment) -> Result<Option<State>, String> {
+        if a.start_frame == 0 {
+            return Ok(None);
+        }
+        if let Some((attempt, state)) = self.held.take() {
+            if attempt == a.start_state_attempt_id {
+                tracing::debug!(attempt = a.attempt_id, "start state held locally");
+                return Ok(Some(state));
+            }
+        }
+        let t = Instant::now();
+        let stream = self
+            .client
+            .fetch_state(v1::FetchRequest { attempt_id: a.attempt_id })
+            .await
+            .map_err(|s| format!("fetching the start state: {}", s.message()))?
+            .into_inner();
+        let bytes = receive(stream, "start state", &a.start_state_sha256).await?;
+        let (device, n) = (self.config.device, bytes.len());
+        let state =
+            tokio::task::spawn_blocking(move || State::from_bytes(&bytes, &PathBuf::from("<start state>"), device))
+                .await
+                .expect("state decode panicked")
+                .map_err(|e| e.to_string())?;
+        tracing::info!(
+            attempt = a.attempt_id,
+            bytes = n,
+            elapsed_ms = t.elapsed().as_millis() as u64,
+            "start state fetched"
+        );
+        Ok(Some(state))
+    }
+}
