@@ -83,7 +83,21 @@ pub fn job_id(seq: i64) -> String {
 
 /// `job-7` -> 7; anything else is an unknown job.
 pub fn job_seq(id: &str) -> Result<i64> {
-    id.strip_prefix("job-").and_then(|n| n.parse().ok()).ok_or_else(|| Error::JobNotFound(id.into()))
+    parse_id(id, "job-").ok_or_else(|| Error::JobNotFound(crate::error::quoted_prefix(id)))
+}
+
+/// The number in an id written exactly as `job_id` and `worker_id` write it: decimal digits, no
+/// sign, no leading zero, no spaces. `job-01` and `job-+1` are not other spellings of job-1 (a
+/// `delete job-+2` once deleted job-2): they name nothing.
+pub fn parse_id(id: &str, prefix: &str) -> Option<i64> {
+    let n = id.strip_prefix(prefix)?;
+    let canonical =
+        (1..=18).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit()) && (n == "0" || !n.starts_with('0'));
+    if canonical {
+        n.parse().ok()
+    } else {
+        None
+    }
 }
 
 pub fn worker_id(seq: i64) -> String {
@@ -402,6 +416,31 @@ pub fn register_worker(conn: &Connection, name: &str, device: &str, now: i64) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_parse_only_as_written() {
+        for (id, want) in [
+            ("job-1", Some(1)),
+            ("job-120", Some(120)),
+            ("job-999999999999999999", Some(999_999_999_999_999_999)),
+            ("job-01", None),
+            ("job-+1", None),
+            ("job--1", None),
+            ("job- 1", None),
+            ("job-1 ", None),
+            ("job-", None),
+            ("job-1e3", None),
+            ("job-9999999999999999999", None),
+            ("JOB-1", None),
+            ("worker-1", None),
+        ] {
+            assert_eq!(parse_id(id, "job-"), want, "{id:?}");
+        }
+        let long = format!("job-{}", "1".repeat(3 << 20));
+        let message = job_seq(&long).unwrap_err().to_string();
+        assert!(message.len() < 120, "a 3 MiB id is quoted in full: {} bytes", message.len());
+        assert!(message.starts_with("job \"job-111"), "{message}");
+    }
 
     #[test]
     fn only_an_ended_job_is_deleted_and_a_shared_style_is_kept() {

@@ -30,6 +30,8 @@ pub enum Error {
     Stitch(String),
     #[error("starting: {0}")]
     Startup(String),
+    #[error("data directory {} is in use by another coordinator ({holder}); stop that one first, or give this one its own --data", data.display())]
+    DataInUse { data: std::path::PathBuf, holder: String },
     #[error("grpc transport: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -37,6 +39,17 @@ pub enum Error {
 impl Error {
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         Self::Invalid { field, message: message.into() }
+    }
+}
+
+/// At most the first 64 characters of `input`, marked when cut: errors quote bad input, and a
+/// client that sends megabytes must not get megabytes back (nor a reply over gRPC's metadata
+/// limit).
+pub fn quoted_prefix(input: &str) -> String {
+    const MAX: usize = 64;
+    match input.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &input[..cut]),
+        None => input.to_string(),
     }
 }
 
@@ -53,7 +66,12 @@ impl From<Error> for tonic::Status {
             | Error::JobEnded { .. }
             | Error::NoOutput { .. }
             | Error::JobNotEnded { .. } => Status::failed_precondition(message),
-            Error::Db(_) | Error::Store(_) | Error::Stitch(_) | Error::Startup(_) | Error::Transport(_) => {
+            Error::Db(_)
+            | Error::Store(_)
+            | Error::Stitch(_)
+            | Error::Startup(_)
+            | Error::DataInUse { .. }
+            | Error::Transport(_) => {
                 tracing::error!(error = %message, "internal error");
                 Status::internal(message)
             }

@@ -34,14 +34,14 @@ pub struct Policy {
 }
 
 fn worker_seq(conn: &Connection, worker: &str) -> Result<i64> {
-    let seq = worker.strip_prefix("worker-").and_then(|n| n.parse::<i64>().ok());
+    let seq = db::parse_id(worker, "worker-");
     let known = match seq {
         Some(s) => conn.query_row("SELECT 1 FROM workers WHERE seq = ?1", [s], |_| Ok(())).optional()?.is_some(),
         None => false,
     };
     match (seq, known) {
         (Some(s), true) => Ok(s),
-        _ => Err(Error::WorkerNotFound(worker.into())),
+        _ => Err(Error::WorkerNotFound(crate::error::quoted_prefix(worker))),
     }
 }
 

@@ -6,6 +6,7 @@
 //! until `shutdown` resolves; tests and `gramzoom render` start it in-process on port 0.
 
 pub mod cli;
+pub mod data_lock;
 pub mod db;
 pub mod error;
 pub mod lease;
@@ -16,6 +17,7 @@ mod watchers;
 
 pub use error::{Error, Result};
 
+use data_lock::DataLock;
 use lease::Policy;
 use proto::v1;
 use rusqlite::Connection;
@@ -89,6 +91,8 @@ struct Live {
 
 /// The shared core behind both gRPC services.
 pub struct Coordinator {
+    /// Held while this coordinator runs: no other may open the same `--data`.
+    _lock: DataLock,
     config: Config,
     policy: Policy,
     conn: Arc<Mutex<Connection>>,
@@ -110,6 +114,8 @@ impl Coordinator {
     /// previous coordinator stopped: running leases get a fresh term, unfinished stitches rerun.
     pub fn open(config: Config) -> Result<Arc<Self>> {
         std::fs::create_dir_all(&config.data)?;
+        // Before anything under `--data` is touched: a second coordinator would wipe scratch.
+        let lock = DataLock::acquire(&config.data)?;
         let conn = db::open(&config.data.join("gramzoom.db"))?;
         let store: Arc<dyn ArtifactStore> = Arc::new(FsStore::open(&config.data)?);
         let policy = config.policy();
@@ -117,6 +123,7 @@ impl Coordinator {
         let stitching = db::jobs_in_state(&conn, db::JobState::Stitching)?;
         tracing::info!(data = %config.data.display(), resumed_attempts = resumed, stitching = stitching.len(), "coordinator state opened");
         let this = Arc::new(Self {
+            _lock: lock,
             config,
             policy,
             conn: Arc::new(Mutex::new(conn)),

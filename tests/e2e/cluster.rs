@@ -18,13 +18,13 @@ const MOVIE: &[&str] =
     &["--size", "64x48", "--frames", "12", "--warmup", "12", "--iters", "10", "--seed", "3", "--segment-frames", "4"];
 
 /// A child process killed when dropped; its stderr goes to a log file shown on failure.
-struct Proc {
-    child: Child,
+pub(crate) struct Proc {
+    pub(crate) child: Child,
     log: PathBuf,
 }
 
 impl Proc {
-    fn spawn(args: &[&str], log: PathBuf, cache: &Path) -> Self {
+    pub(crate) fn spawn(args: &[&str], log: PathBuf, cache: &Path) -> Self {
         let file = std::fs::File::create(&log).unwrap();
         let child = command(cache)
             .args(args)
@@ -36,7 +36,7 @@ impl Proc {
         Self { child, log }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -57,16 +57,16 @@ impl Drop for Proc {
     }
 }
 
-struct Cluster {
-    dir: tempfile::TempDir,
-    coordinator: Option<Proc>,
+pub(crate) struct Cluster {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) coordinator: Option<Proc>,
     port: u16,
     workers: Vec<Proc>,
-    runtime: tokio::runtime::Runtime,
+    pub(crate) runtime: tokio::runtime::Runtime,
 }
 
 impl Cluster {
-    fn start(lease_secs: &str, extra: &[&str]) -> Self {
+    pub(crate) fn start(lease_secs: &str, extra: &[&str]) -> Self {
         let dir = tempdir();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let mut c = Self { dir, coordinator: None, port: 0, workers: Vec::new(), runtime };
@@ -74,12 +74,12 @@ impl Cluster {
         c
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
     /// Starts (or restarts, on the same port and data directory) the coordinator.
-    fn start_coordinator(&mut self, lease_secs: &str, extra: &[&str]) {
+    pub(crate) fn start_coordinator(&mut self, lease_secs: &str, extra: &[&str]) {
         let listen = format!("127.0.0.1:{}", self.port);
         let data = self.path("data");
         let log = self.path(&format!("coordinator-{}.log", Instant::now().elapsed().as_nanos()));
@@ -99,7 +99,7 @@ impl Cluster {
         self.coordinator = Some(proc);
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
@@ -114,7 +114,7 @@ impl Cluster {
         self.workers.len() - 1
     }
 
-    fn submit(&self, flags: &[&str]) -> String {
+    pub(crate) fn submit(&self, flags: &[&str]) -> String {
         let style = example("wheatfield.jpg");
         let url = self.url();
         let mut args = vec!["submit", style.to_str().unwrap(), "--coordinator", &url];
@@ -124,12 +124,12 @@ impl Cluster {
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 
-    fn jobs(&self) -> JobServiceClient<tonic::transport::Channel> {
+    pub(crate) fn jobs(&self) -> JobServiceClient<tonic::transport::Channel> {
         let url = self.url();
         self.runtime.block_on(async { JobServiceClient::connect(url).await.unwrap() })
     }
 
-    fn job(&self, id: &str) -> v1::Job {
+    pub(crate) fn job(&self, id: &str) -> v1::Job {
         let mut c = self.jobs();
         let r = v1::GetJobRequest { job_id: id.into(), include_segments: true };
         self.runtime.block_on(c.get_job(r)).unwrap().into_inner()
@@ -156,7 +156,7 @@ impl Cluster {
         }
     }
 
-    fn wait_done(&self, id: &str) -> v1::Job {
+    pub(crate) fn wait_done(&self, id: &str) -> v1::Job {
         let job = self.wait(id, 240, "the job to end", |j| j.state >= v1::JobState::Succeeded as i32);
         assert_eq!(job.state, v1::JobState::Succeeded as i32, "{job:#?}\n{}", self.logs());
         job

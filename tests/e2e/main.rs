@@ -5,6 +5,7 @@ mod helpers;
 
 mod cli_errors;
 mod cluster;
+mod hostile;
 mod outputs;
 mod quality;
 mod segments;
