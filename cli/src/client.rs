@@ -2,11 +2,14 @@
 //! output. `gramzoom submit/status/watch/download/cancel` and the local `gramzoom render` use it.
 
 use engine::encode::PartialFile;
+use proto::auth::Credentials;
 use proto::v1::job_service_client::JobServiceClient;
 use proto::v1::{self, submit_job_request};
 use sha2::{Digest, Sha256};
 use std::io::Write;
+use std::path::Path;
 use std::time::Duration;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +23,8 @@ pub enum ClientError {
     Rpc(tonic::Status),
     #[error("{path}: {reason}")]
     Output { path: String, reason: String },
+    #[error("{0}")]
+    Credentials(String),
 }
 
 // Not `#[from]`: that would make the status an error source, and the CLI's error chain would
@@ -30,9 +35,38 @@ impl From<tonic::Status> for ClientError {
     }
 }
 
-pub type Client = JobServiceClient<Channel>;
+/// The job API with this user's credentials on every call.
+pub type Client = JobServiceClient<InterceptedService<Channel, Credentials>>;
 
-pub async fn connect(url: &str) -> Result<Client, ClientError> {
+/// The caller's token: the first line of `file` when given, else `GRAMZOOM_TOKEN`, else none
+/// (a coordinator without --auth). Deliberately not a clap `env` flag: clap would show the
+/// variable's value in `--help`.
+pub fn token(file: Option<&Path>) -> Result<Option<String>, ClientError> {
+    let token = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ClientError::Credentials(format!("--token-file {}: {e}", path.display())))?;
+            text.lines().next().unwrap_or("").trim().to_string()
+        }
+        None => match std::env::var("GRAMZOOM_TOKEN") {
+            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+            _ => return Ok(None),
+        },
+    };
+    let source = file.map_or("GRAMZOOM_TOKEN".to_string(), |p| format!("--token-file {}", p.display()));
+    proto::auth::check_token(&token).map_err(|e| ClientError::Credentials(format!("{source}: {e}")))?;
+    Ok(Some(token))
+}
+
+/// A client over an existing channel (an in-process coordinator's).
+pub fn over(channel: Channel, credentials: Credentials) -> Client {
+    JobServiceClient::with_interceptor(channel, credentials)
+}
+
+pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, ClientError> {
+    let address = |e: proto::auth::AuthError| ClientError::Credentials(e.to_string());
+    proto::auth::check_url(url).map_err(address)?;
+    let credentials = Credentials::new(token).map_err(address)?;
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
         .map_err(|e| ClientError::Address { url: url.into(), reason: e.to_string() })?
         .connect_timeout(Duration::from_secs(5))
@@ -41,7 +75,7 @@ pub async fn connect(url: &str) -> Result<Client, ClientError> {
         .connect()
         .await
         .map_err(|e| ClientError::Unreachable { url: url.into(), reason: format!("{e}: {}", source_chain(&e)) })?;
-    Ok(JobServiceClient::new(channel))
+    Ok(over(channel, credentials))
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {

@@ -106,7 +106,7 @@ pub async fn render(
     config.heartbeat = Duration::from_millis(250);
     let coordinator = coordinator::InProcess::start(config).await?;
     let result = async {
-        let mut jobs = client::Client::new(coordinator.channel.clone());
+        let mut jobs = client::over(coordinator.channel.clone(), Default::default());
         let spec = v1::JobSpec {
             params: Some(proto::wire::params_to_wire(&params)),
             output: proto::wire::output_to_wire(kind) as i32,
@@ -123,6 +123,7 @@ pub async fn render(
             frames_dir: outputs.frames_dir.clone(),
             max_segments: None,
             reuse_state: outputs.segment_frames.is_none(),
+            token: None,
         };
         let (node_stop, node_stop_rx) = watch::channel(false);
         let mut node = Node::with_channel(node_config, coordinator.channel.clone(), torch, node_stop_rx).await?;

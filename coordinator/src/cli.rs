@@ -1,14 +1,27 @@
 //! Flags of `gramzoom serve` and `gramzoom-coordinator` (one definition for both binaries).
 
+use crate::auth::Tokens;
+use crate::error::{Error, Result};
 use crate::Config;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Address to listen on, e.g. 0.0.0.0:50051 (port 0 picks a free port).
-    #[arg(long, default_value = "0.0.0.0:50051")]
+    /// Address to listen on, e.g. 0.0.0.0:50051 (port 0 picks a free port). Without --auth
+    /// only a loopback address is accepted, unless --insecure.
+    #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: String,
+    /// Principals, one per line: ROLE NAME TOKEN, ROLE one of user, admin, worker. Every call
+    /// must then carry a token; users see and act on their own jobs only.
+    #[arg(long, value_name = "FILE")]
+    pub auth: Option<PathBuf>,
+    /// Serve without --auth on a non-loopback address: anyone who reaches the port can submit,
+    /// cancel and delete any job, and complete segments with garbage.
+    #[arg(long)]
+    pub insecure: bool,
     /// Directory for the database and artifacts; created if missing, reused after a restart.
     #[arg(long)]
     pub data: PathBuf,
@@ -24,15 +37,46 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    pub fn config(&self) -> Config {
+    /// The coordinator's configuration; reads `--auth`, and refuses to expose an open
+    /// coordinator beyond loopback unless `--insecure`.
+    pub fn config(&self) -> Result<Config> {
         let mut config = Config::new(self.data.clone());
+        config.auth = match &self.auth {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::Startup(format!("--auth {}: {e}", path.display())))?;
+                let tokens =
+                    Tokens::parse(&text).map_err(|e| Error::Startup(format!("--auth {}: {e}", path.display())))?;
+                Some(Arc::new(tokens))
+            }
+            None => None,
+        };
+        if config.auth.is_none() && !self.insecure && !is_loopback(&self.listen) {
+            return Err(Error::invalid(
+                "--listen",
+                format!(
+                    "{} is reachable from other machines, and without --auth anyone there could submit, cancel or \
+                     delete any job and complete segments with garbage; give --auth FILE, listen on 127.0.0.1, \
+                     or pass --insecure on a network you trust",
+                    crate::error::quoted_prefix(&self.listen)
+                ),
+            ));
+        }
         config.lease = Duration::from_secs_f64(self.lease_secs.clamp(0.2, 3600.0));
         // Several heartbeats per lease, so one lost packet never costs a segment.
         config.heartbeat = (config.lease / 6).clamp(Duration::from_millis(50), Duration::from_secs(2));
         config.affinity_grace = (config.lease / 4).min(Duration::from_secs(2));
         config.max_attempts = self.max_attempts.max(1);
         config.segment_frames = self.segment_frames.max(1);
-        config
+        Ok(config)
+    }
+}
+
+/// Whether `listen` is a loopback address (`127.0.0.1:P`, `[::1]:P`, `localhost:P`).
+fn is_loopback(listen: &str) -> bool {
+    match listen.parse::<SocketAddr>() {
+        Ok(addr) => addr.ip().is_loopback(),
+        Err(_) => listen.rsplit_once(':').is_some_and(|(host, _)| host == "localhost"),
     }
 }
 

@@ -42,16 +42,7 @@ impl Error {
     }
 }
 
-/// At most the first 64 characters of `input`, marked when cut: errors quote bad input, and a
-/// client that sends megabytes must not get megabytes back (nor a reply over gRPC's metadata
-/// limit).
-pub fn quoted_prefix(input: &str) -> String {
-    const MAX: usize = 64;
-    match input.char_indices().nth(MAX) {
-        Some((cut, _)) => format!("{}…", &input[..cut]),
-        None => input.to_string(),
-    }
-}
+pub use proto::limits::quoted_prefix;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

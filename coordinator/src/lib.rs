@@ -5,6 +5,7 @@
 //! `run` serves the gRPC job and worker APIs (plus grpc.health.v1 and reflection) on a listener
 //! until `shutdown` resolves; tests and `gramzoom render` start it in-process on port 0.
 
+pub mod auth;
 pub mod cli;
 pub mod data_lock;
 pub mod db;
@@ -40,8 +41,7 @@ use watchers::Watchers;
 pub const DEFAULT_SEGMENT_FRAMES: u32 = 120;
 /// Jobs may not be cut into more segments than this.
 pub const MAX_SEGMENTS: u32 = 100_000;
-/// Style images above this size are refused.
-pub const MAX_STYLE_BYTES: u64 = 64 << 20;
+pub use proto::limits::MAX_STYLE_BYTES;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -51,6 +51,8 @@ pub struct Config {
     pub max_attempts: u32,
     pub segment_frames: u32,
     pub affinity_grace: Duration,
+    /// The principals of `--auth`; `None` is an open coordinator (everyone acts as an admin).
+    pub auth: Option<Arc<auth::Tokens>>,
 }
 
 impl Config {
@@ -62,6 +64,7 @@ impl Config {
             max_attempts: 3,
             segment_frames: DEFAULT_SEGMENT_FRAMES,
             affinity_grace: Duration::from_secs(2),
+            auth: None,
         }
     }
 
@@ -87,6 +90,23 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 struct Live {
     warmup_done: u32,
     warmup_total: u32,
+}
+
+/// A database that is missing or empty beside an artifact store that holds jobs' files was lost
+/// (truncated, deleted, a volume mounted wrong). Starting on it would look like an empty farm,
+/// reuse job ids, and let a delete of a new job remove an old job's files.
+fn refuse_lost_database(db: &std::path::Path, artifacts: &std::path::Path) -> Result<()> {
+    let empty = std::fs::metadata(db).map_or(true, |m| m.len() == 0);
+    let holds = |dir: &str| std::fs::read_dir(artifacts.join(dir)).is_ok_and(|mut d| d.next().is_some());
+    if empty && (holds("jobs") || holds("styles")) {
+        return Err(Error::Startup(format!(
+            "{} is missing or empty, but {} holds earlier jobs' files: restore the database from a \
+             backup of this directory, or move artifacts/ aside to start an empty farm",
+            db.display(),
+            artifacts.display()
+        )));
+    }
+    Ok(())
 }
 
 /// The shared core behind both gRPC services.
@@ -116,7 +136,9 @@ impl Coordinator {
         std::fs::create_dir_all(&config.data)?;
         // Before anything under `--data` is touched: a second coordinator would wipe scratch.
         let lock = DataLock::acquire(&config.data)?;
-        let conn = db::open(&config.data.join("gramzoom.db"))?;
+        let db_path = config.data.join("gramzoom.db");
+        refuse_lost_database(&db_path, &config.data.join("artifacts"))?;
+        let conn = db::open(&db_path)?;
         let store: Arc<dyn ArtifactStore> = Arc::new(FsStore::open(&config.data)?);
         let policy = config.policy();
         let resumed = lease::resume(&conn, policy, now_ms())?;
@@ -332,9 +354,34 @@ impl InProcess {
 
 /// The job spec a caller submits, checked the way the coordinator will check it.
 pub fn check_spec(spec: &v1::JobSpec) -> Result<proto::params::RenderParams> {
+    proto::limits::check_len("name", &spec.name, proto::limits::MAX_NAME_LEN)?;
     let wire = spec.params.as_ref().ok_or_else(|| Error::invalid("params", "missing"))?;
     let params = proto::wire::params_from_wire(wire)?;
     let kind = proto::wire::output_from_wire(spec.output)?;
     kind.check(params.width, params.height, params.fps)?;
     Ok(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_lost_database_beside_stored_files_is_refused_not_started_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::new(dir.path().to_path_buf());
+        drop(Coordinator::open(config.clone()).expect("a fresh directory starts"));
+        std::fs::create_dir_all(dir.path().join("artifacts/styles")).unwrap();
+        std::fs::write(dir.path().join("artifacts/styles/abc"), b"style").unwrap();
+        drop(Coordinator::open(config.clone()).expect("a database with its store starts"));
+        for lose in [
+            |p: &std::path::Path| std::fs::write(p, b"").unwrap(),
+            |p: &std::path::Path| std::fs::remove_file(p).unwrap(),
+        ] {
+            lose(&dir.path().join("gramzoom.db"));
+            let err = Coordinator::open(config.clone()).err().expect("started on a lost database").to_string();
+            assert!(err.contains("gramzoom.db is missing or empty, but"), "{err}");
+            assert!(err.contains("restore the database"), "{err}");
+        }
+    }
 }

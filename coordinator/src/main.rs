@@ -18,9 +18,11 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    // Before binding: a refused configuration must not hold the port even briefly.
+    let config = args.serve.config()?;
     let listener = tokio::net::TcpListener::bind(&args.serve.listen)
         .await
         .with_context(|| format!("binding {}", args.serve.listen))?;
-    coordinator::run(listener, args.serve.config(), coordinator::cli::shutdown_signal()).await?;
+    coordinator::run(listener, config, coordinator::cli::shutdown_signal()).await?;
     Ok(())
 }

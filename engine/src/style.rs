@@ -25,12 +25,26 @@ pub struct Style {
 
 impl Style {
     pub fn from_bytes(bytes: &[u8], origin: &Path) -> Result<Self> {
-        let image = image::load_from_memory(bytes)
-            .map_err(|e| EngineError::Style {
+        let unreadable = |e: image::ImageError| EngineError::Style {
+            path: origin.to_path_buf(),
+            reason: format!("not a readable png or jpeg image: {}", e.to_string().to_lowercase()),
+        };
+        // The header first: a small file may declare a huge image, and decoding allocates it.
+        let (w, h) = image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| unreadable(e.into()))?
+            .into_dimensions()
+            .map_err(unreadable)?;
+        if u64::from(w) * u64::from(h) > proto::limits::MAX_STYLE_IMAGE_PIXELS {
+            return Err(EngineError::Style {
                 path: origin.to_path_buf(),
-                reason: format!("not a readable png or jpeg image: {}", e.to_string().to_lowercase()),
-            })?
-            .to_rgb8();
+                reason: format!(
+                    "image is {w}x{h}, more than the {} megapixels a style image may have",
+                    proto::limits::MAX_STYLE_IMAGE_PIXELS / 1_000_000
+                ),
+            });
+        }
+        let image = image::load_from_memory(bytes).map_err(unreadable)?.to_rgb8();
         if image.width() < 8 || image.height() < 8 {
             return Err(EngineError::Style {
                 path: origin.to_path_buf(),

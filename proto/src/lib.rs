@@ -3,6 +3,8 @@
 //!
 //! This crate must stay free of libtorch and ffmpeg: the coordinator links it.
 
+pub mod auth;
+pub mod limits;
 pub mod params;
 pub mod wire;
 

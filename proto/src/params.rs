@@ -3,6 +3,7 @@
 //! The same struct travels from the CLI to the engine and over gRPC (see `wire`), so validation
 //! lives here, in the one crate both the coordinator and the worker link, and not in the CLI.
 
+use crate::limits::{quoted_prefix, MAX_FPS_DEN, MAX_LAYERS};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
@@ -130,10 +131,15 @@ impl Default for RenderParams {
 
 impl RenderParams {
     pub fn validate(&self) -> Result<(), ParamError> {
-        if self.fps.den == 0 || !(1.0..=240.0).contains(&self.fps.as_f64()) {
+        // The denominator is bounded too: 4294967295/4294967295 is 1 fps, and libx264 refuses
+        // its time base. Every value accepted here encodes (tested at the extremes).
+        if !(1..=MAX_FPS_DEN).contains(&self.fps.den) || !(1.0..=240.0).contains(&self.fps.as_f64()) {
             return Err(ParamError::new(
                 "--fps",
-                format!("must be between 1 and 240 frames per second, got {}/{}", self.fps.num, self.fps.den),
+                format!(
+                    "must be between 1 and 240 frames per second with a denominator of at most {MAX_FPS_DEN}, got {}/{}",
+                    self.fps.num, self.fps.den
+                ),
             ));
         }
         for (name, v) in [("width", self.width), ("height", self.height)] {
@@ -169,11 +175,19 @@ impl RenderParams {
             ));
         }
         let names: Vec<String> = self.network.layers().into_iter().map(|l| l.name).collect();
+        if self.layers.len() > MAX_LAYERS {
+            return Err(ParamError::new("--layers", format!("at most {MAX_LAYERS} layers, got {}", self.layers.len())));
+        }
         for (name, w) in &self.layers {
             if !names.contains(name) {
                 return Err(ParamError::new(
                     "--layers",
-                    format!("{} has no layer {name:?}; it has {}", self.network.name(), names.join(",")),
+                    format!(
+                        "{} has no layer {:?}; it has {}",
+                        self.network.name(),
+                        quoted_prefix(name),
+                        names.join(",")
+                    ),
                 ));
             }
             if !(w.is_finite() && *w >= 0.0) {

@@ -3,19 +3,26 @@
 //! render through the workers' lossless frame dumps.
 
 use crate::helpers::{command, decode_video, example, frames_in, gramzoom, stderr, tempdir};
+use proto::auth::Credentials;
 use proto::v1;
-use proto::v1::job_service_client::JobServiceClient;
 use proto::v1::worker_service_client::WorkerServiceClient;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use tonic::service::interceptor::InterceptedService;
 use tonic::Code;
 
 /// The movie tests 1-4 render: 12 frames in 3 segments, slow enough per frame (10 iterations)
 /// that a worker can be caught in the middle of a segment.
 const MOVIE: &[&str] =
     &["--size", "64x48", "--frames", "12", "--warmup", "12", "--iters", "10", "--seed", "3", "--segment-frames", "4"];
+
+/// The principals of every cluster test's `--auth` file: the suite runs with auth on.
+pub(crate) const ALICE: &str = "alice-token-0123456789abcdef";
+pub(crate) const BOB: &str = "bob-token-0123456789abcdef";
+pub(crate) const ROOT: &str = "root-token-0123456789abcdef";
+pub(crate) const WORKER: &str = "worker-token-0123456789abcdef";
 
 /// A child process killed when dropped; its stderr goes to a log file shown on failure.
 pub(crate) struct Proc {
@@ -24,9 +31,14 @@ pub(crate) struct Proc {
 }
 
 impl Proc {
-    pub(crate) fn spawn(args: &[&str], log: PathBuf, cache: &Path) -> Self {
+    /// Starts `gramzoom args`, with `token` as GRAMZOOM_TOKEN when given.
+    pub(crate) fn spawn(args: &[&str], log: PathBuf, cache: &Path, token: Option<&str>) -> Self {
         let file = std::fs::File::create(&log).unwrap();
-        let child = command(cache)
+        let mut command = command(cache);
+        if let Some(t) = token {
+            command.env("GRAMZOOM_TOKEN", t);
+        }
+        let child = command
             .args(args)
             .env("RUST_LOG", "info,coordinator::service=debug")
             .stdout(Stdio::null())
@@ -69,6 +81,8 @@ impl Cluster {
     pub(crate) fn start(lease_secs: &str, extra: &[&str]) -> Self {
         let dir = tempdir();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let tokens = format!("user alice {ALICE}\nuser bob {BOB}\nadmin root {ROOT}\nworker gpu {WORKER}\n");
+        std::fs::write(dir.path().join("tokens"), tokens).unwrap();
         let mut c = Self { dir, coordinator: None, port: 0, workers: Vec::new(), runtime };
         c.start_coordinator(lease_secs, extra);
         c
@@ -83,9 +97,11 @@ impl Cluster {
         let listen = format!("127.0.0.1:{}", self.port);
         let data = self.path("data");
         let log = self.path(&format!("coordinator-{}.log", Instant::now().elapsed().as_nanos()));
+        let tokens = self.path("tokens");
         let mut args = vec!["serve", "--listen", &listen, "--data", data.to_str().unwrap(), "--lease-secs", lease_secs];
+        args.extend(["--auth", tokens.to_str().unwrap()]);
         args.extend(extra);
-        let proc = Proc::spawn(&args, log.clone(), self.dir.path());
+        let proc = Proc::spawn(&args, log.clone(), self.dir.path(), None);
         let deadline = Instant::now() + Duration::from_secs(30);
         let port = loop {
             let text = proc.log();
@@ -110,7 +126,7 @@ impl Cluster {
         args.extend(["--frames-dir", frames.to_str().unwrap()]);
         args.extend(extra);
         let log = self.path(&format!("{name}.log"));
-        self.workers.push(Proc::spawn(&args, log, self.dir.path()));
+        self.workers.push(Proc::spawn(&args, log, self.dir.path(), Some(WORKER)));
         self.workers.len() - 1
     }
 
@@ -119,14 +135,23 @@ impl Cluster {
         let url = self.url();
         let mut args = vec!["submit", style.to_str().unwrap(), "--coordinator", &url];
         args.extend(flags);
-        let out = gramzoom(&args, self.dir.path());
+        let out = self.run(&args);
         assert!(out.status.success(), "submit: {}", stderr(&out));
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 
-    pub(crate) fn jobs(&self) -> JobServiceClient<tonic::transport::Channel> {
-        let url = self.url();
-        self.runtime.block_on(async { JobServiceClient::connect(url).await.unwrap() })
+    /// Runs a `gramzoom` command as alice.
+    pub(crate) fn run(&self, args: &[&str]) -> std::process::Output {
+        command(self.dir.path()).env("GRAMZOOM_TOKEN", ALICE).args(args).output().expect("gramzoom runs")
+    }
+
+    /// The job API as alice.
+    pub(crate) fn jobs(&self) -> cli::client::Client {
+        self.jobs_as(Some(ALICE))
+    }
+
+    pub(crate) fn jobs_as(&self, token: Option<&str>) -> cli::client::Client {
+        self.runtime.block_on(cli::client::connect(&self.url(), token)).unwrap()
     }
 
     pub(crate) fn job(&self, id: &str) -> v1::Job {
@@ -165,7 +190,7 @@ impl Cluster {
     fn download(&self, id: &str, name: &str) -> PathBuf {
         let out = self.path(name);
         let url = self.url();
-        let r = gramzoom(&["download", id, "-o", out.to_str().unwrap(), "--coordinator", &url], self.dir.path());
+        let r = self.run(&["download", id, "-o", out.to_str().unwrap(), "--coordinator", &url]);
         assert!(r.status.success(), "download: {}", stderr(&r));
         out
     }
@@ -355,28 +380,42 @@ fn four_jobs_on_two_workers_run_in_order_without_idling() {
 }
 
 /// A worker driven by hand, for protocol-level checks.
-struct FakeWorker {
-    client: WorkerServiceClient<tonic::transport::Channel>,
-    id: String,
+pub(crate) struct FakeWorker {
+    pub(crate) client: WorkerServiceClient<InterceptedService<tonic::transport::Channel, Credentials>>,
+    pub(crate) id: String,
 }
 
 impl FakeWorker {
-    fn register(c: &Cluster) -> Self {
+    /// Registers with the worker token; later calls carry the session it got.
+    pub(crate) fn register(c: &Cluster) -> Self {
+        Self::register_as(c, WORKER).unwrap()
+    }
+
+    pub(crate) fn register_as(c: &Cluster, token: &str) -> Result<Self, tonic::Status> {
         let url = c.url();
         c.runtime.block_on(async {
-            let mut client = WorkerServiceClient::connect(url).await.unwrap();
+            let credentials = Credentials::new(Some(token)).unwrap();
+            let channel = tonic::transport::Endpoint::from_shared(url).unwrap().connect().await.unwrap();
+            let mut client = WorkerServiceClient::with_interceptor(channel, credentials.clone());
             let r = v1::RegisterRequest { name: "fake".into(), device: "none".into() };
-            let id = client.register(r).await.unwrap().into_inner().worker_id;
-            Self { client, id }
+            let r = client.register(r).await?.into_inner();
+            credentials.set_session(&r.session);
+            Ok(Self { client, id: r.worker_id })
         })
     }
 
-    fn acquire(&mut self, c: &Cluster) -> v1::Assignment {
+    pub(crate) fn acquire(&mut self, c: &Cluster) -> v1::Assignment {
         let r = v1::AcquireRequest { worker_id: self.id.clone(), wait_ms: 5000 };
         c.runtime.block_on(self.client.acquire(r)).unwrap().into_inner().assignment.expect("an assignment")
     }
 
-    fn complete(&mut self, c: &Cluster, attempt: u64, chunk: &[u8], declared_sha: &str) -> Result<(), tonic::Status> {
+    pub(crate) fn complete(
+        &mut self,
+        c: &Cluster,
+        attempt: u64,
+        chunk: &[u8],
+        declared_sha: &str,
+    ) -> Result<(), tonic::Status> {
         use v1::complete_segment_request::Part;
         let header = v1::CompleteHeader {
             attempt_id: attempt,
@@ -511,7 +550,7 @@ fn a_cancelled_job_stops_its_running_segment_within_seconds() {
     c.wait(&id, 120, "the segment under way", |j| mid_segment(j, 0).is_some());
     let cancelled_at = Instant::now();
     let url = c.url();
-    let r = gramzoom(&["cancel", &id, "--coordinator", &url], c.dir.path());
+    let r = c.run(&["cancel", &id, "--coordinator", &url]);
     assert!(r.status.success(), "{}", stderr(&r));
     // The same worker is free for new work within seconds.
     let next = c.submit(&["--size", "64x48", "--frames", "1", "--warmup", "2", "--iters", "1", "--format", "png"]);
@@ -523,18 +562,18 @@ fn a_cancelled_job_stops_its_running_segment_within_seconds() {
     assert!(c.workers[w].log().contains("coordinator ended this attempt"), "{}", c.logs());
     c.wait_done(&next);
     // A finished job cannot be cancelled.
-    let r = gramzoom(&["cancel", &next, "--coordinator", &url], c.dir.path());
+    let r = c.run(&["cancel", &next, "--coordinator", &url]);
     assert!(!r.status.success());
     assert!(stderr(&r).contains("has already ended: it succeeded"), "{}", stderr(&r));
     // Ended jobs can be deleted, output and stored files with them.
     let stored = |id: &str| c.path("data/artifacts/jobs").join(id.trim_start_matches("job-"));
     assert!(stored(&next).join("output.png").is_file());
     for job in [&next, &id] {
-        let r = gramzoom(&["delete", job, "--coordinator", &url], c.dir.path());
+        let r = c.run(&["delete", job, "--coordinator", &url]);
         assert!(r.status.success(), "{}", stderr(&r));
         assert!(String::from_utf8_lossy(&r.stdout).starts_with(&format!("deleted {job} (")));
         assert!(!stored(job).exists(), "{job}'s files are still there");
-        let r = gramzoom(&["status", job, "--coordinator", &url], c.dir.path());
+        let r = c.run(&["status", job, "--coordinator", &url]);
         assert!(stderr(&r).contains("not found"), "{}", stderr(&r));
     }
 }
@@ -579,7 +618,7 @@ fn a_coordinator_stops_promptly_on_sigterm_even_with_watchers() {
     let mut c = Cluster::start("10", &[]);
     let id = c.submit(&["--size", "64x48", "--frames", "4"]); // no worker: it stays queued
     let url = c.url();
-    let mut watch = Proc::spawn(&["watch", &id, "--coordinator", &url], c.path("watch.log"), c.dir.path());
+    let mut watch = Proc::spawn(&["watch", &id, "--coordinator", &url], c.path("watch.log"), c.dir.path(), Some(ALICE));
     let coordinator = c.coordinator.as_mut().unwrap();
     let attached = Instant::now() + Duration::from_secs(60);
     while !coordinator.log().contains("watch started") {

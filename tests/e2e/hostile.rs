@@ -2,9 +2,10 @@
 //! coordinator started on the same data directory, ids that are almost ids, inputs of
 //! megabytes where a few bytes belong.
 
-use crate::cluster::{Cluster, Proc};
-use crate::helpers::{gramzoom, stderr};
+use crate::cluster::{Cluster, FakeWorker, Proc, ALICE, BOB, ROOT, WORKER};
+use crate::helpers::{stderr, tempdir};
 use proto::v1;
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tonic::Code;
 
@@ -13,13 +14,13 @@ fn a_second_coordinator_on_the_same_data_exits_naming_the_first_and_leaves_its_f
     let c = Cluster::start("30", &[]);
     let first_pid = c.coordinator.as_ref().unwrap().child.id();
     let id = c.submit(&["--size", "64x48", "--frames", "2"]); // the first one is serving
-    // What an upload in flight looks like: a file in scratch, which a starting coordinator wipes.
+                                                              // What an upload in flight looks like: a file in scratch, which a starting coordinator wipes.
     let data = c.path("data");
     let in_flight = data.join("scratch").join("attempt-1.chunk");
     std::fs::write(&in_flight, b"half an upload").unwrap();
 
     let args = ["serve", "--listen", "127.0.0.1:0", "--data", data.to_str().unwrap()];
-    let mut second = Proc::spawn(&args, c.path("second.log"), c.dir.path());
+    let mut second = Proc::spawn(&args, c.path("second.log"), c.dir.path(), None);
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(status) = second.child.try_wait().unwrap() {
@@ -51,7 +52,7 @@ fn job_ids_are_taken_only_as_written_and_bad_ones_are_quoted_short() {
     let id = c.submit(&["--size", "64x48", "--frames", "2"]);
     assert_eq!(id, "job-1");
     let mut jobs = c.jobs();
-    let get = |jobs: &mut v1::job_service_client::JobServiceClient<_>, id: &str| {
+    let get = |jobs: &mut cli::client::Client, id: &str| {
         let r = v1::GetJobRequest { job_id: id.into(), include_segments: false };
         c.runtime.block_on(jobs.get_job(r))
     };
@@ -63,7 +64,327 @@ fn job_ids_are_taken_only_as_written_and_bad_ones_are_quoted_short() {
         assert!(status.message().len() < 120, "a {} byte id was quoted in full", bad.len());
     }
     // Nothing can be done to job-1 through another spelling of its id.
-    let out = gramzoom(&["cancel", "job-+1", "--coordinator", &c.url()], c.dir.path());
+    let out = c.run(&["cancel", "job-+1", "--coordinator", &c.url()]);
     assert!(!out.status.success() && stderr(&out).contains("not found"), "{}", stderr(&out));
     assert_eq!(c.job(&id).state, v1::JobState::Queued as i32);
+}
+
+/// The code a call was refused with.
+fn code<T>(r: Result<T, tonic::Status>) -> Code {
+    r.err().expect("the call was refused").code()
+}
+
+/// Runs `gramzoom args` and waits at most 20 s for it to exit (a coordinator that should have
+/// refused to start would otherwise serve forever); returns its exit success and stderr.
+fn exits_promptly(args: &[&str], cache: &Path) -> (bool, String) {
+    let mut p = Proc::spawn(args, cache.join(format!("run-{}.log", args.len())), cache, None);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            return (status.success(), p.log());
+        }
+        assert!(Instant::now() < deadline, "gramzoom {args:?} is still running: {}", p.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn users_see_and_touch_only_their_own_jobs_and_roles_keep_to_their_api() {
+    let c = Cluster::start("30", &[]);
+    let id = c.submit(&["--size", "64x48", "--frames", "2"]); // alice's
+    let rt = &c.runtime;
+    let get = |job: &str| v1::GetJobRequest { job_id: job.into(), include_segments: false };
+
+    // Strangers: no token, a wrong token.
+    for token in [None, Some("not-a-token-0123456789xyz")] {
+        let mut jobs = c.jobs_as(token);
+        assert_eq!(code(rt.block_on(jobs.list_jobs(v1::ListJobsRequest {}))), Code::Unauthenticated, "{token:?}");
+        assert_eq!(code(rt.block_on(jobs.get_job(get(&id)))), Code::Unauthenticated, "{token:?}");
+    }
+
+    // Bob, another user: alice's job does not exist for him, whatever he calls.
+    let mut bob = c.jobs_as(Some(BOB));
+    assert_eq!(code(rt.block_on(bob.get_job(get(&id)))), Code::NotFound);
+    assert_eq!(code(rt.block_on(bob.cancel_job(v1::CancelJobRequest { job_id: id.clone() }))), Code::NotFound);
+    assert_eq!(code(rt.block_on(bob.delete_job(v1::DeleteJobRequest { job_id: id.clone() }))), Code::NotFound);
+    assert_eq!(code(rt.block_on(bob.watch_job(v1::WatchJobRequest { job_id: id.clone() }))), Code::NotFound);
+    let download = v1::DownloadOutputRequest { job_id: id.clone() };
+    assert_eq!(code(rt.block_on(bob.download_output(download))), Code::NotFound);
+    assert!(rt.block_on(bob.list_jobs(v1::ListJobsRequest {})).unwrap().into_inner().jobs.is_empty());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gramzoom"))
+        .args(["cancel", &id, "--coordinator", &c.url()])
+        .env("GRAMZOOM_TOKEN", BOB)
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && stderr(&out).contains("not found"), "{}", stderr(&out));
+    let job = c.job(&id);
+    assert_eq!((job.state, job.owner.as_str()), (v1::JobState::Queued as i32, "alice"), "bob changed alice's job");
+
+    // Alice lists her own; the admin sees every job and may act on it.
+    let bobs = {
+        let spec = v1::JobSpec {
+            params: Some(proto::wire::params_to_wire(&proto::params::RenderParams {
+                width: 64,
+                height: 48,
+                frames: 2,
+                ..Default::default()
+            })),
+            output: v1::OutputFormat::Mp4 as i32,
+            ..Default::default()
+        };
+        let style = std::fs::read(crate::helpers::example("wheatfield.jpg")).unwrap();
+        rt.block_on(cli::client::submit(&mut bob, spec, &style, "style")).unwrap().id
+    };
+    let ids = |token| {
+        let mut jobs = c.jobs_as(Some(token));
+        let list = rt.block_on(jobs.list_jobs(v1::ListJobsRequest {})).unwrap().into_inner().jobs;
+        list.into_iter().map(|j| j.id).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(ALICE), vec![id.clone()]);
+    assert_eq!(ids(BOB), vec![bobs.clone()]);
+    assert_eq!(ids(ROOT), vec![id.clone(), bobs.clone()]);
+    let mut root = c.jobs_as(Some(ROOT));
+    rt.block_on(root.cancel_job(v1::CancelJobRequest { job_id: bobs })).expect("an admin cancels any job");
+
+    // A worker token cannot use the job API; a user token cannot act as a worker.
+    let mut as_worker = c.jobs_as(Some(WORKER));
+    let denied = rt.block_on(as_worker.list_jobs(v1::ListJobsRequest {})).unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert_eq!(denied.message(), "worker gpu may not call the job API");
+    let denied = FakeWorker::register_as(&c, ALICE).err().expect("a user registered as a worker");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert_eq!(denied.message(), "user alice may not call the worker API");
+}
+
+#[test]
+fn a_worker_cannot_act_on_another_workers_attempt() {
+    let c = Cluster::start("30", &[]);
+    let id = c.submit(&["--size", "64x48", "--frames", "2"]);
+    let mut honest = FakeWorker::register(&c);
+    let a = honest.acquire(&c);
+    assert_eq!(a.job_id, id);
+    // Same token (workers share one Secret), but its own session.
+    let mut other = FakeWorker::register(&c);
+    let rt = &c.runtime;
+    let attempt = a.attempt_id;
+    let heartbeat = v1::HeartbeatRequest { attempt_id: attempt, frames_done: 2, ..Default::default() };
+    let fail = v1::FailSegmentRequest { attempt_id: attempt, reason: "sabotage".into(), released: false };
+    let denials = [
+        rt.block_on(other.client.heartbeat(heartbeat)).map(|_| ()),
+        rt.block_on(other.client.fail_segment(fail)).map(|_| ()),
+        rt.block_on(other.client.fetch_style(v1::FetchRequest { attempt_id: attempt })).map(|_| ()),
+        other.complete(&c, attempt, b"garbage", &coordinator::sha256_hex(b"garbage")),
+        rt.block_on(other.client.leave(v1::LeaveRequest { worker_id: honest.id.clone() })).map(|_| ()),
+        rt.block_on(other.client.acquire(v1::AcquireRequest { worker_id: honest.id.clone(), wait_ms: 0 })).map(|_| ()),
+    ];
+    for (i, d) in denials.into_iter().enumerate() {
+        assert_eq!(d.unwrap_err().code(), Code::PermissionDenied, "call {i}");
+    }
+    // A worker token without a session is nobody's worker.
+    let no_session = rt.block_on(async {
+        let credentials = proto::auth::Credentials::new(Some(WORKER)).unwrap();
+        let channel = tonic::transport::Endpoint::from_shared(c.url()).unwrap().connect().await.unwrap();
+        let mut client = v1::worker_service_client::WorkerServiceClient::with_interceptor(channel, credentials);
+        client.heartbeat(heartbeat).await
+    });
+    assert_eq!(no_session.unwrap_err().code(), Code::Unauthenticated);
+
+    // The honest worker still holds its attempt, untouched.
+    rt.block_on(honest.client.heartbeat(heartbeat)).expect("the holder heartbeats");
+    let job = c.job(&id);
+    let attempts = &job.segments[0].attempts;
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].state, v1::AttemptState::Running as i32);
+    assert_eq!(attempts[0].worker_id, honest.id);
+}
+
+#[test]
+fn an_open_coordinator_stays_on_loopback_and_https_is_never_plaintext() {
+    let dir = tempdir();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let (ok, err) = exits_promptly(&["serve", "--listen", "0.0.0.0:0", "--data", data], dir.path());
+    assert!(!ok, "{err}");
+    assert!(err.contains("--listen: 0.0.0.0:0 is reachable from other machines, and without --auth"), "{err}");
+
+    let bad = dir.path().join("bad-tokens");
+    std::fs::write(&bad, "user alice secret-but-short\n").unwrap();
+    let args = ["serve", "--listen", "127.0.0.1:0", "--data", data, "--auth", bad.to_str().unwrap()];
+    let (ok, err) = exits_promptly(&args, dir.path());
+    assert!(!ok, "{err}");
+    assert!(err.contains("line 1: the token of alice is shorter than 20 characters"), "{err}");
+    assert!(!err.contains("secret-but-short"), "the error quotes a token: {err}");
+
+    // A coordinator that is up; an https:// URL to it must not be used in plaintext.
+    let c = Cluster::start("30", &[]);
+    let https = c.url().replace("http://", "https://");
+    let out = c.run(&["status", "--coordinator", &https]);
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(stderr(&out).contains("will not fall back to plaintext"), "{}", stderr(&out));
+}
+
+#[test]
+fn the_same_new_style_submitted_many_times_at_once_is_stored_once_for_all() {
+    let c = Cluster::start("30", &[]);
+    let style = std::fs::read(crate::helpers::example("immunohistochemistry.png")).unwrap();
+    let spec = v1::JobSpec {
+        params: Some(proto::wire::params_to_wire(&proto::params::RenderParams {
+            width: 64,
+            height: 48,
+            frames: 2,
+            ..Default::default()
+        })),
+        output: v1::OutputFormat::Mp4 as i32,
+        ..Default::default()
+    };
+    let url = c.url();
+    let results = c.runtime.block_on(async {
+        let mut all = tokio::task::JoinSet::new();
+        for _ in 0..32 {
+            let (url, spec, style) = (url.clone(), spec.clone(), style.clone());
+            all.spawn(async move {
+                let mut jobs = cli::client::connect(&url, Some(ALICE)).await.unwrap();
+                cli::client::submit(&mut jobs, spec, &style, "style.png").await.map(|j| j.id)
+            });
+        }
+        all.join_all().await
+    });
+    for r in &results {
+        assert!(r.is_ok(), "{results:?}");
+    }
+    let styles = std::fs::read_dir(c.path("data/artifacts/styles")).unwrap().count();
+    assert_eq!(styles, 1, "one stored style for all the jobs");
+    let scratch: Vec<_> = std::fs::read_dir(c.path("data/scratch")).unwrap().collect();
+    assert!(scratch.is_empty(), "left in scratch: {scratch:?}");
+}
+
+/// A PNG of a few dozen bytes that declares `w`x`h` pixels (and holds none).
+fn png_header_only(w: u32, h: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let ihdr = [&w.to_be_bytes()[..], &h.to_be_bytes(), &[8, 2, 0, 0, 0]].concat();
+    let idat = vec![0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]; // an empty zlib stream
+    for (kind, data) in [(&b"IHDR"[..], ihdr), (b"IDAT", idat), (b"IEND", vec![])] {
+        png.extend((data.len() as u32).to_be_bytes());
+        let body = [kind, &data].concat();
+        png.extend(&body);
+        png.extend(crc32(&body).to_be_bytes());
+    }
+    png
+}
+
+#[test]
+fn every_input_is_bounded_and_bad_values_are_quoted_short() {
+    let c = Cluster::start("30", &[]);
+    let style = std::fs::read(crate::helpers::example("wheatfield.jpg")).unwrap();
+    let params = proto::params::RenderParams { width: 64, height: 48, frames: 2, ..Default::default() };
+    let spec = |edit: &dyn Fn(&mut v1::JobSpec)| {
+        let mut s = v1::JobSpec {
+            params: Some(proto::wire::params_to_wire(&params)),
+            output: v1::OutputFormat::Mp4 as i32,
+            ..Default::default()
+        };
+        edit(&mut s);
+        s
+    };
+    let layer = |name: String| v1::LayerWeight { name, weight: 1.0 };
+    let huge_png = png_header_only(20_000, 20_000);
+    let long_name = "n".repeat(3 << 20);
+    let cases: Vec<(&str, v1::JobSpec, &[u8], String, &str)> = vec![
+        (
+            "a small file declaring 400 megapixels",
+            spec(&|_| {}),
+            &huge_png,
+            "s.png".into(),
+            "style: \"s.png\" is 20000x20000, more than the 50 megapixels a style image may have",
+        ),
+        (
+            "a 3 MiB job name",
+            spec(&|s| s.name = long_name.clone()),
+            &style,
+            "s.jpg".into(),
+            "name: is 3145728 bytes, at most 256 allowed: \"nnnn",
+        ),
+        (
+            "a 1 MiB style name",
+            spec(&|_| {}),
+            &style,
+            "s".repeat(1 << 20),
+            "style_name: is 1048576 bytes, at most 256 allowed",
+        ),
+        (
+            "a 100 KB layer name",
+            spec(&|s| s.params.as_mut().unwrap().layers = vec![layer("x".repeat(100_000))]),
+            &style,
+            "s.jpg".into(),
+            "--layers: vgg16 has no layer \"xxxx",
+        ),
+        (
+            "40 layers",
+            spec(&|s| s.params.as_mut().unwrap().layers = vec![layer("conv1_1".into()); 40]),
+            &style,
+            "s.jpg".into(),
+            "--layers: at most 16 layers, got 40",
+        ),
+        (
+            "fps 4294967295/4294967295",
+            spec(&|s| {
+                let p = s.params.as_mut().unwrap();
+                (p.fps_num, p.fps_den) = (u32::MAX, u32::MAX);
+            }),
+            &style,
+            "s.jpg".into(),
+            "--fps: must be between 1 and 240 frames per second with a denominator of at most 1000",
+        ),
+    ];
+    let mut jobs = c.jobs();
+    for (what, spec, style, name, want) in cases {
+        let err = c.runtime.block_on(cli::client::submit(&mut jobs, spec, style, &name)).map(|j| j.id).unwrap_err();
+        let cli::client::ClientError::Rpc(status) = err else { panic!("{what}: {err}") };
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {}", status.message());
+        assert!(status.message().starts_with(want), "{what}: {:.300}", status.message());
+        assert!(status.message().len() < 400, "{what}: a {} byte message", status.message().len());
+    }
+    let listed = c.runtime.block_on(jobs.list_jobs(v1::ListJobsRequest {})).unwrap().into_inner().jobs;
+    assert!(listed.is_empty(), "a bad job was stored: {listed:?}");
+
+    // A worker's name is bounded too.
+    let mut w = FakeWorker::register(&c);
+    let r = v1::RegisterRequest { name: "w".repeat(3 << 20), device: "cpu".into() };
+    let status = c.runtime.block_on(w.client.register(r)).unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().starts_with("name: is 3145728 bytes, at most 128 allowed"), "{:.200}", status.message());
+}
+
+#[test]
+fn every_frame_rate_validation_accepts_encodes() {
+    let dir = tempdir();
+    let style = crate::helpers::example("wheatfield.jpg");
+    for (fps, ext, want) in [
+        ("1.001", "mp4", 1.001),
+        ("239.999", "mp4", 239.999),
+        ("240", "mp4", 240.0),
+        ("1.001", "gif", 0.0),
+        ("50", "gif", 0.0),
+    ] {
+        let out = dir.path().join(format!("fps-{fps}.{ext}"));
+        let args = ["render", style.to_str().unwrap(), "-o", out.to_str().unwrap(), "--size", "32x32", "--frames", "3"];
+        let args = [&args[..], &["--warmup", "1", "--iters", "1", "--fps", fps, "--quiet"]].concat();
+        let r = crate::helpers::gramzoom(&args, dir.path());
+        assert!(r.status.success(), "--fps {fps} .{ext}: {}", stderr(&r));
+        if ext == "mp4" {
+            let d = crate::helpers::decode_video(&out);
+            assert_eq!(d.frames, 3, "--fps {fps}");
+            assert!((d.fps - want).abs() < 1e-6, "--fps {fps}: the file says {}", d.fps);
+        }
+    }
 }

@@ -2,11 +2,9 @@
 //! the attempt is no longer current (lease lost, job cancelled) they stop the render.
 
 use proto::v1;
-use proto::v1::worker_service_client::WorkerServiceClient;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::Channel;
 use tonic::Code;
 
 /// The render's cancel flag, once there is a render to cancel.
@@ -24,7 +22,7 @@ impl Drop for AbortOnDrop {
 /// Extends the lease every `every` until aborted. When the coordinator says the attempt is no
 /// longer current (lease lost, job cancelled), stops the render.
 pub(crate) async fn heartbeat_loop(
-    mut client: WorkerServiceClient<Channel>,
+    mut client: crate::node::Client,
     attempt: u64,
     every: Duration,
     progress: Arc<(AtomicU32, AtomicU32, AtomicU32)>,

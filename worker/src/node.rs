@@ -11,11 +11,13 @@
 
 use crate::attempt::Outcome;
 use engine::{Device, DeviceThread, Engine, State};
+use proto::auth::Credentials;
 use proto::v1;
 use proto::v1::worker_service_client::WorkerServiceClient;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -23,6 +25,8 @@ use tonic::Code;
 pub enum NodeError {
     #[error("coordinator address {url:?}: {reason}")]
     Address { url: String, reason: String },
+    #[error(transparent)]
+    Credentials(#[from] proto::auth::AuthError),
     #[error("coordinator: {0}")]
     Rpc(#[from] tonic::Status),
 }
@@ -40,12 +44,18 @@ pub struct NodeConfig {
     /// Start the next segment from the end state held in memory when this node produced it.
     /// Off, every hand-off goes through the coordinator's store in its wire format.
     pub reuse_state: bool,
+    /// The worker token, for a coordinator with --auth.
+    pub token: Option<String>,
 }
+
+/// The worker API with this node's token, and its session once registered, on every call.
+pub(crate) type Client = WorkerServiceClient<InterceptedService<Channel, Credentials>>;
 
 pub struct Node {
     pub(crate) config: NodeConfig,
     pub(crate) torch: DeviceThread,
-    pub(crate) client: WorkerServiceClient<Channel>,
+    pub(crate) client: Client,
+    credentials: Credentials,
     pub(crate) worker_id: String,
     pub(crate) heartbeat: Duration,
     pub(crate) engine: Option<(String, Engine)>,
@@ -67,6 +77,7 @@ impl Node {
         torch: DeviceThread,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, NodeError> {
+        proto::auth::check_url(&config.coordinator)?;
         let endpoint = tonic::transport::Endpoint::from_shared(config.coordinator.clone())
             .map_err(|e| NodeError::Address { url: config.coordinator.clone(), reason: e.to_string() })?
             .connect_timeout(Duration::from_secs(5))
@@ -81,10 +92,12 @@ impl Node {
         torch: DeviceThread,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, NodeError> {
+        let credentials = Credentials::new(config.token.as_deref())?;
         let mut node = Self {
             config,
             torch,
-            client: WorkerServiceClient::new(channel),
+            client: WorkerServiceClient::with_interceptor(channel, credentials.clone()),
+            credentials,
             worker_id: String::new(),
             heartbeat: Duration::from_secs(2),
             engine: None,
@@ -112,6 +125,7 @@ impl Node {
             match self.client.register(request).await {
                 Ok(r) => {
                     let r = r.into_inner();
+                    self.credentials.set_session(&r.session);
                     self.worker_id = r.worker_id;
                     self.heartbeat = Duration::from_millis(r.heartbeat_ms.max(50) as u64);
                     tracing::info!(worker = %self.worker_id, coordinator = %self.config.coordinator, "registered");

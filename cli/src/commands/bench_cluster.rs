@@ -10,10 +10,12 @@ use engine::handoff::State;
 use engine::optim::OptimState;
 use engine::params::{Fps, OptimizerKind, RenderParams};
 use engine::segment::Frame;
+use proto::auth::Credentials;
 use proto::v1;
 use proto::v1::worker_service_client::WorkerServiceClient;
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 fn hex(bytes: &[u8]) -> String {
@@ -40,17 +42,25 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn register(w: &mut WorkerServiceClient<Channel>) -> Result<String> {
+type Worker = WorkerServiceClient<InterceptedService<Channel, Credentials>>;
+
+/// Registers a hand-driven worker: its later calls carry the session the coordinator issued.
+async fn register(url: &str) -> Result<(Worker, String)> {
+    let credentials = Credentials::default();
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())?.connect().await?;
+    let mut w = WorkerServiceClient::with_interceptor(channel, credentials.clone());
     let r = v1::RegisterRequest { name: "bench".into(), device: "none".into() };
-    Ok(w.register(r).await?.into_inner().worker_id)
+    let r = w.register(r).await?.into_inner();
+    credentials.set_session(&r.session);
+    Ok((w, r.worker_id))
 }
 
-async fn acquire(w: &mut WorkerServiceClient<Channel>, id: &str) -> Result<v1::Assignment> {
+async fn acquire(w: &mut Worker, id: &str) -> Result<v1::Assignment> {
     let r = v1::AcquireRequest { worker_id: id.into(), wait_ms: 10_000 };
     w.acquire(r).await?.into_inner().assignment.context("no assignment")
 }
 
-async fn complete(w: &mut WorkerServiceClient<Channel>, attempt: u64, chunk: &[u8], state: &[u8]) -> Result<()> {
+async fn complete(w: &mut Worker, attempt: u64, chunk: &[u8], state: &[u8]) -> Result<()> {
     let header = v1::CompleteHeader {
         attempt_id: attempt,
         chunk_size: chunk.len() as u64,
@@ -75,9 +85,8 @@ pub fn run() -> Result<()> {
         let server = tokio::spawn(coordinator::run(listener, config, async move {
             let _ = stopped.wait_for(|s| *s).await;
         }));
-        let mut jobs = client::connect(&url).await?;
-        let mut w = WorkerServiceClient::connect(url.clone()).await?;
-        let me = register(&mut w).await?;
+        let mut jobs = client::connect(&url, None).await?;
+        let (mut w, me) = register(&url).await?;
         let style = std::fs::read("examples/immunohistochemistry.png").unwrap_or_else(|_| engine::style::EMBEDDED.to_vec());
 
         // 1. A 1920x1080 Adam hand-off state: upload (worker -> coordinator, hashed, stored,

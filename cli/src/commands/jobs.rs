@@ -31,6 +31,17 @@ pub struct At {
     /// The coordinator, e.g. http://coordinator:50051.
     #[arg(long, env = "GRAMZOOM_COORDINATOR", default_value = "http://127.0.0.1:50051")]
     pub coordinator: String,
+    /// A file whose first line is your token, for a coordinator with --auth (default: the
+    /// GRAMZOOM_TOKEN environment variable).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl At {
+    async fn connect(&self) -> Result<client::Client, client::ClientError> {
+        let token = client::token(self.token_file.as_deref())?;
+        client::connect(&self.coordinator, token.as_deref()).await
+    }
 }
 
 #[derive(ClapArgs)]
@@ -82,7 +93,7 @@ pub fn submit(args: Submit) -> Result<()> {
         name: name.clone(),
     };
     let job = runtime()?.block_on(async {
-        let mut c = client::connect(&args.at.coordinator).await?;
+        let mut c = args.at.connect().await?;
         client::submit(&mut c, spec, &style, &name).await
     })?;
     println!("{}", job.id);
@@ -110,7 +121,7 @@ fn line(job: &v1::Job) -> String {
 
 pub fn status(args: Status) -> Result<()> {
     runtime()?.block_on(async {
-        let mut c = client::connect(&args.at.coordinator).await?;
+        let mut c = args.at.connect().await?;
         match &args.job {
             None => {
                 let jobs =
@@ -156,7 +167,7 @@ pub fn status(args: Status) -> Result<()> {
 pub fn watch(args: Job, bar: &Bar) -> Result<()> {
     let mut follow = Follow::new(bar, false);
     let job = runtime()?.block_on(async {
-        let mut c = client::connect(&args.at.coordinator).await?;
+        let mut c = args.at.connect().await?;
         client::watch(&mut c, &args.job, |j| follow.update(j)).await
     })?;
     bar.clear();
@@ -171,7 +182,7 @@ pub fn watch(args: Job, bar: &Bar) -> Result<()> {
 pub fn download(args: Download) -> Result<()> {
     let file = PartialFile::create(&args.output)?;
     let bytes = runtime()?.block_on(async {
-        let mut c = client::connect(&args.at.coordinator).await?;
+        let mut c = args.at.connect().await?;
         client::download(&mut c, &args.job, &file).await
     })?;
     file.commit()?;
@@ -181,7 +192,7 @@ pub fn download(args: Download) -> Result<()> {
 
 pub fn cancel(args: Job) -> Result<()> {
     let job = runtime()?.block_on(async {
-        let mut c = client::connect(&args.at.coordinator).await?;
+        let mut c = args.at.connect().await?;
         c.cancel_job(v1::CancelJobRequest { job_id: args.job.clone() }).await.map_err(client::ClientError::from)
     })?;
     println!("{}", line(&job.into_inner()));
@@ -190,7 +201,7 @@ pub fn cancel(args: Job) -> Result<()> {
 
 pub fn delete(args: Job) -> Result<()> {
     let freed = runtime()?.block_on(async {
-        let mut c = client::connect(&args.at.coordinator).await?;
+        let mut c = args.at.connect().await?;
         let r = c.delete_job(v1::DeleteJobRequest { job_id: args.job.clone() }).await;
         r.map(|r| r.into_inner().bytes_freed).map_err(client::ClientError::from)
     })?;

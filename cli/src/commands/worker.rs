@@ -25,11 +25,16 @@ pub struct Args {
     /// Exit after this many segments.
     #[arg(long)]
     pub max_segments: Option<u32>,
+    /// A file whose first line is the worker token, for a coordinator with --auth (default: the
+    /// GRAMZOOM_TOKEN environment variable).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let device = args.torch.device()?;
     let threads = args.torch.threads();
+    let token = crate::client::token(args.token_file.as_deref())?;
     let host =
         std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "worker".into());
     let config = NodeConfig {
@@ -40,6 +45,7 @@ pub fn run(args: Args) -> Result<()> {
         frames_dir: args.frames_dir,
         max_segments: args.max_segments,
         reuse_state: true,
+        token,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {

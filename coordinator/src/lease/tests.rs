@@ -11,11 +11,11 @@ fn setup(jobs: &[(i32, u32)]) -> (Connection, Vec<i64>) {
         .iter()
         .map(|&(priority, frames)| {
             let spec = v1::JobSpec { priority, ..Default::default() };
-            db::submit(&mut conn, &spec, frames, 2, "style", 0).unwrap()
+            db::submit(&mut conn, &spec, frames, 2, "style", "", 0).unwrap()
         })
         .collect();
     for name in ["a", "b", "c", "d"] {
-        db::register_worker(&conn, name, "cpu", 0).unwrap();
+        db::register_worker(&conn, name, "cpu", "", name, 0).unwrap();
     }
     (conn, seqs)
 }
@@ -50,7 +50,7 @@ fn a_reservation_does_not_hold_for_a_busy_producer() {
     let (mut c, jobs) = setup(&[(0, 4)]);
     let (_, _, a) = take(&mut c, "worker-1", 0).unwrap();
     let urgent = v1::JobSpec { priority: 5, ..Default::default() };
-    let y = db::submit(&mut c, &urgent, 4, 2, "style", 1).unwrap();
+    let y = db::submit(&mut c, &urgent, 4, 2, "style", "", 1).unwrap();
     complete(&mut c, a, "c", "s", POLICY, 10).unwrap(); // segment 1 reserved for worker-1...
     assert_eq!(take(&mut c, "worker-1", 11).map(|t| (t.0, t.1)), Some((y, 0))); // ...which is now busy
     let got = take(&mut c, "worker-2", 12).map(|t| (t.0, t.1));

@@ -1,7 +1,7 @@
 //! `JobService`: what users call (the CLI, scripts, a dashboard).
 
-use super::transfer::{stream_file, BoxStream};
-use super::Api;
+use super::transfer::{stream_file, unique_name, BoxStream};
+use super::{caller, Api};
 use crate::error::{Error, Result};
 use crate::store::keys;
 use crate::{check_spec, db, now_ms, sha256_hex, MAX_SEGMENTS, MAX_STYLE_BYTES};
@@ -14,12 +14,14 @@ use tonic::{Request, Response, Status, Streaming};
 #[tonic::async_trait]
 impl JobService for Api {
     async fn submit_job(&self, request: Request<Streaming<v1::SubmitJobRequest>>) -> Result<Response<v1::Job>, Status> {
+        let owner = caller(&request)?.name;
         let mut stream = request.into_inner();
         let header = match stream.message().await?.and_then(|m| m.part) {
             Some(submit_job_request::Part::Header(h)) => h,
             _ => return Err(Error::invalid("header", "the first message must carry the job header").into()),
         };
         let spec = header.spec.ok_or_else(|| Error::invalid("spec", "missing"))?;
+        proto::limits::check_len("style_name", &header.style_name, proto::limits::MAX_NAME_LEN).map_err(Error::from)?;
         let params = check_spec(&spec)?;
         let segment_frames = match spec.segment_frames {
             0 => self.0.config.segment_frames,
@@ -71,12 +73,28 @@ impl JobService for Api {
         let key = keys::style(&sha);
         let style_sha = sha.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
-            let img = image::load_from_memory(&style).map_err(|e| {
+            let unreadable = |e: image::ImageError| {
                 Error::invalid(
                     "style",
                     format!("{name:?} is not a PNG or JPEG image: {}", e.to_string().to_lowercase()),
                 )
-            })?;
+            };
+            // The header first: a small file may declare a huge image, and decoding allocates
+            // what it declares.
+            let reader = image::ImageReader::new(std::io::Cursor::new(&style))
+                .with_guessed_format()
+                .map_err(|e| Error::invalid("style", format!("{name:?}: {e}")))?;
+            let (w, h) = reader.into_dimensions().map_err(unreadable)?;
+            if u64::from(w) * u64::from(h) > proto::limits::MAX_STYLE_IMAGE_PIXELS {
+                return Err(Error::invalid(
+                    "style",
+                    format!(
+                        "{name:?} is {w}x{h}, more than the {} megapixels a style image may have",
+                        proto::limits::MAX_STYLE_IMAGE_PIXELS / 1_000_000
+                    ),
+                ));
+            }
+            let img = image::load_from_memory(&style).map_err(unreadable)?;
             if img.width() < 32 || img.height() < 32 {
                 return Err(Error::invalid(
                     "style",
@@ -84,9 +102,14 @@ impl JobService for Api {
                 ));
             }
             if !store.exists(&key) {
-                let tmp = store.scratch_dir().join(format!("style-{style_sha}"));
+                // A scratch name of its own: submits of the same new style run at once, and a
+                // shared name let one rename the other's file away (ENOENT). The key is the
+                // content's hash, so whichever lands first is the same bytes.
+                let tmp = store.scratch_dir().join(unique_name(&format!("style-{style_sha}")));
                 std::fs::write(&tmp, &style)?;
-                store.put_file(&key, &tmp)?;
+                let placed = if store.exists(&key) { Ok(()) } else { store.put_file(&key, &tmp) };
+                let _ = std::fs::remove_file(&tmp);
+                placed?;
             }
             Ok(())
         })
@@ -94,27 +117,33 @@ impl JobService for Api {
         .expect("style check panicked")?;
         let frames = params.frames;
         let spec2 = spec.clone();
-        let seq = self.0.db(move |c| db::submit(c, &spec2, frames, segment_frames, &sha, now_ms())).await?;
-        tracing::info!(job = %db::job_id(seq), frames, segment_frames, priority = spec.priority, name = %spec.name, "job submitted");
+        let owner2 = owner.clone();
+        let seq = self.0.db(move |c| db::submit(c, &spec2, frames, segment_frames, &sha, &owner2, now_ms())).await?;
+        tracing::info!(job = %db::job_id(seq), %owner, frames, segment_frames, priority = spec.priority, name = %spec.name, "job submitted");
         self.0.ready.notify_waiters();
         Ok(Response::new(self.job_view(seq, false).await?))
     }
 
     async fn get_job(&self, request: Request<v1::GetJobRequest>) -> Result<Response<v1::Job>, Status> {
+        let principal = caller(&request)?;
         let r = request.into_inner();
-        let seq = db::job_seq(&r.job_id)?;
+        let seq = self.owned_job(&principal, &r.job_id).await?;
         Ok(Response::new(self.job_view(seq, r.include_segments).await?))
     }
 
-    async fn list_jobs(&self, _: Request<v1::ListJobsRequest>) -> Result<Response<v1::ListJobsResponse>, Status> {
-        let jobs = self.0.db(|c| db::list(c)).await?;
+    async fn list_jobs(&self, request: Request<v1::ListJobsRequest>) -> Result<Response<v1::ListJobsResponse>, Status> {
+        let principal = caller(&request)?;
+        // Users see their own jobs; admins (and everyone on an open coordinator) see all.
+        let owner = (principal.role != crate::auth::Role::Admin).then_some(principal.name);
+        let jobs = self.0.db(move |c| db::list(c, owner.as_deref())).await?;
         Ok(Response::new(v1::ListJobsResponse { jobs }))
     }
 
     type WatchJobStream = BoxStream<v1::Job>;
 
     async fn watch_job(&self, request: Request<v1::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
-        let seq = db::job_seq(&request.into_inner().job_id)?;
+        let principal = caller(&request)?;
+        let seq = self.owned_job(&principal, &request.into_inner().job_id).await?;
         // Subscribe before the first look, so a change in between still wakes us.
         let mut mine = self.0.watchers.subscribe(seq);
         let mut changes = self.0.changes.subscribe();
@@ -159,7 +188,8 @@ impl JobService for Api {
     }
 
     async fn cancel_job(&self, request: Request<v1::CancelJobRequest>) -> Result<Response<v1::Job>, Status> {
-        let seq = db::job_seq(&request.into_inner().job_id)?;
+        let principal = caller(&request)?;
+        let seq = self.owned_job(&principal, &request.into_inner().job_id).await?;
         let stored = self
             .0
             .db(move |c| {
@@ -184,7 +214,8 @@ impl JobService for Api {
         &self,
         request: Request<v1::DeleteJobRequest>,
     ) -> Result<Response<v1::DeleteJobResponse>, Status> {
-        let seq = db::job_seq(&request.into_inner().job_id)?;
+        let principal = caller(&request)?;
+        let seq = self.owned_job(&principal, &request.into_inner().job_id).await?;
         let (style, shared) = self.0.db(move |c| db::delete(c, seq)).await?;
         self.0.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq);
         // The record is gone first: a crash now leaves unreferenced files, never a record whose
@@ -212,7 +243,8 @@ impl JobService for Api {
         &self,
         request: Request<v1::DownloadOutputRequest>,
     ) -> Result<Response<Self::DownloadOutputStream>, Status> {
-        let seq = db::job_seq(&request.into_inner().job_id)?;
+        let principal = caller(&request)?;
+        let seq = self.owned_job(&principal, &request.into_inner().job_id).await?;
         let job = self.job_view(seq, false).await?;
         let state = db::JobState::parse(&state_name(job.state));
         if state != db::JobState::Succeeded {

@@ -11,15 +11,18 @@ mod jobs;
 mod transfer;
 mod workers;
 
+use crate::auth::{self, Gate, Principal, Role};
 use crate::error::{Error, Result};
 use crate::{db, lease, Coordinator};
 use proto::v1;
 use proto::v1::job_service_server::JobServiceServer;
 use proto::v1::worker_service_server::WorkerServiceServer;
+use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::sync::Arc;
 use tokio_stream::Stream;
 use tonic::transport::server::Connected;
+use tonic::{Request, Status};
 
 #[derive(Clone)]
 struct Api(Arc<Coordinator>);
@@ -42,12 +45,16 @@ where
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| Error::Startup(format!("reflection: {e}")))?;
+    let tokens = coordinator.config.auth.clone();
     let api = Api(coordinator);
+    // Health and reflection stay open for probes and tools; both APIs sit behind a gate.
+    let jobs = Gate::new(tokens.clone(), "job API", &[Role::User, Role::Admin]);
+    let workers = Gate::new(tokens, "worker API", &[Role::Worker]);
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(JobServiceServer::new(api.clone()))
-        .add_service(WorkerServiceServer::new(api))
+        .add_service(JobServiceServer::with_interceptor(api.clone(), jobs))
+        .add_service(WorkerServiceServer::with_interceptor(api, workers))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
@@ -81,4 +88,66 @@ impl Api {
             lease_ms: self.0.policy.lease_ms as u32,
         })
     }
+}
+
+impl Api {
+    /// The job `id` if `principal` may act on it. Another user's job is not found: its id says
+    /// nothing about whether it exists.
+    async fn owned_job(&self, principal: &Principal, id: &str) -> Result<i64> {
+        let seq = db::job_seq(id)?;
+        let owner = self.0.db(move |c| db::owner(c, seq)).await?;
+        if principal.owns(&owner) {
+            Ok(seq)
+        } else {
+            Err(Error::JobNotFound(db::job_id(seq)))
+        }
+    }
+
+    /// The registered worker a request's session belongs to.
+    async fn session_worker<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        let session = request
+            .metadata()
+            .get(proto::auth::SESSION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Status::unauthenticated("missing worker session: register first"))?;
+        let digest = proto::params::hex(&Sha256::digest(session.as_bytes()));
+        self.0
+            .db(move |c| db::session_worker(c, &digest))
+            .await?
+            .ok_or_else(|| Status::not_found("unknown worker session; register again"))
+    }
+
+    /// Fails unless `worker_id` is the calling worker itself.
+    async fn is_caller<T>(&self, request: &Request<T>, worker_id: &str) -> Result<(), Status> {
+        let me = self.session_worker(request).await?;
+        if me != worker_id {
+            return Err(Status::permission_denied(format!(
+                "this session belongs to {me}, not to {}",
+                crate::error::quoted_prefix(worker_id)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Fails unless `attempt` was granted to the calling worker `me`. (An unknown attempt
+    /// passes here and is refused by the fencing check that follows.)
+    async fn held_by(&self, me: &str, attempt: u64) -> Result<(), Status> {
+        match self.0.db(move |c| db::attempt_worker(c, attempt)).await? {
+            Some(holder) if holder != me => {
+                Err(Status::permission_denied(format!("attempt {attempt} was granted to another worker, not {me}")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Fails unless `attempt` was granted to the calling worker.
+    async fn caller_holds<T>(&self, request: &Request<T>, attempt: u64) -> Result<(), Status> {
+        let me = self.session_worker(request).await?;
+        self.held_by(&me, attempt).await
+    }
+}
+
+/// The caller, as the gate identified it.
+fn caller<T>(request: &Request<T>) -> Result<Principal, Status> {
+    auth::principal(request)
 }

@@ -12,6 +12,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::Status;
 
+/// `prefix` made unique within this coordinator's life, for scratch files of requests that may
+/// run at once (the same style submitted twice, an upload retried while the first still runs).
+pub(super) fn unique_name(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!("{prefix}.{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
 pub(super) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Streams a stored file as `Blob` pieces, the first carrying its size and checksum.
@@ -60,7 +67,7 @@ pub(super) struct Incoming {
 
 impl Incoming {
     pub(super) async fn create(dir: &Path, name: String) -> Result<Self> {
-        let path = dir.join(name);
+        let path = dir.join(unique_name(&name));
         let file = tokio::fs::File::create(&path).await?;
         Ok(Self { path, file: Some(file), hasher: Sha256::new(), size: 0 })
     }

@@ -2,12 +2,13 @@
 //! fencing token, and is checked against it in the transaction that acts on it.
 
 use super::transfer::{stream_file, BoxStream, Incoming};
-use super::Api;
+use super::{caller, Api};
 use crate::error::{Error, Result};
 use crate::store::keys;
 use crate::{db, lease, now_ms, Live};
 use proto::v1::worker_service_server::WorkerService;
 use proto::v1::{self, complete_segment_request};
+use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -17,19 +18,29 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 #[tonic::async_trait]
 impl WorkerService for Api {
     async fn register(&self, request: Request<v1::RegisterRequest>) -> Result<Response<v1::RegisterResponse>, Status> {
+        let principal = caller(&request)?.name;
         let r = request.into_inner();
-        let (name, device) = (r.name.clone(), r.device.clone());
-        let id = self.0.db(move |c| db::register_worker(c, &name, &device, now_ms())).await?;
-        tracing::info!(worker = %id, name = %r.name, device = %r.device, "worker registered");
+        proto::limits::check_len("name", &r.name, proto::limits::MAX_WORKER_NAME_LEN).map_err(Error::from)?;
+        proto::limits::check_len("device", &r.device, proto::limits::MAX_WORKER_NAME_LEN).map_err(Error::from)?;
+        // The session is this registration's secret; only its digest is stored.
+        let mut secret = [0u8; 32];
+        getrandom::getrandom(&mut secret).map_err(|e| Status::internal(format!("no randomness for a session: {e}")))?;
+        let session = proto::params::hex(&secret);
+        let digest = proto::params::hex(&Sha256::digest(session.as_bytes()));
+        let (name, device, p) = (r.name.clone(), r.device.clone(), principal.clone());
+        let id = self.0.db(move |c| db::register_worker(c, &name, &device, &p, &digest, now_ms())).await?;
+        tracing::info!(worker = %id, name = %r.name, device = %r.device, %principal, "worker registered");
         Ok(Response::new(v1::RegisterResponse {
             worker_id: id,
             lease_ms: self.0.config.lease.as_millis() as u32,
             heartbeat_ms: self.0.config.heartbeat.as_millis() as u32,
+            session,
         }))
     }
 
     async fn acquire(&self, request: Request<v1::AcquireRequest>) -> Result<Response<v1::AcquireResponse>, Status> {
-        let r = request.into_inner();
+        let r = request.get_ref().clone();
+        self.is_caller(&request, &r.worker_id).await?;
         let deadline = Instant::now() + Duration::from_millis(r.wait_ms as u64).min(MAX_WAIT);
         let policy = self.0.policy;
         let mut closing = self.0.closing.subscribe();
@@ -68,6 +79,7 @@ impl WorkerService for Api {
         &self,
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        self.caller_holds(&request, request.get_ref().attempt_id).await?;
         let r = request.into_inner();
         let policy = self.0.policy;
         let (attempt, frames) = (r.attempt_id, r.frames_done);
@@ -96,7 +108,8 @@ impl WorkerService for Api {
         &self,
         request: Request<v1::FetchRequest>,
     ) -> Result<Response<Self::FetchStyleStream>, Status> {
-        let attempt = request.into_inner().attempt_id;
+        let attempt = request.get_ref().attempt_id;
+        self.caller_holds(&request, attempt).await?;
         let policy = self.0.policy;
         let cur = self.0.db(move |c| lease::check(c, attempt, policy, now_ms())).await?;
         let job = cur.job;
@@ -114,7 +127,8 @@ impl WorkerService for Api {
         &self,
         request: Request<v1::FetchRequest>,
     ) -> Result<Response<Self::FetchStateStream>, Status> {
-        let attempt = request.into_inner().attempt_id;
+        let attempt = request.get_ref().attempt_id;
+        self.caller_holds(&request, attempt).await?;
         let policy = self.0.policy;
         let cur = self.0.db(move |c| lease::check(c, attempt, policy, now_ms())).await?;
         if cur.start_attempt == 0 {
@@ -137,12 +151,14 @@ impl WorkerService for Api {
         &self,
         request: Request<Streaming<v1::CompleteSegmentRequest>>,
     ) -> Result<Response<v1::CompleteSegmentResponse>, Status> {
+        let me = self.session_worker(&request).await?;
         let mut stream = request.into_inner();
         let header = match stream.message().await?.and_then(|m| m.part) {
             Some(complete_segment_request::Part::Header(h)) => h,
             _ => return Err(Error::invalid("header", "the first message must carry the completion header").into()),
         };
         let attempt = header.attempt_id;
+        self.held_by(&me, attempt).await?;
         let policy = self.0.policy;
         // Fencing, early: a stale worker is turned away before it uploads anything big.
         let cur = self.0.db(move |c| lease::check(c, attempt, policy, now_ms())).await?;
@@ -206,17 +222,21 @@ impl WorkerService for Api {
         &self,
         request: Request<v1::FailSegmentRequest>,
     ) -> Result<Response<v1::FailSegmentResponse>, Status> {
+        self.caller_holds(&request, request.get_ref().attempt_id).await?;
         let r = request.into_inner();
         let policy = self.0.policy;
-        let (attempt, reason, released) = (r.attempt_id, r.reason.clone(), r.released);
+        // A reason goes into the segment's history for good: kept to a sane length.
+        let reason = proto::limits::cut(&r.reason, proto::limits::MAX_REASON_LEN);
+        let (attempt, released) = (r.attempt_id, r.released);
         self.0.db(move |c| lease::fail(c, attempt, &reason, released, policy, now_ms())).await?;
-        tracing::warn!(attempt, reason = %r.reason, released, "worker gave a segment back");
+        tracing::warn!(attempt, reason = %proto::limits::quoted_prefix(&r.reason), released, "worker gave a segment back");
         self.0.segments_may_be_ready();
         Ok(Response::new(v1::FailSegmentResponse {}))
     }
 
     async fn leave(&self, request: Request<v1::LeaveRequest>) -> Result<Response<v1::LeaveResponse>, Status> {
-        let worker = request.into_inner().worker_id;
+        let worker = request.get_ref().worker_id.clone();
+        self.is_caller(&request, &worker).await?;
         let policy = self.0.policy;
         let w = worker.clone();
         let released = self.0.db(move |c| lease::leave(c, &w, policy, now_ms())).await?;

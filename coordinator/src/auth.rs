@@ -1,0 +1,247 @@
+//! Who may call what. `serve --auth FILE` names the principals, one per line:
+//!
+//! ```text
+//! # ROLE  NAME   TOKEN
+//! user    alice  8f1c...        # submits, watches, downloads, cancels, deletes her own jobs
+//! admin   ops    41d9...        # all of that, on every job
+//! worker  gpu    77ab...        # the worker API only (render nodes)
+//! ```
+//!
+//! Every call to the job or worker API must carry `authorization: Bearer TOKEN`; a gate in front
+//! of each service turns away unknown tokens and wrong roles before any handler runs, and hands
+//! the handler the caller's [`Principal`]. Handlers then check ownership (a user's jobs) and
+//! binding (a worker's attempts, through its session). Health checks and reflection stay open
+//! for probes.
+//!
+//! Without `--auth` the coordinator is open (every caller acts as an admin) and `serve` listens
+//! on loopback only, unless told `--insecure`.
+
+use proto::auth::{bearer, check_token};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use tonic::{Request, Status};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    User,
+    Admin,
+    Worker,
+}
+
+impl Role {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "user" => Some(Self::User),
+            "admin" => Some(Self::Admin),
+            "worker" => Some(Self::Worker),
+            _ => None,
+        }
+    }
+}
+
+/// The caller of a request, put there by the gate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub role: Role,
+    pub name: String,
+}
+
+impl Principal {
+    /// Everyone, on a coordinator without `--auth`.
+    pub fn open() -> Self {
+        Self { role: Role::Admin, name: String::new() }
+    }
+
+    /// Whether this principal may act on a job owned by `owner`.
+    pub fn owns(&self, owner: &str) -> bool {
+        self.role == Role::Admin || self.name == owner
+    }
+}
+
+/// Shortest token accepted in an `--auth` file: guessing 20 random characters is hopeless.
+pub const MIN_TOKEN_LEN: usize = 20;
+/// Longest principal name.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// The principals of an `--auth` file. Only tokens' SHA-256 digests are kept.
+pub struct Tokens {
+    entries: Vec<([u8; 32], Principal)>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Names and roles only: nothing derived from a token goes into a log.
+        f.debug_list().entries(self.entries.iter().map(|(_, p)| p)).finish()
+    }
+}
+
+impl Tokens {
+    /// Parses an `--auth` file. Errors name the line, never quote a token.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut entries: Vec<([u8; 32], Principal)> = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let at = |what: String| format!("line {}: {what}", i + 1);
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [role, name, token] = fields[..] else {
+                return Err(at(format!("expected ROLE NAME TOKEN, got {} fields", fields.len())));
+            };
+            let role = Role::parse(role)
+                .ok_or_else(|| at(format!("role must be user, admin or worker, got {:?}", short(role))))?;
+            let name_ok =
+                name.len() <= MAX_NAME_LEN && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b));
+            if !name_ok {
+                return Err(at(format!(
+                    "name {:?} must be at most {MAX_NAME_LEN} characters of letters, digits and ._@-",
+                    short(name)
+                )));
+            }
+            check_token(token).map_err(|e| at(e.to_string()))?;
+            if token.len() < MIN_TOKEN_LEN {
+                return Err(at(format!("the token of {name} is shorter than {MIN_TOKEN_LEN} characters")));
+            }
+            let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            if entries.iter().any(|(d, _)| *d == digest) {
+                return Err(at(format!("the token of {name} is already another line's token")));
+            }
+            entries.push((digest, Principal { role, name: name.to_string() }));
+        }
+        if entries.is_empty() {
+            return Err("names no principal: add lines of ROLE NAME TOKEN".into());
+        }
+        Ok(Self { entries })
+    }
+
+    /// The principal holding `token`. Every entry is compared, each in constant time, so the
+    /// answer's timing says nothing about which (or whether any) token was close.
+    pub fn authenticate(&self, token: &str) -> Option<&Principal> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut found = None;
+        for (d, p) in &self.entries {
+            let diff = d.iter().zip(&digest).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            if diff == 0 {
+                found = Some(p);
+            }
+        }
+        found
+    }
+}
+
+fn short(s: &str) -> String {
+    crate::error::quoted_prefix(s)
+}
+
+/// The gate in front of a service: authenticates the caller, checks its role, and hands the
+/// handler a [`Principal`] in the request's extensions.
+#[derive(Clone)]
+pub struct Gate {
+    tokens: Option<Arc<Tokens>>,
+    service: &'static str,
+    allowed: &'static [Role],
+}
+
+impl Gate {
+    pub fn new(tokens: Option<Arc<Tokens>>, service: &'static str, allowed: &'static [Role]) -> Self {
+        Self { tokens, service, allowed }
+    }
+}
+
+impl tonic::service::Interceptor for Gate {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let principal = match &self.tokens {
+            None => Principal::open(),
+            Some(tokens) => {
+                let token = bearer(request.metadata()).ok_or_else(|| {
+                    Status::unauthenticated(
+                        "missing credentials: send 'authorization: Bearer TOKEN' (gramzoom: --token-file or GRAMZOOM_TOKEN)",
+                    )
+                })?;
+                let p = tokens.authenticate(token).ok_or_else(|| Status::unauthenticated("unknown token"))?;
+                if !self.allowed.contains(&p.role) {
+                    return Err(Status::permission_denied(format!(
+                        "{} {} may not call the {}",
+                        role_name(p.role),
+                        p.name,
+                        self.service
+                    )));
+                }
+                p.clone()
+            }
+        };
+        request.extensions_mut().insert(principal);
+        Ok(request)
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::User => "user",
+        Role::Admin => "admin",
+        Role::Worker => "worker",
+    }
+}
+
+/// The caller of a request that passed a gate.
+pub fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
+    request.extensions().get::<Principal>().cloned().ok_or_else(|| Status::internal("request did not pass the gate"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALICE: &str = "alice-token-0123456789";
+
+    #[test]
+    fn a_tokens_file_names_principals_and_bad_lines_by_number() {
+        let t = Tokens::parse(&format!(
+            "# role name token\n\nuser alice {ALICE}   # a comment\nworker gpu-1 worker-token-0123456789\n"
+        ))
+        .unwrap();
+        assert_eq!(t.authenticate(ALICE), Some(&Principal { role: Role::User, name: "alice".into() }));
+        assert_eq!(t.authenticate("worker-token-0123456789").unwrap().role, Role::Worker);
+        assert_eq!(t.authenticate("alice-token-012345678"), None);
+        assert_eq!(t.authenticate(""), None);
+        for (text, want) in [
+            ("user alice", "line 1: expected ROLE NAME TOKEN, got 2 fields"),
+            ("\nroot alice x0123456789012345678901", "line 2: role must be user, admin or worker, got \"root\""),
+            ("user al/ice x0123456789012345678901", "line 1: name \"al/ice\" must be"),
+            ("user alice short", "line 1: the token of alice is shorter than 20 characters"),
+            (
+                "user alice x0123456789012345678901\nadmin bob x0123456789012345678901",
+                "line 2: the token of bob is already another line's token",
+            ),
+            ("# nobody\n", "names no principal"),
+        ] {
+            let err = Tokens::parse(text).unwrap_err();
+            assert!(err.starts_with(want), "{text:?}: {err}");
+            assert!(!err.contains("x0123456789"), "an error quotes a token: {err}");
+        }
+    }
+
+    #[test]
+    fn the_gate_checks_token_and_role_and_hands_on_the_principal() {
+        use tonic::service::Interceptor;
+        let tokens = Some(Arc::new(Tokens::parse(&format!("user alice {ALICE}")).unwrap()));
+        let mut jobs = Gate::new(tokens.clone(), "job API", &[Role::User, Role::Admin]);
+        let mut workers = Gate::new(tokens, "worker API", &[Role::Worker]);
+        let call = |gate: &mut Gate, token: Option<&str>| {
+            let mut r = Request::new(());
+            if let Some(t) = token {
+                r.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+            }
+            gate.call(r).map(|r| principal(&r).unwrap())
+        };
+        assert_eq!(call(&mut jobs, Some(ALICE)).unwrap().name, "alice");
+        assert_eq!(call(&mut jobs, None).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(call(&mut jobs, Some("nope")).unwrap_err().code(), tonic::Code::Unauthenticated);
+        let denied = call(&mut workers, Some(ALICE)).unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        assert_eq!(denied.message(), "user alice may not call the worker API");
+        let mut open = Gate::new(None, "job API", &[Role::User, Role::Admin]);
+        assert_eq!(call(&mut open, None).unwrap(), Principal::open());
+    }
+}
