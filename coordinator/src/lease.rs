@@ -45,10 +45,19 @@ fn worker_seq(conn: &Connection, worker: &str) -> Result<i64> {
     }
 }
 
+/// A worker waiting for work asks again every 250 ms inside its long poll (see the worker
+/// service), so one that asked within this long is idle and alive.
+pub const AVAILABLE_MS: i64 = 2_000;
+
 /// Hands the best ready segment to `worker`: highest priority first, then the segment whose
 /// start state this worker produced, then the oldest job. A segment whose start state another
 /// worker holds is left to that worker for `affinity_grace_ms`, unless that worker is busy with
 /// another segment: then waiting would only idle the asker.
+///
+/// A segment is not offered again to a worker that failed it (or let its lease run out) while
+/// another worker that has not is available: idle, and asking for work within the last
+/// [`AVAILABLE_MS`]. A worker with a bad GPU or a broken install would otherwise get the same
+/// segment back at once and spend the job's retries; alone, it still gets its retry.
 ///
 /// A worker renders one segment at a time and asks for work only when idle, so a worker that
 /// asks while an attempt of its own still runs never received that grant (its long poll was cut
@@ -82,9 +91,19 @@ pub fn acquire(conn: &mut Connection, worker: &str, policy: Policy, now: i64) ->
              WHERE s.state = 'ready' AND j.state IN ('queued', 'running')
                AND (s.preferred_worker IS NULL OR s.preferred_worker = ?1 OR s.ready_ms <= ?2
                     OR EXISTS (SELECT 1 FROM attempts b WHERE b.worker = s.preferred_worker AND b.state = 'running'))
+               AND NOT (EXISTS (SELECT 1 FROM attempts f WHERE f.job = s.job AND f.idx = s.idx AND f.worker = ?1
+                                  AND f.state IN ('failed', 'expired'))
+                        AND EXISTS (SELECT 1 FROM workers o
+                                    WHERE 'worker-' || o.seq != ?1 AND o.last_seen_ms >= ?3
+                                      AND NOT EXISTS (SELECT 1 FROM attempts r
+                                                      WHERE r.worker = 'worker-' || o.seq AND r.state = 'running')
+                                      AND NOT EXISTS (SELECT 1 FROM attempts g
+                                                      WHERE g.job = s.job AND g.idx = s.idx
+                                                        AND g.worker = 'worker-' || o.seq
+                                                        AND g.state IN ('failed', 'expired'))))
              ORDER BY j.priority DESC, (s.preferred_worker IS ?1) DESC, j.seq ASC
              LIMIT 1",
-            params![worker, now - policy.affinity_grace_ms],
+            params![worker, now - policy.affinity_grace_ms, now - AVAILABLE_MS],
             |r| Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?)),
         )
         .optional()?;
@@ -256,7 +275,7 @@ pub fn fail(conn: &mut Connection, attempt: u64, reason: &str, released: bool, p
         "UPDATE attempts SET state = ?4, reason = ?2, ended_ms = ?3 WHERE id = ?1",
         params![attempt as i64, reason, now, state],
     )?;
-    retry_or_fail(&tx, cur.job, cur.idx, reason, policy, now)?;
+    retry_or_fail(&tx, cur.job, cur.idx, &cur.worker, reason, policy, now)?;
     tx.commit()?;
     Ok(())
 }
@@ -317,10 +336,21 @@ fn expire_one(
         "UPDATE attempts SET state = 'expired', reason = ?2, ended_ms = ?3 WHERE id = ?1",
         params![attempt as i64, reason, now],
     )?;
-    retry_or_fail(tx, job, idx, &reason, policy, now)
+    retry_or_fail(tx, job, idx, worker, &reason, policy, now)
 }
 
-fn retry_or_fail(tx: &Transaction, job: i64, idx: u32, reason: &str, policy: Policy, now: i64) -> Result<()> {
+/// Puts a segment whose attempt by `worker` ended unsuccessfully back in the queue, or fails its
+/// job when it has no retries left. A reservation for `worker` (it produced the segment's start
+/// state) ends with it: a worker that just failed must not keep others waiting.
+fn retry_or_fail(
+    tx: &Transaction,
+    job: i64,
+    idx: u32,
+    worker: &str,
+    reason: &str,
+    policy: Policy,
+    now: i64,
+) -> Result<()> {
     let attempts: u32 = tx.query_row(
         "SELECT COUNT(*) FROM attempts WHERE job = ?1 AND idx = ?2 AND state != 'cancelled'",
         params![job, idx],
@@ -328,8 +358,10 @@ fn retry_or_fail(tx: &Transaction, job: i64, idx: u32, reason: &str, policy: Pol
     )?;
     if attempts < policy.max_attempts {
         tx.execute(
-            "UPDATE segments SET state = 'ready', ready_ms = ?3 WHERE job = ?1 AND idx = ?2 AND state = 'running'",
-            params![job, idx, now],
+            "UPDATE segments SET state = 'ready', ready_ms = ?3,
+                    preferred_worker = CASE WHEN preferred_worker = ?4 THEN NULL ELSE preferred_worker END
+             WHERE job = ?1 AND idx = ?2 AND state = 'running'",
+            params![job, idx, now, worker],
         )?;
         return Ok(());
     }

@@ -154,3 +154,30 @@ fn the_last_segment_hands_the_job_to_stitching_and_a_restart_renews_leases() {
     assert_eq!(db::jobs_in_state(&c, db::JobState::Stitching).unwrap(), vec![jobs[0]]);
     assert_eq!(db::done_chunks(&c, jobs[0]).unwrap(), vec![(a, 0, 2), (g.attempt, 2, 3)]);
 }
+
+#[test]
+fn a_failed_segment_goes_to_another_available_worker_first() {
+    // The producer of segment 0 fails segment 1: its reservation ends with the failure, and
+    // an idle worker asking first gets the segment.
+    let (mut c, jobs) = setup(&[(0, 4)]);
+    let (_, _, a) = take(&mut c, "worker-1", 0).unwrap();
+    complete(&mut c, a, "c", "s", POLICY, 10).unwrap(); // segment 1 reserved for worker-1
+    let (_, idx, b) = take(&mut c, "worker-1", 20).unwrap();
+    assert_eq!(idx, 1);
+    fail(&mut c, b, "cuda error", false, POLICY, 30).unwrap();
+    assert_eq!(take(&mut c, "worker-2", 31).map(|t| (t.0, t.1)), Some((jobs[0], 1)), "reservation outlived a failure");
+
+    // Without affinity: while others are idle, the worker that failed a segment gets nothing.
+    let (mut c, jobs) = setup(&[(0, 2)]);
+    let (_, _, a) = take(&mut c, "worker-1", 100).unwrap();
+    fail(&mut c, a, "out of memory", false, POLICY, 110).unwrap();
+    assert_eq!(take(&mut c, "worker-1", 111), None, "the failing worker got its segment back");
+    assert_eq!(take(&mut c, "worker-2", 112).map(|t| (t.0, t.1)), Some((jobs[0], 0)));
+
+    // Alone (no other worker asked for work lately), it gets its retry.
+    let (mut c, jobs) = setup(&[(0, 2)]);
+    let late = AVAILABLE_MS + 1000;
+    let (_, _, a) = take(&mut c, "worker-1", late).unwrap();
+    fail(&mut c, a, "out of memory", false, POLICY, late + 10).unwrap();
+    assert_eq!(take(&mut c, "worker-1", late + 11).map(|t| (t.0, t.1)), Some((jobs[0], 0)));
+}
