@@ -2,7 +2,7 @@
 //! output. `gramzoom submit/status/watch/download/cancel` and the local `gramzoom render` use it.
 
 use engine::encode::PartialFile;
-use proto::auth::Credentials;
+use proto::auth::{ClientTls, Credentials};
 use proto::v1::job_service_client::JobServiceClient;
 use proto::v1::{self, submit_job_request};
 use sha2::{Digest, Sha256};
@@ -14,8 +14,6 @@ use tonic::transport::Channel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("coordinator address {url:?}: {reason}")]
-    Address { url: String, reason: String },
     #[error("coordinator at {url} is unreachable: {reason}")]
     Unreachable { url: String, reason: String },
     /// The coordinator's own message; it names the field and the rule.
@@ -58,19 +56,36 @@ pub fn token(file: Option<&Path>) -> Result<Option<String>, ClientError> {
     Ok(Some(token))
 }
 
+/// Reads the TLS files a client was given (`--ca`, `--tls-cert`, `--tls-key`).
+pub fn client_tls(ca: Option<&Path>, identity: Option<(&Path, &Path)>) -> Result<ClientTls, ClientError> {
+    let read = |flag: &str, path: &Path| {
+        std::fs::read(path).map_err(|e| ClientError::Credentials(format!("{flag} {}: {e}", path.display())))
+    };
+    Ok(ClientTls {
+        ca: ca.map(|p| read("--ca", p)).transpose()?,
+        identity: match identity {
+            Some((cert, key)) => Some((read("--tls-cert", cert)?, read("--tls-key", key)?)),
+            None => None,
+        },
+    })
+}
+
 /// A client over an existing channel (an in-process coordinator's).
 pub fn over(channel: Channel, credentials: Credentials) -> Client {
     JobServiceClient::with_interceptor(channel, credentials)
 }
 
+/// Connects to a plaintext (`http://`) coordinator; see [`connect_with`].
 pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, ClientError> {
+    connect_with(url, token, &ClientTls::default()).await
+}
+
+/// Connects with `token` on every call; an `https://` URL uses TLS with `tls`.
+pub async fn connect_with(url: &str, token: Option<&str>, tls: &ClientTls) -> Result<Client, ClientError> {
     let address = |e: proto::auth::AuthError| ClientError::Credentials(e.to_string());
-    proto::auth::check_url(url).map_err(address)?;
     let credentials = Credentials::new(token).map_err(address)?;
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-        .map_err(|e| ClientError::Address { url: url.into(), reason: e.to_string() })?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
+    let endpoint =
+        proto::auth::endpoint(url, tls).map_err(address)?.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true);
     let channel = endpoint
         .connect()
         .await

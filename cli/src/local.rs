@@ -124,6 +124,7 @@ pub async fn render(
             max_segments: None,
             reuse_state: outputs.segment_frames.is_none(),
             token: None,
+            tls: Default::default(),
         };
         let (node_stop, node_stop_rx) = watch::channel(false);
         let mut node = Node::with_channel(node_config, coordinator.channel.clone(), torch, node_stop_rx).await?;

@@ -40,6 +40,8 @@ enum Command {
     Cancel(cli::commands::jobs::Job),
     /// Delete an ended job: its record, output and stored files.
     Delete(cli::commands::jobs::Job),
+    /// Resume a failed job from its last done segment (after fixing what failed it).
+    Retry(cli::commands::jobs::Job),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
         Command::Download(args) => cli::commands::jobs::download(args),
         Command::Cancel(args) => cli::commands::jobs::cancel(args),
         Command::Delete(args) => cli::commands::jobs::delete(args),
+        Command::Retry(args) => cli::commands::jobs::retry(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

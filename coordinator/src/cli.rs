@@ -22,6 +22,16 @@ pub struct ServeArgs {
     /// cancel and delete any job, and complete segments with garbage.
     #[arg(long)]
     pub insecure: bool,
+    /// Serve TLS with this certificate (PEM; with --tls-key). Clients then use https:// URLs
+    /// and --ca.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mutual TLS, e.g. for workers.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Directory for the database and artifacts; created if missing, reused after a restart.
     #[arg(long)]
     pub data: PathBuf,
@@ -31,6 +41,14 @@ pub struct ServeArgs {
     /// Attempts per segment before its job fails.
     #[arg(long, default_value_t = 3)]
     pub max_attempts: u32,
+    /// Seconds an attempt's render may make no progress (no optimiser iteration) before it is
+    /// expired although its worker still heartbeats, e.g. on a hung GPU; more when the render
+    /// is slow (see --stall-factor).
+    #[arg(long, default_value_t = 120.0)]
+    pub stall_secs: f64,
+    /// An attempt may also stay quiet for this many times its slowest pace so far.
+    #[arg(long, default_value_t = 10.0)]
+    pub stall_factor: f64,
     /// Frames per segment for jobs that do not choose.
     #[arg(long, default_value_t = crate::DEFAULT_SEGMENT_FRAMES)]
     pub segment_frames: u32,
@@ -51,6 +69,17 @@ impl ServeArgs {
             }
             None => None,
         };
+        let read = |flag: &str, path: &PathBuf| {
+            std::fs::read(path).map_err(|e| Error::Startup(format!("{flag} {}: {e}", path.display())))
+        };
+        config.tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::ServerTls {
+                cert: read("--tls-cert", cert)?,
+                key: read("--tls-key", key)?,
+                client_ca: self.tls_client_ca.as_ref().map(|ca| read("--tls-client-ca", ca)).transpose()?,
+            }),
+            _ => None,
+        };
         if config.auth.is_none() && !self.insecure && !is_loopback(&self.listen) {
             return Err(Error::invalid(
                 "--listen",
@@ -68,6 +97,8 @@ impl ServeArgs {
         config.affinity_grace = (config.lease / 4).min(Duration::from_secs(2));
         config.max_attempts = self.max_attempts.max(1);
         config.segment_frames = self.segment_frames.max(1);
+        config.stall_floor = Duration::from_secs_f64(self.stall_secs.clamp(0.5, 86_400.0));
+        config.stall_factor = self.stall_factor.clamp(1.0, 1000.0);
         Ok(config)
     }
 }

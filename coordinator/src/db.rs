@@ -95,6 +95,8 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE workers ADD COLUMN principal TEXT NOT NULL DEFAULT '';
      ALTER TABLE workers ADD COLUMN session_sha256 TEXT NOT NULL DEFAULT '';
      CREATE INDEX IF NOT EXISTS workers_by_session ON workers(session_sha256);",
+    // 2: a retried job's segments count their attempts from the retry on.
+    "ALTER TABLE segments ADD COLUMN attempts_after INTEGER NOT NULL DEFAULT 0;",
 ];
 
 fn migrate(conn: &Connection) -> Result<()> {
@@ -278,6 +280,42 @@ pub fn delete(conn: &mut Connection, seq: i64) -> Result<(String, bool)> {
     Ok((style, shared))
 }
 
+/// Resumes a failed job from its last done segment (see RetryJob). Returns whether every
+/// segment is done, so that only stitching is left.
+pub fn retry(conn: &mut Connection, seq: i64, now: i64) -> Result<bool> {
+    let tx = conn.transaction()?;
+    let state = job_state(&tx, seq)?;
+    if state != JobState::Failed {
+        return Err(Error::JobNotFailed { id: job_id(seq), state: state.described() });
+    }
+    let last_attempt: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) FROM attempts", [], |r| r.get(0))?;
+    tx.execute(
+        "UPDATE segments SET state = 'waiting', attempts_after = ?2, preferred_worker = NULL
+         WHERE job = ?1 AND state != 'done'",
+        params![seq, last_attempt],
+    )?;
+    // The first segment not done starts from the last done one's end state (kept while the job
+    // was failed), or from noise.
+    tx.execute(
+        "UPDATE segments SET state = 'ready', ready_ms = ?2
+         WHERE job = ?1 AND idx = (SELECT MIN(idx) FROM segments WHERE job = ?1 AND state = 'waiting')",
+        params![seq, now],
+    )?;
+    let (left, done): (u32, u32) = tx.query_row(
+        "SELECT COALESCE(SUM(state != 'done'), 0), COALESCE(SUM(state = 'done'), 0) FROM segments WHERE job = ?1",
+        [seq],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let next = match (left, done) {
+        (0, _) => "stitching",
+        (_, 0) => "queued",
+        _ => "running",
+    };
+    tx.execute("UPDATE jobs SET state = ?2, error = '', finished_ms = 0 WHERE seq = ?1", params![seq, next])?;
+    tx.commit()?;
+    Ok(left == 0)
+}
+
 /// Marks a job failed (stitching errors and the like) unless it already ended.
 pub fn fail_job(tx: &Transaction, seq: i64, reason: &str, now: i64) -> Result<()> {
     tx.execute(
@@ -434,6 +472,15 @@ fn attempt_state(s: &str) -> v1::AttemptState {
         "expired" => v1::AttemptState::Expired,
         _ => v1::AttemptState::Cancelled,
     }
+}
+
+/// The frames `[start, end)` of segment `idx` of `job`.
+pub fn segment_span(conn: &Connection, job: i64, idx: u32) -> Result<(u32, u32)> {
+    Ok(conn.query_row(
+        "SELECT start_frame, end_frame FROM segments WHERE job = ?1 AND idx = ?2",
+        params![job, idx],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?)
 }
 
 /// Every job, or only `owner`'s.

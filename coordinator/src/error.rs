@@ -22,6 +22,8 @@ pub enum Error {
     NoOutput { id: String, state: &'static str },
     #[error("job {id} has not ended: it {state}; cancel it first")]
     JobNotEnded { id: String, state: &'static str },
+    #[error("job {id} has not failed: it {state}; only a failed job can be retried")]
+    JobNotFailed { id: String, state: &'static str },
     #[error("database: {0}")]
     Db(#[from] rusqlite::Error),
     #[error("artifact store: {0}")]
@@ -56,7 +58,8 @@ impl From<Error> for tonic::Status {
             Error::StaleAttempt { .. }
             | Error::JobEnded { .. }
             | Error::NoOutput { .. }
-            | Error::JobNotEnded { .. } => Status::failed_precondition(message),
+            | Error::JobNotEnded { .. }
+            | Error::JobNotFailed { .. } => Status::failed_precondition(message),
             Error::Db(_)
             | Error::Store(_)
             | Error::Stitch(_)

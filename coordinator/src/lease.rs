@@ -280,6 +280,20 @@ pub fn fail(conn: &mut Connection, attempt: u64, reason: &str, released: bool, p
     Ok(())
 }
 
+/// Ends an attempt whose render stopped making progress while its worker still heartbeats (a
+/// hung device call): expired like a lost lease, and the segment retried.
+pub fn stall(conn: &mut Connection, attempt: u64, reason: &str, policy: Policy, now: i64) -> Result<()> {
+    let (tx, cur) = fenced(conn, attempt, policy, now)?;
+    tracing::warn!(attempt, job = %job_id(cur.job), segment = cur.idx, worker = %cur.worker, %reason, "render stalled");
+    tx.execute(
+        "UPDATE attempts SET state = 'expired', reason = ?2, ended_ms = ?3 WHERE id = ?1",
+        params![attempt as i64, reason, now],
+    )?;
+    retry_or_fail(&tx, cur.job, cur.idx, &cur.worker, reason, policy, now)?;
+    tx.commit()?;
+    Ok(())
+}
+
 /// A worker stopping for good releases whatever the coordinator still counts as its own: at most
 /// an attempt whose grant crossed the worker's shutdown. Released attempts cost no retry.
 pub fn leave(conn: &mut Connection, worker: &str, policy: Policy, now: i64) -> Result<Vec<u64>> {
@@ -351,8 +365,10 @@ fn retry_or_fail(
     policy: Policy,
     now: i64,
 ) -> Result<()> {
+    // Since the job's last retry, if any (RetryJob gives a segment a fresh allowance).
     let attempts: u32 = tx.query_row(
-        "SELECT COUNT(*) FROM attempts WHERE job = ?1 AND idx = ?2 AND state != 'cancelled'",
+        "SELECT COUNT(*) FROM attempts a JOIN segments s ON s.job = a.job AND s.idx = a.idx
+         WHERE a.job = ?1 AND a.idx = ?2 AND a.state != 'cancelled' AND a.id > s.attempts_after",
         params![job, idx],
         |r| r.get(0),
     )?;

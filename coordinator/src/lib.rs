@@ -10,10 +10,12 @@ pub mod cli;
 pub mod data_lock;
 pub mod db;
 pub mod error;
+pub mod inspect;
 pub mod lease;
 mod service;
 pub mod stitch;
 pub mod store;
+pub mod watchdog;
 mod watchers;
 
 pub use error::{Error, Result};
@@ -53,6 +55,28 @@ pub struct Config {
     pub affinity_grace: Duration,
     /// The principals of `--auth`; `None` is an open coordinator (everyone acts as an admin).
     pub auth: Option<Arc<auth::Tokens>>,
+    /// An attempt whose render makes no progress for the larger of `stall_floor` and
+    /// `stall_factor` times its slowest pace so far is expired (see `watchdog`).
+    pub stall_floor: Duration,
+    pub stall_factor: f64,
+    /// Serve TLS (and with a client CA, require client certificates); `None` is plaintext.
+    pub tls: Option<ServerTls>,
+}
+
+/// The coordinator's certificate and key, and the CA its clients' certificates must chain to
+/// when client certificates are required (mTLS); all PEM.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    pub client_ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("ServerTls").field("client_ca", &self.client_ca.is_some()).finish_non_exhaustive()
+    }
 }
 
 impl Config {
@@ -65,6 +89,9 @@ impl Config {
             segment_frames: DEFAULT_SEGMENT_FRAMES,
             affinity_grace: Duration::from_secs(2),
             auth: None,
+            stall_floor: Duration::from_secs(120),
+            stall_factor: 10.0,
+            tls: None,
         }
     }
 
@@ -127,6 +154,7 @@ pub struct Coordinator {
     /// graceful shutdown does not wait on them.
     closing: watch::Sender<bool>,
     live: Mutex<HashMap<i64, Live>>,
+    watchdog: watchdog::Watchdog,
 }
 
 impl Coordinator {
@@ -144,6 +172,7 @@ impl Coordinator {
         let resumed = lease::resume(&conn, policy, now_ms())?;
         let stitching = db::jobs_in_state(&conn, db::JobState::Stitching)?;
         tracing::info!(data = %config.data.display(), resumed_attempts = resumed, stitching = stitching.len(), "coordinator state opened");
+        let watchdog = watchdog::Watchdog::new(config.stall_floor, config.stall_factor);
         let this = Arc::new(Self {
             _lock: lock,
             config,
@@ -155,6 +184,7 @@ impl Coordinator {
             watchers: Watchers::default(),
             closing: watch::channel(false).0,
             live: Mutex::new(HashMap::new()),
+            watchdog,
         });
         for job in stitching {
             tokio::spawn(this.clone().stitch(job));
@@ -201,7 +231,48 @@ impl Coordinator {
 
     /// Joins the chunks of a job whose last segment is stored, then drops what is no longer
     /// needed (chunks, intermediate states; the last state stays so the movie can be extended).
+    /// Stitches `job`, retrying with backoff while the failure is transient (an I/O error such
+    /// as a full disk: the chunks are all there, so freeing space is enough), failing the job
+    /// when the chunks themselves are unusable.
     async fn stitch(self: Arc<Self>, job: i64) {
+        let mut backoff = Duration::from_secs(5);
+        loop {
+            match self.clone().stitch_once(job).await {
+                Err(Error::Store(e)) if !*self.closing.borrow() => {
+                    tracing::warn!(job = %db::job_id(job), error = %e, retry_in_s = backoff.as_secs(), "stitching failed for a transient reason; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(300));
+                    let state = self.db(move |c| {
+                        let tx = c.transaction()?;
+                        db::job_state(&tx, job)
+                    });
+                    if !matches!(state.await, Ok(db::JobState::Stitching)) {
+                        return; // cancelled or deleted meanwhile
+                    }
+                }
+                Err(Error::Store(_)) => return, // shutting down: a restart stitches again
+                Err(e) => {
+                    let reason = e.to_string();
+                    tracing::error!(job = %db::job_id(job), error = %reason, "stitching failed");
+                    let now = now_ms();
+                    let _ = self
+                        .db(move |c| {
+                            let tx = c.transaction()?;
+                            db::fail_job(&tx, job, &reason, now)?;
+                            tx.commit()?;
+                            Ok(())
+                        })
+                        .await;
+                    self.job_changed(job);
+                    return;
+                }
+                Ok(()) => return,
+            }
+        }
+    }
+
+    /// One try at stitching `job`; records the output when it succeeds.
+    async fn stitch_once(self: Arc<Self>, job: i64) -> Result<()> {
         let store = self.store.clone();
         let conn = self.conn.clone();
         let started = std::time::Instant::now();
@@ -265,20 +336,10 @@ impl Coordinator {
                     Err(e) => tracing::error!(job = %db::job_id(job), error = %e, "recording the output failed"),
                 }
             }
-            Err(e) => {
-                let reason = e.to_string();
-                tracing::error!(job = %db::job_id(job), error = %reason, "stitching failed");
-                let _ = self
-                    .db(move |c| {
-                        let tx = c.transaction()?;
-                        db::fail_job(&tx, job, &reason, now)?;
-                        tx.commit()?;
-                        Ok(())
-                    })
-                    .await;
-            }
+            Err(e) => return Err(e),
         }
         self.job_changed(job);
+        Ok(())
     }
 }
 

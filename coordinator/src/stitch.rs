@@ -43,8 +43,16 @@ pub fn stitch(kind: OutputKind, chunks: &[Chunk], fps: Fps, out: &Path) -> Resul
     }
 }
 
+/// An FFmpeg error in `context`. One that carries an errno (a full disk, an I/O error) is an
+/// I/O error, which the coordinator retries; the rest mean the chunks are unusable.
 fn ff(context: &'static str) -> impl Fn(ffmpeg::Error) -> Error {
-    move |e| Error::Stitch(format!("{context}: {e}"))
+    move |e| match e {
+        ffmpeg::Error::Other { errno } => {
+            let io = std::io::Error::from_raw_os_error(errno);
+            Error::Store(std::io::Error::new(io.kind(), format!("{context}: {io}")))
+        }
+        e => Error::Stitch(format!("{context}: {e}")),
+    }
 }
 
 fn mp4(chunks: &[Chunk], fps: Fps, out: &Path) -> Result<()> {
@@ -95,6 +103,11 @@ fn mp4(chunks: &[Chunk], fps: Fps, out: &Path) -> Result<()> {
 
 fn gif(chunks: &[Chunk], out: &Path) -> Result<()> {
     let gif_err = |e: gif::DecodingError| Error::Stitch(format!("gif chunk: {e}"));
+    // Writing can fail for want of space: an I/O error, retried; the rest is a broken chunk.
+    let enc_err = |e: gif::EncodingError| match e {
+        gif::EncodingError::Io(io) => Error::Store(io),
+        e => Error::Stitch(format!("gif: {e}")),
+    };
     let mut encoder: Option<gif::Encoder<std::io::BufWriter<std::fs::File>>> = None;
     for chunk in chunks {
         let mut options = gif::DecodeOptions::new();
@@ -105,14 +118,14 @@ fn gif(chunks: &[Chunk], out: &Path) -> Result<()> {
             let file = std::io::BufWriter::new(std::fs::File::create(out)?);
             let mut e =
                 gif::Encoder::new(file, decoder.width(), decoder.height(), decoder.global_palette().unwrap_or(&[]))
-                    .map_err(|e| Error::Stitch(format!("gif: {e}")))?;
-            e.set_repeat(gif::Repeat::Infinite).map_err(|e| Error::Stitch(format!("gif: {e}")))?;
+                    .map_err(enc_err)?;
+            e.set_repeat(gif::Repeat::Infinite).map_err(enc_err)?;
             encoder = Some(e);
         }
         let enc = encoder.as_mut().expect("set above");
         let mut frames = 0u32;
         while let Some(frame) = decoder.read_next_frame().map_err(gif_err)? {
-            enc.write_frame(frame).map_err(|e| Error::Stitch(format!("gif: {e}")))?;
+            enc.write_frame(frame).map_err(enc_err)?;
             frames += 1;
         }
         chunk.check_frames(frames)?;
@@ -121,4 +134,38 @@ fn gif(chunks: &[Chunk], out: &Path) -> Result<()> {
     let file = enc.into_inner()?;
     file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full disk while stitching is an I/O error (retried until space is freed), not a broken
+    /// chunk (which fails the job): a fully rendered job must not be lost to ENOSPC.
+    #[test]
+    fn a_full_disk_is_a_transient_failure_not_a_broken_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let chunk = dir.path().join("0.gif");
+        {
+            let file = std::fs::File::create(&chunk).unwrap();
+            let mut e = gif::Encoder::new(file, 8, 8, &[0, 0, 0, 255, 255, 255]).unwrap();
+            for _ in 0..2 {
+                e.write_frame(&gif::Frame { width: 8, height: 8, buffer: vec![1; 64].into(), ..Default::default() })
+                    .unwrap();
+            }
+        }
+        let chunks = [Chunk { path: chunk, start_frame: 0, end_frame: 2 }];
+        let fps = Fps { num: 30, den: 1 };
+        stitch(OutputKind::Gif, &chunks, fps, &dir.path().join("out.gif")).expect("stitches where there is room");
+        match stitch(OutputKind::Gif, &chunks, fps, Path::new("/dev/full")) {
+            Err(Error::Store(e)) => assert_eq!(e.kind(), std::io::ErrorKind::StorageFull, "{e}"),
+            other => panic!("a full disk came back as {other:?}"),
+        }
+        // FFmpeg reports errno values: those are I/O errors too (ENOSPC is 28 on Linux).
+        match ff("write packet")(ffmpeg::Error::Other { errno: 28 }) {
+            Error::Store(e) => assert_eq!(e.kind(), std::io::ErrorKind::StorageFull, "{e}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(ff("open chunk")(ffmpeg::Error::InvalidData), Error::Stitch(_)));
+    }
 }

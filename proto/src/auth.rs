@@ -88,17 +88,46 @@ impl tonic::service::Interceptor for Credentials {
     }
 }
 
-/// Checks a coordinator URL before connecting: `http://` only. An `https://` URL is refused
-/// rather than connected in plaintext, since this build has no TLS client.
-pub fn check_url(url: &str) -> Result<(), AuthError> {
-    let bad = |reason: &str| AuthError::Url { url: url.chars().take(200).collect(), reason: reason.into() };
-    match url.split_once("://") {
-        Some(("http", rest)) if !rest.is_empty() => Ok(()),
-        Some(("https", _)) => Err(bad(
-            "https:// needs TLS, which this build of gramzoom does not support; it will not fall back to plaintext",
-        )),
-        _ => Err(bad("expected http://HOST:PORT")),
+/// What a client trusts and shows for an `https://` coordinator: the CA that signed the
+/// coordinator's certificate, and for mTLS its own certificate and key (PEM).
+#[derive(Clone, Default)]
+pub struct ClientTls {
+    pub ca: Option<Vec<u8>>,
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls").field("ca", &self.ca.is_some()).field("identity", &self.identity.is_some()).finish()
     }
+}
+
+/// The endpoint for a coordinator URL. `https://` connects with TLS, verified against
+/// `tls.ca`, and never falls back to plaintext; `http://` is plaintext, and refuses TLS
+/// material (whoever passed `--ca` believes the connection is protected).
+pub fn endpoint(url: &str, tls: &ClientTls) -> Result<tonic::transport::Endpoint, AuthError> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let bad = |reason: String| AuthError::Url { url: url.chars().take(200).collect(), reason };
+    let https = match url.split_once("://") {
+        Some(("http", rest)) if !rest.is_empty() => false,
+        Some(("https", rest)) if !rest.is_empty() => true,
+        _ => return Err(bad("expected http://HOST:PORT or https://HOST:PORT".into())),
+    };
+    let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| bad(e.to_string()))?;
+    if !https {
+        if tls.ca.is_some() || tls.identity.is_some() {
+            return Err(bad("TLS files were given for an http:// URL, which is plaintext; use https://".into()));
+        }
+        return Ok(endpoint);
+    }
+    let ca = tls.ca.as_ref().ok_or_else(|| {
+        bad("https:// needs --ca FILE, the CA that signed the coordinator's certificate; it never falls back to plaintext".into())
+    })?;
+    let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+    if let Some((cert, key)) = &tls.identity {
+        config = config.identity(Identity::from_pem(cert, key));
+    }
+    endpoint.tls_config(config).map_err(|e| bad(format!("tls: {e}")))
 }
 
 #[cfg(test)]
@@ -124,9 +153,13 @@ mod tests {
             assert!(Credentials::new(Some(token)).unwrap_err().to_string().contains(why), "{token:?}");
         }
         assert!(Credentials::new(Some(&"x".repeat(MAX_TOKEN_LEN + 1))).is_err());
-        assert!(check_url("http://coord:50051").is_ok());
-        assert!(check_url("https://coord:50051").unwrap_err().to_string().contains("will not fall back to plaintext"));
-        assert!(check_url("coord:50051").is_err());
-        assert!(check_url("ftp://coord").is_err());
+        let none = ClientTls::default();
+        assert!(endpoint("http://coord:50051", &none).is_ok());
+        let err = endpoint("https://coord:50051", &none).unwrap_err().to_string();
+        assert!(err.contains("https:// needs --ca FILE") && err.contains("never falls back to plaintext"), "{err}");
+        let ca = ClientTls { ca: Some(b"pem".to_vec()), identity: None };
+        assert!(endpoint("http://coord:50051", &ca).unwrap_err().to_string().contains("plaintext; use https://"));
+        assert!(endpoint("coord:50051", &none).is_err());
+        assert!(endpoint("ftp://coord", &none).is_err());
     }
 }

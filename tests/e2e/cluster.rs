@@ -187,7 +187,7 @@ impl Cluster {
         job
     }
 
-    fn download(&self, id: &str, name: &str) -> PathBuf {
+    pub(crate) fn download(&self, id: &str, name: &str) -> PathBuf {
         let out = self.path(name);
         let url = self.url();
         let r = self.run(&["download", id, "-o", out.to_str().unwrap(), "--coordinator", &url]);
@@ -428,6 +428,25 @@ impl FakeWorker {
             v1::CompleteSegmentRequest { part: Some(Part::Header(header)) },
             v1::CompleteSegmentRequest { part: Some(Part::Chunk(chunk.to_vec())) },
         ];
+        c.runtime.block_on(self.client.complete_segment(tokio_stream::iter(messages))).map(|_| ())
+    }
+
+    /// Uploads `chunk` and `state` with matching checksums.
+    pub(crate) fn complete_with(
+        &mut self,
+        c: &Cluster,
+        attempt: u64,
+        chunk: &[u8],
+        state: &[u8],
+    ) -> Result<(), tonic::Status> {
+        let header = v1::CompleteHeader {
+            attempt_id: attempt,
+            chunk_size: chunk.len() as u64,
+            chunk_sha256: coordinator::sha256_hex(chunk),
+            state_size: state.len() as u64,
+            state_sha256: coordinator::sha256_hex(state),
+        };
+        let messages = worker::upload::piece_stream(header, chunk.to_vec(), state.to_vec());
         c.runtime.block_on(self.client.complete_segment(tokio_stream::iter(messages))).map(|_| ())
     }
 }

@@ -220,7 +220,7 @@ fn an_open_coordinator_stays_on_loopback_and_https_is_never_plaintext() {
     let https = c.url().replace("http://", "https://");
     let out = c.run(&["status", "--coordinator", &https]);
     assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    assert!(stderr(&out).contains("will not fall back to plaintext"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("never falls back to plaintext"), "{}", stderr(&out));
 }
 
 #[test]
@@ -386,5 +386,194 @@ fn every_frame_rate_validation_accepts_encodes() {
             assert_eq!(d.frames, 3, "--fps {fps}");
             assert!((d.fps - want).abs() < 1e-6, "--fps {fps}: the file says {}", d.fps);
         }
+    }
+}
+
+/// An MP4 chunk of `frames` grey 64x48 frames, as a worker's encoder writes it.
+fn mp4_chunk(dir: &Path, frames: u32) -> Vec<u8> {
+    use engine::encode::{self, PartialFile};
+    let path = dir.join(format!("chunk-{frames}.mp4"));
+    let fps = proto::params::Fps { num: 30, den: 1 };
+    let mut sink =
+        encode::open(proto::params::OutputKind::Mp4, PartialFile::create(&path).unwrap(), 64, 48, fps).unwrap();
+    for index in 0..frames {
+        sink.push(&engine::Frame { index, width: 64, height: 48, rgb: vec![100; 64 * 48 * 3] }).unwrap();
+    }
+    sink.finish().unwrap();
+    std::fs::read(&path).unwrap()
+}
+
+/// A hand-off state of a 64x48 Adam render that resumes at `next_frame`.
+fn state_bytes(next_frame: u32, (w, h): (i64, i64)) -> Vec<u8> {
+    let image = tch::Tensor::rand([1, 3, h, w], (tch::Kind::Float, tch::Device::Cpu));
+    let optim = engine::optim::OptimState::new(proto::params::OptimizerKind::Adam, &image);
+    engine::State { next_frame, image, optim, fingerprint: "test".into() }.to_bytes()
+}
+
+#[test]
+fn uploads_are_checked_for_content_not_only_checksums() {
+    let c = Cluster::start("30", &["--max-attempts", "9"]);
+    let dir = c.dir.path();
+    let id = c.submit(&["--size", "64x48", "--frames", "4", "--segment-frames", "2"]);
+    let mut w = FakeWorker::register(&c);
+    let (two, one) = (mp4_chunk(dir, 2), mp4_chunk(dir, 1));
+    let good_state = state_bytes(2, (64, 48));
+    let cases: [(&str, &[u8], Vec<u8>, &str); 6] = [
+        ("garbage chunk", b"not a video at all", good_state.clone(), "chunk: not an MP4 file"),
+        ("a frame short", &one, good_state.clone(), "chunk: the video holds 1 frames, the segment has 2"),
+        ("garbage state", &two, b"not a state".to_vec(), "state: not a hand-off state"),
+        ("a state that resumes elsewhere", &two, state_bytes(3, (64, 48)), "state: the state resumes at frame Some(3)"),
+        ("a state of another size", &two, state_bytes(2, (48, 64)), "state: tensor"),
+        ("an empty state", &two, Vec::new(), "state: not a hand-off state"),
+    ];
+    for (i, (what, chunk, state, want)) in cases.into_iter().enumerate() {
+        let a = w.acquire(&c);
+        assert_eq!((a.job_id.as_str(), a.segment_index), (id.as_str(), 0), "{what}");
+        let status = w.complete_with(&c, a.attempt_id, chunk, &state).unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {}", status.message());
+        assert!(status.message().starts_with(want), "{what}: {}", status.message());
+        // Charged to the attempt that uploaded it; nothing was recorded.
+        let job = c.job(&id);
+        let attempt = &job.segments[0].attempts[i];
+        assert_eq!(attempt.state, v1::AttemptState::Failed as i32, "{what}");
+        assert!(attempt.reason.starts_with(want), "{what}: {}", attempt.reason);
+        assert_eq!(job.segments_done, 0, "{what}");
+    }
+    // What the segment must hold is accepted, and readies the next segment.
+    let a = w.acquire(&c);
+    w.complete_with(&c, a.attempt_id, &two, &good_state).expect("a good upload");
+    let next = w.acquire(&c);
+    assert_eq!((next.segment_index, next.start_state_attempt_id), (1, a.attempt_id));
+}
+
+#[test]
+fn a_render_that_stops_progressing_loses_its_segment_although_it_heartbeats() {
+    // A 30 s lease: only the watchdog can take the segment back within the test.
+    let c = Cluster::start("30", &["--stall-secs", "1"]);
+    let id = c.submit(&["--size", "64x48", "--frames", "2"]);
+    let mut hung = FakeWorker::register(&c);
+    let a = hung.acquire(&c);
+    let mut beat = |iterations: u64| {
+        let r = v1::HeartbeatRequest { attempt_id: a.attempt_id, iterations, ..Default::default() };
+        c.runtime.block_on(hung.client.heartbeat(r))
+    };
+    // Set-up (no iterations yet) and a steady render: never stalled, however long.
+    for _ in 0..4 {
+        beat(0).expect("set-up is not a stall");
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    for i in 1..=6 {
+        beat(i).expect("a progressing render");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // Then the device hangs: heartbeats go on, the count does not move.
+    let stuck = Instant::now();
+    let status = loop {
+        match beat(6) {
+            Ok(_) => std::thread::sleep(Duration::from_millis(200)),
+            Err(s) => break s,
+        }
+        assert!(stuck.elapsed() < Duration::from_secs(15), "a hung render kept its segment");
+    };
+    assert_eq!(status.code(), Code::FailedPrecondition, "{}", status.message());
+    assert!(status.message().contains("no progress for"), "{}", status.message());
+    assert!(stuck.elapsed() >= Duration::from_millis(900), "stalled after only {:?}", stuck.elapsed());
+    let job = c.job(&id);
+    let attempt = &job.segments[0].attempts[0];
+    assert_eq!(attempt.state, v1::AttemptState::Expired as i32);
+    assert!(attempt.reason.starts_with("no progress for"), "{}", attempt.reason);
+    let mut healthy = FakeWorker::register(&c);
+    assert_eq!(healthy.acquire(&c).segment_index, 0, "the segment went back to the queue");
+}
+
+#[test]
+fn a_failed_job_is_retried_from_its_last_done_segment_by_its_owner() {
+    let c = Cluster::start("30", &["--max-attempts", "1"]);
+    let dir = c.dir.path();
+    let id = c.submit(&["--size", "64x48", "--frames", "4", "--segment-frames", "2"]);
+    let mut w = FakeWorker::register(&c);
+    let first = w.acquire(&c);
+    w.complete_with(&c, first.attempt_id, &mp4_chunk(dir, 2), &state_bytes(2, (64, 48))).unwrap();
+    let second = w.acquire(&c);
+    assert_eq!(second.segment_index, 1);
+    let fail = v1::FailSegmentRequest { attempt_id: second.attempt_id, reason: "cuda error".into(), released: false };
+    c.runtime.block_on(w.client.fail_segment(fail)).unwrap();
+    let job = c.job(&id);
+    assert_eq!(job.state, v1::JobState::Failed as i32, "{}", job.error);
+
+    // Only its owner (or an admin) may retry it, and only while it is failed.
+    let mut bob = c.jobs_as(Some(BOB));
+    let retry =
+        |jobs: &mut cli::client::Client| c.runtime.block_on(jobs.retry_job(v1::RetryJobRequest { job_id: id.clone() }));
+    assert_eq!(code(retry(&mut bob)), Code::NotFound);
+    let out = c.run(&["retry", &id, "--coordinator", &c.url()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status = retry(&mut c.jobs()).unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().ends_with("has not failed: it is running; only a failed job can be retried"),
+        "{}",
+        status.message()
+    );
+
+    // Segment 0 is not redone: segment 1 starts from its end state, with a fresh attempt.
+    let again = w.acquire(&c);
+    assert_eq!((again.segment_index, again.start_state_attempt_id), (1, first.attempt_id));
+    w.complete_with(&c, again.attempt_id, &mp4_chunk(dir, 2), &state_bytes(4, (64, 48))).unwrap();
+    let job = c.wait_done(&id);
+    let history: Vec<i32> = job.segments[1].attempts.iter().map(|a| a.state).collect();
+    assert_eq!(history, [v1::AttemptState::Failed as i32, v1::AttemptState::Succeeded as i32]);
+    assert_eq!(job.segments[0].attempts.len(), 1);
+    let movie = c.download(&id, "retried.mp4");
+    assert_eq!(crate::helpers::decode_video(&movie).frames, 4);
+}
+
+#[test]
+fn tls_keeps_clients_honest_and_mutual_tls_turns_away_clients_without_a_certificate() {
+    let tls = crate::helpers::repo_root().join("tests/fixtures/tls");
+    let file = |name: &str| tls.join(name).to_str().unwrap().to_string();
+    let (cert, key, ca) = (file("server.pem"), file("server.key"), file("ca.pem"));
+
+    let c = Cluster::start("30", &["--tls-cert", &cert, "--tls-key", &key]);
+    let https = c.url().replace("http://", "https://");
+    let out = c.run(&["status", "--coordinator", &https, "--ca", &ca]);
+    assert!(out.status.success(), "a verified TLS client: {}", stderr(&out));
+    let out = c.run(&["status", "--coordinator", &https]);
+    assert!(!out.status.success() && stderr(&out).contains("https:// needs --ca FILE"), "{}", stderr(&out));
+    let out = c.run(&["status", "--coordinator", &c.url()]);
+    assert!(!out.status.success(), "plaintext reached a TLS coordinator");
+    let out = c.run(&["status", "--coordinator", &c.url(), "--ca", &ca]);
+    assert!(!out.status.success() && stderr(&out).contains("plaintext; use https://"), "{}", stderr(&out));
+    // A CA that did not sign the coordinator's certificate: refused.
+    let out = c.run(&["status", "--coordinator", &https, "--ca", &file("client.pem")]);
+    assert!(!out.status.success(), "an unverified coordinator was trusted");
+
+    let m = Cluster::start("30", &["--tls-cert", &cert, "--tls-key", &key, "--tls-client-ca", &ca]);
+    let https = m.url().replace("http://", "https://");
+    let out = m.run(&["status", "--coordinator", &https, "--ca", &ca]);
+    assert!(!out.status.success(), "mTLS let in a client without a certificate");
+    let with_cert = ["--tls-cert", &file("client.pem"), "--tls-key", &file("client.key")];
+    let out = m.run(&[&["status", "--coordinator", &https, "--ca", &ca][..], &with_cert].concat());
+    assert!(out.status.success(), "a client with a certificate: {}", stderr(&out));
+
+    // A worker with its certificate renders a job submitted over mTLS.
+    let style = crate::helpers::example("wheatfield.jpg");
+    let submit = ["submit", style.to_str().unwrap(), "--coordinator", &https, "--ca", &ca, "--size", "64x48"];
+    let out = m.run(&[&submit[..], &["--frames", "2", "--warmup", "2", "--iters", "1"], &with_cert].concat());
+    assert!(out.status.success(), "submit over mTLS: {}", stderr(&out));
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let worker = ["worker", "--coordinator", &https, "--ca", &ca, "--device", "cpu", "--max-segments", "1"];
+    let _w = Proc::spawn(&[&worker[..], &with_cert].concat(), m.path("tls-worker.log"), m.dir.path(), Some(WORKER));
+    let status = [&["status", &id, "--coordinator", &https, "--ca", &ca][..], &with_cert].concat();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let out = m.run(&status);
+        let line = String::from_utf8_lossy(&out.stdout).into_owned();
+        if line.contains("succeeded") {
+            assert!(line.contains("2/2 frames"), "{line}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job did not finish over mTLS: {line}{}", stderr(&out));
+        std::thread::sleep(Duration::from_millis(500));
     }
 }

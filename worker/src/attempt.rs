@@ -4,10 +4,10 @@
 //! `Outcome`, which the node's loop reports to the coordinator.
 
 use crate::chunk::render_segment;
-use crate::heartbeat::{heartbeat_loop, AbortOnDrop, StopSlot};
+use crate::heartbeat::{heartbeat_loop, AbortOnDrop, Counters, StopSlot};
 use crate::node::Node;
 use proto::v1;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tonic::Code;
@@ -31,7 +31,7 @@ impl Node {
         };
         // Heartbeats start now: setting up an engine or fetching a 1080p state can take longer
         // than a short lease.
-        let progress = Arc::new((AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)));
+        let progress = Arc::new(Counters::default());
         let lost = Arc::new(std::sync::Mutex::new(None::<String>));
         let stop: StopSlot = Arc::default();
         let _heartbeats = AbortOnDrop(tokio::spawn(heartbeat_loop(

@@ -2,12 +2,12 @@
 //! frames straight into the chunk's encoder (and a PNG dump when asked), and reports progress
 //! through atomics the heartbeats read.
 
+use crate::heartbeat::Counters;
 use engine::encode::{self, FrameSink, FramesDir, PartialFile};
 use engine::{Engine, EngineError, Frame, Progress, State};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 
-/// Renders one segment into an encoded chunk; returns the end state and the chunk's bytes.
 /// Renders one segment into an encoded chunk; returns the end state and the chunk's bytes.
 pub(crate) fn render_segment(
     engine: &Engine,
@@ -16,7 +16,7 @@ pub(crate) fn render_segment(
     kind: proto::params::OutputKind,
     chunk_path: &std::path::Path,
     frames_dir: Option<PathBuf>,
-    progress: &(AtomicU32, AtomicU32, AtomicU32),
+    progress: &Counters,
 ) -> Result<(State, Vec<u8>), String> {
     let p = engine.params();
     let file = PartialFile::create(chunk_path).map_err(|e| e.to_string())?;
@@ -25,10 +25,15 @@ pub(crate) fn render_segment(
         Some(dir) => Box::new(encode::Tee(vec![main, Box::new(FramesDir::create(&dir).map_err(|e| e.to_string())?)])),
         None => main,
     };
+    // Called on this (the render) thread: the counters move only while the render does, so a
+    // hung device call shows in the heartbeats as progress that stopped.
     let mut report = |pr: Progress| {
-        progress.0.store(pr.frames_done, Ordering::Relaxed);
-        progress.1.store(pr.warmup_done, Ordering::Relaxed);
-        progress.2.store(pr.warmup_total, Ordering::Relaxed);
+        progress.frames.store(pr.frames_done, Ordering::Relaxed);
+        progress.warmup_done.store(pr.warmup_done, Ordering::Relaxed);
+        progress.warmup_total.store(pr.warmup_total, Ordering::Relaxed);
+        if pr.iteration {
+            progress.iterations.fetch_add(1, Ordering::Relaxed);
+        }
     };
     let mut state = match start {
         Some(s) => s,

@@ -2,10 +2,20 @@
 //! the attempt is no longer current (lease lost, job cancelled) they stop the render.
 
 use proto::v1;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::Code;
+
+/// Progress of the render in hand, written by the render thread, read by the heartbeats.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub frames: AtomicU32,
+    pub warmup_done: AtomicU32,
+    pub warmup_total: AtomicU32,
+    /// Optimiser iterations done in this attempt.
+    pub iterations: AtomicU64,
+}
 
 /// The render's cancel flag, once there is a render to cancel.
 pub(crate) type StopSlot = Arc<std::sync::Mutex<Option<Arc<AtomicBool>>>>;
@@ -25,7 +35,7 @@ pub(crate) async fn heartbeat_loop(
     mut client: crate::node::Client,
     attempt: u64,
     every: Duration,
-    progress: Arc<(AtomicU32, AtomicU32, AtomicU32)>,
+    progress: Arc<Counters>,
     stop: StopSlot,
     lost: Arc<std::sync::Mutex<Option<String>>>,
 ) {
@@ -33,10 +43,11 @@ pub(crate) async fn heartbeat_loop(
         tokio::time::sleep(every).await;
         let request = v1::HeartbeatRequest {
             attempt_id: attempt,
-            frames_done: progress.0.load(Ordering::Relaxed),
-            warmup_done: progress.1.load(Ordering::Relaxed),
-            warmup_total: progress.2.load(Ordering::Relaxed),
+            frames_done: progress.frames.load(Ordering::Relaxed),
+            warmup_done: progress.warmup_done.load(Ordering::Relaxed),
+            warmup_total: progress.warmup_total.load(Ordering::Relaxed),
             loss: 0.0,
+            iterations: progress.iterations.load(Ordering::Relaxed),
         };
         match client.heartbeat(request).await {
             Ok(_) => {}

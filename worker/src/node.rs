@@ -23,8 +23,6 @@ use tonic::Code;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error("coordinator address {url:?}: {reason}")]
-    Address { url: String, reason: String },
     #[error(transparent)]
     Credentials(#[from] proto::auth::AuthError),
     #[error("coordinator: {0}")]
@@ -46,6 +44,8 @@ pub struct NodeConfig {
     pub reuse_state: bool,
     /// The worker token, for a coordinator with --auth.
     pub token: Option<String>,
+    /// For an `https://` coordinator.
+    pub tls: proto::auth::ClientTls,
 }
 
 /// The worker API with this node's token, and its session once registered, on every call.
@@ -77,9 +77,7 @@ impl Node {
         torch: DeviceThread,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, NodeError> {
-        proto::auth::check_url(&config.coordinator)?;
-        let endpoint = tonic::transport::Endpoint::from_shared(config.coordinator.clone())
-            .map_err(|e| NodeError::Address { url: config.coordinator.clone(), reason: e.to_string() })?
+        let endpoint = proto::auth::endpoint(&config.coordinator, &config.tls)?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
         Self::with_channel(config, endpoint.connect_lazy(), torch, shutdown).await

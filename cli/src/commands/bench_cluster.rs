@@ -94,17 +94,27 @@ pub fn run() -> Result<()> {
         let (w1080, h1080) = (1920i64, 1080i64);
         let image = tch::Tensor::rand([1, 3, h1080, w1080], (tch::Kind::Float, tch::Device::Cpu));
         let optim = OptimState::new(OptimizerKind::Adam, &image);
-        let state = State { next_frame: 100, image, optim, fingerprint: "bench".into() };
+        // The end state of the first frame, with that frame's chunk: the coordinator checks
+        // that an upload holds what its segment must.
+        let state = State { next_frame: 1, image, optim, fingerprint: "bench".into() };
         let t = Instant::now();
         let bytes = state.to_bytes();
         let serialise = t.elapsed().as_secs_f64();
+        let chunk = {
+            let path = data.join("frame-0.mp4");
+            let fps = Fps { num: 30, den: 1 };
+            let mut sink = encode::open(OutputKind::Mp4, PartialFile::create(&path)?, 1920, 1080, fps)?;
+            sink.push(&Frame { index: 0, width: 1920, height: 1080, rgb: vec![128; 1920 * 1080 * 3] })?;
+            sink.finish()?;
+            std::fs::read(&path)?
+        };
         let (mut up, mut down, mut decode) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..3 {
             let job = client::submit(&mut jobs, spec(1920, 1080, 2, 1), &style, "bench").await?;
             let a = acquire(&mut w, &me).await?;
             anyhow::ensure!(a.job_id == job.id, "unexpected assignment");
             let t = Instant::now();
-            complete(&mut w, a.attempt_id, b"chunk", &bytes).await?;
+            complete(&mut w, a.attempt_id, &chunk, &bytes).await?;
             up.push(t.elapsed().as_secs_f64());
             let next = acquire(&mut w, &me).await?;
             let t = Instant::now();
@@ -118,7 +128,7 @@ pub fn run() -> Result<()> {
             let t = Instant::now();
             let back = State::from_bytes(&got, std::path::Path::new("<bench>"), tch::Device::Cpu)?;
             decode.push(t.elapsed().as_secs_f64());
-            anyhow::ensure!(back.next_frame == 100);
+            anyhow::ensure!(back.next_frame == 1);
             jobs.cancel_job(v1::CancelJobRequest { job_id: job.id }).await?;
         }
         let mb = bytes.len() as f64 / 1e6;

@@ -35,12 +35,14 @@ pub struct At {
     /// GRAMZOOM_TOKEN environment variable).
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: super::TlsFlags,
 }
 
 impl At {
     async fn connect(&self) -> Result<client::Client, client::ClientError> {
         let token = client::token(self.token_file.as_deref())?;
-        client::connect(&self.coordinator, token.as_deref()).await
+        client::connect_with(&self.coordinator, token.as_deref(), &self.tls.load()?).await
     }
 }
 
@@ -194,6 +196,15 @@ pub fn cancel(args: Job) -> Result<()> {
     let job = runtime()?.block_on(async {
         let mut c = args.at.connect().await?;
         c.cancel_job(v1::CancelJobRequest { job_id: args.job.clone() }).await.map_err(client::ClientError::from)
+    })?;
+    println!("{}", line(&job.into_inner()));
+    Ok(())
+}
+
+pub fn retry(args: Job) -> Result<()> {
+    let job = runtime()?.block_on(async {
+        let mut c = args.at.connect().await?;
+        c.retry_job(v1::RetryJobRequest { job_id: args.job.clone() }).await.map_err(client::ClientError::from)
     })?;
     println!("{}", line(&job.into_inner()));
     Ok(())

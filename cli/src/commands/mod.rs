@@ -8,6 +8,27 @@ pub mod serve;
 pub mod weights;
 pub mod worker;
 
+/// How a client reaches an `https://` coordinator; shared by the job commands and `worker`.
+#[derive(clap::Args, Default)]
+pub struct TlsFlags {
+    /// The CA certificate (PEM) that signed an https:// coordinator's certificate.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
+    /// This client's certificate (PEM), for a coordinator that requires client certificates.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl TlsFlags {
+    pub fn load(&self) -> Result<proto::auth::ClientTls, crate::client::ClientError> {
+        let identity = self.tls_cert.as_deref().zip(self.tls_key.as_deref());
+        crate::client::client_tls(self.ca.as_deref(), identity)
+    }
+}
+
 /// Where libtorch runs; shared by `render`, `worker` and `bench`.
 #[derive(clap::Args)]
 pub struct TorchFlags {

@@ -29,12 +29,15 @@ pub struct Args {
     /// GRAMZOOM_TOKEN environment variable).
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: super::TlsFlags,
 }
 
 pub fn run(args: Args) -> Result<()> {
     let device = args.torch.device()?;
     let threads = args.torch.threads();
     let token = crate::client::token(args.token_file.as_deref())?;
+    let tls = args.tls.load()?;
     let host =
         std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "worker".into());
     let config = NodeConfig {
@@ -46,6 +49,7 @@ pub fn run(args: Args) -> Result<()> {
         max_segments: args.max_segments,
         reuse_state: true,
         token,
+        tls,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {

@@ -106,8 +106,14 @@ impl JobService for Api {
                 // shared name let one rename the other's file away (ENOENT). The key is the
                 // content's hash, so whichever lands first is the same bytes.
                 let tmp = store.scratch_dir().join(unique_name(&format!("style-{style_sha}")));
-                std::fs::write(&tmp, &style)?;
-                let placed = if store.exists(&key) { Ok(()) } else { store.put_file(&key, &tmp) };
+                // Whatever happens (a full disk), nothing stays behind in scratch.
+                let placed = std::fs::write(&tmp, &style).and_then(|()| {
+                    if store.exists(&key) {
+                        Ok(())
+                    } else {
+                        store.put_file(&key, &tmp)
+                    }
+                });
                 let _ = std::fs::remove_file(&tmp);
                 placed?;
             }
@@ -256,6 +262,19 @@ impl JobService for Api {
             proto::wire::output_from_wire(job.spec.as_ref().map(|s| s.output).unwrap_or(0)).map_err(Error::from)?;
         let path = self.0.store.local_path(&keys::output(seq, kind.extension())).map_err(Error::from)?;
         Ok(Response::new(stream_file(path, job.output_sha256)))
+    }
+
+    async fn retry_job(&self, request: Request<v1::RetryJobRequest>) -> Result<Response<v1::Job>, Status> {
+        let principal = caller(&request)?;
+        let seq = self.owned_job(&principal, &request.into_inner().job_id).await?;
+        let stitch = self.0.db(move |c| db::retry(c, seq, now_ms())).await?;
+        tracing::info!(job = %db::job_id(seq), by = %principal.name, stitch, "job retried");
+        if stitch {
+            tokio::spawn(self.0.clone().stitch(seq));
+        }
+        self.0.segments_may_be_ready();
+        self.0.job_changed(seq);
+        Ok(Response::new(self.job_view(seq, false).await?))
     }
 }
 

@@ -50,7 +50,16 @@ where
     // Health and reflection stay open for probes and tools; both APIs sit behind a gate.
     let jobs = Gate::new(tokens.clone(), "job API", &[Role::User, Role::Admin]);
     let workers = Gate::new(tokens, "worker API", &[Role::Worker]);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &api.0.config.tls {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key));
+        if let Some(ca) = &tls.client_ca {
+            config = config.client_ca_root(Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(config).map_err(|e| Error::Startup(format!("tls: {e}")))?;
+    }
+    builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(JobServiceServer::with_interceptor(api.clone(), jobs))

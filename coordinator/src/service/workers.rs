@@ -5,7 +5,7 @@ use super::transfer::{stream_file, BoxStream, Incoming};
 use super::{caller, Api};
 use crate::error::{Error, Result};
 use crate::store::keys;
-use crate::{db, lease, now_ms, Live};
+use crate::{db, inspect, lease, now_ms, Live};
 use proto::v1::worker_service_server::WorkerService;
 use proto::v1::{self, complete_segment_request};
 use sha2::{Digest, Sha256};
@@ -83,6 +83,12 @@ impl WorkerService for Api {
         let r = request.into_inner();
         let policy = self.0.policy;
         let (attempt, frames) = (r.attempt_id, r.frames_done);
+        if let Some(reason) = self.0.watchdog.observe(attempt, r.iterations, now_ms()) {
+            let why = reason.clone();
+            self.0.db(move |c| lease::stall(c, attempt, &why, policy, now_ms())).await?;
+            self.0.segments_may_be_ready();
+            return Err(Error::StaleAttempt { id: attempt, reason }.into());
+        }
         let result = self.0.db(move |c| lease::heartbeat(c, attempt, frames, policy, now_ms())).await;
         let cur = match result {
             Ok(cur) => cur,
@@ -174,7 +180,8 @@ impl WorkerService for Api {
         }
         let verified = async {
             chunk.finish("chunk_sha256", header.chunk_size, &header.chunk_sha256).await?;
-            state.finish("state_sha256", header.state_size, &header.state_sha256).await
+            state.finish("state_sha256", header.state_size, &header.state_sha256).await?;
+            self.inspect(cur.job, cur.idx, chunk.path.clone(), state.path.clone()).await
         }
         .await;
         if let Err(e) = verified {
@@ -209,6 +216,7 @@ impl WorkerService for Api {
                 return Err(e.into());
             }
         };
+        self.0.watchdog.forget(attempt);
         tracing::info!(attempt, job = %db::job_id(cur.job), segment = cur.idx, worker = %cur.worker, chunk_bytes = header.chunk_size, state_bytes = header.state_size, "segment completed");
         self.0.segments_may_be_ready();
         if last {
@@ -229,6 +237,7 @@ impl WorkerService for Api {
         let reason = proto::limits::cut(&r.reason, proto::limits::MAX_REASON_LEN);
         let (attempt, released) = (r.attempt_id, r.released);
         self.0.db(move |c| lease::fail(c, attempt, &reason, released, policy, now_ms())).await?;
+        self.0.watchdog.forget(attempt);
         tracing::warn!(attempt, reason = %proto::limits::quoted_prefix(&r.reason), released, "worker gave a segment back");
         self.0.segments_may_be_ready();
         Ok(Response::new(v1::FailSegmentResponse {}))
@@ -245,5 +254,27 @@ impl WorkerService for Api {
             self.0.segments_may_be_ready();
         }
         Ok(Response::new(v1::LeaveResponse { released_attempt_ids: released }))
+    }
+}
+
+impl Api {
+    /// The content checks of `inspect`, against what segment `idx` of `job` must hold.
+    async fn inspect(&self, job: i64, idx: u32, chunk: std::path::PathBuf, state: std::path::PathBuf) -> Result<()> {
+        let (spec, (start_frame, end_frame)) =
+            self.0.db(move |c| Ok((db::spec(c, job)?, db::segment_span(c, job, idx)?))).await?;
+        let params = crate::check_spec(&spec)?;
+        let want = inspect::Expected {
+            kind: proto::wire::output_from_wire(spec.output)?,
+            width: params.width,
+            height: params.height,
+            start_frame,
+            end_frame,
+        };
+        tokio::task::spawn_blocking(move || {
+            inspect::chunk(&chunk, &want).map_err(|e| Error::invalid("chunk", e))?;
+            inspect::state(&state, &want).map_err(|e| Error::invalid("state", e))
+        })
+        .await
+        .expect("inspection panicked")
     }
 }

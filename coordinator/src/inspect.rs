@@ -1,0 +1,136 @@
+//! Content checks of a completed segment's upload. A checksum proves the bytes arrived as sent,
+//! not that they are what the job needs: a garbage "MP4" with a matching checksum used to be
+//! accepted and then failed the job at stitching, and a garbage state failed the next, honest
+//! worker three times. So before a completion is recorded, the chunk must demux as the job's
+//! format with the job's size and exactly the segment's frames (an MP4 starting on a key
+//! frame), and the state must parse as a hand-off state of the job's size that ends where the
+//! segment ends. A failure is charged to the attempt that uploaded it.
+
+use ffmpeg_next as ffmpeg;
+use proto::params::OutputKind;
+use safetensors::tensor::{Dtype, SafeTensors};
+use std::path::Path;
+
+/// What a segment's upload must hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Expected {
+    pub kind: OutputKind,
+    pub width: u32,
+    pub height: u32,
+    pub start_frame: u32,
+    pub end_frame: u32,
+}
+
+/// The hand-off state's format tag (written by the engine's `handoff`).
+const STATE_FORMAT: &str = "gramzoom-handoff-v1";
+
+/// Checks an encoded chunk; the error says what is wrong with it.
+pub fn chunk(path: &Path, want: &Expected) -> Result<(), String> {
+    let frames = want.end_frame - want.start_frame;
+    match want.kind {
+        OutputKind::Mp4 => mp4(path, want, frames),
+        OutputKind::Gif => gif(path, want, frames),
+        OutputKind::Png | OutputKind::Jpeg => still(path, want),
+    }
+}
+
+fn size_check(what: &str, (w, h): (u32, u32), want: &Expected) -> Result<(), String> {
+    if (w, h) != (want.width, want.height) {
+        return Err(format!("{what} is {w}x{h}, the job renders {}x{}", want.width, want.height));
+    }
+    Ok(())
+}
+
+fn mp4(path: &Path, want: &Expected, frames: u32) -> Result<(), String> {
+    ffmpeg::init().map_err(|e| format!("ffmpeg: {e}"))?;
+    let mut input = ffmpeg::format::input(path).map_err(|e| format!("not an MP4 file: {e}"))?;
+    let (index, codec, size) = {
+        let stream = input.streams().best(ffmpeg::media::Type::Video).ok_or("an MP4 without a video stream")?;
+        let params = stream.parameters();
+        let decoder = ffmpeg::codec::context::Context::from_parameters(params.clone())
+            .and_then(|c| c.decoder().video())
+            .map_err(|e| format!("unreadable video stream: {e}"))?;
+        (stream.index(), params.id(), (decoder.width(), decoder.height()))
+    };
+    if codec != ffmpeg::codec::Id::H264 {
+        return Err(format!("the video stream is {codec:?}, expected H264"));
+    }
+    size_check("the video", size, want)?;
+    let mut packets = 0u32;
+    for (stream, packet) in input.packets() {
+        if stream.index() != index {
+            continue;
+        }
+        if packets == 0 && !packet.is_key() {
+            return Err("the video does not start with a key frame, so it cannot be joined".into());
+        }
+        packets += 1;
+    }
+    if packets != frames {
+        return Err(format!("the video holds {packets} frames, the segment has {frames}"));
+    }
+    Ok(())
+}
+
+fn gif(path: &Path, want: &Expected, frames: u32) -> Result<(), String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut options = gif::DecodeOptions::new();
+    options.set_color_output(gif::ColorOutput::Indexed);
+    let mut decoder = options.read_info(std::io::BufReader::new(file)).map_err(|e| format!("not a GIF: {e}"))?;
+    size_check("the GIF", (u32::from(decoder.width()), u32::from(decoder.height())), want)?;
+    let mut count = 0u32;
+    while decoder.read_next_frame().map_err(|e| format!("a broken GIF frame: {e}"))?.is_some() {
+        count += 1;
+        if count > frames {
+            break;
+        }
+    }
+    if count != frames {
+        return Err(format!("the GIF holds {count} frames, the segment has {frames}"));
+    }
+    Ok(())
+}
+
+fn still(path: &Path, want: &Expected) -> Result<(), String> {
+    let format = match want.kind {
+        OutputKind::Png => image::ImageFormat::Png,
+        _ => image::ImageFormat::Jpeg,
+    };
+    let mut reader = image::ImageReader::open(path).map_err(|e| e.to_string())?;
+    reader.set_format(format);
+    let image = reader.decode().map_err(|e| format!("not a {format:?} image: {e}"))?;
+    size_check("the image", (image.width(), image.height()), want)
+}
+
+/// Checks a hand-off state: its format, that it ends where the segment ends, and that every
+/// tensor (image and optimiser state) has the job's shape.
+pub fn state(path: &Path, want: &Expected) -> Result<(), String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let parsed = SafeTensors::deserialize(&bytes).map_err(|e| format!("not a hand-off state: {e:?}"))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| format!("not a hand-off state: {e:?}"))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    if meta.get("format").map(String::as_str) != Some(STATE_FORMAT) {
+        return Err(format!("not a hand-off state: format {:?}", meta.get("format")));
+    }
+    let next: Option<u32> = meta.get("next_frame").and_then(|n| n.parse().ok());
+    if next != Some(want.end_frame) {
+        return Err(format!("the state resumes at frame {next:?}, the segment ends at {}", want.end_frame));
+    }
+    let shape = [1, 3, want.height as usize, want.width as usize];
+    let mut image = false;
+    for (name, view) in parsed.tensors() {
+        if view.dtype() != Dtype::F32 || view.shape() != shape {
+            return Err(format!(
+                "tensor {:?} is {:?} {:?}, expected F32 {shape:?}",
+                proto::limits::quoted_prefix(&name),
+                view.dtype(),
+                view.shape()
+            ));
+        }
+        image |= name == "image";
+    }
+    if !image {
+        return Err("the state has no image".into());
+    }
+    Ok(())
+}
