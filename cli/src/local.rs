@@ -104,6 +104,8 @@ pub async fn render(
     config.max_attempts = 1;
     config.lease = Duration::from_secs(60);
     config.heartbeat = Duration::from_millis(250);
+    // A throw-away data directory: no disk reserve to keep.
+    config.reserve_bytes = 0;
     let coordinator = coordinator::InProcess::start(config).await?;
     let result = async {
         let mut jobs = client::over(coordinator.channel.clone(), Default::default());

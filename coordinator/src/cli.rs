@@ -49,6 +49,9 @@ pub struct ServeArgs {
     /// An attempt may also stay quiet for this many times its slowest pace so far.
     #[arg(long, default_value_t = 10.0)]
     pub stall_factor: f64,
+    /// MiB kept back under --data so that cancel and delete still work on a full disk.
+    #[arg(long, default_value_t = 64)]
+    pub disk_reserve_mib: u64,
     /// Frames per segment for jobs that do not choose.
     #[arg(long, default_value_t = crate::DEFAULT_SEGMENT_FRAMES)]
     pub segment_frames: u32,
@@ -99,6 +102,7 @@ impl ServeArgs {
         config.segment_frames = self.segment_frames.max(1);
         config.stall_floor = Duration::from_secs_f64(self.stall_secs.clamp(0.5, 86_400.0));
         config.stall_factor = self.stall_factor.clamp(1.0, 1000.0);
+        config.reserve_bytes = self.disk_reserve_mib.min(1 << 20) << 20;
         Ok(config)
     }
 }

@@ -39,6 +39,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this failed for want of disk space (SQLite or the artifact store).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Error::Db(rusqlite::Error::SqliteFailure(e, _)) => e.code == rusqlite::ErrorCode::DiskFull,
+            Error::Store(e) => e.kind() == std::io::ErrorKind::StorageFull,
+            _ => false,
+        }
+    }
+
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         Self::Invalid { field, message: message.into() }
     }
@@ -52,6 +61,12 @@ impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         use tonic::Status;
         let message = e.to_string();
+        if e.is_disk_full() {
+            tracing::error!(error = %message, "disk full");
+            return Status::resource_exhausted(format!(
+                "the coordinator's disk is full ({message}); cancel or delete ended jobs to free space"
+            ));
+        }
         match e {
             Error::Param(_) | Error::Invalid { .. } => Status::invalid_argument(message),
             Error::JobNotFound(_) | Error::WorkerNotFound(_) => Status::not_found(message),

@@ -12,6 +12,7 @@ pub mod db;
 pub mod error;
 pub mod inspect;
 pub mod lease;
+pub mod reserve;
 mod service;
 pub mod stitch;
 pub mod store;
@@ -61,6 +62,8 @@ pub struct Config {
     pub stall_factor: f64,
     /// Serve TLS (and with a client CA, require client certificates); `None` is plaintext.
     pub tls: Option<ServerTls>,
+    /// Bytes kept back under `--data` so that cancel and delete work on a full disk.
+    pub reserve_bytes: u64,
 }
 
 /// The coordinator's certificate and key, and the CA its clients' certificates must chain to
@@ -92,6 +95,7 @@ impl Config {
             stall_floor: Duration::from_secs(120),
             stall_factor: 10.0,
             tls: None,
+            reserve_bytes: 64 << 20,
         }
     }
 
@@ -155,6 +159,7 @@ pub struct Coordinator {
     closing: watch::Sender<bool>,
     live: Mutex<HashMap<i64, Live>>,
     watchdog: watchdog::Watchdog,
+    reserve: reserve::Reserve,
 }
 
 impl Coordinator {
@@ -173,6 +178,10 @@ impl Coordinator {
         let stitching = db::jobs_in_state(&conn, db::JobState::Stitching)?;
         tracing::info!(data = %config.data.display(), resumed_attempts = resumed, stitching = stitching.len(), "coordinator state opened");
         let watchdog = watchdog::Watchdog::new(config.stall_floor, config.stall_factor);
+        let reserve = reserve::Reserve::new(config.data.join("reserve"), config.reserve_bytes);
+        if let Err(e) = reserve.ensure() {
+            tracing::warn!(error = %e, "could not keep a disk reserve: on a full disk, cancel and delete may fail");
+        }
         let this = Arc::new(Self {
             _lock: lock,
             config,
@@ -185,11 +194,39 @@ impl Coordinator {
             closing: watch::channel(false).0,
             live: Mutex::new(HashMap::new()),
             watchdog,
+            reserve,
         });
         for job in stitching {
             tokio::spawn(this.clone().stitch(job));
         }
         Ok(this)
+    }
+
+    /// Like `db`, for the calls that free space (cancel, delete): on a full disk the reserve is
+    /// given up and the call tried once more, so a full farm can always be emptied.
+    async fn db_freeing<T: Send + 'static>(
+        &self,
+        f: impl Fn(&mut Connection) -> Result<T> + Send + Sync + 'static,
+    ) -> Result<T> {
+        let f = Arc::new(f);
+        let first = f.clone();
+        match self.db(move |c| first(c)).await {
+            Err(e) if e.is_disk_full() && self.reserve.release() => {
+                tracing::warn!(error = %e, "disk full: gave up the reserve to free space");
+                self.db(move |c| f(c)).await
+            }
+            result => result,
+        }
+    }
+
+    /// Makes the reserve anew, once there is room again (after a delete).
+    fn restore_reserve(self: &Arc<Self>) {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = this.reserve.ensure() {
+                tracing::warn!(error = %e, "the disk reserve is still missing");
+            }
+        });
     }
 
     /// Runs `f` on the database off the async runtime.

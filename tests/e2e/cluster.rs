@@ -71,6 +71,7 @@ impl Drop for Proc {
 
 pub(crate) struct Cluster {
     pub(crate) dir: tempfile::TempDir,
+    pub(crate) data: PathBuf,
     pub(crate) coordinator: Option<Proc>,
     port: u16,
     workers: Vec<Proc>,
@@ -79,11 +80,17 @@ pub(crate) struct Cluster {
 
 impl Cluster {
     pub(crate) fn start(lease_secs: &str, extra: &[&str]) -> Self {
+        Self::start_on(None, lease_secs, extra)
+    }
+
+    /// Starts a coordinator whose `--data` is `data` (default: a fresh directory).
+    pub(crate) fn start_on(data: Option<PathBuf>, lease_secs: &str, extra: &[&str]) -> Self {
         let dir = tempdir();
+        let data = data.unwrap_or_else(|| dir.path().join("data"));
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let tokens = format!("user alice {ALICE}\nuser bob {BOB}\nadmin root {ROOT}\nworker gpu {WORKER}\n");
         std::fs::write(dir.path().join("tokens"), tokens).unwrap();
-        let mut c = Self { dir, coordinator: None, port: 0, workers: Vec::new(), runtime };
+        let mut c = Self { dir, data, coordinator: None, port: 0, workers: Vec::new(), runtime };
         c.start_coordinator(lease_secs, extra);
         c
     }
@@ -95,11 +102,11 @@ impl Cluster {
     /// Starts (or restarts, on the same port and data directory) the coordinator.
     pub(crate) fn start_coordinator(&mut self, lease_secs: &str, extra: &[&str]) {
         let listen = format!("127.0.0.1:{}", self.port);
-        let data = self.path("data");
+        let data = self.data.clone();
         let log = self.path(&format!("coordinator-{}.log", Instant::now().elapsed().as_nanos()));
         let tokens = self.path("tokens");
         let mut args = vec!["serve", "--listen", &listen, "--data", data.to_str().unwrap(), "--lease-secs", lease_secs];
-        args.extend(["--auth", tokens.to_str().unwrap()]);
+        args.extend(["--auth", tokens.to_str().unwrap(), "--disk-reserve-mib", "4"]);
         args.extend(extra);
         let proc = Proc::spawn(&args, log.clone(), self.dir.path(), None);
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -69,6 +69,16 @@ fn job_ids_are_taken_only_as_written_and_bad_ones_are_quoted_short() {
     assert_eq!(c.job(&id).state, v1::JobState::Queued as i32);
 }
 
+/// A 64x48, two-frame MP4 job.
+fn tiny_spec() -> v1::JobSpec {
+    let params = proto::params::RenderParams { width: 64, height: 48, frames: 2, ..Default::default() };
+    v1::JobSpec {
+        params: Some(proto::wire::params_to_wire(&params)),
+        output: v1::OutputFormat::Mp4 as i32,
+        ..Default::default()
+    }
+}
+
 /// The code a call was refused with.
 fn code<T>(r: Result<T, tonic::Status>) -> Code {
     r.err().expect("the call was refused").code()
@@ -122,16 +132,7 @@ fn users_see_and_touch_only_their_own_jobs_and_roles_keep_to_their_api() {
 
     // Alice lists her own; the admin sees every job and may act on it.
     let bobs = {
-        let spec = v1::JobSpec {
-            params: Some(proto::wire::params_to_wire(&proto::params::RenderParams {
-                width: 64,
-                height: 48,
-                frames: 2,
-                ..Default::default()
-            })),
-            output: v1::OutputFormat::Mp4 as i32,
-            ..Default::default()
-        };
+        let spec = tiny_spec();
         let style = std::fs::read(crate::helpers::example("wheatfield.jpg")).unwrap();
         rt.block_on(cli::client::submit(&mut bob, spec, &style, "style")).unwrap().id
     };
@@ -227,16 +228,7 @@ fn an_open_coordinator_stays_on_loopback_and_https_is_never_plaintext() {
 fn the_same_new_style_submitted_many_times_at_once_is_stored_once_for_all() {
     let c = Cluster::start("30", &[]);
     let style = std::fs::read(crate::helpers::example("immunohistochemistry.png")).unwrap();
-    let spec = v1::JobSpec {
-        params: Some(proto::wire::params_to_wire(&proto::params::RenderParams {
-            width: 64,
-            height: 48,
-            frames: 2,
-            ..Default::default()
-        })),
-        output: v1::OutputFormat::Mp4 as i32,
-        ..Default::default()
-    };
+    let spec = tiny_spec();
     let url = c.url();
     let results = c.runtime.block_on(async {
         let mut all = tokio::task::JoinSet::new();
@@ -286,13 +278,8 @@ fn png_header_only(w: u32, h: u32) -> Vec<u8> {
 fn every_input_is_bounded_and_bad_values_are_quoted_short() {
     let c = Cluster::start("30", &[]);
     let style = std::fs::read(crate::helpers::example("wheatfield.jpg")).unwrap();
-    let params = proto::params::RenderParams { width: 64, height: 48, frames: 2, ..Default::default() };
     let spec = |edit: &dyn Fn(&mut v1::JobSpec)| {
-        let mut s = v1::JobSpec {
-            params: Some(proto::wire::params_to_wire(&params)),
-            output: v1::OutputFormat::Mp4 as i32,
-            ..Default::default()
-        };
+        let mut s = tiny_spec();
         edit(&mut s);
         s
     };
@@ -576,4 +563,69 @@ fn tls_keeps_clients_honest_and_mutual_tls_turns_away_clients_without_a_certific
         assert!(Instant::now() < deadline, "the job did not finish over mTLS: {line}{}", stderr(&out));
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// A small filesystem of its own, unmounted when dropped (the test runs as root, as CI does).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &Path, mib: u32) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        let size = format!("size={mib}m");
+        let out =
+            std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &size, "tmpfs"]).arg(at).output().unwrap();
+        assert!(
+            out.status.success(),
+            "mounting a small filesystem needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(at.to_path_buf())
+    }
+
+    /// Writes into `name` until the filesystem is full.
+    fn fill(&self, name: &str) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.0.join(name)).unwrap();
+        let block = vec![7u8; 64 << 10];
+        while f.write_all(&block).and_then(|()| f.sync_data()).is_ok() {}
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn on_a_full_disk_submits_are_refused_clearly_and_cancel_and_delete_still_free_space() {
+    let dir = tempdir();
+    let disk = SmallDisk::mount(&dir.path().join("disk"), 24);
+    let c = Cluster::start_on(Some(disk.0.join("data")), "30", &[]);
+    let first = c.submit(&["--size", "64x48", "--frames", "2"]);
+    disk.fill("filler");
+
+    // A submit fails as RESOURCE_EXHAUSTED saying what to do, and leaves nothing in scratch.
+    let out = c.run(&[
+        "submit",
+        crate::helpers::example("immunohistochemistry.png").to_str().unwrap(),
+        "--coordinator",
+        &c.url(),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("disk is full"), "{}", stderr(&out));
+    let scratch: Vec<_> = std::fs::read_dir(c.data.join("scratch")).unwrap().collect();
+    assert!(scratch.is_empty(), "left in scratch: {scratch:?}");
+
+    // Cancel and delete work although the disk is full: the reserve gives them room.
+    for verb in ["cancel", "delete"] {
+        let out = c.run(&[verb, &first, "--coordinator", &c.url()]);
+        assert!(out.status.success(), "{verb} on a full disk: {}", stderr(&out));
+    }
+    let out = c.run(&["status", &first, "--coordinator", &c.url()]);
+    assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
+    // Once there is room again, the farm takes work.
+    std::fs::remove_file(disk.0.join("filler")).unwrap();
+    let next = c.submit(&["--size", "64x48", "--frames", "2"]);
+    assert_eq!(c.job(&next).state, v1::JobState::Queued as i32);
 }

@@ -198,7 +198,7 @@ impl JobService for Api {
         let seq = self.owned_job(&principal, &request.into_inner().job_id).await?;
         let stored = self
             .0
-            .db(move |c| {
+            .db_freeing(move |c| {
                 db::cancel(c, seq, now_ms())?;
                 db::stored_attempts(c, seq)
             })
@@ -222,7 +222,7 @@ impl JobService for Api {
     ) -> Result<Response<v1::DeleteJobResponse>, Status> {
         let principal = caller(&request)?;
         let seq = self.owned_job(&principal, &request.into_inner().job_id).await?;
-        let (style, shared) = self.0.db(move |c| db::delete(c, seq)).await?;
+        let (style, shared) = self.0.db_freeing(move |c| db::delete(c, seq)).await?;
         self.0.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq);
         // The record is gone first: a crash now leaves unreferenced files, never a record whose
         // output is missing.
@@ -239,6 +239,7 @@ impl JobService for Api {
         .await
         .expect("artifact deletion panicked")?;
         tracing::info!(job = %db::job_id(seq), bytes_freed = freed, "job deleted");
+        self.0.restore_reserve();
         self.0.job_changed(seq);
         Ok(Response::new(v1::DeleteJobResponse { bytes_freed: freed }))
     }
