@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod cli;
+mod config;
 pub mod data_lock;
 pub mod db;
 pub mod error;
@@ -29,7 +30,6 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::Read;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use store::{keys, ArtifactStore, FsStore};
@@ -37,76 +37,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use watchers::Watchers;
 
-/// Segment length when a job does not choose one. Measured on the CPU at 256x256 a frame takes
-/// about 2.2 s, at 512x512 about 9.7 s; 120 frames (4 s of a 30 fps movie) is then 4 to 20
-/// minutes of CPU work and well under that on a GPU: a lost segment costs minutes, while the
-/// per-segment overhead (a state hand-off, a chunk upload, one IDR frame) stays below 1%.
-pub const DEFAULT_SEGMENT_FRAMES: u32 = 120;
-/// Jobs may not be cut into more segments than this.
-pub const MAX_SEGMENTS: u32 = 100_000;
+pub use config::{Config, ServerTls, DEFAULT_SEGMENT_FRAMES, MAX_SEGMENTS};
 pub use proto::limits::MAX_STYLE_BYTES;
-
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub data: PathBuf,
-    pub lease: Duration,
-    pub heartbeat: Duration,
-    pub max_attempts: u32,
-    pub segment_frames: u32,
-    pub affinity_grace: Duration,
-    /// The principals of `--auth`; `None` is an open coordinator (everyone acts as an admin).
-    pub auth: Option<Arc<auth::Tokens>>,
-    /// An attempt whose render makes no progress for the larger of `stall_floor` and
-    /// `stall_factor` times its slowest pace so far is expired (see `watchdog`).
-    pub stall_floor: Duration,
-    pub stall_factor: f64,
-    /// Serve TLS (and with a client CA, require client certificates); `None` is plaintext.
-    pub tls: Option<ServerTls>,
-    /// Bytes kept back under `--data` so that cancel and delete work on a full disk.
-    pub reserve_bytes: u64,
-}
-
-/// The coordinator's certificate and key, and the CA its clients' certificates must chain to
-/// when client certificates are required (mTLS); all PEM.
-#[derive(Clone)]
-pub struct ServerTls {
-    pub cert: Vec<u8>,
-    pub key: Vec<u8>,
-    pub client_ca: Option<Vec<u8>>,
-}
-
-impl std::fmt::Debug for ServerTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never the key.
-        f.debug_struct("ServerTls").field("client_ca", &self.client_ca.is_some()).finish_non_exhaustive()
-    }
-}
-
-impl Config {
-    pub fn new(data: PathBuf) -> Self {
-        Self {
-            data,
-            lease: Duration::from_secs(30),
-            heartbeat: Duration::from_secs(2),
-            max_attempts: 3,
-            segment_frames: DEFAULT_SEGMENT_FRAMES,
-            affinity_grace: Duration::from_secs(2),
-            auth: None,
-            stall_floor: Duration::from_secs(120),
-            stall_factor: 10.0,
-            tls: None,
-            reserve_bytes: 64 << 20,
-        }
-    }
-
-    fn policy(&self) -> Policy {
-        Policy {
-            lease_ms: self.lease.as_millis() as i64,
-            max_attempts: self.max_attempts,
-            affinity_grace_ms: self.affinity_grace.as_millis() as i64,
-        }
-    }
-}
 
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)

@@ -80,3 +80,18 @@ pub fn frames_in(dir: &Path) -> Vec<Vec<u8>> {
     paths.sort();
     paths.iter().map(|p| image::open(p).unwrap().to_rgb8().into_raw()).collect()
 }
+
+/// A 64x48, two-frame MP4 job.
+pub fn tiny_spec() -> proto::v1::JobSpec {
+    let params = proto::params::RenderParams { width: 64, height: 48, frames: 2, ..Default::default() };
+    proto::v1::JobSpec {
+        params: Some(proto::wire::params_to_wire(&params)),
+        output: proto::v1::OutputFormat::Mp4 as i32,
+        ..Default::default()
+    }
+}
+
+/// The code a call was refused with.
+pub fn code<T>(r: Result<T, tonic::Status>) -> tonic::Code {
+    r.err().expect("the call was refused").code()
+}

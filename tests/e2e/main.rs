@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod auth;
 mod cli_errors;
 mod cluster;
 mod hostile;

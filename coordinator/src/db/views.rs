@@ -1,0 +1,144 @@
+//! What users and workers are shown of the durable state: a job with its segments and every
+//! attempt, listings, a job's spec, owner and segment spans.
+
+use super::{job_id, JobState};
+use crate::error::{Error, Result};
+use proto::v1;
+use rusqlite::{params, Connection, OptionalExtension};
+
+pub fn spec(conn: &Connection, seq: i64) -> Result<v1::JobSpec> {
+    use prost::Message;
+    let blob: Vec<u8> = conn
+        .query_row("SELECT spec FROM jobs WHERE seq = ?1", [seq], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| Error::JobNotFound(job_id(seq)))?;
+    v1::JobSpec::decode(blob.as_slice()).map_err(|e| Error::Db(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
+}
+
+/// The job as users see it. `include_segments` adds every segment and attempt.
+pub fn job(conn: &Connection, seq: i64, include_segments: bool) -> Result<v1::Job> {
+    let spec = spec(conn, seq)?;
+    type Row = (String, String, u32, i64, i64, i64, String, String);
+    let (state, error, frames, created, finished, size, sha, owner): Row = conn.query_row(
+        "SELECT state, error, frames, created_ms, finished_ms, output_size, output_sha256, owner FROM jobs WHERE seq = ?1",
+        [seq],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)),
+    )?;
+    let (done_frames, segments_done, segments_total): (u32, u32, u32) = conn.query_row(
+        "SELECT COALESCE(SUM(CASE WHEN state = 'done' THEN end_frame - start_frame ELSE 0 END), 0),
+                COALESCE(SUM(state = 'done'), 0), COUNT(*) FROM segments WHERE job = ?1",
+        [seq],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let running: u32 = conn.query_row(
+        "SELECT COALESCE(SUM(frames_done), 0) FROM attempts WHERE job = ?1 AND state = 'running'",
+        [seq],
+        |r| r.get(0),
+    )?;
+    let mut job = v1::Job {
+        id: job_id(seq),
+        spec: Some(spec),
+        state: JobState::parse(&state).to_wire() as i32,
+        error,
+        frames_done: (done_frames + running).min(frames),
+        frames_total: frames,
+        segments_done,
+        segments_total,
+        created_unix_ms: created,
+        finished_unix_ms: finished,
+        output_size: size as u64,
+        output_sha256: sha,
+        owner,
+        ..Default::default()
+    };
+    if include_segments {
+        job.segments = segments(conn, seq)?;
+    }
+    Ok(job)
+}
+
+fn segments(conn: &Connection, seq: i64) -> Result<Vec<v1::Segment>> {
+    let mut stmt =
+        conn.prepare("SELECT idx, start_frame, end_frame, state FROM segments WHERE job = ?1 ORDER BY idx")?;
+    let mut out: Vec<v1::Segment> = stmt
+        .query_map([seq], |r| {
+            let state: String = r.get(3)?;
+            Ok(v1::Segment {
+                index: r.get(0)?,
+                start_frame: r.get(1)?,
+                end_frame: r.get(2)?,
+                state: segment_state(&state) as i32,
+                attempts: Vec::new(),
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut stmt = conn.prepare(
+        "SELECT idx, id, worker, state, reason, started_ms, ended_ms, frames_done FROM attempts WHERE job = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map([seq], |r| {
+        let state: String = r.get(3)?;
+        Ok((
+            r.get::<_, u32>(0)?,
+            v1::Attempt {
+                id: r.get::<_, i64>(1)? as u64,
+                worker_id: r.get(2)?,
+                state: attempt_state(&state) as i32,
+                reason: r.get(4)?,
+                started_unix_ms: r.get(5)?,
+                ended_unix_ms: r.get(6)?,
+                frames_done: r.get(7)?,
+            },
+        ))
+    })?;
+    for row in rows {
+        let (idx, attempt) = row?;
+        if let Some(s) = out.get_mut(idx as usize) {
+            s.attempts.push(attempt);
+        }
+    }
+    Ok(out)
+}
+
+fn segment_state(s: &str) -> v1::SegmentState {
+    match s {
+        "waiting" => v1::SegmentState::Waiting,
+        "ready" => v1::SegmentState::Ready,
+        "running" => v1::SegmentState::Running,
+        "done" => v1::SegmentState::Done,
+        "failed" => v1::SegmentState::Failed,
+        _ => v1::SegmentState::Cancelled,
+    }
+}
+
+fn attempt_state(s: &str) -> v1::AttemptState {
+    match s {
+        "running" => v1::AttemptState::Running,
+        "succeeded" => v1::AttemptState::Succeeded,
+        "failed" => v1::AttemptState::Failed,
+        "expired" => v1::AttemptState::Expired,
+        _ => v1::AttemptState::Cancelled,
+    }
+}
+
+/// The frames `[start, end)` of segment `idx` of `job`.
+pub fn segment_span(conn: &Connection, job: i64, idx: u32) -> Result<(u32, u32)> {
+    Ok(conn.query_row(
+        "SELECT start_frame, end_frame FROM segments WHERE job = ?1 AND idx = ?2",
+        params![job, idx],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?)
+}
+
+/// Every job, or only `owner`'s.
+pub fn list(conn: &Connection, owner: Option<&str>) -> Result<Vec<v1::Job>> {
+    let mut stmt = conn.prepare("SELECT seq FROM jobs WHERE ?1 IS NULL OR owner = ?1 ORDER BY seq")?;
+    let seqs: Vec<i64> = stmt.query_map([owner], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    seqs.into_iter().map(|s| job(conn, s, false)).collect()
+}
+
+/// Who submitted a job; an unknown job is not found.
+pub fn owner(conn: &Connection, seq: i64) -> Result<String> {
+    conn.query_row("SELECT owner FROM jobs WHERE seq = ?1", [seq], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| Error::JobNotFound(job_id(seq)))
+}
