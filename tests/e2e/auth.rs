@@ -1,7 +1,7 @@
 //! Who may call what: tokens and roles, worker sessions, an open coordinator kept on loopback,
 //! TLS and mutual TLS.
 
-use crate::cluster::{Cluster, FakeWorker, Proc, ALICE, BOB, ROOT, WORKER};
+use crate::farm::{Cluster, FakeWorker, Proc, ALICE, BOB, ROOT, WORKER};
 use crate::helpers::{code, stderr, tempdir, tiny_spec};
 use proto::v1;
 use std::path::Path;

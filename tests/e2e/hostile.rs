@@ -2,7 +2,7 @@
 //! coordinator on the same data directory, ids that are almost ids, inputs of megabytes where a
 //! few bytes belong, garbage uploads with matching checksums, a hung render, a full disk.
 
-use crate::cluster::{Cluster, FakeWorker, Proc, ALICE, BOB};
+use crate::farm::{Cluster, FakeWorker, Proc, ALICE, BOB};
 use crate::helpers::{code, stderr, tempdir, tiny_spec};
 use proto::v1;
 use std::path::Path;

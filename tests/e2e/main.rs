@@ -6,6 +6,7 @@ mod helpers;
 mod auth;
 mod cli_errors;
 mod cluster;
+mod farm;
 mod hostile;
 mod outputs;
 mod quality;

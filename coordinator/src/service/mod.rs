@@ -112,23 +112,14 @@ impl Api {
         }
     }
 
-    /// The registered worker a request's session belongs to.
-    async fn session_worker<T>(&self, request: &Request<T>) -> Result<String, Status> {
-        let session = request
-            .metadata()
-            .get(proto::auth::SESSION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| Status::unauthenticated("missing worker session: register first"))?;
-        let digest = proto::params::hex(&Sha256::digest(session.as_bytes()));
-        self.0
-            .db(move |c| db::session_worker(c, &digest))
-            .await?
-            .ok_or_else(|| Status::not_found("unknown worker session; register again"))
+    /// The registered worker whose session hashes to `digest`.
+    async fn session_worker(&self, digest: String) -> Result<String, Status> {
+        self.0.db(move |c| db::session_worker(c, &digest)).await?.ok_or_else(unknown_session)
     }
 
     /// Fails unless `worker_id` is the calling worker itself.
     async fn is_caller<T>(&self, request: &Request<T>, worker_id: &str) -> Result<(), Status> {
-        let me = self.session_worker(request).await?;
+        let me = self.session_worker(session_digest(request)?).await?;
         if me != worker_id {
             return Err(Status::permission_denied(format!(
                 "this session belongs to {me}, not to {}",
@@ -138,10 +129,14 @@ impl Api {
         Ok(())
     }
 
-    /// Fails unless `attempt` was granted to the calling worker `me`. (An unknown attempt
-    /// passes here and is refused by the fencing check that follows.)
-    async fn held_by(&self, me: &str, attempt: u64) -> Result<(), Status> {
-        match self.0.db(move |c| db::attempt_worker(c, attempt)).await? {
+    /// Fails unless `attempt` was granted to the worker whose session hashes to `digest`. One
+    /// database call: this runs on every heartbeat. (An unknown attempt passes here and is
+    /// refused by the fencing check that follows.)
+    async fn holds(&self, digest: String, attempt: u64) -> Result<(), Status> {
+        let (me, holder) =
+            self.0.db(move |c| Ok((db::session_worker(c, &digest)?, db::attempt_worker(c, attempt)?))).await?;
+        let me = me.ok_or_else(unknown_session)?;
+        match holder {
             Some(holder) if holder != me => {
                 Err(Status::permission_denied(format!("attempt {attempt} was granted to another worker, not {me}")))
             }
@@ -151,9 +146,22 @@ impl Api {
 
     /// Fails unless `attempt` was granted to the calling worker.
     async fn caller_holds<T>(&self, request: &Request<T>, attempt: u64) -> Result<(), Status> {
-        let me = self.session_worker(request).await?;
-        self.held_by(&me, attempt).await
+        self.holds(session_digest(request)?, attempt).await
     }
+}
+
+/// The SHA-256 of the session a worker's request carries (the database knows only digests).
+fn session_digest<T>(request: &Request<T>) -> Result<String, Status> {
+    let session = request
+        .metadata()
+        .get(proto::auth::SESSION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Status::unauthenticated("missing worker session: register first"))?;
+    Ok(proto::params::hex(&Sha256::digest(session.as_bytes())))
+}
+
+fn unknown_session() -> Status {
+    Status::not_found("unknown worker session; register again")
 }
 
 /// The caller, as the gate identified it.

@@ -157,14 +157,14 @@ impl WorkerService for Api {
         &self,
         request: Request<Streaming<v1::CompleteSegmentRequest>>,
     ) -> Result<Response<v1::CompleteSegmentResponse>, Status> {
-        let me = self.session_worker(&request).await?;
+        let digest = super::session_digest(&request)?;
         let mut stream = request.into_inner();
         let header = match stream.message().await?.and_then(|m| m.part) {
             Some(complete_segment_request::Part::Header(h)) => h,
             _ => return Err(Error::invalid("header", "the first message must carry the completion header").into()),
         };
         let attempt = header.attempt_id;
-        self.held_by(&me, attempt).await?;
+        self.holds(digest, attempt).await?;
         let policy = self.0.policy;
         // Fencing, early: a stale worker is turned away before it uploads anything big.
         let cur = self.0.db(move |c| lease::check(c, attempt, policy, now_ms())).await?;

@@ -1,0 +1,269 @@
+//! The harness of the cluster tests: `gramzoom serve` (with `--auth`) and `gramzoom worker`
+//! processes on loopback ports, the job API as a user, and a worker driven by hand for
+//! protocol-level checks.
+
+use crate::helpers::{command, example, stderr, tempdir};
+use proto::auth::Credentials;
+use proto::v1;
+use proto::v1::worker_service_client::WorkerServiceClient;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::service::interceptor::InterceptedService;
+
+/// The principals of every cluster test's `--auth` file: the suite runs with auth on.
+pub(crate) const ALICE: &str = "alice-token-0123456789abcdef";
+pub(crate) const BOB: &str = "bob-token-0123456789abcdef";
+pub(crate) const ROOT: &str = "root-token-0123456789abcdef";
+pub(crate) const WORKER: &str = "worker-token-0123456789abcdef";
+
+/// A child process killed when dropped; its stderr goes to a log file shown on failure.
+pub(crate) struct Proc {
+    pub(crate) child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `gramzoom args`, with `token` as GRAMZOOM_TOKEN when given.
+    pub(crate) fn spawn(args: &[&str], log: PathBuf, cache: &Path, token: Option<&str>) -> Self {
+        let file = std::fs::File::create(&log).unwrap();
+        let mut command = command(cache);
+        if let Some(t) = token {
+            command.env("GRAMZOOM_TOKEN", t);
+        }
+        let child = command
+            .args(args)
+            .env("RUST_LOG", "info,coordinator::service=debug")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("gramzoom starts");
+        Self { child, log }
+    }
+
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub(crate) fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success();
+        assert!(ok, "kill {sig}");
+    }
+
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub(crate) struct Cluster {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) data: PathBuf,
+    pub(crate) coordinator: Option<Proc>,
+    port: u16,
+    pub(crate) workers: Vec<Proc>,
+    pub(crate) runtime: tokio::runtime::Runtime,
+}
+
+impl Cluster {
+    pub(crate) fn start(lease_secs: &str, extra: &[&str]) -> Self {
+        Self::start_on(None, lease_secs, extra)
+    }
+
+    /// Starts a coordinator whose `--data` is `data` (default: a fresh directory).
+    pub(crate) fn start_on(data: Option<PathBuf>, lease_secs: &str, extra: &[&str]) -> Self {
+        let dir = tempdir();
+        let data = data.unwrap_or_else(|| dir.path().join("data"));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let tokens = format!("user alice {ALICE}\nuser bob {BOB}\nadmin root {ROOT}\nworker gpu {WORKER}\n");
+        std::fs::write(dir.path().join("tokens"), tokens).unwrap();
+        let mut c = Self { dir, data, coordinator: None, port: 0, workers: Vec::new(), runtime };
+        c.start_coordinator(lease_secs, extra);
+        c
+    }
+
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts (or restarts, on the same port and data directory) the coordinator.
+    pub(crate) fn start_coordinator(&mut self, lease_secs: &str, extra: &[&str]) {
+        let listen = format!("127.0.0.1:{}", self.port);
+        let data = self.data.clone();
+        let log = self.path(&format!("coordinator-{}.log", Instant::now().elapsed().as_nanos()));
+        let tokens = self.path("tokens");
+        let mut args = vec!["serve", "--listen", &listen, "--data", data.to_str().unwrap(), "--lease-secs", lease_secs];
+        args.extend(["--auth", tokens.to_str().unwrap(), "--disk-reserve-mib", "4"]);
+        args.extend(extra);
+        let proc = Proc::spawn(&args, log.clone(), self.dir.path(), None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let port = loop {
+            let text = proc.log();
+            if let Some(rest) = text.lines().find_map(|l| l.strip_prefix("listening on ")) {
+                break rest.rsplit(':').next().unwrap().trim().parse::<u16>().unwrap();
+            }
+            assert!(Instant::now() < deadline, "coordinator did not start: {text}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.port = port;
+        self.coordinator = Some(proc);
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub(crate) fn worker(&mut self, name: &str, extra: &[&str]) -> usize {
+        let url = self.url();
+        let frames = self.path("frames");
+        let mut args = vec!["worker", "--coordinator", &url, "--name", name, "--device", "cpu"];
+        args.extend(["--frames-dir", frames.to_str().unwrap()]);
+        args.extend(extra);
+        let log = self.path(&format!("{name}.log"));
+        self.workers.push(Proc::spawn(&args, log, self.dir.path(), Some(WORKER)));
+        self.workers.len() - 1
+    }
+
+    pub(crate) fn submit(&self, flags: &[&str]) -> String {
+        let style = example("wheatfield.jpg");
+        let url = self.url();
+        let mut args = vec!["submit", style.to_str().unwrap(), "--coordinator", &url];
+        args.extend(flags);
+        let out = self.run(&args);
+        assert!(out.status.success(), "submit: {}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// Runs a `gramzoom` command as alice.
+    pub(crate) fn run(&self, args: &[&str]) -> std::process::Output {
+        command(self.dir.path()).env("GRAMZOOM_TOKEN", ALICE).args(args).output().expect("gramzoom runs")
+    }
+
+    /// The job API as alice.
+    pub(crate) fn jobs(&self) -> cli::client::Client {
+        self.jobs_as(Some(ALICE))
+    }
+
+    pub(crate) fn jobs_as(&self, token: Option<&str>) -> cli::client::Client {
+        self.runtime.block_on(cli::client::connect(&self.url(), token)).unwrap()
+    }
+
+    pub(crate) fn job(&self, id: &str) -> v1::Job {
+        let mut c = self.jobs();
+        let r = v1::GetJobRequest { job_id: id.into(), include_segments: true };
+        self.runtime.block_on(c.get_job(r)).unwrap().into_inner()
+    }
+
+    pub(crate) fn logs(&self) -> String {
+        let mut all = self.coordinator.as_ref().map(|c| c.log()).unwrap_or_default();
+        for w in &self.workers {
+            all.push_str(&format!("\n--- {}\n{}", w.log.display(), w.log()));
+        }
+        all
+    }
+
+    /// Polls until `done(job)`; panics with every log after `secs`.
+    pub(crate) fn wait(&self, id: &str, secs: u64, what: &str, done: impl Fn(&v1::Job) -> bool) -> v1::Job {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let job = self.job(id);
+            if done(&job) {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}: {job:#?}\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub(crate) fn wait_done(&self, id: &str) -> v1::Job {
+        let job = self.wait(id, 240, "the job to end", |j| j.state >= v1::JobState::Succeeded as i32);
+        assert_eq!(job.state, v1::JobState::Succeeded as i32, "{job:#?}\n{}", self.logs());
+        job
+    }
+
+    pub(crate) fn download(&self, id: &str, name: &str) -> PathBuf {
+        let out = self.path(name);
+        let url = self.url();
+        let r = self.run(&["download", id, "-o", out.to_str().unwrap(), "--coordinator", &url]);
+        assert!(r.status.success(), "download: {}", stderr(&r));
+        out
+    }
+}
+
+/// A worker driven by hand, for protocol-level checks.
+pub(crate) struct FakeWorker {
+    pub(crate) client: WorkerServiceClient<InterceptedService<tonic::transport::Channel, Credentials>>,
+    pub(crate) id: String,
+}
+
+impl FakeWorker {
+    /// Registers with the worker token; later calls carry the session it got.
+    pub(crate) fn register(c: &Cluster) -> Self {
+        Self::register_as(c, WORKER).unwrap()
+    }
+
+    pub(crate) fn register_as(c: &Cluster, token: &str) -> Result<Self, tonic::Status> {
+        let url = c.url();
+        c.runtime.block_on(async {
+            let credentials = Credentials::new(Some(token)).unwrap();
+            let channel = tonic::transport::Endpoint::from_shared(url).unwrap().connect().await.unwrap();
+            let mut client = WorkerServiceClient::with_interceptor(channel, credentials.clone());
+            let r = v1::RegisterRequest { name: "fake".into(), device: "none".into() };
+            let r = client.register(r).await?.into_inner();
+            credentials.set_session(&r.session);
+            Ok(Self { client, id: r.worker_id })
+        })
+    }
+
+    pub(crate) fn acquire(&mut self, c: &Cluster) -> v1::Assignment {
+        let r = v1::AcquireRequest { worker_id: self.id.clone(), wait_ms: 5000 };
+        c.runtime.block_on(self.client.acquire(r)).unwrap().into_inner().assignment.expect("an assignment")
+    }
+
+    pub(crate) fn complete(
+        &mut self,
+        c: &Cluster,
+        attempt: u64,
+        chunk: &[u8],
+        declared_sha: &str,
+    ) -> Result<(), tonic::Status> {
+        use v1::complete_segment_request::Part;
+        let header = v1::CompleteHeader {
+            attempt_id: attempt,
+            chunk_size: chunk.len() as u64,
+            chunk_sha256: declared_sha.into(),
+            state_size: 0,
+            state_sha256: coordinator::sha256_hex(&[]),
+        };
+        let messages = vec![
+            v1::CompleteSegmentRequest { part: Some(Part::Header(header)) },
+            v1::CompleteSegmentRequest { part: Some(Part::Chunk(chunk.to_vec())) },
+        ];
+        c.runtime.block_on(self.client.complete_segment(tokio_stream::iter(messages))).map(|_| ())
+    }
+
+    /// Uploads `chunk` and `state` with matching checksums.
+    pub(crate) fn complete_with(
+        &mut self,
+        c: &Cluster,
+        attempt: u64,
+        chunk: &[u8],
+        state: &[u8],
+    ) -> Result<(), tonic::Status> {
+        let header = v1::CompleteHeader {
+            attempt_id: attempt,
+            chunk_size: chunk.len() as u64,
+            chunk_sha256: coordinator::sha256_hex(chunk),
+            state_size: state.len() as u64,
+            state_sha256: coordinator::sha256_hex(state),
+        };
+        let messages = worker::upload::piece_stream(header, chunk.to_vec(), state.to_vec());
+        c.runtime.block_on(self.client.complete_segment(tokio_stream::iter(messages))).map(|_| ())
+    }
+}
