@@ -42,6 +42,8 @@ enum Command {
     Delete(cli::commands::jobs::Job),
     /// Resume a failed job from its last done segment (after fixing what failed it).
     Retry(cli::commands::jobs::Job),
+    /// List the farm's workers: what each renders, how it fares, which are quarantined.
+    Workers(cli::commands::jobs::Farm),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Command::Cancel(args) => cli::commands::jobs::cancel(args),
         Command::Delete(args) => cli::commands::jobs::delete(args),
         Command::Retry(args) => cli::commands::jobs::retry(args),
+        Command::Workers(args) => cli::commands::jobs::workers(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -49,6 +49,14 @@ pub struct ServeArgs {
     /// An attempt may also stay quiet for this many times its slowest pace so far.
     #[arg(long, default_value_t = 10.0)]
     pub stall_factor: f64,
+    /// A worker whose last N attempts all failed or ran out of lease, across jobs, is offered no
+    /// work for --quarantine-secs (a bad GPU or a broken install would otherwise spend every
+    /// job's retries); 0 never quarantines. `gramzoom workers` shows who is quarantined.
+    #[arg(long, default_value_t = 3)]
+    pub quarantine_after: u32,
+    /// How long a quarantine lasts. After it, one more failure quarantines the worker again.
+    #[arg(long, default_value_t = 600.0)]
+    pub quarantine_secs: f64,
     /// MiB kept back under --data so that cancel and delete still work on a full disk.
     #[arg(long, default_value_t = 64)]
     pub disk_reserve_mib: u64,
@@ -102,6 +110,8 @@ impl ServeArgs {
         config.segment_frames = self.segment_frames.max(1);
         config.stall_floor = Duration::from_secs_f64(self.stall_secs.clamp(0.5, 86_400.0));
         config.stall_factor = self.stall_factor.clamp(1.0, 1000.0);
+        config.quarantine_after = self.quarantine_after;
+        config.quarantine = Duration::from_secs_f64(self.quarantine_secs.clamp(0.0, 7.0 * 86_400.0));
         config.reserve_bytes = self.disk_reserve_mib.min(1 << 20) << 20;
         Ok(config)
     }

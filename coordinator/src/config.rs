@@ -34,6 +34,10 @@ pub struct Config {
     pub tls: Option<ServerTls>,
     /// Bytes kept back under `--data` so that cancel and delete work on a full disk.
     pub reserve_bytes: u64,
+    /// A worker whose last this-many attempts all failed (or ran out of lease) gets no work for
+    /// `quarantine`; 0 never quarantines.
+    pub quarantine_after: u32,
+    pub quarantine: Duration,
 }
 
 /// The coordinator's certificate and key, and the CA its clients' certificates must chain to
@@ -66,6 +70,8 @@ impl Config {
             stall_factor: 10.0,
             tls: None,
             reserve_bytes: 64 << 20,
+            quarantine_after: 3,
+            quarantine: Duration::from_secs(600),
         }
     }
 
@@ -74,6 +80,8 @@ impl Config {
             lease_ms: self.lease.as_millis() as i64,
             max_attempts: self.max_attempts,
             affinity_grace_ms: self.affinity_grace.as_millis() as i64,
+            quarantine_after: self.quarantine_after,
+            quarantine_ms: self.quarantine.as_millis() as i64,
         }
     }
 }

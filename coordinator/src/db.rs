@@ -100,6 +100,11 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX IF NOT EXISTS workers_by_session ON workers(session_sha256);",
     // 2: a retried job's segments count their attempts from the retry on.
     "ALTER TABLE segments ADD COLUMN attempts_after INTEGER NOT NULL DEFAULT 0;",
+    // 3: workers with a run of failures are quarantined until then; the render fingerprint of
+    // each stored state, which the states built on it must carry too.
+    "ALTER TABLE workers ADD COLUMN quarantined_until_ms INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX IF NOT EXISTS attempts_by_worker ON attempts(worker, id);
+     ALTER TABLE attempts ADD COLUMN fingerprint TEXT NOT NULL DEFAULT '';",
 ];
 
 fn migrate(conn: &Connection) -> Result<()> {
@@ -395,3 +400,20 @@ pub fn attempt_worker(conn: &Connection, attempt: u64) -> Result<Option<String>>
 
 #[cfg(test)]
 mod tests;
+
+/// What the coordinator recorded of a stored state: the segment that made it, the state's
+/// SHA-256 and its render fingerprint (empty for states from before fingerprints were kept).
+#[derive(Debug, Clone)]
+pub struct StoredState {
+    pub idx: u32,
+    pub sha256: String,
+    pub fingerprint: String,
+}
+
+pub fn stored_state(conn: &Connection, attempt: u64) -> Result<Option<StoredState>> {
+    Ok(conn
+        .query_row("SELECT idx, state_sha256, fingerprint FROM attempts WHERE id = ?1", [attempt as i64], |r| {
+            Ok(StoredState { idx: r.get(0)?, sha256: r.get(1)?, fingerprint: r.get(2)? })
+        })
+        .optional()?)
+}

@@ -102,15 +102,29 @@ fn still(path: &Path, want: &Expected) -> Result<(), String> {
     size_check("the image", (image.width(), image.height()), want)
 }
 
-/// Checks a hand-off state: its format, that it ends where the segment ends, and that every
-/// tensor (image and optimiser state) has the job's shape.
-pub fn state(path: &Path, want: &Expected) -> Result<(), String> {
+/// Checks a hand-off state: its format, that it ends where the segment ends, that every tensor
+/// (image and optimiser state) has the job's shape, and, for a segment that started from a
+/// state, that it carries that state's render fingerprint (the coordinator cannot compute one:
+/// it never sees the network weights, but a job's states must all agree). Returns the
+/// fingerprint, which the coordinator keeps with the attempt for the next segment's check.
+pub fn state(path: &Path, want: &Expected, fingerprint: Option<&str>) -> Result<String, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     let parsed = SafeTensors::deserialize(&bytes).map_err(|e| format!("not a hand-off state: {e:?}"))?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| format!("not a hand-off state: {e:?}"))?;
     let meta = header.metadata().clone().unwrap_or_default();
     if meta.get("format").map(String::as_str) != Some(STATE_FORMAT) {
         return Err(format!("not a hand-off state: format {:?}", meta.get("format")));
+    }
+    let found = meta.get("fingerprint").map(String::as_str).unwrap_or_default();
+    if found.is_empty() {
+        return Err("the state has no render fingerprint".into());
+    }
+    if let Some(f) = fingerprint.filter(|f| *f != found) {
+        return Err(format!(
+            "the state was made by another render (fingerprint {}), this job's is {}",
+            proto::limits::quoted_prefix(found),
+            proto::limits::quoted_prefix(f)
+        ));
     }
     let next: Option<u32> = meta.get("next_frame").and_then(|n| n.parse().ok());
     if next != Some(want.end_frame) {
@@ -132,5 +146,5 @@ pub fn state(path: &Path, want: &Expected) -> Result<(), String> {
     if !image {
         return Err("the state has no image".into());
     }
-    Ok(())
+    Ok(found.to_string())
 }

@@ -31,6 +31,9 @@ pub struct Policy {
     pub max_attempts: u32,
     /// How long a ready segment waits for the worker that holds its start state.
     pub affinity_grace_ms: i64,
+    /// Failures in a row (across jobs) that quarantine a worker, 0 for never; and for how long.
+    pub quarantine_after: u32,
+    pub quarantine_ms: i64,
 }
 
 fn worker_seq(conn: &Connection, worker: &str) -> Result<i64> {
@@ -59,6 +62,8 @@ pub const AVAILABLE_MS: i64 = 2_000;
 /// [`AVAILABLE_MS`]. A worker with a bad GPU or a broken install would otherwise get the same
 /// segment back at once and spend the job's retries; alone, it still gets its retry.
 ///
+/// A quarantined worker (see [`blame`]) is offered nothing, and does not count as available.
+///
 /// A worker renders one segment at a time and asks for work only when idle, so a worker that
 /// asks while an attempt of its own still runs never received that grant (its long poll was cut
 /// after the choice was committed). It gets the same attempt again, with a fresh lease, instead
@@ -84,6 +89,10 @@ pub fn acquire(conn: &mut Connection, worker: &str, policy: Policy, now: i64) ->
         tx.commit()?;
         return Ok(Some(grant));
     }
+    if blame::quarantined(&tx, wseq, now)? {
+        tx.commit()?;
+        return Ok(None);
+    }
     let row = tx
         .query_row(
             "SELECT s.job, s.idx
@@ -95,6 +104,7 @@ pub fn acquire(conn: &mut Connection, worker: &str, policy: Policy, now: i64) ->
                                   AND f.state IN ('failed', 'expired'))
                         AND EXISTS (SELECT 1 FROM workers o
                                     WHERE 'worker-' || o.seq != ?1 AND o.last_seen_ms >= ?3
+                                      AND o.quarantined_until_ms <= ?4
                                       AND NOT EXISTS (SELECT 1 FROM attempts r
                                                       WHERE r.worker = 'worker-' || o.seq AND r.state = 'running')
                                       AND NOT EXISTS (SELECT 1 FROM attempts g
@@ -103,7 +113,7 @@ pub fn acquire(conn: &mut Connection, worker: &str, policy: Policy, now: i64) ->
                                                         AND g.state IN ('failed', 'expired'))))
              ORDER BY j.priority DESC, (s.preferred_worker IS ?1) DESC, j.seq ASC
              LIMIT 1",
-            params![worker, now - policy.affinity_grace_ms, now - AVAILABLE_MS],
+            params![worker, now - policy.affinity_grace_ms, now - AVAILABLE_MS, now],
             |r| Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?)),
         )
         .optional()?;
@@ -236,6 +246,7 @@ pub fn complete(
     attempt: u64,
     chunk_sha256: &str,
     state_sha256: &str,
+    fingerprint: &str,
     policy: Policy,
     now: i64,
 ) -> Result<(Current, bool)> {
@@ -246,8 +257,9 @@ pub fn complete(
         |r| r.get(0),
     )?;
     tx.execute(
-        "UPDATE attempts SET state = 'succeeded', ended_ms = ?2, frames_done = ?3, chunk_sha256 = ?4, state_sha256 = ?5 WHERE id = ?1",
-        params![attempt as i64, now, segment_frames, chunk_sha256, state_sha256],
+        "UPDATE attempts SET state = 'succeeded', ended_ms = ?2, frames_done = ?3, chunk_sha256 = ?4,
+                             state_sha256 = ?5, fingerprint = ?6 WHERE id = ?1",
+        params![attempt as i64, now, segment_frames, chunk_sha256, state_sha256, fingerprint],
     )?;
     tx.execute(
         "UPDATE segments SET state = 'done', done_attempt = ?3 WHERE job = ?1 AND idx = ?2",
@@ -275,6 +287,9 @@ pub fn fail(conn: &mut Connection, attempt: u64, reason: &str, released: bool, p
         "UPDATE attempts SET state = ?4, reason = ?2, ended_ms = ?3 WHERE id = ?1",
         params![attempt as i64, reason, now, state],
     )?;
+    if !released {
+        blame::after_failure(&tx, attempt, &cur.worker, policy, now)?;
+    }
     retry_or_fail(&tx, cur.job, cur.idx, &cur.worker, reason, policy, now)?;
     tx.commit()?;
     Ok(())
@@ -289,6 +304,7 @@ pub fn stall(conn: &mut Connection, attempt: u64, reason: &str, policy: Policy, 
         "UPDATE attempts SET state = 'expired', reason = ?2, ended_ms = ?3 WHERE id = ?1",
         params![attempt as i64, reason, now],
     )?;
+    blame::after_failure(&tx, attempt, &cur.worker, policy, now)?;
     retry_or_fail(&tx, cur.job, cur.idx, &cur.worker, reason, policy, now)?;
     tx.commit()?;
     Ok(())
@@ -350,11 +366,13 @@ fn expire_one(
         "UPDATE attempts SET state = 'expired', reason = ?2, ended_ms = ?3 WHERE id = ?1",
         params![attempt as i64, reason, now],
     )?;
+    blame::after_failure(tx, attempt, worker, policy, now)?;
     retry_or_fail(tx, job, idx, worker, &reason, policy, now)
 }
 
 /// Puts a segment whose attempt by `worker` ended unsuccessfully back in the queue, or fails its
-/// job when it has no retries left. A reservation for `worker` (it produced the segment's start
+/// job when it has no retries left. The segment is running, or done when its end state turned out
+/// unusable (see [`blame::disown_start`]). A reservation for `worker` (it produced the segment's start
 /// state) ends with it: a worker that just failed must not keep others waiting.
 fn retry_or_fail(
     tx: &Transaction,
@@ -376,7 +394,7 @@ fn retry_or_fail(
         tx.execute(
             "UPDATE segments SET state = 'ready', ready_ms = ?3,
                     preferred_worker = CASE WHEN preferred_worker = ?4 THEN NULL ELSE preferred_worker END
-             WHERE job = ?1 AND idx = ?2 AND state = 'running'",
+             WHERE job = ?1 AND idx = ?2 AND state IN ('running', 'done')",
             params![job, idx, now, worker],
         )?;
         return Ok(());
@@ -396,5 +414,6 @@ pub fn resume(conn: &Connection, policy: Policy, now: i64) -> Result<usize> {
     )?)
 }
 
+pub mod blame;
 #[cfg(test)]
 mod tests;

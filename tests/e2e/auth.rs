@@ -93,7 +93,7 @@ fn a_worker_cannot_act_on_another_workers_attempt() {
     let rt = &c.runtime;
     let attempt = a.attempt_id;
     let heartbeat = v1::HeartbeatRequest { attempt_id: attempt, frames_done: 2, ..Default::default() };
-    let fail = v1::FailSegmentRequest { attempt_id: attempt, reason: "sabotage".into(), released: false };
+    let fail = v1::FailSegmentRequest { attempt_id: attempt, reason: "sabotage".into(), ..Default::default() };
     let denials = [
         rt.block_on(other.client.heartbeat(heartbeat)).map(|_| ()),
         rt.block_on(other.client.fail_segment(fail)).map(|_| ()),

@@ -267,3 +267,24 @@ impl FakeWorker {
         c.runtime.block_on(self.client.complete_segment(tokio_stream::iter(messages))).map(|_| ())
     }
 }
+
+/// An MP4 chunk of `frames` grey 64x48 frames, as a worker's encoder writes it.
+pub(crate) fn mp4_chunk(dir: &Path, frames: u32) -> Vec<u8> {
+    use engine::encode::{self, PartialFile};
+    let path = dir.join(format!("chunk-{frames}.mp4"));
+    let fps = proto::params::Fps { num: 30, den: 1 };
+    let mut sink =
+        encode::open(proto::params::OutputKind::Mp4, PartialFile::create(&path).unwrap(), 64, 48, fps).unwrap();
+    for index in 0..frames {
+        sink.push(&engine::Frame { index, width: 64, height: 48, rgb: vec![100; 64 * 48 * 3] }).unwrap();
+    }
+    sink.finish().unwrap();
+    std::fs::read(&path).unwrap()
+}
+
+/// A hand-off state of a 64x48 Adam render that resumes at `next_frame`.
+pub(crate) fn state_bytes(next_frame: u32, (w, h): (i64, i64)) -> Vec<u8> {
+    let image = tch::Tensor::rand([1, 3, h, w], (tch::Kind::Float, tch::Device::Cpu));
+    let optim = engine::optim::OptimState::new(proto::params::OptimizerKind::Adam, &image);
+    engine::State { next_frame, image, optim, fingerprint: "test".into() }.to_bytes()
+}

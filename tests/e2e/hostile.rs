@@ -2,7 +2,7 @@
 //! coordinator on the same data directory, ids that are almost ids, inputs of megabytes where a
 //! few bytes belong, garbage uploads with matching checksums, a hung render, a full disk.
 
-use crate::farm::{Cluster, FakeWorker, Proc, ALICE, BOB};
+use crate::farm::{mp4_chunk, state_bytes, Cluster, FakeWorker, Proc, ALICE, BOB};
 use crate::helpers::{code, stderr, tempdir, tiny_spec};
 use proto::v1;
 use std::path::Path;
@@ -221,30 +221,10 @@ fn every_frame_rate_validation_accepts_encodes() {
     }
 }
 
-/// An MP4 chunk of `frames` grey 64x48 frames, as a worker's encoder writes it.
-fn mp4_chunk(dir: &Path, frames: u32) -> Vec<u8> {
-    use engine::encode::{self, PartialFile};
-    let path = dir.join(format!("chunk-{frames}.mp4"));
-    let fps = proto::params::Fps { num: 30, den: 1 };
-    let mut sink =
-        encode::open(proto::params::OutputKind::Mp4, PartialFile::create(&path).unwrap(), 64, 48, fps).unwrap();
-    for index in 0..frames {
-        sink.push(&engine::Frame { index, width: 64, height: 48, rgb: vec![100; 64 * 48 * 3] }).unwrap();
-    }
-    sink.finish().unwrap();
-    std::fs::read(&path).unwrap()
-}
-
-/// A hand-off state of a 64x48 Adam render that resumes at `next_frame`.
-fn state_bytes(next_frame: u32, (w, h): (i64, i64)) -> Vec<u8> {
-    let image = tch::Tensor::rand([1, 3, h, w], (tch::Kind::Float, tch::Device::Cpu));
-    let optim = engine::optim::OptimState::new(proto::params::OptimizerKind::Adam, &image);
-    engine::State { next_frame, image, optim, fingerprint: "test".into() }.to_bytes()
-}
-
 #[test]
 fn uploads_are_checked_for_content_not_only_checksums() {
-    let c = Cluster::start("30", &["--max-attempts", "9"]);
+    // One worker uploads six bad segments in a row here: no quarantine, to see every check.
+    let c = Cluster::start("30", &["--max-attempts", "9", "--quarantine-after", "0"]);
     let dir = c.dir.path();
     let id = c.submit(&["--size", "64x48", "--frames", "4", "--segment-frames", "2"]);
     let mut w = FakeWorker::register(&c);
@@ -328,7 +308,8 @@ fn a_failed_job_is_retried_from_its_last_done_segment_by_its_owner() {
     w.complete_with(&c, first.attempt_id, &mp4_chunk(dir, 2), &state_bytes(2, (64, 48))).unwrap();
     let second = w.acquire(&c);
     assert_eq!(second.segment_index, 1);
-    let fail = v1::FailSegmentRequest { attempt_id: second.attempt_id, reason: "cuda error".into(), released: false };
+    let fail =
+        v1::FailSegmentRequest { attempt_id: second.attempt_id, reason: "cuda error".into(), ..Default::default() };
     c.runtime.block_on(w.client.fail_segment(fail)).unwrap();
     let job = c.job(&id);
     assert_eq!(job.state, v1::JobState::Failed as i32, "{}", job.error);

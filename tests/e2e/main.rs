@@ -4,6 +4,7 @@
 mod helpers;
 
 mod auth;
+mod blame;
 mod cli_errors;
 mod cluster;
 mod farm;

@@ -19,6 +19,8 @@ pub(crate) enum Outcome {
     Superseded(String),
     Released,
     Failed(String),
+    /// The start state could not be loaded and looks bad itself (see `inputs::Unloadable`).
+    BadStartState(String),
 }
 
 impl Node {
@@ -51,7 +53,8 @@ impl Node {
             Ok(s) => s,
             Err(e) => {
                 self.engine = Some((a.job_id.clone(), engine));
-                return superseded().map_or(Outcome::Failed(e), Outcome::Superseded);
+                let failed = if e.bad { Outcome::BadStartState(e.reason) } else { Outcome::Failed(e.reason) };
+                return superseded().map_or(failed, Outcome::Superseded);
             }
         };
         let cancel = engine.cancel_flag();

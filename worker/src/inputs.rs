@@ -10,16 +10,39 @@ use proto::v1;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::time::Instant;
+use tonic::Code;
+
+/// Why an input could not be had. `bad` when the input itself looks wrong (missing or corrupt
+/// on the coordinator, or unusable), not merely the way to it: for a start state the worker then
+/// says so, and the coordinator re-checks its copy instead of blaming this worker.
+#[derive(Debug)]
+pub(crate) struct Unloadable {
+    pub reason: String,
+    pub bad: bool,
+}
+
+impl Unloadable {
+    fn bad(reason: String) -> Self {
+        Self { reason, bad: true }
+    }
+
+    /// A failed call: the coordinator could not read or find its copy (NOT_FOUND, INTERNAL,
+    /// DATA_LOSS), or the network or the lease failed (anything else).
+    fn fetching(what: &str, s: &tonic::Status) -> Self {
+        let bad = matches!(s.code(), Code::NotFound | Code::Internal | Code::DataLoss);
+        Self { reason: format!("fetching the {what}: {}", s.message()), bad }
+    }
+}
 
 /// hundred milliseconds, so it runs off the async runtime.
 async fn receive(
     mut stream: tonic::Streaming<v1::Blob>,
     what: &'static str,
     expected: &str,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, Unloadable> {
     let mut data = Vec::new();
     let mut declared = None;
-    while let Some(blob) = stream.message().await.map_err(|e| format!("fetching the {what}: {}", e.message()))? {
+    while let Some(blob) = stream.message().await.map_err(|s| Unloadable::fetching(what, &s))? {
         if declared.is_none() {
             declared = Some((blob.total_size, blob.sha256));
         }
@@ -31,10 +54,10 @@ async fn receive(
         let actual = proto::params::hex(&Sha256::digest(&data));
         let wanted = [declared_sha.as_str(), expected.as_str()];
         if size != data.len() as u64 || wanted.iter().any(|w| !w.is_empty() && *w != actual) {
-            return Err(format!(
+            return Err(Unloadable::bad(format!(
                 "the {what} arrived corrupt: {} bytes with sha256 {actual}, declared {size} bytes with sha256 {declared_sha}, assigned sha256 {expected:?}",
                 data.len()
-            ));
+            )));
         }
         Ok(data)
     })
@@ -56,7 +79,7 @@ impl Node {
             .await
             .map_err(|s| format!("fetching the style: {}", s.message()))?
             .into_inner();
-        let style = receive(stream, "style image", &a.style_sha256).await?;
+        let style = receive(stream, "style image", &a.style_sha256).await.map_err(|u| u.reason)?;
         let params = proto::wire::params_from_wire(a.params.as_ref().unwrap_or(&Default::default()))
             .map_err(|e| e.to_string())?;
         let (device, weights, job) = (self.config.device, self.config.weights.clone(), a.job_id.clone());
@@ -70,7 +93,7 @@ impl Node {
             .map_err(|e| e.to_string())
     }
 
-    pub(crate) async fn start_state(&mut self, a: &v1::Assignment) -> Result<Option<State>, String> {
+    pub(crate) async fn start_state(&mut self, a: &v1::Assignment) -> Result<Option<State>, Unloadable> {
         if a.start_frame == 0 {
             return Ok(None);
         }
@@ -85,7 +108,7 @@ impl Node {
             .client
             .fetch_state(v1::FetchRequest { attempt_id: a.attempt_id })
             .await
-            .map_err(|s| format!("fetching the start state: {}", s.message()))?
+            .map_err(|s| Unloadable::fetching("start state", &s))?
             .into_inner();
         let bytes = receive(stream, "start state", &a.start_state_sha256).await?;
         let (device, n) = (self.config.device, bytes.len());
@@ -93,7 +116,7 @@ impl Node {
             tokio::task::spawn_blocking(move || State::from_bytes(&bytes, &PathBuf::from("<start state>"), device))
                 .await
                 .expect("state decode panicked")
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| Unloadable::bad(e.to_string()))?;
         tracing::info!(
             attempt = a.attempt_id,
             bytes = n,

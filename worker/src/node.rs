@@ -179,6 +179,7 @@ impl Node {
             let attempt = assignment.attempt_id;
             let outcome = self.attempt(assignment).await;
             done += 1;
+            let bad_start_state = matches!(outcome, Outcome::BadStartState(_));
             match outcome {
                 Outcome::Completed => {}
                 Outcome::Superseded(why) => tracing::warn!(attempt, %why, "segment dropped"),
@@ -187,14 +188,16 @@ impl Node {
                         attempt_id: attempt,
                         reason: "worker shut down".into(),
                         released: true,
+                        bad_start_state: false,
                     };
                     if let Err(s) = self.client.fail_segment(request).await {
                         tracing::warn!(attempt, error = %s.message(), "could not release the segment; leaving will retry");
                     }
                 }
-                Outcome::Failed(reason) => {
-                    tracing::error!(attempt, %reason, "segment failed");
-                    let request = v1::FailSegmentRequest { attempt_id: attempt, reason, released: false };
+                Outcome::Failed(reason) | Outcome::BadStartState(reason) => {
+                    tracing::error!(attempt, %reason, bad_start_state, "segment failed");
+                    let request =
+                        v1::FailSegmentRequest { attempt_id: attempt, reason, released: false, bad_start_state };
                     if let Err(s) = self.client.fail_segment(request).await {
                         tracing::warn!(attempt, error = %s.message(), "could not report the failure; the coordinator will offer the segment again");
                     }

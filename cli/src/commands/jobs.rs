@@ -1,5 +1,5 @@
-//! `gramzoom submit | status | watch | download | cancel | delete`: the job API from the command
-//! line.
+//! `gramzoom submit | status | watch | download | cancel | delete | retry | workers`: the job API
+//! from the command line.
 
 use super::render::{params, RenderFlags};
 use crate::client;
@@ -53,6 +53,12 @@ pub struct Status {
     /// Also list every segment and its attempts.
     #[arg(long)]
     pub segments: bool,
+    #[command(flatten)]
+    pub at: At,
+}
+
+#[derive(ClapArgs)]
+pub struct Farm {
     #[command(flatten)]
     pub at: At,
 }
@@ -163,6 +169,37 @@ pub fn status(args: Status) -> Result<()> {
         }
         Ok::<_, anyhow::Error>(())
     })
+}
+
+/// One line per worker: what it does now and how it fares.
+pub fn workers(args: Farm) -> Result<()> {
+    let workers = runtime()?.block_on(async {
+        let mut c = args.at.connect().await?;
+        let r = c.list_workers(v1::ListWorkersRequest {}).await.map_err(client::ClientError::from)?;
+        Ok::<_, anyhow::Error>(r.into_inner().workers)
+    })?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
+    for w in &workers {
+        let doing = match w.running_attempt_id {
+            0 => "idle".to_string(),
+            a => format!("rendering {} (attempt {a})", w.running_job_id),
+        };
+        let mut s = format!(
+            "{:<10} {:<16} {:<24} {:<32} {} segments done, {} failed in a row, seen {} s ago",
+            w.worker_id,
+            w.name,
+            w.device,
+            doing,
+            w.segments_done,
+            w.failures_in_a_row,
+            (now - w.last_seen_unix_ms).max(0) / 1000
+        );
+        if w.quarantined_until_unix_ms > now {
+            s.push_str(&format!("  QUARANTINED for {} s more", (w.quarantined_until_unix_ms - now + 999) / 1000));
+        }
+        println!("{s}");
+    }
+    Ok(())
 }
 
 /// Follows a job until it ends; the exit status says how it ended.

@@ -142,3 +142,47 @@ pub fn owner(conn: &Connection, seq: i64) -> Result<String> {
         .optional()?
         .ok_or_else(|| Error::JobNotFound(job_id(seq)))
 }
+
+/// Workers listed at most: every restart of a worker registers it anew, so a long-lived farm
+/// with autoscaling collects many records.
+pub const MAX_LISTED_WORKERS: u32 = 1000;
+/// Workers not seen for this long are left out of the list unless quarantined.
+pub const LISTED_WORKER_AGE_MS: i64 = 24 * 3600 * 1000;
+
+/// The workers seen lately (or still quarantined), newest first.
+pub fn workers(conn: &Connection, quarantine_after: u32, now: i64) -> Result<Vec<v1::Worker>> {
+    let mut stmt = conn.prepare(
+        "SELECT w.seq, w.name, w.device, w.principal, w.registered_ms, w.last_seen_ms, w.quarantined_until_ms,
+                (SELECT COUNT(*) FROM attempts a WHERE a.worker = 'worker-' || w.seq AND a.state = 'succeeded'),
+                r.id, r.job
+         FROM workers w
+         LEFT JOIN attempts r ON r.worker = 'worker-' || w.seq AND r.state = 'running'
+         WHERE w.last_seen_ms >= ?1 OR w.quarantined_until_ms > ?2
+         GROUP BY w.seq
+         ORDER BY w.seq DESC LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![now - LISTED_WORKER_AGE_MS, now, MAX_LISTED_WORKERS], |r| {
+        Ok(v1::Worker {
+            worker_id: super::worker_id(r.get(0)?),
+            name: r.get(1)?,
+            device: r.get(2)?,
+            principal: r.get(3)?,
+            registered_unix_ms: r.get(4)?,
+            last_seen_unix_ms: r.get(5)?,
+            quarantined_until_unix_ms: r.get::<_, i64>(6)?.max(0),
+            segments_done: r.get(7)?,
+            running_attempt_id: r.get::<_, Option<i64>>(8)?.unwrap_or(0) as u64,
+            running_job_id: r.get::<_, Option<i64>>(9)?.map(job_id).unwrap_or_default(),
+            failures_in_a_row: 0,
+        })
+    })?;
+    let mut workers = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    let cap = quarantine_after.max(10);
+    for w in &mut workers {
+        w.failures_in_a_row = crate::lease::blame::failures_in_a_row(conn, &w.worker_id, cap)?;
+        if w.quarantined_until_unix_ms <= now {
+            w.quarantined_until_unix_ms = 0;
+        }
+    }
+    Ok(workers)
+}

@@ -3,7 +3,8 @@
 use super::*;
 use proto::v1;
 
-const POLICY: Policy = Policy { lease_ms: 1000, max_attempts: 2, affinity_grace_ms: 500 };
+const POLICY: Policy =
+    Policy { lease_ms: 1000, max_attempts: 2, affinity_grace_ms: 500, quarantine_after: 0, quarantine_ms: 0 };
 
 fn setup(jobs: &[(i32, u32)]) -> (Connection, Vec<i64>) {
     let mut conn = db::open(std::path::Path::new(":memory:")).unwrap();
@@ -37,7 +38,7 @@ fn dispatch_is_priority_then_affinity_then_fifo() {
     let (j1, j2, j3) = (jobs[0], jobs[1], jobs[2]);
     assert_eq!(take(&mut c, "worker-1", 10).map(|t| (t.0, t.1)), Some((j3, 0)), "priority first");
     let (_, _, a) = take(&mut c, "worker-2", 10).unwrap();
-    complete(&mut c, a, "c", "s", POLICY, 20).unwrap(); // job 1's segment 1 is now ready, for worker-2
+    complete(&mut c, a, "c", "s", "f", POLICY, 20).unwrap(); // job 1's segment 1 is now ready, for worker-2
     assert_eq!(take(&mut c, "worker-3", 30).map(|t| (t.0, t.1)), Some((j2, 0)), "reserved segment skipped");
     assert_eq!(take(&mut c, "worker-2", 40).map(|t| (t.0, t.1)), Some((j1, 1)), "producer takes its segment");
     // A waiting segment is never handed out; nothing else is ready now.
@@ -51,7 +52,7 @@ fn a_reservation_does_not_hold_for_a_busy_producer() {
     let (_, _, a) = take(&mut c, "worker-1", 0).unwrap();
     let urgent = v1::JobSpec { priority: 5, ..Default::default() };
     let y = db::submit(&mut c, &urgent, 4, 2, "style", "", 1).unwrap();
-    complete(&mut c, a, "c", "s", POLICY, 10).unwrap(); // segment 1 reserved for worker-1...
+    complete(&mut c, a, "c", "s", "f", POLICY, 10).unwrap(); // segment 1 reserved for worker-1...
     assert_eq!(take(&mut c, "worker-1", 11).map(|t| (t.0, t.1)), Some((y, 0))); // ...which is now busy
     let got = take(&mut c, "worker-2", 12).map(|t| (t.0, t.1));
     assert_eq!(got, Some((jobs[0], 1)), "an idle worker must not wait for a busy one");
@@ -61,7 +62,7 @@ fn a_reservation_does_not_hold_for_a_busy_producer() {
 fn a_reservation_lapses_after_the_grace() {
     let (mut c, jobs) = setup(&[(0, 4)]);
     let (_, _, a) = take(&mut c, "worker-1", 0).unwrap();
-    complete(&mut c, a, "c", "s", POLICY, 100).unwrap();
+    complete(&mut c, a, "c", "s", "f", POLICY, 100).unwrap();
     assert_eq!(take(&mut c, "worker-2", 100 + POLICY.affinity_grace_ms - 1), None);
     let got = take(&mut c, "worker-2", 100 + POLICY.affinity_grace_ms).map(|t| (t.0, t.1));
     assert_eq!(got, Some((jobs[0], 1)));
@@ -76,7 +77,7 @@ fn expired_leases_requeue_until_the_job_runs_out_of_attempts() {
     assert_eq!(expire(&mut c, POLICY, 1901).unwrap(), 1);
     // The superseded attempt is fenced off from everything.
     assert!(stale(heartbeat(&mut c, a1, 2, POLICY, 1902)).contains("lease expired"));
-    assert!(stale(complete(&mut c, a1, "c", "s", POLICY, 1902)).contains("lease expired"));
+    assert!(stale(complete(&mut c, a1, "c", "s", "f", POLICY, 1902)).contains("lease expired"));
     let (_, _, a2) = take(&mut c, "worker-2", 2000).unwrap();
     fail(&mut c, a2, "cuda out of memory", false, POLICY, 2100).unwrap();
     let job = db::job(&c, jobs[0], true).unwrap();
@@ -102,7 +103,7 @@ fn a_grant_that_never_arrived_is_handed_to_the_same_worker_again() {
     check(&mut c, first.attempt, POLICY, later).unwrap();
     assert!(take(&mut c, "worker-2", later).is_none());
     // Once it ends, the worker gets new work as usual.
-    complete(&mut c, first.attempt, "c", "s", POLICY, later).unwrap();
+    complete(&mut c, first.attempt, "c", "s", "f", POLICY, later).unwrap();
     let next = acquire(&mut c, "worker-1", POLICY, later + 1).unwrap().unwrap();
     assert_eq!((next.idx, next.redelivered), (1, false));
     assert_ne!(next.attempt, first.attempt);
@@ -145,12 +146,12 @@ fn cancelling_fences_running_attempts_and_cannot_repeat() {
 fn the_last_segment_hands_the_job_to_stitching_and_a_restart_renews_leases() {
     let (mut c, jobs) = setup(&[(0, 3)]);
     let (_, _, a) = take(&mut c, "worker-1", 0).unwrap();
-    assert!(!complete(&mut c, a, "c0", "s0", POLICY, 10).unwrap().1);
+    assert!(!complete(&mut c, a, "c0", "s0", "f", POLICY, 10).unwrap().1);
     let g = acquire(&mut c, "worker-1", POLICY, 20).unwrap().unwrap();
     assert_eq!((g.start_frame, g.end_frame, g.start_attempt, g.start_state_sha256.as_str()), (2, 3, a, "s0"));
     assert_eq!(resume(&c, POLICY, 5000).unwrap(), 1);
     heartbeat(&mut c, g.attempt, 1, POLICY, 5500).unwrap(); // would have expired at 1020
-    assert!(complete(&mut c, g.attempt, "c1", "s1", POLICY, 5600).unwrap().1);
+    assert!(complete(&mut c, g.attempt, "c1", "s1", "f", POLICY, 5600).unwrap().1);
     assert_eq!(db::jobs_in_state(&c, db::JobState::Stitching).unwrap(), vec![jobs[0]]);
     assert_eq!(db::done_chunks(&c, jobs[0]).unwrap(), vec![(a, 0, 2), (g.attempt, 2, 3)]);
 }
@@ -161,7 +162,7 @@ fn a_failed_segment_goes_to_another_available_worker_first() {
     // an idle worker asking first gets the segment.
     let (mut c, jobs) = setup(&[(0, 4)]);
     let (_, _, a) = take(&mut c, "worker-1", 0).unwrap();
-    complete(&mut c, a, "c", "s", POLICY, 10).unwrap(); // segment 1 reserved for worker-1
+    complete(&mut c, a, "c", "s", "f", POLICY, 10).unwrap(); // segment 1 reserved for worker-1
     let (_, idx, b) = take(&mut c, "worker-1", 20).unwrap();
     assert_eq!(idx, 1);
     fail(&mut c, b, "cuda error", false, POLICY, 30).unwrap();
@@ -180,4 +181,82 @@ fn a_failed_segment_goes_to_another_available_worker_first() {
     let (_, _, a) = take(&mut c, "worker-1", late).unwrap();
     fail(&mut c, a, "out of memory", false, POLICY, late + 10).unwrap();
     assert_eq!(take(&mut c, "worker-1", late + 11).map(|t| (t.0, t.1)), Some((jobs[0], 0)));
+}
+
+#[test]
+fn a_worker_failing_again_and_again_is_quarantined_across_jobs_then_let_back() {
+    let (mut c, jobs) = setup(&[(0, 2), (0, 2), (0, 2), (0, 2)]);
+    let q = Policy { max_attempts: 5, quarantine_after: 3, quarantine_ms: 10_000, ..POLICY };
+    let mut failed_jobs = Vec::new();
+    for (i, t) in [10, 20, 1_100].into_iter().enumerate() {
+        let g = acquire(&mut c, "worker-1", q, t).unwrap().expect("work while not quarantined");
+        failed_jobs.push(g.job);
+        if i == 1 {
+            expire(&mut c, q, t + q.lease_ms + 1).unwrap(); // a lost lease counts as a failure too
+        } else {
+            fail(&mut c, g.attempt, "cuda error", false, q, t + 5).unwrap();
+        }
+        let reason: String =
+            c.query_row("SELECT reason FROM attempts WHERE id = ?1", [g.attempt as i64], |r| r.get(0)).unwrap();
+        assert_eq!(reason.contains("quarantined"), i == 2, "attempt {i}: {reason}");
+    }
+    assert_eq!(failed_jobs, jobs[..3], "each failure was on another job");
+    assert_eq!(blame::failures_in_a_row(&c, "worker-1", 10).unwrap(), 3);
+    // Work is ready (job 4), but not for worker-1 until the quarantine ends; others get it.
+    assert_eq!(take(&mut c, "worker-1", 2_000), None);
+    let until: i64 = c.query_row("SELECT quarantined_until_ms FROM workers WHERE seq = 1", [], |r| r.get(0)).unwrap();
+    assert_eq!(until, 1_105 + q.quarantine_ms, "quarantined from the third failure on");
+    let other = acquire(&mut c, "worker-2", q, 2_000).unwrap().unwrap();
+    complete(&mut c, other.attempt, "c", "s", "f", q, 2_010).unwrap();
+    let back = acquire(&mut c, "worker-1", q, until + 1).unwrap().expect("let back after the quarantine");
+    complete(&mut c, back.attempt, "c", "s", "f", q, until + 2).unwrap();
+    assert_eq!(blame::failures_in_a_row(&c, "worker-1", 10).unwrap(), 0, "a success ends the run");
+    // Released attempts are nobody's fault.
+    let g = acquire(&mut c, "worker-3", q, until + 3).unwrap().unwrap();
+    fail(&mut c, g.attempt, "worker shut down", true, q, until + 4).unwrap();
+    assert_eq!(blame::failures_in_a_row(&c, "worker-3", 10).unwrap(), 0);
+}
+
+#[test]
+fn a_bad_start_state_reruns_its_producer_and_costs_the_loader_nothing() {
+    let (mut c, jobs) = setup(&[(0, 4)]);
+    let job = jobs[0];
+    let attempt_state = |c: &Connection, id: u64| -> String {
+        c.query_row("SELECT state FROM attempts WHERE id = ?1", [id as i64], |r| r.get(0)).unwrap()
+    };
+    let mut producer = take(&mut c, "worker-1", 10).unwrap().2;
+    complete(&mut c, producer, "c", "s", "f", POLICY, 20).unwrap();
+    for round in 0..2 {
+        let t = 1_000 * (round + 1); // past the producer's affinity grace
+        let loader = acquire(&mut c, "worker-2", POLICY, t).unwrap().unwrap();
+        assert_eq!((loader.idx, loader.start_attempt), (1, producer));
+        let d = blame::disown_start(&mut c, loader.attempt, "not a safetensors file", "sha256 changed", POLICY, t + 1)
+            .unwrap();
+        assert_eq!((d.job, d.idx, d.attempt), (job, 0, producer));
+        assert_eq!(attempt_state(&c, loader.attempt), "cancelled");
+        assert_eq!(attempt_state(&c, producer), "failed");
+        if round == 1 {
+            // A producer that keeps making bad states runs out of retries: no endless loop.
+            let (state, error): (String, String) = c
+                .query_row("SELECT state, error FROM jobs WHERE seq = ?1", [job], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap();
+            assert_eq!(state, "failed");
+            assert!(error.contains("its end state is unusable: sha256 changed"), "{error}");
+            return;
+        }
+        // Segment 0 is rendered again (by anyone), and segment 1 then starts from the new state.
+        let rerun = acquire(&mut c, "worker-3", POLICY, t + 2).unwrap().unwrap();
+        assert_eq!((rerun.idx, rerun.start_attempt), (0, 0));
+        complete(&mut c, rerun.attempt, "c", "s", "f", POLICY, t + 3).unwrap();
+        producer = rerun.attempt;
+        // The loader's cancelled attempt cost segment 1 nothing: it still has both its tries.
+        let n: u32 = c
+            .query_row(
+                "SELECT COUNT(*) FROM attempts WHERE job = ?1 AND idx = 1 AND state != 'cancelled'",
+                [job],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 0);
+    }
 }

@@ -145,6 +145,17 @@ impl JobService for Api {
         Ok(Response::new(v1::ListJobsResponse { jobs }))
     }
 
+    async fn list_workers(
+        &self,
+        request: Request<v1::ListWorkersRequest>,
+    ) -> Result<Response<v1::ListWorkersResponse>, Status> {
+        // Any user may look at the farm: names, devices and health, no one's jobs' contents.
+        caller(&request)?;
+        let after = self.0.policy.quarantine_after;
+        let workers = self.0.db(move |c| db::workers(c, after, now_ms())).await?;
+        Ok(Response::new(v1::ListWorkersResponse { workers }))
+    }
+
     type WatchJobStream = BoxStream<v1::Job>;
 
     async fn watch_job(&self, request: Request<v1::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {

@@ -9,6 +9,7 @@ use crate::{db, inspect, lease, now_ms, Live};
 use proto::v1::worker_service_server::WorkerService;
 use proto::v1::{self, complete_segment_request};
 use sha2::{Digest, Sha256};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -181,17 +182,20 @@ impl WorkerService for Api {
         let verified = async {
             chunk.finish("chunk_sha256", header.chunk_size, &header.chunk_sha256).await?;
             state.finish("state_sha256", header.state_size, &header.state_sha256).await?;
-            self.inspect(cur.job, cur.idx, chunk.path.clone(), state.path.clone()).await
+            self.inspect(&cur, chunk.path.clone(), state.path.clone()).await
         }
         .await;
-        if let Err(e) = verified {
-            // A corrupt upload fails this attempt; the segment is retried (elsewhere, maybe).
-            let reason = e.to_string();
-            tracing::warn!(attempt, job = %db::job_id(cur.job), segment = cur.idx, %reason, "upload rejected");
-            let _ = self.0.db(move |c| lease::fail(c, attempt, &reason, false, policy, now_ms())).await;
-            self.0.segments_may_be_ready();
-            return Err(e.into());
-        }
+        let fingerprint = match verified {
+            Ok(f) => f,
+            Err(e) => {
+                // A corrupt upload fails this attempt; the segment is retried (elsewhere, maybe).
+                let reason = e.to_string();
+                tracing::warn!(attempt, job = %db::job_id(cur.job), segment = cur.idx, %reason, "upload rejected");
+                let _ = self.0.db(move |c| lease::fail(c, attempt, &reason, false, policy, now_ms())).await;
+                self.0.segments_may_be_ready();
+                return Err(e.into());
+            }
+        };
         let (chunk_key, state_key) = (keys::chunk(cur.job, attempt), keys::state(cur.job, attempt));
         {
             let store = self.0.store.clone();
@@ -205,7 +209,7 @@ impl WorkerService for Api {
             .expect("store task panicked")?;
         }
         let (cs, ss) = (header.chunk_sha256.clone(), header.state_sha256.clone());
-        let done = self.0.db(move |c| lease::complete(c, attempt, &cs, &ss, policy, now_ms())).await;
+        let done = self.0.db(move |c| lease::complete(c, attempt, &cs, &ss, &fingerprint, policy, now_ms())).await;
         let (cur, last) = match done {
             Ok(v) => v,
             Err(e) => {
@@ -234,9 +238,36 @@ impl WorkerService for Api {
         let r = request.into_inner();
         let policy = self.0.policy;
         // A reason goes into the segment's history for good: kept to a sane length.
-        let reason = proto::limits::cut(&r.reason, proto::limits::MAX_REASON_LEN);
+        let mut reason = proto::limits::cut(&r.reason, proto::limits::MAX_REASON_LEN);
         let (attempt, released) = (r.attempt_id, r.released);
-        self.0.db(move |c| lease::fail(c, attempt, &reason, released, policy, now_ms())).await?;
+        if r.bad_start_state && !released {
+            let cur = self.0.db(move |c| lease::check(c, attempt, policy, now_ms())).await?;
+            if cur.start_attempt != 0 {
+                match self.recheck_state(cur.job, cur.start_attempt).await? {
+                    Some(why) => {
+                        let loader = reason.clone();
+                        let d = self
+                            .0
+                            .db(move |c| lease::blame::disown_start(c, attempt, &loader, &why, policy, now_ms()))
+                            .await?;
+                        // Its chunk is not used either: the segment is rendered again from scratch.
+                        let _ = self.0.store.delete(&keys::state(d.job, d.attempt));
+                        let _ = self.0.store.delete(&keys::chunk(d.job, d.attempt));
+                        self.0.watchdog.forget(attempt);
+                        self.0.segments_may_be_ready();
+                        return Ok(Response::new(v1::FailSegmentResponse {}));
+                    }
+                    None => {
+                        reason = proto::limits::cut(
+                            &format!("could not load its start state, which checks out on the coordinator: {reason}"),
+                            proto::limits::MAX_REASON_LEN,
+                        )
+                    }
+                }
+            }
+        }
+        let stored = reason.clone();
+        self.0.db(move |c| lease::fail(c, attempt, &stored, released, policy, now_ms())).await?;
         self.0.watchdog.forget(attempt);
         tracing::warn!(attempt, reason = %proto::limits::quoted_prefix(&r.reason), released, "worker gave a segment back");
         self.0.segments_may_be_ready();
@@ -258,23 +289,61 @@ impl WorkerService for Api {
 }
 
 impl Api {
-    /// The content checks of `inspect`, against what segment `idx` of `job` must hold.
-    async fn inspect(&self, job: i64, idx: u32, chunk: std::path::PathBuf, state: std::path::PathBuf) -> Result<()> {
+    /// What segment `idx` of `job` must hold, for `inspect`.
+    async fn expected(&self, job: i64, idx: u32) -> Result<inspect::Expected> {
         let (spec, (start_frame, end_frame)) =
             self.0.db(move |c| Ok((db::spec(c, job)?, db::segment_span(c, job, idx)?))).await?;
         let params = crate::check_spec(&spec)?;
-        let want = inspect::Expected {
+        Ok(inspect::Expected {
             kind: proto::wire::output_from_wire(spec.output)?,
             width: params.width,
             height: params.height,
             start_frame,
             end_frame,
-        };
+        })
+    }
+
+    /// The content checks of `inspect`, against what the attempt's segment must hold; the state
+    /// must carry the fingerprint of the state it started from. Returns the state's fingerprint.
+    async fn inspect(&self, cur: &lease::Current, chunk: PathBuf, state: PathBuf) -> Result<String> {
+        let want = self.expected(cur.job, cur.idx).await?;
+        let start = cur.start_attempt;
+        let start = self.0.db(move |c| db::stored_state(c, start)).await?;
         tokio::task::spawn_blocking(move || {
             inspect::chunk(&chunk, &want).map_err(|e| Error::invalid("chunk", e))?;
-            inspect::state(&state, &want).map_err(|e| Error::invalid("state", e))
+            let fingerprint = start.map(|s| s.fingerprint).filter(|f| !f.is_empty());
+            inspect::state(&state, &want, fingerprint.as_deref()).map_err(|e| Error::invalid("state", e))
         })
         .await
         .expect("inspection panicked")
+    }
+
+    /// Checks the coordinator's own copy of the state `producer` stored, after a worker could
+    /// not load it: still there, still the bytes that were accepted, still a state its segment
+    /// should end with. Returns what is wrong with it, `None` when it checks out.
+    async fn recheck_state(&self, job: i64, producer: u64) -> Result<Option<String>> {
+        let Some(stored) = self.0.db(move |c| db::stored_state(c, producer)).await? else {
+            return Ok(Some(format!("attempt {producer} is not on record")));
+        };
+        let want = self.expected(job, stored.idx).await?;
+        let path = match self.0.store.local_path(&keys::state(job, producer)) {
+            Ok(p) => p,
+            Err(e) => return Ok(Some(e.to_string())),
+        };
+        let verdict = tokio::task::spawn_blocking(move || {
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(e) => return Some(format!("unreadable: {e}")),
+            };
+            let sha = proto::params::hex(&Sha256::digest(&bytes));
+            if sha != stored.sha256 {
+                return Some(format!("its sha256 is now {sha}, {} was stored", stored.sha256));
+            }
+            let fingerprint = Some(stored.fingerprint.as_str()).filter(|f| !f.is_empty());
+            inspect::state(&path, &want, fingerprint).err()
+        })
+        .await
+        .expect("state check panicked");
+        Ok(verdict)
     }
 }

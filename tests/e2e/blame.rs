@@ -1,0 +1,92 @@
+//! Whose fault a failure is: a worker that fails everything is quarantined instead of spending
+//! every job's retries, and a start state that went bad in the store is rendered again instead
+//! of being blamed on the workers that cannot load it.
+
+use crate::farm::{Cluster, FakeWorker, WORKER};
+use crate::helpers::{code, decode_video, stderr};
+use proto::v1;
+use tonic::Code;
+
+fn fail(c: &Cluster, w: &mut FakeWorker, attempt: u64, reason: &str, bad_start_state: bool) {
+    let r = v1::FailSegmentRequest { attempt_id: attempt, reason: reason.into(), bad_start_state, released: false };
+    c.runtime.block_on(w.client.fail_segment(r)).expect("failsegment");
+}
+
+#[test]
+fn a_worker_that_fails_everything_is_quarantined_and_shown_so() {
+    let c = Cluster::start("30", &["--quarantine-after", "2", "--quarantine-secs", "60", "--max-attempts", "9"]);
+    let jobs: Vec<String> = (0..3).map(|_| c.submit(&["--size", "64x48", "--frames", "2"])).collect();
+    let mut bad = FakeWorker::register(&c);
+    for round in 0..2 {
+        let a = bad.acquire(&c);
+        fail(&c, &mut bad, a.attempt_id, "cuda error: an illegal memory access", false);
+        let job = c.job(&a.job_id);
+        let reason = &job.segments[0].attempts.last().unwrap().reason;
+        assert_eq!(reason.contains("quarantined for 60 s after 2 failures in a row"), round == 1, "{reason}");
+    }
+    // Work is waiting, but not for the quarantined worker.
+    let ask = v1::AcquireRequest { worker_id: bad.id.clone(), wait_ms: 600 };
+    let r = c.runtime.block_on(bad.client.acquire(ask)).unwrap().into_inner();
+    assert!(r.assignment.is_none(), "a quarantined worker got work: {r:?}");
+    let mut good = FakeWorker::register(&c);
+    assert!(jobs.contains(&good.acquire(&c).job_id));
+
+    // Operators see it: `gramzoom workers`, as any user.
+    let out = c.run(&["workers", "--coordinator", &c.url()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let line = listing.lines().find(|l| l.starts_with(&format!("{} ", bad.id))).expect(&listing);
+    assert!(line.contains("2 failed in a row") && line.contains("QUARANTINED for"), "{line}");
+    let line = listing.lines().find(|l| l.starts_with(&format!("{} ", good.id))).expect(&listing);
+    assert!(line.contains("rendering job-") && !line.contains("QUARANTINED"), "{line}");
+    // Workers are not users: the listing is on the job API.
+    let mut as_worker = c.jobs_as(Some(WORKER));
+    assert_eq!(code(c.runtime.block_on(as_worker.list_workers(v1::ListWorkersRequest {}))), Code::PermissionDenied);
+}
+
+#[test]
+fn a_start_state_gone_bad_in_the_store_is_rendered_again_and_the_loader_is_not_blamed() {
+    let mut c = Cluster::start("30", &[]);
+    let id = c.submit(&["--size", "64x48", "--frames", "4", "--segment-frames", "2", "--iters", "2"]);
+    c.worker("a", &["--max-segments", "1"]);
+    let job = c.wait(&id, 240, "segment 0", |j| j.segments_done == 1);
+    let producer = job.segments[0].attempts[0].id;
+
+    // A worker that claims the state is bad while the coordinator's copy checks out is charged.
+    let mut liar = FakeWorker::register(&c);
+    let a = liar.acquire(&c);
+    assert_eq!((a.segment_index, a.start_state_attempt_id), (1, producer));
+    fail(&c, &mut liar, a.attempt_id, "not a safetensors file", true);
+    let attempt = c.job(&id).segments[1].attempts[0].clone();
+    assert_eq!(attempt.state, v1::AttemptState::Failed as i32);
+    assert!(
+        attempt.reason.starts_with("could not load its start state, which checks out on the coordinator"),
+        "{}",
+        attempt.reason
+    );
+
+    // Then the stored state rots (same size, other bytes): the next worker cannot load it, the
+    // coordinator finds its copy bad too, and segment 0 is rendered again.
+    let path =
+        c.data.join("artifacts/jobs").join(id.trim_start_matches("job-")).join(format!("attempt-{producer}.state"));
+    let mut bytes = std::fs::read(&path).expect("the stored state");
+    let middle = bytes.len() / 2;
+    for b in &mut bytes[middle..middle + 64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    c.worker("b", &[]);
+    let job = c.wait_done(&id);
+    let states = |s: &v1::Segment| s.attempts.iter().map(|a| a.state).collect::<Vec<_>>();
+    use v1::AttemptState::{Cancelled, Failed, Succeeded};
+    assert_eq!(states(&job.segments[0]), [Failed as i32, Succeeded as i32], "{job:#?}");
+    let rotted = &job.segments[0].attempts[0].reason;
+    assert!(rotted.starts_with("its end state is unusable: its sha256 is now"), "{rotted}");
+    assert_eq!(states(&job.segments[1]), [Failed as i32, Cancelled as i32, Succeeded as i32], "{job:#?}");
+    let loader = &job.segments[1].attempts[1].reason;
+    assert!(loader.starts_with("could not load its start state: the start state arrived corrupt"), "{loader}");
+    assert!(loader.ends_with("segment 0 is rendered again"), "{loader}");
+    assert!(!path.exists(), "the bad state is removed from the store");
+    let movie = c.download(&id, "rerendered.mp4");
+    assert_eq!(decode_video(&movie).frames, 4);
+}
