@@ -3,7 +3,17 @@
 #   - Debian packages for ffmpeg-next (FFmpeg 5.1 dev headers, clang for bindgen, pkg-config)
 #   - libtorch 2.11.0, taken from the PyPI torch==2.11.0 wheel, into a prefix outside the repo
 # Prints the environment lines to use (`source <(scripts/setup.sh --env)` style is supported via scripts/env.sh).
+#   - with --cuda: also the CUDA libraries libtorch_cuda loads, for `cargo build -p cli --features
+#     cuda` and the worker image (deploy/Dockerfile.worker runs this very script)
 set -euo pipefail
+
+CUDA=0
+for arg in "$@"; do
+  case "$arg" in
+    --cuda) CUDA=1 ;;
+    *) echo "usage: scripts/setup.sh [--cuda]" >&2; exit 2 ;;
+  esac
+done
 
 DEPS_DIR="${GRAMZOOM_DEPS:-$HOME/.cache/gramzoom}"
 TORCH_VERSION="2.11.0"
@@ -36,4 +46,28 @@ else
     || { log "unexpected torch version in wheel"; exit 1; }
   rm -rf "$TORCH_PREFIX"
   mv "$TORCH_PREFIX.partial" "$TORCH_PREFIX"
+fi
+
+# The CUDA libraries a CUDA build links and loads: libtorch_cuda's DT_NEEDED closure (cudart,
+# cupti, cuBLAS/cuBLASLt, cuFFT, cuFile, cuRAND, cuSPARSE with its nvJitLink, cuSPARSELt, NCCL,
+# NVSHMEM, cuDNN with the sub-libraries it opens) and NVRTC, which ATen opens for jitted
+# element-wise kernels. Pinned as torch 2.11.0's own metadata pins them. Left out: cuSOLVER
+# (only torch.linalg), NVTX, Triton and the Python packages (about 1.3 GB of the 2.6 GB a plain
+# `pip install torch` brings).
+CUDA_WHEELS=(
+  "nvidia-cuda-runtime==13.0.96" "nvidia-cuda-cupti==13.0.85" "nvidia-cublas==13.1.0.3.*"
+  "nvidia-cufft==12.0.0.61.*" "nvidia-cufile==1.15.1.6.*" "nvidia-curand==10.4.0.35.*"
+  "nvidia-cusparse==12.6.3.3.*" "nvidia-nvjitlink==13.0.88.*" "nvidia-cuda-nvrtc==13.0.88.*"
+  "nvidia-cudnn-cu13==9.19.0.56" "nvidia-cusparselt-cu13==0.8.0" "nvidia-nccl-cu13==2.28.9"
+  "nvidia-nvshmem-cu13==3.4.5"
+)
+if [ "$CUDA" -eq 1 ]; then
+  marker="$TORCH_PREFIX/.cuda-libraries"
+  if [ -f "$marker" ] && [ "$(cat "$marker")" = "${CUDA_WHEELS[*]}" ]; then
+    log "CUDA libraries already in $TORCH_PREFIX"
+  else
+    log "installing the CUDA libraries libtorch_cuda loads into $TORCH_PREFIX"
+    python3 -m pip install -q --disable-pip-version-check --no-deps --upgrade --target "$TORCH_PREFIX" "${CUDA_WHEELS[@]}"
+    printf '%s' "${CUDA_WHEELS[*]}" > "$marker"
+  fi
 fi

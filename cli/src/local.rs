@@ -127,6 +127,7 @@ pub async fn render(
             reuse_state: outputs.segment_frames.is_none(),
             token: None,
             tls: Default::default(),
+            metrics: std::sync::Arc::new(worker::metrics::WorkerMetrics::new(device, std::time::Duration::MAX)),
         };
         let (node_stop, node_stop_rx) = watch::channel(false);
         let mut node = Node::with_channel(node_config, coordinator.channel.clone(), torch, node_stop_rx).await?;

@@ -26,6 +26,8 @@ pub enum Role {
     User,
     Admin,
     Worker,
+    /// May only scrape `/metrics` (a Prometheus server's token).
+    Metrics,
 }
 
 impl Role {
@@ -34,6 +36,7 @@ impl Role {
             "user" => Some(Self::User),
             "admin" => Some(Self::Admin),
             "worker" => Some(Self::Worker),
+            "metrics" => Some(Self::Metrics),
             _ => None,
         }
     }
@@ -90,7 +93,7 @@ impl Tokens {
                 return Err(at(format!("expected ROLE NAME TOKEN, got {} fields", fields.len())));
             };
             let role = Role::parse(role)
-                .ok_or_else(|| at(format!("role must be user, admin or worker, got {:?}", short(role))))?;
+                .ok_or_else(|| at(format!("role must be user, admin, worker or metrics, got {:?}", short(role))))?;
             let name_ok =
                 name.len() <= MAX_NAME_LEN && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b));
             if !name_ok {
@@ -181,6 +184,7 @@ fn role_name(role: Role) -> &'static str {
         Role::User => "user",
         Role::Admin => "admin",
         Role::Worker => "worker",
+        Role::Metrics => "metrics",
     }
 }
 
@@ -207,7 +211,10 @@ mod tests {
         assert_eq!(t.authenticate(""), None);
         for (text, want) in [
             ("user alice", "line 1: expected ROLE NAME TOKEN, got 2 fields"),
-            ("\nroot alice x0123456789012345678901", "line 2: role must be user, admin or worker, got \"root\""),
+            (
+                "\nroot alice x0123456789012345678901",
+                "line 2: role must be user, admin, worker or metrics, got \"root\"",
+            ),
             ("user al/ice x0123456789012345678901", "line 1: name \"al/ice\" must be"),
             ("user alice short", "line 1: the token of alice is shorter than 20 characters"),
             (

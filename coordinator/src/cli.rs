@@ -14,10 +14,15 @@ pub struct ServeArgs {
     /// only a loopback address is accepted, unless --insecure.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: String,
-    /// Principals, one per line: ROLE NAME TOKEN, ROLE one of user, admin, worker. Every call
-    /// must then carry a token; users see and act on their own jobs only.
+    /// Principals, one per line: ROLE NAME TOKEN, ROLE one of user, admin, worker, metrics.
+    /// Every call must then carry a token; users see and act on their own jobs only; a metrics
+    /// token may only scrape /metrics.
     #[arg(long, value_name = "FILE")]
     pub auth: Option<PathBuf>,
+    /// Also serve HTTP here: GET /metrics (Prometheus). With --auth a scrape needs a metrics or
+    /// admin token; without it, loopback only unless --insecure, as for --listen.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
     /// Serve without --auth on a non-loopback address: anyone who reaches the port can submit,
     /// cancel and delete any job, and complete segments with garbage.
     #[arg(long)]
@@ -91,6 +96,13 @@ impl ServeArgs {
             }),
             _ => None,
         };
+        if let Some(http) = self.http.as_deref().filter(|h| config.auth.is_none() && !self.insecure && !is_loopback(h))
+        {
+            return Err(Error::invalid(
+                "http",
+                format!("{http} is not a loopback address: without --auth anyone who reaches it reads the farm's metrics; add --auth, or --insecure"),
+            ));
+        }
         if config.auth.is_none() && !self.insecure && !is_loopback(&self.listen) {
             return Err(Error::invalid(
                 "--listen",
@@ -137,4 +149,25 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     tracing::info!("shutting down");
+}
+
+/// Binds `--listen` (and `--http`) and serves until Ctrl-C or SIGTERM: both binaries' `main`.
+/// The bound addresses go to stderr (`listening on ADDR`, `http listening on ADDR`) for scripts
+/// and tests that ask for port 0.
+pub async fn serve(args: &ServeArgs) -> Result<()> {
+    // Before binding: a refused configuration must not hold the port even briefly.
+    let config = args.config()?;
+    let bind = |addr: String| async move {
+        tokio::net::TcpListener::bind(&addr).await.map_err(|e| Error::Startup(format!("binding {addr}: {e}")))
+    };
+    let listener = bind(args.listen.clone()).await?;
+    let http = match &args.http {
+        Some(addr) => Some(bind(addr.clone()).await?),
+        None => None,
+    };
+    eprintln!("listening on {}", listener.local_addr()?);
+    if let Some(h) = &http {
+        eprintln!("http listening on {}", h.local_addr()?);
+    }
+    crate::run_with_http(listener, http, config, shutdown_signal()).await
 }

@@ -105,6 +105,26 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE workers ADD COLUMN quarantined_until_ms INTEGER NOT NULL DEFAULT 0;
      CREATE INDEX IF NOT EXISTS attempts_by_worker ON attempts(worker, id);
      ALTER TABLE attempts ADD COLUMN fingerprint TEXT NOT NULL DEFAULT '';",
+    // 4: the weights each worker renders each network with, and the weights a job's first
+    // segment was rendered with (its later segments need the same); counters for /metrics that
+    // survive restarts and deletes, kept by a trigger so that no code path can miss one.
+    "CREATE TABLE worker_weights (
+         worker INTEGER NOT NULL,
+         network TEXT NOT NULL,
+         digest TEXT NOT NULL,
+         PRIMARY KEY (worker, network)
+     );
+     ALTER TABLE jobs ADD COLUMN network TEXT NOT NULL DEFAULT '';
+     ALTER TABLE jobs ADD COLUMN weights_digest TEXT NOT NULL DEFAULT '';
+     CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+     CREATE TRIGGER attempt_ended AFTER UPDATE OF state ON attempts
+     WHEN NEW.state != OLD.state AND NEW.state != 'running'
+     BEGIN
+         INSERT INTO counters (name, value) VALUES ('attempts_' || NEW.state, 1)
+             ON CONFLICT(name) DO UPDATE SET value = value + 1;
+         INSERT INTO counters (name, value) SELECT 'frames_rendered', NEW.frames_done WHERE NEW.state = 'succeeded'
+             ON CONFLICT(name) DO UPDATE SET value = value + excluded.value;
+     END;",
 ];
 
 fn migrate(conn: &Connection) -> Result<()> {
@@ -215,10 +235,11 @@ pub fn submit(
 ) -> Result<i64> {
     use prost::Message;
     let tx = conn.transaction()?;
+    let network = spec.params.as_ref().map(|p| p.network.as_str()).unwrap_or_default();
     tx.execute(
-        "INSERT INTO jobs (spec, priority, state, frames, style_sha256, created_ms, owner)
-         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6)",
-        params![spec.encode_to_vec(), spec.priority, frames, style_sha256, now, owner],
+        "INSERT INTO jobs (spec, priority, state, frames, style_sha256, created_ms, owner, network)
+         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7)",
+        params![spec.encode_to_vec(), spec.priority, frames, style_sha256, now, owner, network],
     )?;
     let seq = tx.last_insert_rowid();
     let mut start = 0u32;
@@ -375,14 +396,40 @@ pub fn register_worker(
     device: &str,
     principal: &str,
     session_sha256: &str,
+    weights: &[v1::NetworkWeights],
     now: i64,
 ) -> Result<String> {
-    conn.execute(
+    let tx = conn.unchecked_transaction()?;
+    tx.execute(
         "INSERT INTO workers (name, device, registered_ms, last_seen_ms, principal, session_sha256)
          VALUES (?1, ?2, ?3, ?3, ?4, ?5)",
         params![name, device, now, principal, session_sha256],
     )?;
-    Ok(worker_id(conn.last_insert_rowid()))
+    let seq = tx.last_insert_rowid();
+    for w in weights {
+        tx.execute(
+            "INSERT OR REPLACE INTO worker_weights (worker, network, digest) VALUES (?1, ?2, ?3)",
+            params![seq, w.network, w.digest],
+        )?;
+    }
+    tx.commit()?;
+    Ok(worker_id(seq))
+}
+
+/// The weights a worker renders each network with, as it registered them.
+pub fn worker_weights(conn: &Connection, seq: i64) -> Result<Vec<v1::NetworkWeights>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT network, digest FROM worker_weights WHERE worker = ?1 ORDER BY network")?;
+    let rows = stmt.query_map([seq], |r| Ok(v1::NetworkWeights { network: r.get(0)?, digest: r.get(1)? }))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The persistent counters the `attempt_ended` trigger keeps (`attempts_<state>`,
+/// `frames_rendered`).
+pub fn counters(conn: &Connection) -> Result<Vec<(String, u64)>> {
+    let mut stmt = conn.prepare_cached("SELECT name, value FROM counters ORDER BY name")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// The worker whose session hashes to `session_sha256`.

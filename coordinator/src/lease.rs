@@ -63,6 +63,8 @@ pub const AVAILABLE_MS: i64 = 2_000;
 /// segment back at once and spend the job's retries; alone, it still gets its retry.
 ///
 /// A quarantined worker (see [`blame`]) is offered nothing, and does not count as available.
+/// Once a job's first segment is done, only workers with the same weights for its network get
+/// the rest (see `complete`).
 ///
 /// A worker renders one segment at a time and asks for work only when idle, so a worker that
 /// asks while an attempt of its own still runs never received that grant (its long poll was cut
@@ -98,6 +100,9 @@ pub fn acquire(conn: &mut Connection, worker: &str, policy: Policy, now: i64) ->
             "SELECT s.job, s.idx
              FROM segments s JOIN jobs j ON j.seq = s.job
              WHERE s.state = 'ready' AND j.state IN ('queued', 'running')
+               AND (j.weights_digest = ''
+                    OR EXISTS (SELECT 1 FROM worker_weights ww WHERE ww.worker = ?5 AND ww.network = j.network
+                                 AND ww.digest = j.weights_digest))
                AND (s.preferred_worker IS NULL OR s.preferred_worker = ?1 OR s.ready_ms <= ?2
                     OR EXISTS (SELECT 1 FROM attempts b WHERE b.worker = s.preferred_worker AND b.state = 'running'))
                AND NOT (EXISTS (SELECT 1 FROM attempts f WHERE f.job = s.job AND f.idx = s.idx AND f.worker = ?1
@@ -113,7 +118,7 @@ pub fn acquire(conn: &mut Connection, worker: &str, policy: Policy, now: i64) ->
                                                         AND g.state IN ('failed', 'expired'))))
              ORDER BY j.priority DESC, (s.preferred_worker IS ?1) DESC, j.seq ASC
              LIMIT 1",
-            params![worker, now - policy.affinity_grace_ms, now - AVAILABLE_MS, now],
+            params![worker, now - policy.affinity_grace_ms, now - AVAILABLE_MS, now, wseq],
             |r| Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?)),
         )
         .optional()?;
@@ -167,6 +172,8 @@ pub struct Current {
     pub idx: u32,
     pub worker: String,
     pub start_attempt: u64,
+    /// When the attempt was granted.
+    pub started_ms: i64,
 }
 
 /// The fencing check. An attempt is current while it runs and its lease has not run out; a
@@ -175,7 +182,7 @@ pub struct Current {
 pub fn current(tx: &Transaction, attempt: u64, policy: Policy, now: i64) -> Result<Current> {
     let row = tx
         .query_row(
-            "SELECT a.job, a.idx, a.worker, a.state, a.reason, a.lease_until_ms, s.start_attempt
+            "SELECT a.job, a.idx, a.worker, a.state, a.reason, a.lease_until_ms, s.start_attempt, a.started_ms
              FROM attempts a JOIN segments s ON s.job = a.job AND s.idx = a.idx WHERE a.id = ?1",
             [attempt as i64],
             |r| {
@@ -187,11 +194,12 @@ pub fn current(tx: &Transaction, attempt: u64, policy: Policy, now: i64) -> Resu
                     r.get::<_, String>(4)?,
                     r.get::<_, i64>(5)?,
                     r.get::<_, i64>(6)? as u64,
+                    r.get::<_, i64>(7)?,
                 ))
             },
         )
         .optional()?;
-    let Some((job, idx, worker, state, reason, lease_until, start_attempt)) = row else {
+    let Some((job, idx, worker, state, reason, lease_until, start_attempt, started_ms)) = row else {
         return Err(Error::StaleAttempt { id: attempt, reason: "no such attempt".into() });
     };
     if state == "running" && lease_until < now {
@@ -199,7 +207,7 @@ pub fn current(tx: &Transaction, attempt: u64, policy: Policy, now: i64) -> Resu
         return Err(Error::StaleAttempt { id: attempt, reason: "its lease expired".into() });
     }
     match state.as_str() {
-        "running" => Ok(Current { job, idx, worker, start_attempt }),
+        "running" => Ok(Current { job, idx, worker, start_attempt, started_ms }),
         "expired" => Err(Error::StaleAttempt { id: attempt, reason: "its lease expired".into() }),
         "succeeded" => Err(Error::StaleAttempt { id: attempt, reason: "it already completed".into() }),
         "cancelled" => Err(Error::StaleAttempt { id: attempt, reason: format!("it was cancelled ({reason})") }),
@@ -269,6 +277,15 @@ pub fn complete(
         "UPDATE segments SET state = 'ready', ready_ms = ?3, preferred_worker = ?4, start_attempt = ?5
          WHERE job = ?1 AND idx = ?2 AND state = 'waiting'",
         params![cur.job, cur.idx + 1, now, cur.worker, attempt as i64],
+    )?;
+    // The weights this segment was rendered with are the job's from now on: a state resumes only
+    // on the same weights, so a worker with others is never offered the rest (nor charged).
+    let seq = db::parse_id(&cur.worker, "worker-").unwrap_or(0);
+    tx.execute(
+        "UPDATE jobs SET weights_digest = COALESCE(
+             (SELECT ww.digest FROM worker_weights ww WHERE ww.worker = ?2 AND ww.network = jobs.network), '')
+         WHERE seq = ?1 AND weights_digest = ''",
+        params![cur.job, seq],
     )?;
     let last = next == 0;
     if last {

@@ -11,8 +11,10 @@ mod config;
 pub mod data_lock;
 pub mod db;
 pub mod error;
+mod http;
 pub mod inspect;
 pub mod lease;
+pub mod metrics;
 pub mod reserve;
 mod service;
 pub mod stitch;
@@ -92,6 +94,7 @@ pub struct Coordinator {
     live: Mutex<HashMap<i64, Live>>,
     watchdog: watchdog::Watchdog,
     reserve: reserve::Reserve,
+    metrics: metrics::Metrics,
 }
 
 impl Coordinator {
@@ -127,6 +130,7 @@ impl Coordinator {
             live: Mutex::new(HashMap::new()),
             watchdog,
             reserve,
+            metrics: metrics::Metrics::default(),
         });
         for job in stitching {
             tokio::spawn(this.clone().stitch(job));
@@ -314,14 +318,28 @@ impl Coordinator {
 
 /// Serves the coordinator on `listener` until `shutdown` resolves.
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+    run_with_http(listener, None, config, shutdown).await
+}
+
+/// Like `run`, with `/metrics` served on `http` too.
+pub async fn run_with_http(
+    listener: TcpListener,
+    http: Option<TcpListener>,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "coordinator listening");
-    run_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener), config, shutdown).await
+    if let Some(h) = &http {
+        tracing::info!(addr = %h.local_addr()?, "http listening (/metrics)");
+    }
+    run_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener), http, config, shutdown).await
 }
 
 /// Serves the coordinator on any stream of connections (TCP, or in-memory pipes for an
 /// in-process coordinator) until `shutdown` resolves.
 pub async fn run_with_incoming<S, IO>(
     incoming: S,
+    http: Option<TcpListener>,
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()>
@@ -332,6 +350,18 @@ where
 {
     let coordinator = Coordinator::open(config)?;
     let sweeper = tokio::spawn(coordinator.clone().sweep());
+    let http = http.map(|listener| {
+        let mut closed = coordinator.closing.subscribe();
+        let app = http::router(coordinator.clone());
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = closed.wait_for(|c| *c).await;
+            };
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+                tracing::error!(error = %e, "the http listener failed");
+            }
+        })
+    });
     let closing = coordinator.clone();
     let shutdown = async move {
         shutdown.await;
@@ -340,6 +370,9 @@ where
     };
     let result = service::serve(coordinator, incoming, shutdown).await;
     sweeper.abort();
+    if let Some(h) = http {
+        h.abort();
+    }
     result
 }
 
@@ -356,7 +389,7 @@ impl InProcess {
         let (connections, accepted) = tokio::sync::mpsc::unbounded_channel::<tokio::io::DuplexStream>();
         let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::UnboundedReceiverStream::new(accepted), Ok);
         let (stop, mut stopped) = watch::channel(false);
-        let server = tokio::spawn(run_with_incoming(incoming, config, async move {
+        let server = tokio::spawn(run_with_incoming(incoming, None, config, async move {
             let _ = stopped.wait_for(|s| *s).await;
         }));
         let connector = tower::service_fn(move |_: tonic::transport::Uri| {

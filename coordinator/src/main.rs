@@ -1,7 +1,6 @@
 //! `gramzoom-coordinator`: the coordinator alone, for nodes without libtorch (its container
 //! image carries only FFmpeg and SQLite). `gramzoom serve` runs the same code.
 
-use anyhow::Context;
 use clap::Parser;
 
 #[derive(Parser)]
@@ -17,12 +16,6 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
-    // Before binding: a refused configuration must not hold the port even briefly.
-    let config = args.serve.config()?;
-    let listener = tokio::net::TcpListener::bind(&args.serve.listen)
-        .await
-        .with_context(|| format!("binding {}", args.serve.listen))?;
-    coordinator::run(listener, config, coordinator::cli::shutdown_signal()).await?;
+    coordinator::cli::serve(&Args::parse().serve).await?;
     Ok(())
 }

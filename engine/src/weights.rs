@@ -99,6 +99,31 @@ fn read_safetensors(bytes: &[u8]) -> std::result::Result<HashMap<String, Tensor>
     Ok(out)
 }
 
+/// The weights digest a render of `network` would carry (see `WeightsOrigin::digest`), without
+/// loading them: the SHA-256 of the file `resolve` would read, streamed, or the random design's
+/// name. A worker reports these when it registers, so that a job's later segments only go to
+/// workers whose states its own can resume.
+pub fn digest(network: Network, explicit: Option<&Path>) -> Result<String> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => match cached(network) {
+            Some(p) => p,
+            None => return Ok(crate::vgg::WeightsOrigin::Random(crate::vgg::RandomDesign::DEFAULT).digest()),
+        },
+    };
+    file_sha256(&path)
+}
+
+/// The SHA-256 of a file, read in pieces.
+pub fn file_sha256(path: &Path) -> Result<String> {
+    let err =
+        |e: std::io::Error| EngineError::Weights { path: path.to_path_buf(), reason: e.to_string().to_lowercase() };
+    let mut file = std::fs::File::open(path).map_err(err)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(err)?;
+    Ok(hex(&hasher.finalize()))
+}
+
 /// The network to render with, and whether it is random (the caller tells the user).
 pub fn resolve(network: Network, explicit: Option<&Path>, device: Device) -> Result<Vgg> {
     let path = match explicit {

@@ -14,6 +14,8 @@ pub const MAX_STYLE_IMAGE_PIXELS: u64 = 50_000_000;
 pub const MAX_NAME_LEN: usize = 256;
 /// A worker's name and device description.
 pub const MAX_WORKER_NAME_LEN: usize = 128;
+/// Networks a worker may list weights for when it registers.
+pub const MAX_WORKER_WEIGHTS: usize = 8;
 /// Entries of `--layers` (VGG19 has 16 conv layers).
 pub const MAX_LAYERS: usize = 16;
 /// Denominator of a frame rate: `--fps` takes at most three decimals (29.97 is 2997/100).

@@ -2,7 +2,7 @@
 //! every job's retries, and a start state that went bad in the store is rendered again instead
 //! of being blamed on the workers that cannot load it.
 
-use crate::farm::{Cluster, FakeWorker, WORKER};
+use crate::farm::{mp4_chunk, state_bytes, Cluster, FakeWorker, WORKER};
 use crate::helpers::{code, decode_video, stderr};
 use proto::v1;
 use tonic::Code;
@@ -53,7 +53,12 @@ fn a_start_state_gone_bad_in_the_store_is_rendered_again_and_the_loader_is_not_b
     let producer = job.segments[0].attempts[0].id;
 
     // A worker that claims the state is bad while the coordinator's copy checks out is charged.
-    let mut liar = FakeWorker::register(&c);
+    // It says it has the real worker's weights, or it would not be offered segment 1 at all.
+    let workers = c.runtime.block_on(c.jobs().list_workers(v1::ListWorkersRequest {})).unwrap().into_inner();
+    let weights: Vec<(String, String)> =
+        workers.workers[0].weights.iter().map(|w| (w.network.clone(), w.digest.clone())).collect();
+    let weights: Vec<(&str, &str)> = weights.iter().map(|(n, d)| (n.as_str(), d.as_str())).collect();
+    let mut liar = FakeWorker::register_with(&c, WORKER, &weights).unwrap();
     let a = liar.acquire(&c);
     assert_eq!((a.segment_index, a.start_state_attempt_id), (1, producer));
     fail(&c, &mut liar, a.attempt_id, "not a safetensors file", true);
@@ -89,4 +94,30 @@ fn a_start_state_gone_bad_in_the_store_is_rendered_again_and_the_loader_is_not_b
     assert!(!path.exists(), "the bad state is removed from the store");
     let movie = c.download(&id, "rerendered.mp4");
     assert_eq!(decode_video(&movie).frames, 4);
+}
+
+#[test]
+fn a_worker_with_other_weights_never_gets_the_rest_of_a_job_and_is_never_charged() {
+    let c = Cluster::start("30", &[]);
+    let dir = c.dir.path();
+    let id = c.submit(&["--size", "64x48", "--frames", "4", "--segment-frames", "2"]);
+    let weights = |digest| [("vgg16", digest), ("vgg19", "other")];
+    let mut first = FakeWorker::register_with(&c, WORKER, &weights("aaaa")).unwrap();
+    let a = first.acquire(&c);
+    first.complete_with(&c, a.attempt_id, &mp4_chunk(dir, 2), &state_bytes(2, (64, 48))).unwrap();
+    // Segment 1 must resume on the weights segment 0 was rendered with.
+    let mut stranger = FakeWorker::register_with(&c, WORKER, &weights("bbbb")).unwrap();
+    let ask = v1::AcquireRequest { worker_id: stranger.id.clone(), wait_ms: 3_000 };
+    let r = c.runtime.block_on(stranger.client.acquire(ask)).unwrap().into_inner();
+    assert!(r.assignment.is_none(), "a worker with other weights got {r:?}");
+    let mut twin = FakeWorker::register_with(&c, WORKER, &weights("aaaa")).unwrap();
+    let b = twin.acquire(&c);
+    assert_eq!((b.job_id.as_str(), b.segment_index), (id.as_str(), 1));
+    let job = c.job(&id);
+    assert!(job.segments[1].attempts.iter().all(|a| a.worker_id != stranger.id), "{job:#?}");
+    // The farm listing shows what each worker has.
+    let out = c.run(&["workers", "--coordinator", &c.url()]);
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let line = listing.lines().find(|l| l.starts_with(&format!("{} ", stranger.id))).expect(&listing);
+    assert!(line.contains("vgg16=bbbb"), "{line}");
 }

@@ -16,6 +16,7 @@ pub(crate) const ALICE: &str = "alice-token-0123456789abcdef";
 pub(crate) const BOB: &str = "bob-token-0123456789abcdef";
 pub(crate) const ROOT: &str = "root-token-0123456789abcdef";
 pub(crate) const WORKER: &str = "worker-token-0123456789abcdef";
+pub(crate) const METRICS: &str = "metrics-token-0123456789abcdef";
 
 /// A child process killed when dropped; its stderr goes to a log file shown on failure.
 pub(crate) struct Proc {
@@ -43,6 +44,19 @@ impl Proc {
 
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The address its `--http` listener bound, from its `http listening on` line.
+    pub(crate) fn http_addr(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = self.log();
+            if let Some(rest) = text.lines().find_map(|l| l.strip_prefix("http listening on ")) {
+                return rest.trim().to_string();
+            }
+            assert!(Instant::now() < deadline, "no http listener: {text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub(crate) fn signal(&self, sig: &str) {
@@ -81,7 +95,9 @@ impl Cluster {
         let dir = tempdir();
         let data = data.unwrap_or_else(|| dir.path().join("data"));
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let tokens = format!("user alice {ALICE}\nuser bob {BOB}\nadmin root {ROOT}\nworker gpu {WORKER}\n");
+        let tokens = format!(
+            "user alice {ALICE}\nuser bob {BOB}\nadmin root {ROOT}\nworker gpu {WORKER}\nmetrics prom {METRICS}\n"
+        );
         std::fs::write(dir.path().join("tokens"), tokens).unwrap();
         let mut c = Self { dir, data, coordinator: None, port: 0, workers: Vec::new(), runtime };
         c.start_coordinator(lease_secs, extra);
@@ -209,12 +225,19 @@ impl FakeWorker {
     }
 
     pub(crate) fn register_as(c: &Cluster, token: &str) -> Result<Self, tonic::Status> {
+        Self::register_with(c, token, &[])
+    }
+
+    /// Registers saying it renders `vgg16` with weights of digest `vgg16` and so on.
+    pub(crate) fn register_with(c: &Cluster, token: &str, weights: &[(&str, &str)]) -> Result<Self, tonic::Status> {
+        let weights = weights.iter().map(|(n, d)| v1::NetworkWeights { network: n.to_string(), digest: d.to_string() });
+        let weights: Vec<_> = weights.collect();
         let url = c.url();
         c.runtime.block_on(async {
             let credentials = Credentials::new(Some(token)).unwrap();
             let channel = tonic::transport::Endpoint::from_shared(url).unwrap().connect().await.unwrap();
             let mut client = WorkerServiceClient::with_interceptor(channel, credentials.clone());
-            let r = v1::RegisterRequest { name: "fake".into(), device: "none".into() };
+            let r = v1::RegisterRequest { name: "fake".into(), device: "none".into(), weights };
             let r = client.register(r).await?.into_inner();
             credentials.set_session(&r.session);
             Ok(Self { client, id: r.worker_id })

@@ -191,7 +191,7 @@ fn every_input_is_bounded_and_bad_values_are_quoted_short() {
 
     // A worker's name is bounded too.
     let mut w = FakeWorker::register(&c);
-    let r = v1::RegisterRequest { name: "w".repeat(3 << 20), device: "cpu".into() };
+    let r = v1::RegisterRequest { name: "w".repeat(3 << 20), device: "cpu".into(), ..Default::default() };
     let status = c.runtime.block_on(w.client.register(r)).unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().starts_with("name: is 3145728 bytes, at most 128 allowed"), "{:.200}", status.message());

@@ -9,6 +9,7 @@ mod cli_errors;
 mod cluster;
 mod farm;
 mod hostile;
+mod metrics;
 mod outputs;
 mod quality;
 mod segments;

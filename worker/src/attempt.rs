@@ -3,7 +3,7 @@
 //! render on the torch thread, and the upload. Whatever happens, the attempt comes to one
 //! `Outcome`, which the node's loop reports to the coordinator.
 
-use crate::chunk::render_segment;
+use crate::chunk::{render_segment, ChunkOut};
 use crate::heartbeat::{heartbeat_loop, AbortOnDrop, Counters, StopSlot};
 use crate::node::Node;
 use proto::v1;
@@ -81,11 +81,14 @@ impl Node {
             kind.extension()
         ));
         let frames_dir = self.config.frames_dir.clone();
-        let (end, job) = (a.end_frame, a.job_id.clone());
+        let (end, job, metrics) = (a.end_frame, a.job_id.clone(), self.config.metrics.clone());
         let rendered = self
             .torch
             .run(move || {
-                let result = render_segment(&engine, start, end, kind, &chunk_path, frames_dir, &progress);
+                metrics.health.rendering(true, Instant::now());
+                let out = ChunkOut { kind, path: chunk_path, frames_dir };
+                let result = render_segment(&engine, start, end, out, &progress, &metrics);
+                metrics.health.rendering(false, Instant::now());
                 (engine, result)
             })
             .await;

@@ -3,21 +3,31 @@
 //! through atomics the heartbeats read.
 
 use crate::heartbeat::Counters;
+use crate::metrics::WorkerMetrics;
 use engine::encode::{self, FrameSink, FramesDir, PartialFile};
 use engine::{Engine, EngineError, Frame, Progress, State};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// Where a segment's frames go: the chunk's format and file, and a PNG dump when asked.
+pub(crate) struct ChunkOut {
+    pub kind: proto::params::OutputKind,
+    pub path: PathBuf,
+    pub frames_dir: Option<PathBuf>,
+}
 
 /// Renders one segment into an encoded chunk; returns the end state and the chunk's bytes.
 pub(crate) fn render_segment(
     engine: &Engine,
     start: Option<State>,
     end: u32,
-    kind: proto::params::OutputKind,
-    chunk_path: &std::path::Path,
-    frames_dir: Option<PathBuf>,
+    out: ChunkOut,
     progress: &Counters,
+    metrics: &WorkerMetrics,
 ) -> Result<(State, Vec<u8>), String> {
+    let ChunkOut { kind, path: chunk_path, frames_dir } = out;
+    let chunk_path = chunk_path.as_path();
     let p = engine.params();
     let file = PartialFile::create(chunk_path).map_err(|e| e.to_string())?;
     let main = encode::open(kind, file, p.width, p.height, p.fps).map_err(|e| e.to_string())?;
@@ -27,7 +37,15 @@ pub(crate) fn render_segment(
     };
     // Called on this (the render) thread: the counters move only while the render does, so a
     // hung device call shows in the heartbeats as progress that stopped.
+    // Time between iterations: a frame's output is charged to the iteration after it.
+    let mut last = Instant::now();
     let mut report = |pr: Progress| {
+        if pr.iteration {
+            let now = Instant::now();
+            metrics.iteration_seconds.observe(now.duration_since(last).as_secs_f64());
+            metrics.health.progressed(now);
+            last = now;
+        }
         progress.frames.store(pr.frames_done, Ordering::Relaxed);
         progress.warmup_done.store(pr.warmup_done, Ordering::Relaxed);
         progress.warmup_total.store(pr.warmup_total, Ordering::Relaxed);
@@ -41,6 +59,7 @@ pub(crate) fn render_segment(
     };
     let mut encode_error = None;
     let mut on_frame = |f: Frame| {
+        metrics.frames_rendered.inc();
         sink.push(&f).map_err(|e| {
             encode_error = Some(e.to_string());
             EngineError::Cancelled

@@ -117,6 +117,7 @@ impl Node {
                 .await
                 .expect("state decode panicked")
                 .map_err(|e| Unloadable::bad(e.to_string()))?;
+        self.config.metrics.handoff("fetch", t.elapsed());
         tracing::info!(
             attempt = a.attempt_id,
             bytes = n,

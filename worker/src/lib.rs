@@ -13,6 +13,7 @@ mod attempt;
 mod chunk;
 mod heartbeat;
 mod inputs;
+pub mod metrics;
 pub mod node;
 pub mod upload;
 

@@ -27,6 +27,8 @@ pub enum NodeError {
     Credentials(#[from] proto::auth::AuthError),
     #[error("coordinator: {0}")]
     Rpc(#[from] tonic::Status),
+    #[error(transparent)]
+    Weights(#[from] engine::EngineError),
 }
 
 #[derive(Debug, Clone)]
@@ -46,6 +48,8 @@ pub struct NodeConfig {
     pub token: Option<String>,
     /// For an `https://` coordinator.
     pub tls: proto::auth::ClientTls,
+    /// What `--http` serves; updated whether served or not.
+    pub metrics: std::sync::Arc<crate::metrics::WorkerMetrics>,
 }
 
 /// The worker API with this node's token, and its session once registered, on every call.
@@ -117,9 +121,24 @@ impl Node {
 
     async fn register(&mut self) -> Result<(), NodeError> {
         let mut backoff = Duration::from_millis(200);
+        let explicit = self.config.weights.clone();
+        let weights = tokio::task::spawn_blocking(move || {
+            [engine::vgg::Network::Vgg16, engine::vgg::Network::Vgg19]
+                .into_iter()
+                .map(|n| {
+                    let digest = engine::weights::digest(n, explicit.as_deref())?;
+                    Ok(v1::NetworkWeights { network: n.name().into(), digest })
+                })
+                .collect::<Result<Vec<_>, engine::EngineError>>()
+        })
+        .await
+        .expect("hashing the weights panicked")?;
         loop {
-            let request =
-                v1::RegisterRequest { name: self.config.name.clone(), device: format!("{:?}", self.config.device) };
+            let request = v1::RegisterRequest {
+                name: self.config.name.clone(),
+                device: format!("{:?}", self.config.device),
+                weights: weights.clone(),
+            };
             match self.client.register(request).await {
                 Ok(r) => {
                     let r = r.into_inner();
@@ -180,6 +199,13 @@ impl Node {
             let outcome = self.attempt(assignment).await;
             done += 1;
             let bad_start_state = matches!(outcome, Outcome::BadStartState(_));
+            let ended = match &outcome {
+                Outcome::Completed => "completed",
+                Outcome::Superseded(_) => "superseded",
+                Outcome::Released => "released",
+                Outcome::Failed(_) | Outcome::BadStartState(_) => "failed",
+            };
+            self.config.metrics.segment_ended(ended);
             match outcome {
                 Outcome::Completed => {}
                 Outcome::Superseded(why) => tracing::warn!(attempt, %why, "segment dropped"),

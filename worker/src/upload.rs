@@ -70,6 +70,9 @@ impl Node {
             }
         }
         let sent = Sent { chunk_bytes: chunk.len(), state_bytes: state_bytes.len(), elapsed: upload.elapsed() };
+        if result.is_ok() {
+            self.config.metrics.handoff("upload", sent.elapsed);
+        }
         (state, sent, result)
     }
 }

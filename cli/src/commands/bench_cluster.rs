@@ -49,7 +49,7 @@ async fn register(url: &str) -> Result<(Worker, String)> {
     let credentials = Credentials::default();
     let channel = tonic::transport::Endpoint::from_shared(url.to_string())?.connect().await?;
     let mut w = WorkerServiceClient::with_interceptor(channel, credentials.clone());
-    let r = v1::RegisterRequest { name: "bench".into(), device: "none".into() };
+    let r = v1::RegisterRequest { name: "bench".into(), device: "none".into(), ..Default::default() };
     let r = w.register(r).await?.into_inner();
     credentials.set_session(&r.session);
     Ok((w, r.worker_id))

@@ -194,6 +194,12 @@ pub fn workers(args: Farm) -> Result<()> {
             w.failures_in_a_row,
             (now - w.last_seen_unix_ms).max(0) / 1000
         );
+        if !w.weights.is_empty() {
+            let short = |d: &str| d.chars().take(12).collect::<String>();
+            let weights: Vec<String> =
+                w.weights.iter().map(|x| format!("{}={}", x.network, short(&x.digest))).collect();
+            s.push_str(&format!("  weights {}", weights.join(" ")));
+        }
         if w.quarantined_until_unix_ms > now {
             s.push_str(&format!("  QUARANTINED for {} s more", (w.quarantined_until_unix_ms - now + 999) / 1000));
         }

@@ -4,6 +4,9 @@
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use worker::metrics::WorkerMetrics;
 use worker::node::{Node, NodeConfig};
 
 #[derive(ClapArgs)]
@@ -16,6 +19,10 @@ pub struct Args {
     /// Pretrained weights (.pth or .safetensors); default: the downloaded ones.
     #[arg(long)]
     pub weights: Option<PathBuf>,
+    /// The full SHA-256 (64 hex digits) --weights must have: the worker refuses to start with
+    /// any other file, e.g. a half-filled or wrong weights volume.
+    #[arg(long, value_name = "HEX", requires = "weights")]
+    pub weights_sha256: Option<String>,
     /// A name for logs and job histories (default: host name and process id).
     #[arg(long)]
     pub name: Option<String>,
@@ -31,9 +38,27 @@ pub struct Args {
     pub token_file: Option<PathBuf>,
     #[command(flatten)]
     pub tls: super::TlsFlags,
+    /// Serve HTTP here: GET /metrics (Prometheus) and GET /healthz (for a liveness probe).
+    /// Unauthenticated: bind it to the pod network only and restrict it with a NetworkPolicy.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
+    /// /healthz fails once the render in hand has made no optimiser iteration for this long
+    /// (a hung GPU). Set-up, downloads and waiting for work never count.
+    #[arg(long, default_value_t = 300.0)]
+    pub health_stall_secs: f64,
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if let (Some(want), Some(path)) = (&args.weights_sha256, &args.weights) {
+        let want = want.trim().to_ascii_lowercase();
+        if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
+            anyhow::bail!("--weights-sha256: expected 64 hex digits, got {:?}", proto::limits::quoted_prefix(&want));
+        }
+        let got = engine::weights::file_sha256(path)?;
+        if got != want {
+            anyhow::bail!("--weights-sha256: {} has sha256 {got}, expected {want}", path.display());
+        }
+    }
     let device = args.torch.device()?;
     let threads = args.torch.threads();
     let token = crate::client::token(args.token_file.as_deref())?;
@@ -50,9 +75,20 @@ pub fn run(args: Args) -> Result<()> {
         reuse_state: true,
         token,
         tls,
+        metrics: Arc::new(WorkerMetrics::new(
+            device,
+            Duration::from_secs_f64(args.health_stall_secs.clamp(1.0, 86_400.0)),
+        )),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
+        if let Some(addr) = &args.http {
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding --http {addr}"))?;
+            // Tests and scripts that pass port 0 read the real address from this line.
+            eprintln!("http listening on {}", listener.local_addr()?);
+            tokio::spawn(worker::metrics::serve(listener, config.metrics.clone()));
+        }
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             coordinator::cli::shutdown_signal().await;

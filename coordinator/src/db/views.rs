@@ -174,12 +174,14 @@ pub fn workers(conn: &Connection, quarantine_after: u32, now: i64) -> Result<Vec
             running_attempt_id: r.get::<_, Option<i64>>(8)?.unwrap_or(0) as u64,
             running_job_id: r.get::<_, Option<i64>>(9)?.map(job_id).unwrap_or_default(),
             failures_in_a_row: 0,
+            weights: Vec::new(),
         })
     })?;
     let mut workers = rows.collect::<rusqlite::Result<Vec<_>>>()?;
     let cap = quarantine_after.max(10);
     for w in &mut workers {
         w.failures_in_a_row = crate::lease::blame::failures_in_a_row(conn, &w.worker_id, cap)?;
+        w.weights = super::worker_weights(conn, super::parse_id(&w.worker_id, "worker-").unwrap_or(0))?;
         if w.quarantined_until_unix_ms <= now {
             w.quarantined_until_unix_ms = 0;
         }

@@ -16,7 +16,7 @@ fn setup(jobs: &[(i32, u32)]) -> (Connection, Vec<i64>) {
         })
         .collect();
     for name in ["a", "b", "c", "d"] {
-        db::register_worker(&conn, name, "cpu", "", name, 0).unwrap();
+        db::register_worker(&conn, name, "cpu", "", name, &[], 0).unwrap();
     }
     (conn, seqs)
 }

@@ -23,14 +23,28 @@ impl WorkerService for Api {
         let r = request.into_inner();
         proto::limits::check_len("name", &r.name, proto::limits::MAX_WORKER_NAME_LEN).map_err(Error::from)?;
         proto::limits::check_len("device", &r.device, proto::limits::MAX_WORKER_NAME_LEN).map_err(Error::from)?;
+        if r.weights.len() > proto::limits::MAX_WORKER_WEIGHTS {
+            return Err(Error::invalid(
+                "weights",
+                format!("{} entries, at most {} allowed", r.weights.len(), proto::limits::MAX_WORKER_WEIGHTS),
+            )
+            .into());
+        }
+        for w in &r.weights {
+            proto::limits::check_len("weights.network", &w.network, proto::limits::MAX_WORKER_NAME_LEN)
+                .map_err(Error::from)?;
+            proto::limits::check_len("weights.digest", &w.digest, proto::limits::MAX_WORKER_NAME_LEN)
+                .map_err(Error::from)?;
+        }
         // The session is this registration's secret; only its digest is stored.
         let mut secret = [0u8; 32];
         getrandom::getrandom(&mut secret).map_err(|e| Status::internal(format!("no randomness for a session: {e}")))?;
         let session = proto::params::hex(&secret);
         let digest = proto::params::hex(&Sha256::digest(session.as_bytes()));
-        let (name, device, p) = (r.name.clone(), r.device.clone(), principal.clone());
-        let id = self.0.db(move |c| db::register_worker(c, &name, &device, &p, &digest, now_ms())).await?;
-        tracing::info!(worker = %id, name = %r.name, device = %r.device, %principal, "worker registered");
+        let (name, device, p, weights) = (r.name.clone(), r.device.clone(), principal.clone(), r.weights.clone());
+        let id = self.0.db(move |c| db::register_worker(c, &name, &device, &p, &digest, &weights, now_ms())).await?;
+        let weights: Vec<String> = r.weights.iter().map(|w| format!("{}={}", w.network, w.digest)).collect();
+        tracing::info!(worker = %id, name = %r.name, device = %r.device, %principal, weights = %weights.join(","), "worker registered");
         Ok(Response::new(v1::RegisterResponse {
             worker_id: id,
             lease_ms: self.0.config.lease.as_millis() as u32,
@@ -158,6 +172,7 @@ impl WorkerService for Api {
         &self,
         request: Request<Streaming<v1::CompleteSegmentRequest>>,
     ) -> Result<Response<v1::CompleteSegmentResponse>, Status> {
+        let begun = Instant::now();
         let digest = super::session_digest(&request)?;
         let mut stream = request.into_inner();
         let header = match stream.message().await?.and_then(|m| m.part) {
@@ -221,6 +236,8 @@ impl WorkerService for Api {
             }
         };
         self.0.watchdog.forget(attempt);
+        self.0.metrics.observe_upload(begun.elapsed().as_secs_f64());
+        self.0.metrics.segment_seconds.observe((now_ms() - cur.started_ms).max(0) as f64 / 1000.0);
         tracing::info!(attempt, job = %db::job_id(cur.job), segment = cur.idx, worker = %cur.worker, chunk_bytes = header.chunk_size, state_bytes = header.state_size, "segment completed");
         self.0.segments_may_be_ready();
         if last {
