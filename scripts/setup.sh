@@ -4,14 +4,17 @@
 #   - libtorch 2.11.0, taken from the PyPI torch==2.11.0 wheel, into a prefix outside the repo
 # Prints the environment lines to use (`source <(scripts/setup.sh --env)` style is supported via scripts/env.sh).
 #   - with --cuda: also the CUDA libraries libtorch_cuda loads, for `cargo build -p cli --features
-#     cuda` and the worker image (deploy/Dockerfile.worker runs this very script)
+#     cuda` and the worker image; with --no-torch: no libtorch at all (the coordinator image).
+# deploy/Dockerfile.* run this very script, so images are built the way CI builds.
 set -euo pipefail
 
 CUDA=0
+TORCH=1
 for arg in "$@"; do
   case "$arg" in
     --cuda) CUDA=1 ;;
-    *) echo "usage: scripts/setup.sh [--cuda]" >&2; exit 2 ;;
+    --no-torch) TORCH=0 ;;
+    *) echo "usage: scripts/setup.sh [--cuda | --no-torch]" >&2; exit 2 ;;
   esac
 done
 
@@ -26,6 +29,8 @@ for pkg in pkg-config clang libclang-dev libavcodec-dev libavformat-dev libavuti
            libswscale-dev libavfilter-dev libavdevice-dev libswresample-dev ffmpeg libsqlite3-dev; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
+# pip fetches libtorch (and the CI tools of scripts/test.sh).
+python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -35,7 +40,9 @@ else
   log "Debian packages already installed"
 fi
 
-if [ -f "$TORCH_PREFIX/torch/version.py" ] && grep -q "__version__ = '$TORCH_VERSION" "$TORCH_PREFIX/torch/version.py"; then
+if [ "$TORCH" -eq 0 ]; then
+  log "no libtorch (--no-torch)"
+elif [ -f "$TORCH_PREFIX/torch/version.py" ] && grep -q "__version__ = '$TORCH_VERSION" "$TORCH_PREFIX/torch/version.py"; then
   log "libtorch $TORCH_VERSION already in $TORCH_PREFIX"
 else
   log "installing libtorch $TORCH_VERSION (PyPI torch wheel) into $TORCH_PREFIX"
