@@ -125,6 +125,7 @@ pub async fn render(
             frames_dir: outputs.frames_dir.clone(),
             max_segments: None,
             reuse_state: outputs.segment_frames.is_none(),
+            render_ahead: false,
             token: None,
             tls: Default::default(),
             metrics: std::sync::Arc::new(worker::metrics::WorkerMetrics::new(device, std::time::Duration::MAX)),

@@ -21,6 +21,8 @@ pub struct Grant {
     pub style_sha256: String,
     /// The worker already held this attempt but had not received it.
     pub redelivered: bool,
+    /// Where the next segment ends (0: this is the last).
+    pub next_end_frame: u32,
 }
 
 /// The scheduling knobs that touch the database.
@@ -147,6 +149,10 @@ fn grant(tx: &Transaction, attempt: u64, job: i64, idx: u32, redelivered: bool) 
         |r| Ok((r.get::<_, u32>(0)?, r.get::<_, u32>(1)?, r.get::<_, i64>(2)? as u64, r.get::<_, String>(3)?)),
     )?;
     let segment_count: u32 = tx.query_row("SELECT COUNT(*) FROM segments WHERE job = ?1", [job], |r| r.get(0))?;
+    let next_end_frame: u32 = tx
+        .query_row("SELECT end_frame FROM segments WHERE job = ?1 AND idx = ?2", params![job, idx + 1], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
     let start_state_sha256: String = tx
         .query_row("SELECT state_sha256 FROM attempts WHERE id = ?1", [start_attempt as i64], |r| r.get(0))
         .optional()?
@@ -162,6 +168,7 @@ fn grant(tx: &Transaction, attempt: u64, job: i64, idx: u32, redelivered: bool) 
         start_state_sha256,
         style_sha256,
         redelivered,
+        next_end_frame,
     })
 }
 
@@ -247,36 +254,55 @@ pub fn check(conn: &mut Connection, attempt: u64, policy: Policy, now: i64) -> R
     Ok(cur)
 }
 
+/// What a completion records: the stored chunk's and state's checksums, the state's render
+/// fingerprint, and, for a preempted worker, how many frames it finished (`None` or the
+/// segment's length: all of them).
+#[derive(Debug, Clone, Copy)]
+pub struct Upload<'a> {
+    pub chunk_sha256: &'a str,
+    pub state_sha256: &'a str,
+    pub fingerprint: &'a str,
+    pub frames: Option<u32>,
+}
+
 /// Records a finished segment (its chunk and end state are already in the store) and readies
 /// the next one, preferring the same worker. Returns whether this was the job's last segment.
-pub fn complete(
-    conn: &mut Connection,
-    attempt: u64,
-    chunk_sha256: &str,
-    state_sha256: &str,
-    fingerprint: &str,
-    policy: Policy,
-    now: i64,
-) -> Result<(Current, bool)> {
+///
+/// A preempted worker hands over the first `frames` frames only: the segment is cut there and
+/// the rest becomes a new segment right after it, ready at once from this attempt's state (and
+/// for anyone: its producer is going away). Later segments move up one index.
+pub fn complete(conn: &mut Connection, attempt: u64, up: &Upload, policy: Policy, now: i64) -> Result<(Current, bool)> {
     let (tx, cur) = fenced(conn, attempt, policy, now)?;
-    let segment_frames: u32 = tx.query_row(
-        "SELECT end_frame - start_frame FROM segments WHERE job = ?1 AND idx = ?2",
-        params![cur.job, cur.idx],
-        |r| r.get(0),
-    )?;
+    let (start, end) = db::segment_span(&tx, cur.job, cur.idx)?;
+    let mut frames = end - start;
+    let mut reason = String::new();
+    if let Some(done) = up.frames.filter(|&f| f < end - start) {
+        if done == 0 {
+            return Err(Error::invalid("frames_done", "a preempted attempt hands over at least one frame"));
+        }
+        split(&tx, cur.job, cur.idx, start + done)?;
+        reason = format!(
+            "preempted after {done} of {frames} frames: frames {}..{end} are segment {} now",
+            start + done,
+            cur.idx + 1
+        );
+        tracing::info!(attempt, job = %job_id(cur.job), segment = cur.idx, done, of = frames, "segment split: a preempted worker handed over what it finished");
+        frames = done;
+    }
     tx.execute(
         "UPDATE attempts SET state = 'succeeded', ended_ms = ?2, frames_done = ?3, chunk_sha256 = ?4,
-                             state_sha256 = ?5, fingerprint = ?6 WHERE id = ?1",
-        params![attempt as i64, now, segment_frames, chunk_sha256, state_sha256, fingerprint],
+                             state_sha256 = ?5, fingerprint = ?6, reason = ?7 WHERE id = ?1",
+        params![attempt as i64, now, frames, up.chunk_sha256, up.state_sha256, up.fingerprint, reason],
     )?;
     tx.execute(
         "UPDATE segments SET state = 'done', done_attempt = ?3 WHERE job = ?1 AND idx = ?2",
         params![cur.job, cur.idx, attempt as i64],
     )?;
+    let preferred = if reason.is_empty() { Some(cur.worker.as_str()) } else { None };
     let next = tx.execute(
         "UPDATE segments SET state = 'ready', ready_ms = ?3, preferred_worker = ?4, start_attempt = ?5
          WHERE job = ?1 AND idx = ?2 AND state = 'waiting'",
-        params![cur.job, cur.idx + 1, now, cur.worker, attempt as i64],
+        params![cur.job, cur.idx + 1, now, preferred, attempt as i64],
     )?;
     // The weights this segment was rendered with are the job's from now on: a state resumes only
     // on the same weights, so a worker with others is never offered the rest (nor charged).
@@ -293,6 +319,24 @@ pub fn complete(
     }
     tx.commit()?;
     Ok((cur, last))
+}
+
+/// Cuts segment `idx` of `job` at frame `cut`: it keeps the frames before, a new waiting segment
+/// `idx + 1` gets the rest, and every later segment (with its attempts) moves up one index,
+/// through negative indexes so that no (job, idx) key collides on the way.
+fn split(tx: &Transaction, job: i64, idx: u32, cut: u32) -> Result<()> {
+    for table in ["segments", "attempts"] {
+        tx.execute(&format!("UPDATE {table} SET idx = -idx - 1 WHERE job = ?1 AND idx > ?2"), params![job, idx])?;
+        tx.execute(&format!("UPDATE {table} SET idx = -idx WHERE job = ?1 AND idx < 0"), [job])?;
+    }
+    let end: u32 =
+        tx.query_row("SELECT end_frame FROM segments WHERE job = ?1 AND idx = ?2", params![job, idx], |r| r.get(0))?;
+    tx.execute("UPDATE segments SET end_frame = ?3 WHERE job = ?1 AND idx = ?2", params![job, idx, cut])?;
+    tx.execute(
+        "INSERT INTO segments (job, idx, start_frame, end_frame, state, ready_ms) VALUES (?1, ?2, ?3, ?4, 'waiting', 0)",
+        params![job, idx + 1, cut, end],
+    )?;
+    Ok(())
 }
 
 /// A worker gave up on its attempt (or sent a corrupt upload): retry, or fail the job. A

@@ -136,6 +136,16 @@ impl DeviceThread {
         }
     }
 
+    /// Queues `f` on the thread now and returns its result to wait for later: the caller can do
+    /// other work (an upload) while the thread runs it.
+    pub fn start<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Pending<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(f, move |r| {
+            let _ = tx.send(r);
+        });
+        Pending(rx)
+    }
+
     /// Runs `f` on the thread and waits for it, from synchronous code.
     pub fn run_blocking<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let (tx, rx) = std::sync::mpsc::channel();
@@ -143,6 +153,18 @@ impl DeviceThread {
             let _ = tx.send(r);
         });
         match rx.recv().expect("the torch thread answers every job") {
+            Ok(v) => v,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+/// A job queued by [`DeviceThread::start`].
+pub struct Pending<T>(tokio::sync::oneshot::Receiver<std::thread::Result<T>>);
+
+impl<T> Pending<T> {
+    pub async fn wait(self) -> T {
+        match self.0.await.expect("the torch thread answers every job") {
             Ok(v) => v,
             Err(panic) => std::panic::resume_unwind(panic),
         }

@@ -87,6 +87,7 @@ pub struct Engine {
     target: StyleTarget,
     fingerprint: String,
     cancel: Arc<AtomicBool>,
+    finish: Arc<AtomicBool>,
 }
 
 impl Engine {
@@ -101,6 +102,7 @@ impl Engine {
             style,
             fingerprint,
             cancel: Arc::new(AtomicBool::new(false)),
+            finish: Arc::new(AtomicBool::new(false)),
         };
         engine.target = engine.style_target(1.0)?;
         Ok(engine)
@@ -121,6 +123,12 @@ impl Engine {
     /// Set it to stop the render at the next iteration with `EngineError::Cancelled`.
     pub fn cancel_flag(&self) -> Arc<AtomicBool> {
         self.cancel.clone()
+    }
+
+    /// Set it to end `render` early but cleanly: after the frame in hand, with the state ready
+    /// for the next frame (a preempted worker hands over what it finished).
+    pub fn finish_flag(&self) -> Arc<AtomicBool> {
+        self.finish.clone()
     }
 
     /// Style Gram matrices for an output scaled by `factor` (warm-up stages use less than 1).
@@ -196,7 +204,8 @@ impl Engine {
     }
 
     /// Renders frames `state.next_frame .. end`, handing each to `on_frame` as soon as it is done,
-    /// and leaves `state` ready for frame `end`.
+    /// and leaves `state` ready for frame `end` (or for the frame after the one in hand when the
+    /// finish flag was set).
     pub fn render(
         &self,
         state: &mut State,
@@ -258,6 +267,9 @@ impl Engine {
                 loss,
                 iteration: false,
             });
+            if self.finish.load(Ordering::Relaxed) {
+                break;
+            }
         }
         Ok(())
     }

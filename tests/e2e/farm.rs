@@ -263,6 +263,7 @@ impl FakeWorker {
             chunk_sha256: declared_sha.into(),
             state_size: 0,
             state_sha256: coordinator::sha256_hex(&[]),
+            ..Default::default()
         };
         let messages = vec![
             v1::CompleteSegmentRequest { part: Some(Part::Header(header)) },
@@ -285,9 +286,10 @@ impl FakeWorker {
             chunk_sha256: coordinator::sha256_hex(chunk),
             state_size: state.len() as u64,
             state_sha256: coordinator::sha256_hex(state),
+            ..Default::default()
         };
-        let messages = worker::upload::piece_stream(header, chunk.to_vec(), state.to_vec());
-        c.runtime.block_on(self.client.complete_segment(tokio_stream::iter(messages))).map(|_| ())
+        let messages = worker::upload::piece_stream(header, chunk.to_vec().into(), state.to_vec().into());
+        c.runtime.block_on(self.client.complete_segment(messages)).map(|_| ())
     }
 }
 

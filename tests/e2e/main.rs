@@ -8,6 +8,7 @@ mod blame;
 mod cli_errors;
 mod cluster;
 mod farm;
+mod handoff;
 mod hostile;
 mod metrics;
 mod outputs;

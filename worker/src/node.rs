@@ -44,6 +44,8 @@ pub struct NodeConfig {
     /// Start the next segment from the end state held in memory when this node produced it.
     /// Off, every hand-off goes through the coordinator's store in its wire format.
     pub reuse_state: bool,
+    /// With `reuse_state`, render the next segment's frames while the last one uploads.
+    pub render_ahead: bool,
     /// The worker token, for a coordinator with --auth.
     pub token: Option<String>,
     /// For an `https://` coordinator.
@@ -167,6 +169,8 @@ impl Node {
     pub async fn run(mut self) -> Result<(), NodeError> {
         let mut done = 0u32;
         let mut backoff = Duration::from_millis(200);
+        // Frames of the next segment being rendered while the last one uploaded (see `attempt`).
+        let mut ahead = None;
         while !self.stopping() && self.config.max_segments.is_none_or(|m| done < m) {
             let request = v1::AcquireRequest { worker_id: self.worker_id.clone(), wait_ms: 20_000 };
             let mut shutdown = self.shutdown.clone();
@@ -179,7 +183,14 @@ impl Node {
                     backoff = Duration::from_millis(200);
                     match r.into_inner().assignment {
                         Some(a) => a,
-                        None => continue,
+                        None => {
+                            // The segment was not ours to continue (taken, cancelled, reserved
+                            // for too long): the frames rendered ahead are of no use.
+                            if let Some(x) = ahead.take() {
+                                self.drop_ahead(x, "its segment was not granted").await;
+                            }
+                            continue;
+                        }
                     }
                 }
                 Err(s) if s.code() == Code::NotFound => {
@@ -196,7 +207,8 @@ impl Node {
                 Err(s) => return Err(s.into()),
             };
             let attempt = assignment.attempt_id;
-            let outcome = self.attempt(assignment).await;
+            let (outcome, next) = self.attempt(assignment, ahead.take()).await;
+            ahead = next;
             done += 1;
             let bad_start_state = matches!(outcome, Outcome::BadStartState(_));
             let ended = match &outcome {
@@ -229,6 +241,9 @@ impl Node {
                     }
                 }
             }
+        }
+        if let Some(x) = ahead.take() {
+            self.drop_ahead(x, "the worker is stopping").await;
         }
         self.leave().await;
         tracing::info!(worker = %self.worker_id, segments = done, "worker stopped");

@@ -67,9 +67,10 @@ async fn complete(w: &mut Worker, attempt: u64, chunk: &[u8], state: &[u8]) -> R
         chunk_sha256: hex(chunk),
         state_size: state.len() as u64,
         state_sha256: hex(state),
+        ..Default::default()
     };
-    let msgs = worker::upload::piece_stream(header, chunk.to_vec(), state.to_vec());
-    w.complete_segment(tokio_stream::iter(msgs)).await?;
+    let msgs = worker::upload::piece_stream(header, chunk.to_vec().into(), state.to_vec().into());
+    w.complete_segment(msgs).await?;
     Ok(())
 }
 

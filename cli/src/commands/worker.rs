@@ -46,6 +46,10 @@ pub struct Args {
     /// (a hung GPU). Set-up, downloads and waiting for work never count.
     #[arg(long, default_value_t = 300.0)]
     pub health_stall_secs: f64,
+    /// Do not render the next segment's frames while the last one uploads (for comparisons:
+    /// with it, the device idles for the whole upload).
+    #[arg(long)]
+    pub no_render_ahead: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -73,6 +77,7 @@ pub fn run(args: Args) -> Result<()> {
         frames_dir: args.frames_dir,
         max_segments: args.max_segments,
         reuse_state: true,
+        render_ahead: !args.no_render_ahead,
         token,
         tls,
         metrics: Arc::new(WorkerMetrics::new(

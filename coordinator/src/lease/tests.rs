@@ -3,6 +3,7 @@
 use super::*;
 use proto::v1;
 
+const UP: Upload = Upload { chunk_sha256: "c", state_sha256: "s", fingerprint: "f", frames: None };
 const POLICY: Policy =
     Policy { lease_ms: 1000, max_attempts: 2, affinity_grace_ms: 500, quarantine_after: 0, quarantine_ms: 0 };
 
@@ -38,7 +39,7 @@ fn dispatch_is_priority_then_affinity_then_fifo() {
     let (j1, j2, j3) = (jobs[0], jobs[1], jobs[2]);
     assert_eq!(take(&mut c, "worker-1", 10).map(|t| (t.0, t.1)), Some((j3, 0)), "priority first");
     let (_, _, a) = take(&mut c, "worker-2", 10).unwrap();
-    complete(&mut c, a, "c", "s", "f", POLICY, 20).unwrap(); // job 1's segment 1 is now ready, for worker-2
+    complete(&mut c, a, &UP, POLICY, 20).unwrap(); // job 1's segment 1 is now ready, for worker-2
     assert_eq!(take(&mut c, "worker-3", 30).map(|t| (t.0, t.1)), Some((j2, 0)), "reserved segment skipped");
     assert_eq!(take(&mut c, "worker-2", 40).map(|t| (t.0, t.1)), Some((j1, 1)), "producer takes its segment");
     // A waiting segment is never handed out; nothing else is ready now.
@@ -52,7 +53,7 @@ fn a_reservation_does_not_hold_for_a_busy_producer() {
     let (_, _, a) = take(&mut c, "worker-1", 0).unwrap();
     let urgent = v1::JobSpec { priority: 5, ..Default::default() };
     let y = db::submit(&mut c, &urgent, 4, 2, "style", "", 1).unwrap();
-    complete(&mut c, a, "c", "s", "f", POLICY, 10).unwrap(); // segment 1 reserved for worker-1...
+    complete(&mut c, a, &UP, POLICY, 10).unwrap(); // segment 1 reserved for worker-1...
     assert_eq!(take(&mut c, "worker-1", 11).map(|t| (t.0, t.1)), Some((y, 0))); // ...which is now busy
     let got = take(&mut c, "worker-2", 12).map(|t| (t.0, t.1));
     assert_eq!(got, Some((jobs[0], 1)), "an idle worker must not wait for a busy one");
@@ -62,7 +63,7 @@ fn a_reservation_does_not_hold_for_a_busy_producer() {
 fn a_reservation_lapses_after_the_grace() {
     let (mut c, jobs) = setup(&[(0, 4)]);
     let (_, _, a) = take(&mut c, "worker-1", 0).unwrap();
-    complete(&mut c, a, "c", "s", "f", POLICY, 100).unwrap();
+    complete(&mut c, a, &UP, POLICY, 100).unwrap();
     assert_eq!(take(&mut c, "worker-2", 100 + POLICY.affinity_grace_ms - 1), None);
     let got = take(&mut c, "worker-2", 100 + POLICY.affinity_grace_ms).map(|t| (t.0, t.1));
     assert_eq!(got, Some((jobs[0], 1)));
@@ -77,7 +78,7 @@ fn expired_leases_requeue_until_the_job_runs_out_of_attempts() {
     assert_eq!(expire(&mut c, POLICY, 1901).unwrap(), 1);
     // The superseded attempt is fenced off from everything.
     assert!(stale(heartbeat(&mut c, a1, 2, POLICY, 1902)).contains("lease expired"));
-    assert!(stale(complete(&mut c, a1, "c", "s", "f", POLICY, 1902)).contains("lease expired"));
+    assert!(stale(complete(&mut c, a1, &UP, POLICY, 1902)).contains("lease expired"));
     let (_, _, a2) = take(&mut c, "worker-2", 2000).unwrap();
     fail(&mut c, a2, "cuda out of memory", false, POLICY, 2100).unwrap();
     let job = db::job(&c, jobs[0], true).unwrap();
@@ -103,7 +104,7 @@ fn a_grant_that_never_arrived_is_handed_to_the_same_worker_again() {
     check(&mut c, first.attempt, POLICY, later).unwrap();
     assert!(take(&mut c, "worker-2", later).is_none());
     // Once it ends, the worker gets new work as usual.
-    complete(&mut c, first.attempt, "c", "s", "f", POLICY, later).unwrap();
+    complete(&mut c, first.attempt, &UP, POLICY, later).unwrap();
     let next = acquire(&mut c, "worker-1", POLICY, later + 1).unwrap().unwrap();
     assert_eq!((next.idx, next.redelivered), (1, false));
     assert_ne!(next.attempt, first.attempt);
@@ -146,12 +147,12 @@ fn cancelling_fences_running_attempts_and_cannot_repeat() {
 fn the_last_segment_hands_the_job_to_stitching_and_a_restart_renews_leases() {
     let (mut c, jobs) = setup(&[(0, 3)]);
     let (_, _, a) = take(&mut c, "worker-1", 0).unwrap();
-    assert!(!complete(&mut c, a, "c0", "s0", "f", POLICY, 10).unwrap().1);
+    assert!(!complete(&mut c, a, &UP, POLICY, 10).unwrap().1);
     let g = acquire(&mut c, "worker-1", POLICY, 20).unwrap().unwrap();
-    assert_eq!((g.start_frame, g.end_frame, g.start_attempt, g.start_state_sha256.as_str()), (2, 3, a, "s0"));
+    assert_eq!((g.start_frame, g.end_frame, g.start_attempt, g.start_state_sha256.as_str()), (2, 3, a, "s"));
     assert_eq!(resume(&c, POLICY, 5000).unwrap(), 1);
     heartbeat(&mut c, g.attempt, 1, POLICY, 5500).unwrap(); // would have expired at 1020
-    assert!(complete(&mut c, g.attempt, "c1", "s1", "f", POLICY, 5600).unwrap().1);
+    assert!(complete(&mut c, g.attempt, &UP, POLICY, 5600).unwrap().1);
     assert_eq!(db::jobs_in_state(&c, db::JobState::Stitching).unwrap(), vec![jobs[0]]);
     assert_eq!(db::done_chunks(&c, jobs[0]).unwrap(), vec![(a, 0, 2), (g.attempt, 2, 3)]);
 }
@@ -162,7 +163,7 @@ fn a_failed_segment_goes_to_another_available_worker_first() {
     // an idle worker asking first gets the segment.
     let (mut c, jobs) = setup(&[(0, 4)]);
     let (_, _, a) = take(&mut c, "worker-1", 0).unwrap();
-    complete(&mut c, a, "c", "s", "f", POLICY, 10).unwrap(); // segment 1 reserved for worker-1
+    complete(&mut c, a, &UP, POLICY, 10).unwrap(); // segment 1 reserved for worker-1
     let (_, idx, b) = take(&mut c, "worker-1", 20).unwrap();
     assert_eq!(idx, 1);
     fail(&mut c, b, "cuda error", false, POLICY, 30).unwrap();
@@ -207,9 +208,9 @@ fn a_worker_failing_again_and_again_is_quarantined_across_jobs_then_let_back() {
     let until: i64 = c.query_row("SELECT quarantined_until_ms FROM workers WHERE seq = 1", [], |r| r.get(0)).unwrap();
     assert_eq!(until, 1_105 + q.quarantine_ms, "quarantined from the third failure on");
     let other = acquire(&mut c, "worker-2", q, 2_000).unwrap().unwrap();
-    complete(&mut c, other.attempt, "c", "s", "f", q, 2_010).unwrap();
+    complete(&mut c, other.attempt, &UP, q, 2_010).unwrap();
     let back = acquire(&mut c, "worker-1", q, until + 1).unwrap().expect("let back after the quarantine");
-    complete(&mut c, back.attempt, "c", "s", "f", q, until + 2).unwrap();
+    complete(&mut c, back.attempt, &UP, q, until + 2).unwrap();
     assert_eq!(blame::failures_in_a_row(&c, "worker-1", 10).unwrap(), 0, "a success ends the run");
     // Released attempts are nobody's fault.
     let g = acquire(&mut c, "worker-3", q, until + 3).unwrap().unwrap();
@@ -225,7 +226,7 @@ fn a_bad_start_state_reruns_its_producer_and_costs_the_loader_nothing() {
         c.query_row("SELECT state FROM attempts WHERE id = ?1", [id as i64], |r| r.get(0)).unwrap()
     };
     let mut producer = take(&mut c, "worker-1", 10).unwrap().2;
-    complete(&mut c, producer, "c", "s", "f", POLICY, 20).unwrap();
+    complete(&mut c, producer, &UP, POLICY, 20).unwrap();
     for round in 0..2 {
         let t = 1_000 * (round + 1); // past the producer's affinity grace
         let loader = acquire(&mut c, "worker-2", POLICY, t).unwrap().unwrap();
@@ -247,7 +248,7 @@ fn a_bad_start_state_reruns_its_producer_and_costs_the_loader_nothing() {
         // Segment 0 is rendered again (by anyone), and segment 1 then starts from the new state.
         let rerun = acquire(&mut c, "worker-3", POLICY, t + 2).unwrap().unwrap();
         assert_eq!((rerun.idx, rerun.start_attempt), (0, 0));
-        complete(&mut c, rerun.attempt, "c", "s", "f", POLICY, t + 3).unwrap();
+        complete(&mut c, rerun.attempt, &UP, POLICY, t + 3).unwrap();
         producer = rerun.attempt;
         // The loader's cancelled attempt cost segment 1 nothing: it still has both its tries.
         let n: u32 = c
@@ -259,4 +260,41 @@ fn a_bad_start_state_reruns_its_producer_and_costs_the_loader_nothing() {
             .unwrap();
         assert_eq!(n, 0);
     }
+}
+
+#[test]
+fn a_preempted_attempt_keeps_what_it_finished_and_the_rest_becomes_the_next_segment() {
+    let (mut c, jobs) = setup(&[(0, 6)]); // segments [0, 2) [2, 4) [4, 6)
+    let job = jobs[0];
+    let first = take(&mut c, "worker-1", 0).unwrap().2;
+    complete(&mut c, first, &UP, POLICY, 10).unwrap();
+    let g = acquire(&mut c, "worker-1", POLICY, 20).unwrap().unwrap();
+    assert_eq!((g.idx, g.start_frame, g.end_frame), (1, 2, 4));
+    // Nothing finished is nothing to hand over.
+    let none = Upload { frames: Some(0), ..UP };
+    assert!(matches!(complete(&mut c, g.attempt, &none, POLICY, 25), Err(Error::Invalid { field: "frames_done", .. })));
+    let one = Upload { frames: Some(1), ..UP };
+    let (_, last) = complete(&mut c, g.attempt, &one, POLICY, 30).unwrap();
+    assert!(!last);
+    let spans: Vec<(u32, u32, String)> = c
+        .prepare("SELECT start_frame, end_frame, state FROM segments WHERE job = ?1 ORDER BY idx")
+        .unwrap()
+        .query_map([job], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    let want = [(0, 2, "done"), (2, 3, "done"), (3, 4, "ready"), (4, 6, "waiting")];
+    assert_eq!(spans, want.map(|(a, b, s)| (a, b, s.to_string())));
+    // The rest starts from the preempted attempt's state, for anyone (its worker is leaving).
+    let next = acquire(&mut c, "worker-2", POLICY, 31).unwrap().unwrap();
+    assert_eq!((next.idx, next.start_frame, next.end_frame, next.start_attempt), (2, 3, 4, g.attempt));
+    assert_eq!(next.segment_count, 4);
+    let (frames, reason): (u32, String) = c
+        .query_row("SELECT frames_done, reason FROM attempts WHERE id = ?1", [g.attempt as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((frames, reason.as_str()), (1, "preempted after 1 of 2 frames: frames 3..4 are segment 2 now"));
+    // The first attempt's history moved with nothing: it is still segment 0's.
+    assert_eq!(db::done_chunks(&c, job).unwrap(), vec![(first, 0, 2), (g.attempt, 2, 3)]);
 }

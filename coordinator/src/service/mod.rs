@@ -95,6 +95,7 @@ impl Api {
             start_state_attempt_id: g.start_attempt,
             start_state_sha256: g.start_state_sha256,
             lease_ms: self.0.policy.lease_ms as u32,
+            next_end_frame: g.next_end_frame,
         })
     }
 }

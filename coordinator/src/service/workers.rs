@@ -197,7 +197,7 @@ impl WorkerService for Api {
         let verified = async {
             chunk.finish("chunk_sha256", header.chunk_size, &header.chunk_sha256).await?;
             state.finish("state_sha256", header.state_size, &header.state_sha256).await?;
-            self.inspect(&cur, chunk.path.clone(), state.path.clone()).await
+            self.inspect(&cur, header.frames_done, chunk.path.clone(), state.path.clone()).await
         }
         .await;
         let fingerprint = match verified {
@@ -223,8 +223,19 @@ impl WorkerService for Api {
             .await
             .expect("store task panicked")?;
         }
-        let (cs, ss) = (header.chunk_sha256.clone(), header.state_sha256.clone());
-        let done = self.0.db(move |c| lease::complete(c, attempt, &cs, &ss, &fingerprint, policy, now_ms())).await;
+        let (cs, ss, frames) = (header.chunk_sha256.clone(), header.state_sha256.clone(), header.frames_done);
+        let done = self
+            .0
+            .db(move |c| {
+                let up = lease::Upload {
+                    chunk_sha256: &cs,
+                    state_sha256: &ss,
+                    fingerprint: &fingerprint,
+                    frames: (frames > 0).then_some(frames),
+                };
+                lease::complete(c, attempt, &up, policy, now_ms())
+            })
+            .await;
         let (cur, last) = match done {
             Ok(v) => v,
             Err(e) => {
@@ -320,10 +331,14 @@ impl Api {
         })
     }
 
-    /// The content checks of `inspect`, against what the attempt's segment must hold; the state
-    /// must carry the fingerprint of the state it started from. Returns the state's fingerprint.
-    async fn inspect(&self, cur: &lease::Current, chunk: PathBuf, state: PathBuf) -> Result<String> {
-        let want = self.expected(cur.job, cur.idx).await?;
+    /// The content checks of `inspect`, against what the attempt's segment must hold (its first
+    /// `frames` frames, for a preempted worker); the state must carry the fingerprint of the state
+    /// it started from. Returns the state's fingerprint.
+    async fn inspect(&self, cur: &lease::Current, frames: u32, chunk: PathBuf, state: PathBuf) -> Result<String> {
+        let mut want = self.expected(cur.job, cur.idx).await?;
+        if frames > 0 && frames < want.end_frame - want.start_frame {
+            want.end_frame = want.start_frame + frames;
+        }
         let start = cur.start_attempt;
         let start = self.0.db(move |c| db::stored_state(c, start)).await?;
         tokio::task::spawn_blocking(move || {

@@ -1,0 +1,91 @@
+//! Hand-offs at device speed: a worker renders the next segment from its own end state while
+//! that state uploads, and uses those frames only when granted exactly that segment; a
+//! preempted worker hands over the frames it finished instead of throwing them away.
+
+use crate::cluster::{assert_frames_match_reference, mid_segment, MOVIE};
+use crate::farm::Cluster;
+use crate::helpers::{decode_video, example, frames_in, gramzoom, tempdir};
+use proto::v1;
+use std::time::Instant;
+
+#[test]
+fn a_worker_renders_the_next_segment_while_uploading_and_the_frames_do_not_change() {
+    let mut c = Cluster::start("10", &[]);
+    let w = c.worker("a", &[]);
+    let id = c.submit(MOVIE);
+    let job = c.wait_done(&id);
+    assert_eq!(job.segments.len(), 3);
+    let log = c.workers[w].log();
+    assert_eq!(log.matches("continuing with the frames rendered ahead").count(), 2, "{log}");
+    assert!(!log.contains("dropped the frames rendered ahead"), "{log}");
+    assert!(!log.contains("start state fetched"), "the state never left the worker: {log}");
+    assert_frames_match_reference(&c);
+}
+
+#[test]
+fn frames_rendered_ahead_are_dropped_when_other_work_comes_first() {
+    let mut c = Cluster::start("10", &[]);
+    let w = c.worker("a", &[]);
+    let first = c.submit(MOVIE);
+    c.wait(&first, 120, "segment 0 under way", |j| mid_segment(j, 0).is_some());
+    // A more urgent movie (the same frames, so the worker's frame dumps stay comparable) arrives
+    // while segment 0 renders: after uploading it, the worker is granted that one instead.
+    let urgent = c.submit(&[MOVIE, &["--priority", "5"]].concat());
+    c.wait_done(&urgent);
+    let job = c.wait_done(&first);
+    let log = c.workers[w].log();
+    assert!(log.contains("dropped the frames rendered ahead") && log.contains("granted other work"), "{log}");
+    // Segment 1 of the first movie then started from the stored state, not from dropped frames.
+    assert!(log.contains("start state fetched"), "{log}");
+    let urgent_job = c.job(&urgent);
+    let (u0, f1) = (&urgent_job.segments[0].attempts[0], &job.segments[1].attempts[0]);
+    assert!(u0.id < f1.id, "the urgent movie went first: {u0:?} {f1:?}");
+    assert_frames_match_reference(&c);
+}
+
+/// 30 frames in one segment, slow enough per frame to be caught in the middle.
+const LONG: &[&str] =
+    &["--size", "64x48", "--frames", "30", "--warmup", "12", "--iters", "10", "--seed", "3", "--segment-frames", "30"];
+
+#[test]
+fn a_preempted_worker_hands_over_what_it_finished_and_the_rest_is_split_off() {
+    let mut c = Cluster::start("10", &[]);
+    let a = c.worker("a", &[]);
+    let id = c.submit(LONG);
+    c.wait(&id, 120, "a few frames into the segment", |j| {
+        j.segments[0].attempts.first().is_some_and(|x| x.frames_done >= 3)
+    });
+    let signalled = Instant::now();
+    c.workers[a].signal("-TERM");
+    let status = c.workers[a].child.wait().unwrap();
+    let stopped = signalled.elapsed();
+    assert!(status.success(), "{}", c.workers[a].log());
+    let job = c.job(&id);
+    assert_eq!(job.segments.len(), 2, "split in two: {job:#?}");
+    let first = &job.segments[0].attempts[0];
+    assert_eq!(first.state, v1::AttemptState::Succeeded as i32);
+    assert!(
+        first.reason.starts_with(&format!("preempted after {} of 30 frames", first.frames_done)),
+        "{}",
+        first.reason
+    );
+    assert_eq!((job.segments[1].start_frame, job.segments[1].end_frame), (first.frames_done, 30));
+    c.worker("b", &[]);
+    let job = c.wait_done(&id);
+    // Every frame was rendered once: the frame in hand was finished and handed over.
+    let rendered: u32 = job.segments.iter().flat_map(|s| &s.attempts).map(|a| a.frames_done).sum();
+    assert!(rendered <= 31, "{rendered} frames rendered for a 30-frame movie: {job:#?}");
+    assert_eq!(rendered, 30);
+    eprintln!("preempted worker stopped {stopped:?} after SIGTERM, handing over {} frames", first.frames_done);
+    // And the movie is the one a single render makes.
+    let dir = tempdir();
+    let frames = dir.path().join("frames");
+    let out = dir.path().join("ref.mp4");
+    let style = example("wheatfield.jpg");
+    let mut args = vec!["render", style.to_str().unwrap(), "-o", out.to_str().unwrap(), "-q"];
+    args.extend(["--frames-dir", frames.to_str().unwrap()]);
+    args.extend(LONG.iter().take(LONG.len() - 2));
+    assert!(gramzoom(&args, dir.path()).status.success());
+    assert!(frames_in(&frames) == frames_in(&c.path("frames")), "frames differ from a one-piece render");
+    assert_eq!(decode_video(&c.download(&id, "split.mp4")).frames, 30);
+}
