@@ -113,7 +113,10 @@ pub fn endpoint(url: &str, tls: &ClientTls) -> Result<tonic::transport::Endpoint
         Some(("https", rest)) if !rest.is_empty() => true,
         _ => return Err(bad("expected http://HOST:PORT or https://HOST:PORT".into())),
     };
-    let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| bad(e.to_string()))?;
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| bad(e.to_string()))?
+        .initial_stream_window_size(crate::STREAM_WINDOW)
+        .initial_connection_window_size(crate::CONNECTION_WINDOW);
     if !https {
         if tls.ca.is_some() || tls.identity.is_some() {
             return Err(bad("TLS files were given for an http:// URL, which is plaintext; use https://".into()));

@@ -18,3 +18,7 @@ pub mod v1 {
 
 /// Payloads larger than this travel as several `Blob` messages.
 pub const BLOB_PIECE: usize = 1 << 20;
+/// HTTP/2 flow-control windows of the job and worker connections (both sides): the defaults
+/// (64 KiB) make a 75 MB hand-off state wait on a window update every 64 KiB.
+pub const STREAM_WINDOW: u32 = 8 << 20;
+pub const CONNECTION_WINDOW: u32 = 16 << 20;

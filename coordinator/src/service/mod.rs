@@ -50,7 +50,10 @@ where
     // Health and reflection stay open for probes and tools; both APIs sit behind a gate.
     let jobs = Gate::new(tokens.clone(), "job API", &[Role::User, Role::Admin]);
     let workers = Gate::new(tokens, "worker API", &[Role::Worker]);
-    let mut builder = tonic::transport::Server::builder();
+    // HTTP/2 flow-control windows wide enough for 1 MiB pieces of 75 MB states in flight.
+    let mut builder = tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(proto::STREAM_WINDOW))
+        .initial_connection_window_size(Some(proto::CONNECTION_WINDOW));
     if let Some(tls) = &api.0.config.tls {
         use tonic::transport::{Certificate, Identity, ServerTlsConfig};
         let mut config = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key));

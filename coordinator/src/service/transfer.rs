@@ -7,7 +7,7 @@ use proto::v1;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::Status;
@@ -56,41 +56,66 @@ pub(super) fn stream_file(path: PathBuf, sha256: String) -> BoxStream<v1::Blob> 
     Box::pin(ReceiverStream::new(rx))
 }
 
-/// A file being received into the scratch directory, hashed as it arrives; removed on drop
-/// unless it was handed to the store.
+/// A file being received into the scratch directory. Pieces go to a blocking thread that hashes
+/// and writes them while the next ones arrive (hashing 75 MB inline, and a `tokio::fs` round
+/// trip per piece, held a 1080p upload to about 90 MB/s on loopback). Removed on drop unless
+/// it was handed to the store.
 pub(super) struct Incoming {
     pub(super) path: PathBuf,
-    file: Option<tokio::fs::File>,
-    hasher: Sha256,
-    size: u64,
+    pieces: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    writer: Option<tokio::task::JoinHandle<std::io::Result<(u64, String)>>>,
 }
 
 impl Incoming {
     pub(super) async fn create(dir: &Path, name: String) -> Result<Self> {
         let path = dir.join(unique_name(&name));
-        let file = tokio::fs::File::create(&path).await?;
-        Ok(Self { path, file: Some(file), hasher: Sha256::new(), size: 0 })
+        let file = std::fs::File::create(&path)?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+        let writer = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut file = std::io::BufWriter::with_capacity(1 << 20, file);
+            let (mut hasher, mut size) = (Sha256::new(), 0u64);
+            while let Some(piece) = rx.blocking_recv() {
+                hasher.update(&piece);
+                size += piece.len() as u64;
+                file.write_all(&piece)?;
+            }
+            // Flushed, not synced: the store syncs the file once, when it keeps it.
+            file.flush()?;
+            Ok((size, proto::params::hex(&hasher.finalize())))
+        });
+        Ok(Self { path, pieces: Some(tx), writer: Some(writer) })
     }
 
-    pub(super) async fn write(&mut self, data: &[u8]) -> Result<()> {
-        self.hasher.update(data);
-        self.size += data.len() as u64;
-        self.file.as_mut().expect("open until finished").write_all(data).await?;
+    pub(super) async fn write(&mut self, data: Vec<u8>) -> Result<()> {
+        let sent = self.pieces.as_ref().expect("open until finished").send(data).await;
+        if sent.is_err() {
+            // The writer stopped on an error; `finish` reports it.
+            self.pieces = None;
+            return Err(self
+                .written()
+                .await
+                .err()
+                .unwrap_or_else(|| Error::Store(std::io::Error::other("writer stopped"))));
+        }
         Ok(())
     }
 
-    /// Flushes, then checks size and checksum against what the sender declared.
+    async fn written(&mut self) -> Result<(u64, String)> {
+        self.pieces = None;
+        let writer = self.writer.take().expect("finished once");
+        Ok(writer.await.expect("the upload writer panicked")?)
+    }
+
+    /// Waits for the last piece to be written, then checks size and checksum against what the
+    /// sender declared.
     pub(super) async fn finish(&mut self, field: &'static str, size: u64, sha256: &str) -> Result<()> {
-        let mut file = self.file.take().expect("finished once");
-        file.flush().await?;
-        file.sync_all().await?;
-        let actual = proto::params::hex(&std::mem::take(&mut self.hasher).finalize());
-        if self.size != size || actual != sha256 {
+        let (received, actual) = self.written().await?;
+        if received != size || actual != sha256 {
             return Err(Error::invalid(
                 field,
                 format!(
-                    "checksum mismatch: declared {size} bytes with sha256 {sha256}, received {} bytes with sha256 {actual}",
-                    self.size
+                    "checksum mismatch: declared {size} bytes with sha256 {sha256}, received {received} bytes with sha256 {actual}"
                 ),
             ));
         }

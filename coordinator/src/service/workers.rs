@@ -189,11 +189,12 @@ impl WorkerService for Api {
         let mut state = Incoming::create(&scratch, format!("attempt-{attempt}.state")).await?;
         while let Some(message) = stream.message().await? {
             match message.part {
-                Some(complete_segment_request::Part::Chunk(data)) => chunk.write(&data).await?,
-                Some(complete_segment_request::Part::State(data)) => state.write(&data).await?,
+                Some(complete_segment_request::Part::Chunk(data)) => chunk.write(data).await?,
+                Some(complete_segment_request::Part::State(data)) => state.write(data).await?,
                 _ => return Err(Error::invalid("header", "only the first message may carry the header").into()),
             }
         }
+        let received = begun.elapsed();
         let verified = async {
             chunk.finish("chunk_sha256", header.chunk_size, &header.chunk_sha256).await?;
             state.finish("state_sha256", header.state_size, &header.state_sha256).await?;
@@ -211,6 +212,7 @@ impl WorkerService for Api {
                 return Err(e.into());
             }
         };
+        let checked = begun.elapsed();
         let (chunk_key, state_key) = (keys::chunk(cur.job, attempt), keys::state(cur.job, attempt));
         {
             let store = self.0.store.clone();
@@ -223,6 +225,7 @@ impl WorkerService for Api {
             .await
             .expect("store task panicked")?;
         }
+        let stored = begun.elapsed();
         let (cs, ss, frames) = (header.chunk_sha256.clone(), header.state_sha256.clone(), header.frames_done);
         let done = self
             .0
@@ -249,7 +252,11 @@ impl WorkerService for Api {
         self.0.watchdog.forget(attempt);
         self.0.metrics.observe_upload(begun.elapsed().as_secs_f64());
         self.0.metrics.segment_seconds.observe((now_ms() - cur.started_ms).max(0) as f64 / 1000.0);
-        tracing::info!(attempt, job = %db::job_id(cur.job), segment = cur.idx, worker = %cur.worker, chunk_bytes = header.chunk_size, state_bytes = header.state_size, "segment completed");
+        // Where an upload's time goes: receiving (and hashing), the content checks, the store
+        // (one fsync per file, then a rename), the database.
+        let ms = |d: Duration| d.as_millis() as u64;
+        tracing::info!(attempt, job = %db::job_id(cur.job), segment = cur.idx, worker = %cur.worker, chunk_bytes = header.chunk_size, state_bytes = header.state_size,
+            receive_ms = ms(received), check_ms = ms(checked - received), store_ms = ms(stored - checked), record_ms = ms(begun.elapsed() - stored), "segment completed");
         self.0.segments_may_be_ready();
         if last {
             self.0.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&cur.job);
