@@ -111,6 +111,9 @@ pub struct Mp4 {
     next_pts: i64,
 }
 
+/// x264 threads per encoder (see `Mp4::new`).
+pub const ENCODER_THREADS: usize = 4;
+
 impl Mp4 {
     pub fn new(file: PartialFile, width: u32, height: u32, fps: Fps) -> Result<Self, EncodeError> {
         use ffmpeg::format::Pixel;
@@ -136,6 +139,12 @@ impl Mp4 {
         let mut opts = ffmpeg::Dictionary::new();
         opts.set("crf", "18");
         opts.set("preset", "medium");
+        // A fixed thread count, not x264's default of one and a half per CPU: x264 output depends
+        // on its thread count (not on timing), so with the default a chunk came out different on
+        // a machine with another number of CPUs, or under another CPU mask or quota, and a movie
+        // stitched from several workers' chunks was not the one a single render makes. Four
+        // frame threads keep up with 1080p frames from a GPU.
+        opts.set("threads", &ENCODER_THREADS.to_string());
         let encoder = enc.open_with(opts).map_err(ff("open libx264"))?;
         {
             let mut ost = octx.add_stream(codec).map_err(ff("add stream"))?;

@@ -132,3 +132,40 @@ fn progress_is_logged_where_there_is_no_terminal() {
     assert!(r.status.success());
     assert!(!stderr(&r).contains("progress"), "{}", stderr(&r));
 }
+
+#[test]
+fn the_same_frames_encode_to_the_same_bytes_on_any_number_of_cpus_and_under_load() {
+    // Chunks from different workers are stitched into one movie: the encoding must depend on
+    // the frames only. One CPU (taskset) against all of them, while busy loops load the machine.
+    let dir = tempdir();
+    let busy: Vec<std::process::Child> =
+        (0..2).map(|_| std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap()).collect();
+    let style = example("immunohistochemistry.png");
+    let mut outputs = Vec::new();
+    for (i, cpus) in [None, Some("0"), None, Some("0")].into_iter().enumerate() {
+        let out = dir.path().join(format!("movie-{i}.mp4"));
+        let mut args = vec!["render", style.to_str().unwrap(), "-o", out.to_str().unwrap(), "-q"];
+        args.extend(SMALL);
+        // One libtorch thread everywhere, so the frames themselves are alike (see ARCHITECTURE.md).
+        args.extend(["--frames", "12", "--threads", "1"]);
+        let r = match cpus {
+            Some(mask) => std::process::Command::new("taskset")
+                .args(["-c", mask, env!("CARGO_BIN_EXE_gramzoom")])
+                .args(&args)
+                .env("GRAMZOOM_CACHE", dir.path())
+                .env("OMP_NUM_THREADS", "1")
+                .output()
+                .unwrap(),
+            None => gramzoom(&args, dir.path()),
+        };
+        assert!(r.status.success(), "{}", stderr(&r));
+        outputs.push(std::fs::read(&out).unwrap());
+    }
+    for mut b in busy {
+        let _ = b.kill();
+        let _ = b.wait();
+    }
+    for (i, o) in outputs.iter().enumerate().skip(1) {
+        assert!(*o == outputs[0], "encode {i} differs from encode 0");
+    }
+}
