@@ -65,9 +65,14 @@ pub struct ServeArgs {
     /// MiB kept back under --data so that cancel and delete still work on a full disk.
     #[arg(long, default_value_t = 64)]
     pub disk_reserve_mib: u64,
-    /// Frames per segment for jobs that do not choose.
+    /// Frames per segment for jobs that do not choose (their first segment, with --segment-secs).
     #[arg(long, default_value_t = crate::DEFAULT_SEGMENT_FRAMES)]
     pub segment_frames: u32,
+    /// For jobs that do not choose their segment length: after the first segment, cut the rest
+    /// into segments of about this many seconds of work at its measured pace (0: keep
+    /// --segment-frames). `gramzoom status` shows the length chosen.
+    #[arg(long, default_value_t = crate::config::DEFAULT_SEGMENT_SECS)]
+    pub segment_secs: f64,
 }
 
 impl ServeArgs {
@@ -120,6 +125,7 @@ impl ServeArgs {
         config.affinity_grace = (config.lease / 4).min(Duration::from_secs(2));
         config.max_attempts = self.max_attempts.max(1);
         config.segment_frames = self.segment_frames.max(1);
+        config.segment_secs = self.segment_secs.clamp(0.0, 86_400.0);
         config.stall_floor = Duration::from_secs_f64(self.stall_secs.clamp(0.5, 86_400.0));
         config.stall_factor = self.stall_factor.clamp(1.0, 1000.0);
         config.quarantine_after = self.quarantine_after;

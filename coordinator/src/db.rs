@@ -125,6 +125,10 @@ const MIGRATIONS: &[&str] = &[
          INSERT INTO counters (name, value) SELECT 'frames_rendered', NEW.frames_done WHERE NEW.state = 'succeeded'
              ON CONFLICT(name) DO UPDATE SET value = value + excluded.value;
      END;",
+    // 5: the segment length a job uses, and whether it was sized from a measurement (jobs that
+    // left it to the coordinator have spec.segment_frames = 0).
+    "ALTER TABLE jobs ADD COLUMN segment_frames INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE jobs ADD COLUMN segment_frames_measured INTEGER NOT NULL DEFAULT 0;",
 ];
 
 fn migrate(conn: &Connection) -> Result<()> {
@@ -237,25 +241,39 @@ pub fn submit(
     let tx = conn.transaction()?;
     let network = spec.params.as_ref().map(|p| p.network.as_str()).unwrap_or_default();
     tx.execute(
-        "INSERT INTO jobs (spec, priority, state, frames, style_sha256, created_ms, owner, network)
-         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7)",
-        params![spec.encode_to_vec(), spec.priority, frames, style_sha256, now, owner, network],
+        "INSERT INTO jobs (spec, priority, state, frames, style_sha256, created_ms, owner, network, segment_frames)
+         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![spec.encode_to_vec(), spec.priority, frames, style_sha256, now, owner, network, segment_frames],
     )?;
     let seq = tx.last_insert_rowid();
-    let mut start = 0u32;
-    let mut idx = 0u32;
+    cut_segments(&tx, seq, 0, 0, frames, segment_frames, now)?;
+    tx.commit()?;
+    Ok(seq)
+}
+
+/// Inserts segments `from_idx..` of `job` covering frames `start..frames` in pieces of
+/// `segment_frames`; the first is ready when it is segment 0, the others wait.
+pub fn cut_segments(
+    tx: &Transaction,
+    job: i64,
+    from_idx: u32,
+    mut start: u32,
+    frames: u32,
+    segment_frames: u32,
+    now: i64,
+) -> Result<()> {
+    let mut idx = from_idx;
     while start < frames {
-        let end = start.saturating_add(segment_frames).min(frames);
+        let end = start.saturating_add(segment_frames.max(1)).min(frames);
         let state = if idx == 0 { "ready" } else { "waiting" };
         tx.execute(
             "INSERT INTO segments (job, idx, start_frame, end_frame, state, ready_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![seq, idx, start, end, state, now],
+            params![job, idx, start, end, state, now],
         )?;
         start = end;
         idx += 1;
     }
-    tx.commit()?;
-    Ok(seq)
+    Ok(())
 }
 
 pub fn job_state(tx: &Transaction, seq: i64) -> Result<JobState> {

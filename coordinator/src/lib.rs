@@ -39,7 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use watchers::Watchers;
 
-pub use config::{Config, ServerTls, DEFAULT_SEGMENT_FRAMES, MAX_SEGMENTS};
+pub use config::{Config, ServerTls, DEFAULT_SEGMENT_FRAMES, DEFAULT_SEGMENT_SECS, MAX_SEGMENTS};
 pub use proto::limits::MAX_STYLE_BYTES;
 
 pub fn now_ms() -> i64 {

@@ -61,6 +61,13 @@ fn mp4(chunks: &[Chunk], fps: Fps, out: &Path) -> Result<()> {
     let mut octx = ffmpeg::format::output_as(out, "mp4").map_err(ff("open output"))?;
     // One frame lasts den/num seconds; chunk k starts start_frame of those in.
     let frame_tb = ffmpeg::Rational(fps.den as i32, fps.num as i32);
+    // Decode timestamps run ahead of presentation by the encoder's reordering delay, which is
+    // not the same in every chunk: one too short for B-frames has none, a longer one two frames.
+    // Appended as they are, a short chunk's last decode time would meet the next chunk's first
+    // (the muxer refuses that). So every chunk's decode times are moved back to the largest
+    // delay of all: still before their presentation times, and increasing across chunks.
+    let delays = chunks.iter().map(|c| reorder_delay(&c.path, frame_tb)).collect::<Result<Vec<i64>>>()?;
+    let most = delays.iter().copied().max().unwrap_or(0);
     let mut out_tb = frame_tb;
     for (i, chunk) in chunks.iter().enumerate() {
         let mut ictx = ffmpeg::format::input(&chunk.path).map_err(ff("open chunk"))?;
@@ -82,6 +89,7 @@ fn mp4(chunks: &[Chunk], fps: Fps, out: &Path) -> Result<()> {
             (stream.index(), stream.time_base())
         };
         let offset = ffmpeg::Rescale::rescale(&(chunk.start_frame as i64), frame_tb, out_tb);
+        let dts_back = ffmpeg::Rescale::rescale(&(most - delays[i]), frame_tb, out_tb);
         let mut packets = 0u32;
         for (stream, mut packet) in ictx.packets() {
             if stream.index() != index {
@@ -89,7 +97,7 @@ fn mp4(chunks: &[Chunk], fps: Fps, out: &Path) -> Result<()> {
             }
             packet.rescale_ts(in_tb, out_tb);
             packet.set_pts(packet.pts().map(|t| t + offset));
-            packet.set_dts(packet.dts().map(|t| t + offset));
+            packet.set_dts(packet.dts().map(|t| t + offset - dts_back));
             packet.set_position(-1);
             packet.set_stream(0);
             packet.write_interleaved(&mut octx).map_err(ff("write packet"))?;
@@ -99,6 +107,21 @@ fn mp4(chunks: &[Chunk], fps: Fps, out: &Path) -> Result<()> {
     }
     octx.write_trailer().map_err(ff("write trailer"))?;
     Ok(())
+}
+
+/// How far a chunk's first decode time runs ahead of its first presentation time, in frames.
+fn reorder_delay(path: &Path, frame_tb: ffmpeg::Rational) -> Result<i64> {
+    let mut ictx = ffmpeg::format::input(path).map_err(ff("open chunk"))?;
+    let (index, in_tb) = {
+        let stream = ictx
+            .streams()
+            .best(ffmpeg::media::Type::Video)
+            .ok_or_else(|| Error::Stitch(format!("chunk {} has no video stream", path.display())))?;
+        (stream.index(), stream.time_base())
+    };
+    let first = ictx.packets().find(|(s, _)| s.index() == index).map(|(_, p)| p);
+    let delay = first.and_then(|p| Some(p.pts()? - p.dts()?)).unwrap_or(0).max(0);
+    Ok(ffmpeg::Rescale::rescale(&delay, in_tb, frame_tb))
 }
 
 fn gif(chunks: &[Chunk], out: &Path) -> Result<()> {

@@ -139,11 +139,12 @@ impl Mp4 {
         let mut opts = ffmpeg::Dictionary::new();
         opts.set("crf", "18");
         opts.set("preset", "medium");
-        // A fixed thread count, not x264's default of one and a half per CPU: x264 output depends
-        // on its thread count (not on timing), so with the default a chunk came out different on
-        // a machine with another number of CPUs, or under another CPU mask or quota, and a movie
-        // stitched from several workers' chunks was not the one a single render makes. Four
-        // frame threads keep up with 1080p frames from a GPU.
+        // A fixed thread count, not x264's default of one and a half per CPU: x264's output
+        // depends on its thread count, so with the default the same frames encoded differently on
+        // machines with other numbers of CPUs (or CPU masks), and a movie stitched from several
+        // workers' chunks was not the one a single render makes. Four frame threads keep up with
+        // 1080p frames from a GPU. (Under heavy CPU load a chunk can still differ: see
+        // ARCHITECTURE.md, "Choices".)
         opts.set("threads", &ENCODER_THREADS.to_string());
         let encoder = enc.open_with(opts).map_err(ff("open libx264"))?;
         {

@@ -248,7 +248,8 @@ impl Node {
             None
         };
         let handed = if preempted { finished - a.start_frame } else { 0 };
-        let (sent, result) = self.upload(a.attempt_id, chunk, bytes, handed).await;
+        let frame_seconds = progress.frame_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let (sent, result) = self.upload(a.attempt_id, chunk, bytes, (handed, frame_seconds)).await;
         let outcome = match result {
             Ok(()) => {
                 let secs = started.elapsed().as_secs_f64();

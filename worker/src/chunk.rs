@@ -57,6 +57,7 @@ pub(crate) fn render_segment(
         Some(s) => s,
         None => engine.initial_state(&mut report).map_err(|e| e.to_string())?,
     };
+    let frames_began = Instant::now();
     let mut encode_error = None;
     let mut on_frame = |f: Frame| {
         metrics.frames_rendered.inc();
@@ -69,6 +70,7 @@ pub(crate) fn render_segment(
         .render(&mut state, end, &mut on_frame, &mut report)
         .map_err(|e| encode_error.take().unwrap_or(e.to_string()))?;
     sink.finish().map_err(|e| e.to_string())?;
+    progress.frame_micros.store(frames_began.elapsed().as_micros() as u64, Ordering::Relaxed);
     let chunk = std::fs::read(chunk_path).map_err(|e| format!("reading the chunk: {e}"))?;
     let _ = std::fs::remove_file(chunk_path);
     Ok((state, chunk))

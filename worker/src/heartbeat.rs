@@ -15,6 +15,8 @@ pub(crate) struct Counters {
     pub warmup_total: AtomicU32,
     /// Optimiser iterations done in this attempt.
     pub iterations: AtomicU64,
+    /// Microseconds spent rendering frames (warm-up excluded), once the render is done.
+    pub frame_micros: AtomicU64,
 }
 
 /// The render's cancel flag, once there is a render to cancel.

@@ -46,13 +46,14 @@ pub(crate) struct Sent {
 
 impl Node {
     /// Uploads a finished segment: its encoded chunk and its serialised end state. `frames_done`
-    /// is 0 for the whole segment, or the frames a preempted attempt finished.
+    /// is 0 for the whole segment, or the frames a preempted attempt finished; `frame_seconds`
+    /// the time its frames took.
     pub(crate) async fn upload(
         &mut self,
         attempt_id: u64,
         chunk: Vec<u8>,
         state: Vec<u8>,
-        frames_done: u32,
+        (frames_done, frame_seconds): (u32, f64),
     ) -> (Sent, Result<(), tonic::Status>) {
         // Hashing 75 MB takes a few hundred milliseconds: off the runtime, and not on the torch
         // thread, which may be rendering ahead meanwhile.
@@ -66,6 +67,7 @@ impl Node {
                 state_size: state.len() as u64,
                 state_sha256: proto::params::hex(&Sha256::digest(state.as_slice())),
                 frames_done,
+                frame_seconds,
             })
             .await
             .expect("hashing panicked")

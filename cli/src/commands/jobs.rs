@@ -111,14 +111,16 @@ pub fn submit(args: Submit) -> Result<()> {
 fn line(job: &v1::Job) -> String {
     let p = job.spec.as_ref().and_then(|s| s.params.as_ref());
     let size = p.map(|p| format!("{}x{}", p.width, p.height)).unwrap_or_default();
+    let measured = if job.segment_frames_measured { ", sized from the first" } else { "" };
     let mut s = format!(
-        "{}  {:<10} {}/{} frames  {}/{} segments  {}",
+        "{}  {:<10} {}/{} frames  {}/{} segments of {} frames{measured}  {}",
         job.id,
         client::state_name(job),
         job.frames_done,
         job.frames_total,
         job.segments_done,
         job.segments_total,
+        job.segment_frames,
         size
     );
     if !job.error.is_empty() {

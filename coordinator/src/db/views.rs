@@ -35,6 +35,10 @@ pub fn job(conn: &Connection, seq: i64, include_segments: bool) -> Result<v1::Jo
         [seq],
         |r| r.get(0),
     )?;
+    let (segment_frames, measured): (u32, bool) =
+        conn.query_row("SELECT segment_frames, segment_frames_measured FROM jobs WHERE seq = ?1", [seq], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
     let mut job = v1::Job {
         id: job_id(seq),
         spec: Some(spec),
@@ -49,6 +53,8 @@ pub fn job(conn: &Connection, seq: i64, include_segments: bool) -> Result<v1::Jo
         output_size: size as u64,
         output_sha256: sha,
         owner,
+        segment_frames,
+        segment_frames_measured: measured,
         ..Default::default()
     };
     if include_segments {

@@ -3,9 +3,15 @@
 use super::*;
 use proto::v1;
 
-const UP: Upload = Upload { chunk_sha256: "c", state_sha256: "s", fingerprint: "f", frames: None };
-const POLICY: Policy =
-    Policy { lease_ms: 1000, max_attempts: 2, affinity_grace_ms: 500, quarantine_after: 0, quarantine_ms: 0 };
+const UP: Upload = Upload { chunk_sha256: "c", state_sha256: "s", fingerprint: "f", frames: None, frame_seconds: 0.0 };
+const POLICY: Policy = Policy {
+    lease_ms: 1000,
+    max_attempts: 2,
+    affinity_grace_ms: 500,
+    quarantine_after: 0,
+    quarantine_ms: 0,
+    segment_secs: 0.0,
+};
 
 fn setup(jobs: &[(i32, u32)]) -> (Connection, Vec<i64>) {
     let mut conn = db::open(std::path::Path::new(":memory:")).unwrap();
@@ -297,4 +303,32 @@ fn a_preempted_attempt_keeps_what_it_finished_and_the_rest_becomes_the_next_segm
     assert_eq!((frames, reason.as_str()), (1, "preempted after 1 of 2 frames: frames 3..4 are segment 2 now"));
     // The first attempt's history moved with nothing: it is still segment 0's.
     assert_eq!(db::done_chunks(&c, job).unwrap(), vec![(first, 0, 2), (g.attempt, 2, 3)]);
+}
+
+#[test]
+fn a_job_that_leaves_its_segment_length_open_is_cut_by_the_first_segments_pace() {
+    let mut c = db::open(std::path::Path::new(":memory:")).unwrap();
+    db::register_worker(&c, "a", "cpu", "", "a", &[], 0).unwrap();
+    let sized = Policy { segment_secs: 60.0, lease_ms: 10_000, ..POLICY };
+    let open = v1::JobSpec::default(); // segment_frames 0: the coordinator's choice
+    let fixed = v1::JobSpec { segment_frames: 10, ..Default::default() };
+    let auto = db::submit(&mut c, &open, 1000, 10, "style", "", 0).unwrap();
+    let manual = db::submit(&mut c, &fixed, 1000, 10, "style", "", 0).unwrap();
+    for (job, want) in [(auto, (1 + 990usize.div_ceil(300), 300, true)), (manual, (100, 10, false))] {
+        let g = acquire(&mut c, "worker-1", sized, 0).unwrap().unwrap();
+        assert_eq!(g.job, job);
+        // 10 frames in 2 s of rendering (the worker's own figure, within the attempt's 5 s).
+        let up = Upload { frame_seconds: 2.0, ..UP };
+        complete(&mut c, g.attempt, &up, sized, 5_000).unwrap();
+        let view = db::job(&c, job, true).unwrap();
+        let got = (view.segments.len(), view.segment_frames, view.segment_frames_measured);
+        assert_eq!(got, want, "job {job}");
+        let spans: Vec<(u32, u32)> = view.segments.iter().map(|s| (s.start_frame, s.end_frame)).collect();
+        assert_eq!(spans.first(), Some(&(0, 10)));
+        assert!(spans.windows(2).all(|w| w[0].1 == w[1].0) && spans.last().unwrap().1 == 1000, "{spans:?}");
+        let next = acquire(&mut c, "worker-1", sized, 5_001).unwrap().unwrap();
+        assert_eq!((next.job, next.idx, next.start_frame), (job, 1, 10));
+        fail(&mut c, next.attempt, "done with this job", true, sized, 5_002).unwrap();
+        db::cancel(&mut c, job, 5_003).unwrap();
+    }
 }

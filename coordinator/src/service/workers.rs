@@ -226,7 +226,8 @@ impl WorkerService for Api {
             .expect("store task panicked")?;
         }
         let stored = begun.elapsed();
-        let (cs, ss, frames) = (header.chunk_sha256.clone(), header.state_sha256.clone(), header.frames_done);
+        let (cs, ss, frames, frame_seconds) =
+            (header.chunk_sha256.clone(), header.state_sha256.clone(), header.frames_done, header.frame_seconds);
         let done = self
             .0
             .db(move |c| {
@@ -235,6 +236,7 @@ impl WorkerService for Api {
                     state_sha256: &ss,
                     fingerprint: &fingerprint,
                     frames: (frames > 0).then_some(frames),
+                    frame_seconds,
                 };
                 lease::complete(c, attempt, &up, policy, now_ms())
             })
