@@ -15,6 +15,13 @@ fn get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
     (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
 }
 
+/// Asserts each `(series, value)` against an OpenMetrics text.
+fn assert_samples(text: &str, samples: &[(&str, f64)]) {
+    for (series, want) in samples {
+        assert_eq!(sample(text, series), *want, "{series}");
+    }
+}
+
 /// The value of the sample `series` (name with labels, as exposed) in an OpenMetrics text.
 fn sample(text: &str, series: &str) -> f64 {
     text.lines()
@@ -41,15 +48,16 @@ fn metrics_scraped_from_a_running_farm_match_what_happened() {
     };
     let id = c.submit(&["--size", "64x48", "--frames", "4", "--segment-frames", "2", "--iters", "2", "--warmup", "3"]);
     let before = scrape();
-    for (series, want) in [
-        (r#"gramzoom_jobs{state="queued"}"#, 1.0),
-        (r#"gramzoom_segments{state="ready"}"#, 1.0),
-        (r#"gramzoom_segments{state="waiting"}"#, 1.0),
-        (r#"gramzoom_workers{state="idle"}"#, 0.0),
-        ("gramzoom_frames_rendered_total", 0.0),
-    ] {
-        assert_eq!(sample(&before, series), want, "{series}");
-    }
+    assert_samples(
+        &before,
+        &[
+            (r#"gramzoom_jobs{state="queued"}"#, 1.0),
+            (r#"gramzoom_segments{state="ready"}"#, 1.0),
+            (r#"gramzoom_segments{state="waiting"}"#, 1.0),
+            (r#"gramzoom_workers{state="idle"}"#, 0.0),
+            ("gramzoom_frames_rendered_total", 0.0),
+        ],
+    );
 
     // One failed attempt, then a real worker renders the movie.
     let mut flaky = FakeWorker::register(&c);
@@ -61,33 +69,35 @@ fn metrics_scraped_from_a_running_farm_match_what_happened() {
     c.wait_done(&id);
 
     let after = scrape();
-    for (series, want) in [
-        (r#"gramzoom_jobs{state="succeeded"}"#, 1.0),
-        (r#"gramzoom_jobs{state="queued"}"#, 0.0),
-        (r#"gramzoom_segments{state="ready"}"#, 0.0),
-        (r#"gramzoom_attempts_total{outcome="succeeded"}"#, 2.0),
-        (r#"gramzoom_attempts_total{outcome="failed"}"#, 1.0),
-        (r#"gramzoom_attempts_total{outcome="expired"}"#, 0.0),
-        ("gramzoom_frames_rendered_total", 4.0),
-        ("gramzoom_segment_seconds_count", 2.0),
-        (r#"gramzoom_handoff_seconds_count{direction="upload"}"#, 2.0),
-    ] {
-        assert_eq!(sample(&after, series), want, "{series}");
-    }
+    assert_samples(
+        &after,
+        &[
+            (r#"gramzoom_jobs{state="succeeded"}"#, 1.0),
+            (r#"gramzoom_jobs{state="queued"}"#, 0.0),
+            (r#"gramzoom_segments{state="ready"}"#, 0.0),
+            (r#"gramzoom_attempts_total{outcome="succeeded"}"#, 2.0),
+            (r#"gramzoom_attempts_total{outcome="failed"}"#, 1.0),
+            (r#"gramzoom_attempts_total{outcome="expired"}"#, 0.0),
+            ("gramzoom_frames_rendered_total", 4.0),
+            ("gramzoom_segment_seconds_count", 2.0),
+            (r#"gramzoom_handoff_seconds_count{direction="upload"}"#, 2.0),
+        ],
+    );
     assert!(sample(&after, "gramzoom_segment_seconds_sum") > 0.0);
 
     let (status, text) = get(&worker_http, "/metrics", None);
     assert_eq!(status, 200, "{text}");
-    for (series, want) in [
-        ("gramzoom_frames_rendered_total", 4.0),
-        (r#"gramzoom_worker_segments_total{outcome="completed"}"#, 2.0),
-        // Every optimiser iteration: 3 of warm-up, 2 per frame.
-        ("gramzoom_iteration_seconds_count", 11.0),
-        // Segment 1 started from the state this worker held: no fetch; two uploads.
-        (r#"gramzoom_handoff_seconds_count{direction="upload"}"#, 2.0),
-    ] {
-        assert_eq!(sample(&text, series), want, "{series}");
-    }
+    assert_samples(
+        &text,
+        &[
+            ("gramzoom_frames_rendered_total", 4.0),
+            (r#"gramzoom_worker_segments_total{outcome="completed"}"#, 2.0),
+            // Every optimiser iteration: 3 of warm-up, 2 per frame.
+            ("gramzoom_iteration_seconds_count", 11.0),
+            // Segment 1 started from the state this worker held: no fetch; two uploads.
+            (r#"gramzoom_handoff_seconds_count{direction="upload"}"#, 2.0),
+        ],
+    );
     assert!(!text.contains("gramzoom_gpu_memory_used_bytes{"), "no GPU here: {text}");
     assert_eq!(get(&worker_http, "/healthz", None), (200, "ok\n".to_string()));
 }
