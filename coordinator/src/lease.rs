@@ -5,7 +5,6 @@
 
 use crate::db::{self, job_id};
 use crate::error::{Error, Result};
-use proto::v1;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 /// What a worker is told to do.
@@ -286,7 +285,7 @@ pub fn complete(conn: &mut Connection, attempt: u64, up: &Upload, policy: Policy
         if done == 0 {
             return Err(Error::invalid("frames_done", "a preempted attempt hands over at least one frame"));
         }
-        split(&tx, cur.job, cur.idx, start + done)?;
+        reshape::split(&tx, cur.job, cur.idx, start + done)?;
         reason = format!(
             "preempted after {done} of {frames} frames: frames {}..{end} are segment {} now",
             start + done,
@@ -305,7 +304,7 @@ pub fn complete(conn: &mut Connection, attempt: u64, up: &Upload, policy: Policy
         params![cur.job, cur.idx, attempt as i64],
     )?;
     if cur.idx == 0 && reason.is_empty() {
-        resize(&tx, &cur, frames, up.frame_seconds, policy, now)?;
+        reshape::resize(&tx, &cur, frames, up.frame_seconds, policy, now)?;
     }
     let preferred = if reason.is_empty() { Some(cur.worker.as_str()) } else { None };
     let next = tx.execute(
@@ -328,63 +327,6 @@ pub fn complete(conn: &mut Connection, attempt: u64, up: &Upload, policy: Policy
     }
     tx.commit()?;
     Ok((cur, last))
-}
-
-/// Longest segment a measurement may choose, in frames.
-pub const MAX_MEASURED_SEGMENT_FRAMES: u32 = 100_000;
-
-/// After a job's first segment: if the job left its segment length to the coordinator and the
-/// rest has not started, cuts the rest anew into segments of about `segment_secs` of work at the
-/// measured seconds per frame: a few minutes a segment bounds what a crash costs and keeps the
-/// per-segment overhead (a hand-off, one key frame) small, at any size and on any device. The
-/// worker's figure is capped by the attempt's own wall time, so it can only be optimistic about
-/// the work a frame takes, never make it out slower than it was.
-fn resize(tx: &Transaction, cur: &Current, frames: u32, frame_seconds: f64, policy: Policy, now: i64) -> Result<()> {
-    let (spec, total): (Vec<u8>, u32) =
-        tx.query_row("SELECT spec, frames FROM jobs WHERE seq = ?1", [cur.job], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let spec =
-        <v1::JobSpec as prost::Message>::decode(spec.as_slice()).map_err(|e| Error::invalid("spec", e.to_string()))?;
-    let wall = (now - cur.started_ms).max(1) as f64 / 1000.0;
-    let seconds = frame_seconds.min(wall);
-    if spec.segment_frames != 0 || policy.segment_secs <= 0.0 || frames == 0 || !seconds.is_finite() || seconds <= 0.0 {
-        return Ok(());
-    }
-    let started: u32 =
-        tx.query_row("SELECT COUNT(*) FROM attempts WHERE job = ?1 AND idx > 0", [cur.job], |r| r.get(0))?;
-    let (_, first_end) = db::segment_span(tx, cur.job, 0)?;
-    if started > 0 || first_end >= total {
-        return Ok(());
-    }
-    let per_frame = seconds / frames as f64;
-    let min_len = (total - first_end).div_ceil(crate::MAX_SEGMENTS - 1).max(1);
-    let len =
-        ((policy.segment_secs / per_frame).round() as u32).clamp(min_len, MAX_MEASURED_SEGMENT_FRAMES.max(min_len));
-    tx.execute("DELETE FROM segments WHERE job = ?1 AND idx > 0", [cur.job])?;
-    db::cut_segments(tx, cur.job, 1, first_end, total, len, now)?;
-    tx.execute(
-        "UPDATE jobs SET segment_frames = ?2, segment_frames_measured = 1 WHERE seq = ?1",
-        params![cur.job, len],
-    )?;
-    tracing::info!(job = %job_id(cur.job), s_per_frame = per_frame, segment_frames = len, "segment length sized from the first segment");
-    Ok(())
-}
-
-/// Cuts segment `idx` of `job` at frame `cut`: it keeps the frames before, a new waiting segment
-/// `idx + 1` gets the rest, and every later segment (with its attempts) moves up one index,
-/// through negative indexes so that no (job, idx) key collides on the way.
-fn split(tx: &Transaction, job: i64, idx: u32, cut: u32) -> Result<()> {
-    for table in ["segments", "attempts"] {
-        tx.execute(&format!("UPDATE {table} SET idx = -idx - 1 WHERE job = ?1 AND idx > ?2"), params![job, idx])?;
-        tx.execute(&format!("UPDATE {table} SET idx = -idx WHERE job = ?1 AND idx < 0"), [job])?;
-    }
-    let end: u32 =
-        tx.query_row("SELECT end_frame FROM segments WHERE job = ?1 AND idx = ?2", params![job, idx], |r| r.get(0))?;
-    tx.execute("UPDATE segments SET end_frame = ?3 WHERE job = ?1 AND idx = ?2", params![job, idx, cut])?;
-    tx.execute(
-        "INSERT INTO segments (job, idx, start_frame, end_frame, state, ready_ms) VALUES (?1, ?2, ?3, ?4, 'waiting', 0)",
-        params![job, idx + 1, cut, end],
-    )?;
-    Ok(())
 }
 
 /// A worker gave up on its attempt (or sent a corrupt upload): retry, or fail the job. A
@@ -524,5 +466,6 @@ pub fn resume(conn: &Connection, policy: Policy, now: i64) -> Result<usize> {
 }
 
 pub mod blame;
+mod reshape;
 #[cfg(test)]
 mod tests;
