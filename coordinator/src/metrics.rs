@@ -104,9 +104,8 @@ pub struct Snapshot {
     counters: Vec<(String, u64)>,
 }
 
-fn grouped(conn: &Connection, sql: &str, now: i64) -> Result<Vec<(String, i64)>> {
+fn grouped(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Vec<(String, i64)>> {
     let mut stmt = conn.prepare_cached(sql)?;
-    let params: &[&dyn rusqlite::ToSql] = if sql.contains("?1") { &[&now] } else { &[] };
     let rows = stmt.query_map(params, |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
@@ -115,12 +114,12 @@ fn grouped(conn: &Connection, sql: &str, now: i64) -> Result<Vec<(String, i64)>>
 pub fn snapshot(conn: &mut Connection, now: i64) -> Result<Snapshot> {
     let tx = conn.transaction()?;
     let s = Snapshot {
-        jobs: grouped(&tx, "SELECT state, COUNT(*) FROM jobs GROUP BY state", now)?,
+        jobs: grouped(&tx, "SELECT state, COUNT(*) FROM jobs GROUP BY state", [])?,
         segments: grouped(
             &tx,
             "SELECT s.state, COUNT(*) FROM segments s JOIN jobs j ON j.seq = s.job
              WHERE j.state IN ('queued', 'running', 'stitching') GROUP BY s.state",
-            now,
+            [],
         )?,
         workers: grouped(
             &tx,
@@ -131,7 +130,7 @@ pub fn snapshot(conn: &mut Connection, now: i64) -> Result<Snapshot> {
                              ELSE 'idle' END AS st, COUNT(*)
                  FROM workers w WHERE w.last_seen_ms >= ?1 - {WORKER_SEEN_MS} GROUP BY st"
             ),
-            now,
+            [now],
         )?,
         counters: db::counters(&tx)?,
     };

@@ -99,19 +99,30 @@ fn read_safetensors(bytes: &[u8]) -> std::result::Result<HashMap<String, Tensor>
     Ok(out)
 }
 
-/// The weights digest a render of `network` would carry (see `WeightsOrigin::digest`), without
-/// loading them: the SHA-256 of the file `resolve` would read, streamed, or the random design's
-/// name. A worker reports these when it registers, so that a job's later segments only go to
-/// workers whose states its own can resume.
-pub fn digest(network: Network, explicit: Option<&Path>) -> Result<String> {
-    let path = match explicit {
-        Some(p) => p.to_path_buf(),
-        None => match cached(network) {
-            Some(p) => p,
-            None => return Ok(crate::vgg::WeightsOrigin::Random(crate::vgg::RandomDesign::DEFAULT).digest()),
-        },
-    };
-    file_sha256(&path)
+/// The weights digest a render of each network would carry (see `WeightsOrigin::digest`),
+/// without loading them: the SHA-256 of the file `resolve` would read, streamed, or the random
+/// design's name. A file both networks would read (an explicit `--weights`) is hashed once. A
+/// worker reports these when it registers, so that a job's later segments only go to workers
+/// whose states its own can resume.
+pub fn digests(explicit: Option<&Path>) -> Result<Vec<(Network, String)>> {
+    let mut hashed: Vec<(PathBuf, String)> = Vec::new();
+    let mut out = Vec::new();
+    for network in [Network::Vgg16, Network::Vgg19] {
+        let path = explicit.map(Path::to_path_buf).or_else(|| cached(network));
+        let digest = match path {
+            None => crate::vgg::WeightsOrigin::Random(crate::vgg::RandomDesign::DEFAULT).digest(),
+            Some(p) => match hashed.iter().find(|(q, _)| *q == p) {
+                Some((_, d)) => d.clone(),
+                None => {
+                    let d = file_sha256(&p)?;
+                    hashed.push((p, d.clone()));
+                    d
+                }
+            },
+        };
+        out.push((network, digest));
+    }
+    Ok(out)
 }
 
 /// The SHA-256 of a file, read in pieces.

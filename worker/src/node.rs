@@ -67,6 +67,8 @@ pub struct Node {
     pub(crate) engine: Option<(String, Engine)>,
     /// The end state this node produced last, by attempt id.
     pub(crate) held: Option<(u64, State)>,
+    /// The weights digests this node registers with, hashed at its first registration.
+    weights: Option<Vec<v1::NetworkWeights>>,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
 
@@ -106,6 +108,7 @@ impl Node {
             heartbeat: Duration::from_secs(2),
             engine: None,
             held: None,
+            weights: None,
             shutdown,
         };
         node.register().await?;
@@ -123,18 +126,22 @@ impl Node {
 
     async fn register(&mut self) -> Result<(), NodeError> {
         let mut backoff = Duration::from_millis(200);
-        let explicit = self.config.weights.clone();
-        let weights = tokio::task::spawn_blocking(move || {
-            [engine::vgg::Network::Vgg16, engine::vgg::Network::Vgg19]
-                .into_iter()
-                .map(|n| {
-                    let digest = engine::weights::digest(n, explicit.as_deref())?;
-                    Ok(v1::NetworkWeights { network: n.name().into(), digest })
-                })
-                .collect::<Result<Vec<_>, engine::EngineError>>()
-        })
-        .await
-        .expect("hashing the weights panicked")?;
+        let weights = match &self.weights {
+            Some(w) => w.clone(),
+            None => {
+                // Hashing 0.5 GB of weights takes seconds: off the runtime, once per process.
+                let explicit = self.config.weights.clone();
+                let digests = tokio::task::spawn_blocking(move || engine::weights::digests(explicit.as_deref()))
+                    .await
+                    .expect("hashing the weights panicked")?;
+                let w: Vec<_> = digests
+                    .into_iter()
+                    .map(|(n, digest)| v1::NetworkWeights { network: n.name().into(), digest })
+                    .collect();
+                self.weights = Some(w.clone());
+                w
+            }
+        };
         loop {
             let request = v1::RegisterRequest {
                 name: self.config.name.clone(),
