@@ -126,6 +126,8 @@ pub async fn render(
             max_segments: None,
             reuse_state: outputs.segment_frames.is_none(),
             render_ahead: false,
+            // Nobody looks at a local render's dashboard: no previews, only the poster.
+            preview_every: None,
             token: None,
             tls: Default::default(),
             metrics: std::sync::Arc::new(worker::metrics::WorkerMetrics::new(device, std::time::Duration::MAX)),

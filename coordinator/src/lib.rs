@@ -15,12 +15,14 @@ mod http;
 pub mod inspect;
 pub mod lease;
 pub mod metrics;
+pub mod preview;
 pub mod reserve;
 mod service;
 pub mod stitch;
 pub mod store;
 pub mod watchdog;
 mod watchers;
+mod web;
 
 pub use error::{Error, Result};
 
@@ -50,11 +52,51 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     proto::params::hex(&Sha256::digest(bytes))
 }
 
-/// Warm-up progress of a job's first segment: only in memory, it is gone after a restart.
+/// What heartbeats say of a running job beyond the database: the first segment's warm-up and
+/// the pace of its frames. Only in memory; gone after a restart (the next heartbeats refill it).
 #[derive(Debug, Clone, Copy, Default)]
 struct Live {
     warmup_done: u32,
     warmup_total: u32,
+    pace: Pace,
+}
+
+/// Jobs whose `Live` is kept; past it the stalest is forgotten (a job that ends by failing or
+/// being cancelled leaves its entry behind).
+const MAX_LIVE_JOBS: usize = 4096;
+
+/// Frames per second of a job's running attempt, from its heartbeats: measured from the first
+/// frame the attempt reports (set-up and warm-up excluded) over a window of about half a minute.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pace {
+    attempt: u64,
+    frames: u32,
+    /// When the window began, and the frames done then.
+    since: Option<(i64, u32)>,
+    last_ms: i64,
+    fps: f64,
+}
+
+impl Pace {
+    fn observe(&mut self, attempt: u64, frames: u32, now: i64) {
+        self.last_ms = now;
+        if attempt != self.attempt || frames < self.frames {
+            // A new segment: the clock starts at its first frame; the last pace stands until then.
+            (self.attempt, self.frames, self.since) = (attempt, frames, None);
+            return;
+        }
+        match self.since {
+            None if frames > self.frames => self.since = Some((now, frames)),
+            Some((t, f)) if frames > f && now - t >= 1000 => {
+                self.fps = f64::from(frames - f) * 1000.0 / (now - t) as f64;
+                if now - t > 30_000 {
+                    self.since = Some((now, frames));
+                }
+            }
+            _ => {}
+        }
+        self.frames = frames;
+    }
 }
 
 /// A database that is missing or empty beside an artifact store that holds jobs' files was lost
@@ -95,6 +137,8 @@ pub struct Coordinator {
     watchdog: watchdog::Watchdog,
     reserve: reserve::Reserve,
     metrics: metrics::Metrics,
+    /// Each job's latest frame as a small JPEG, for the dashboard (memory only, bounded).
+    previews: preview::Previews,
 }
 
 impl Coordinator {
@@ -131,6 +175,7 @@ impl Coordinator {
             watchdog,
             reserve,
             metrics: metrics::Metrics::default(),
+            previews: preview::Previews::default(),
         });
         for job in stitching {
             tokio::spawn(this.clone().stitch(job));
@@ -330,7 +375,7 @@ pub async fn run_with_http(
 ) -> Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "coordinator listening");
     if let Some(h) = &http {
-        tracing::info!(addr = %h.local_addr()?, "http listening (/metrics)");
+        tracing::info!(addr = %h.local_addr()?, "http listening (the dashboard, /metrics)");
     }
     run_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener), http, config, shutdown).await
 }
@@ -352,7 +397,7 @@ where
     let sweeper = tokio::spawn(coordinator.clone().sweep());
     let http = http.map(|listener| {
         let mut closed = coordinator.closing.subscribe();
-        let app = http::router(coordinator.clone());
+        let app = http::router(coordinator.clone()).merge(web::router(coordinator.clone()));
         tokio::spawn(async move {
             let stop = async move {
                 let _ = closed.wait_for(|c| *c).await;

@@ -107,6 +107,10 @@ pub mod keys {
     pub fn output(job: i64, ext: &str) -> String {
         format!("jobs/{job}/output.{ext}")
     }
+    /// The movie's last frame as a small JPEG, for the dashboard.
+    pub fn poster(job: i64) -> String {
+        format!("jobs/{job}/poster.jpg")
+    }
     /// Everything stored for a job.
     pub fn job(job: i64) -> String {
         format!("jobs/{job}")

@@ -9,16 +9,28 @@ use tokio::sync::watch;
 
 type Senders = Arc<Mutex<HashMap<i64, watch::Sender<u64>>>>;
 
-/// A change channel per watched job; a job nobody watches has none.
-#[derive(Default)]
-pub struct Watchers(Senders);
+/// A change channel per watched job; a job nobody watches has none. Plus one channel that any
+/// job's change bumps, for views of many jobs (the dashboard's lists).
+pub struct Watchers(Senders, watch::Sender<u64>);
+
+impl Default for Watchers {
+    fn default() -> Self {
+        Self(Senders::default(), watch::channel(0).0)
+    }
+}
 
 impl Watchers {
-    /// Wakes the watchers of `job`, if it has any.
+    /// Wakes the watchers of `job`, if it has any, and those of every job.
     pub fn changed(&self, job: i64) {
         if let Some(tx) = lock(&self.0).get(&job) {
             tx.send_modify(|v| *v += 1);
         }
+        self.1.send_modify(|v| *v += 1);
+    }
+
+    /// A subscription woken by every later change of any job.
+    pub fn subscribe_any(&self) -> watch::Receiver<u64> {
+        self.1.subscribe()
     }
 
     /// A subscription woken by every later [`Self::changed`] for `job`.

@@ -16,6 +16,10 @@ pub const MAX_NAME_LEN: usize = 256;
 pub const MAX_WORKER_NAME_LEN: usize = 128;
 /// Networks a worker may list weights for when it registers.
 pub const MAX_WORKER_WEIGHTS: usize = 8;
+/// Encoded size of a preview JPEG (a heartbeat's, or a poster).
+pub const MAX_PREVIEW_BYTES: usize = 64 << 10;
+/// Width or height of a preview, in pixels.
+pub const MAX_PREVIEW_SIDE: u32 = 640;
 /// Entries of `--layers` (VGG19 has 16 conv layers).
 pub const MAX_LAYERS: usize = 16;
 /// Denominator of a frame rate: `--fps` takes at most three decimals (29.97 is 2997/100).

@@ -110,7 +110,8 @@ impl Node {
         };
         // Heartbeats start now: setting up an engine or fetching a 1080p state can take longer
         // than a short lease.
-        let progress = ahead.as_ref().map_or_else(|| Arc::new(Counters::default()), |x| x.progress.clone());
+        let progress =
+            ahead.as_ref().map_or_else(|| Arc::new(Counters::new(self.config.preview_every)), |x| x.progress.clone());
         let lost = Arc::new(std::sync::Mutex::new(None::<String>));
         let stop: StopSlot = Arc::default();
         let _heartbeats = AbortOnDrop(tokio::spawn(heartbeat_loop(
@@ -223,7 +224,7 @@ impl Node {
             let (cancel, finish) = (engine.cancel_flag(), engine.finish_flag());
             cancel.store(false, Ordering::SeqCst);
             finish.store(false, Ordering::SeqCst);
-            let progress = Arc::new(Counters::default());
+            let progress = Arc::new(Counters::new(self.config.preview_every));
             let out = ChunkOut {
                 kind,
                 path: chunk_path(&format!("{}-from-{}", a.job_id, a.end_frame), kind),
@@ -249,7 +250,8 @@ impl Node {
         };
         let handed = if preempted { finished - a.start_frame } else { 0 };
         let frame_seconds = progress.frame_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let (sent, result) = self.upload(a.attempt_id, chunk, bytes, (handed, frame_seconds)).await;
+        let poster = progress.previews.take_poster();
+        let (sent, result) = self.upload(a.attempt_id, chunk, bytes, (handed, frame_seconds), poster).await;
         let outcome = match result {
             Ok(()) => {
                 let secs = started.elapsed().as_secs_f64();

@@ -61,6 +61,7 @@ pub(crate) fn render_segment(
     let mut encode_error = None;
     let mut on_frame = |f: Frame| {
         metrics.frames_rendered.inc();
+        progress.previews.offer(&f, f.index + 1 == end);
         sink.push(&f).map_err(|e| {
             encode_error = Some(e.to_string());
             EngineError::Cancelled

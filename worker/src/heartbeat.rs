@@ -17,6 +17,15 @@ pub(crate) struct Counters {
     pub iterations: AtomicU64,
     /// Microseconds spent rendering frames (warm-up excluded), once the render is done.
     pub frame_micros: AtomicU64,
+    /// Previews of the frames, for the dashboard.
+    pub previews: crate::preview::Previews,
+}
+
+impl Counters {
+    /// Counters of a render that makes a preview every `preview_every` (`None`: never).
+    pub fn new(preview_every: Option<Duration>) -> Self {
+        Self { previews: crate::preview::Previews::new(preview_every), ..Self::default() }
+    }
 }
 
 /// The render's cancel flag, once there is a render to cancel.
@@ -50,6 +59,7 @@ pub(crate) async fn heartbeat_loop(
             warmup_total: progress.warmup_total.load(Ordering::Relaxed),
             loss: 0.0,
             iterations: progress.iterations.load(Ordering::Relaxed),
+            preview: progress.previews.take_latest(),
         };
         match client.heartbeat(request).await {
             Ok(_) => {}

@@ -8,6 +8,7 @@
 //! - `chunk`: rendering a segment into an encoded chunk, on the torch thread.
 //! - `upload`: CompleteSegment: the chunk and end state in pieces, retried across restarts.
 //! - `heartbeat`: keeping the lease, and stopping the render when the coordinator ends it.
+//! - `preview`: small JPEGs of the latest frame for the dashboard, and each segment's poster.
 
 mod attempt;
 mod chunk;
@@ -15,6 +16,7 @@ mod heartbeat;
 mod inputs;
 pub mod metrics;
 pub mod node;
+pub mod preview;
 pub mod upload;
 
 pub use node::{Node, NodeConfig, NodeError};

@@ -46,6 +46,8 @@ pub struct NodeConfig {
     pub reuse_state: bool,
     /// With `reuse_state`, render the next segment's frames while the last one uploads.
     pub render_ahead: bool,
+    /// Send a preview of the latest frame this often (for the dashboard); `None`: never.
+    pub preview_every: Option<Duration>,
     /// The worker token, for a coordinator with --auth.
     pub token: Option<String>,
     /// For an `https://` coordinator.

@@ -54,6 +54,7 @@ impl Node {
         chunk: Vec<u8>,
         state: Vec<u8>,
         (frames_done, frame_seconds): (u32, f64),
+        poster: Option<v1::Preview>,
     ) -> (Sent, Result<(), tonic::Status>) {
         // Hashing 75 MB takes a few hundred milliseconds: off the runtime, and not on the torch
         // thread, which may be rendering ahead meanwhile.
@@ -68,6 +69,7 @@ impl Node {
                 state_sha256: proto::params::hex(&Sha256::digest(state.as_slice())),
                 frames_done,
                 frame_seconds,
+                poster,
             })
             .await
             .expect("hashing panicked")

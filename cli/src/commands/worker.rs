@@ -50,6 +50,10 @@ pub struct Args {
     /// with it, the device idles for the whole upload).
     #[arg(long)]
     pub no_render_ahead: bool,
+    /// Send the coordinator a small JPEG of the latest frame this often, for the dashboard's
+    /// live preview (0: never; the last frame of each segment is still sent, as the poster).
+    #[arg(long, default_value_t = 3.0)]
+    pub preview_secs: f64,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -78,6 +82,7 @@ pub fn run(args: Args) -> Result<()> {
         max_segments: args.max_segments,
         reuse_state: true,
         render_ahead: !args.no_render_ahead,
+        preview_every: (args.preview_secs > 0.0).then(|| Duration::from_secs_f64(args.preview_secs.min(86_400.0))),
         token,
         tls,
         metrics: Arc::new(WorkerMetrics::new(

@@ -142,6 +142,22 @@ pub fn list(conn: &Connection, owner: Option<&str>) -> Result<Vec<v1::Job>> {
     seqs.into_iter().map(|s| job(conn, s, false)).collect()
 }
 
+/// Filters of [`recent`]: a job state, or `active` (queued, running or stitching).
+pub const STATE_FILTERS: [&str; 6] = ["active", "queued", "running", "succeeded", "failed", "cancelled"];
+
+/// The newest `limit` jobs, newest first: all, or only `owner`'s, and only those matching
+/// `state` (one of [`STATE_FILTERS`]) when given.
+pub fn recent(conn: &Connection, owner: Option<&str>, state: Option<&str>, limit: u32) -> Result<Vec<v1::Job>> {
+    let mut stmt = conn.prepare(
+        "SELECT seq FROM jobs WHERE (?1 IS NULL OR owner = ?1)
+           AND (?2 IS NULL OR state = ?2 OR (?2 = 'active' AND state IN ('queued', 'running', 'stitching')))
+         ORDER BY seq DESC LIMIT ?3",
+    )?;
+    let seqs: Vec<i64> =
+        stmt.query_map(params![owner, state, limit], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    seqs.into_iter().map(|s| job(conn, s, false)).collect()
+}
+
 /// Who submitted a job; an unknown job is not found.
 pub fn owner(conn: &Connection, seq: i64) -> Result<String> {
     conn.query_row("SELECT owner FROM jobs WHERE seq = ?1", [seq], |r| r.get(0))

@@ -235,6 +235,7 @@ impl JobService for Api {
         let seq = self.owned_job(&principal, &request.into_inner().job_id).await?;
         let (style, shared) = self.0.db_freeing(move |c| db::delete(c, seq)).await?;
         self.0.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq);
+        self.0.previews.remove(seq);
         // The record is gone first: a crash now leaves unreferenced files, never a record whose
         // output is missing.
         let store = self.0.store.clone();

@@ -8,7 +8,7 @@
 //!   into scratch and checked.
 
 mod jobs;
-mod transfer;
+pub(crate) mod transfer;
 mod workers;
 
 use crate::auth::{self, Gate, Principal, Role};
@@ -24,8 +24,17 @@ use tokio_stream::Stream;
 use tonic::transport::server::Connected;
 use tonic::{Request, Status};
 
+/// Both services over one coordinator. The dashboard calls the same handlers, with its viewer
+/// as the principal, so every action it offers is authorised by the code that authorises gRPC.
 #[derive(Clone)]
-struct Api(Arc<Coordinator>);
+pub(crate) struct Api(pub(crate) Arc<Coordinator>);
+
+/// A request as `principal` made it, for calling a handler from inside the coordinator.
+pub(crate) fn as_principal<T>(principal: &Principal, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.extensions_mut().insert(principal.clone());
+    request
+}
 
 pub(crate) async fn serve<S, IO>(
     coordinator: Arc<Coordinator>,
@@ -73,13 +82,21 @@ where
 }
 
 impl Api {
-    async fn job_view(&self, seq: i64, include_segments: bool) -> Result<v1::Job> {
+    pub(crate) async fn job_view(&self, seq: i64, include_segments: bool) -> Result<v1::Job> {
         let mut job = self.0.db(move |c| db::job(c, seq, include_segments)).await?;
+        self.apply_live(seq, &mut job);
+        Ok(job)
+    }
+
+    /// Adds what only heartbeats know (warm-up, pace) to a job read from the database.
+    pub(crate) fn apply_live(&self, seq: i64, job: &mut v1::Job) {
         if let Some(live) = self.0.live.lock().unwrap_or_else(|e| e.into_inner()).get(&seq) {
             job.warmup_done = live.warmup_done;
             job.warmup_total = live.warmup_total;
+            if job.state == v1::JobState::Running as i32 {
+                job.fps = live.pace.fps;
+            }
         }
-        Ok(job)
     }
 
     async fn assignment(&self, g: lease::Grant) -> Result<v1::Assignment> {
@@ -106,7 +123,7 @@ impl Api {
 impl Api {
     /// The job `id` if `principal` may act on it. Another user's job is not found: its id says
     /// nothing about whether it exists.
-    async fn owned_job(&self, principal: &Principal, id: &str) -> Result<i64> {
+    pub(crate) async fn owned_job(&self, principal: &Principal, id: &str) -> Result<i64> {
         let seq = db::job_seq(id)?;
         let owner = self.0.db(move |c| db::owner(c, seq)).await?;
         if principal.owns(&owner) {

@@ -98,6 +98,7 @@ impl WorkerService for Api {
         let r = request.into_inner();
         let policy = self.0.policy;
         let (attempt, frames) = (r.attempt_id, r.frames_done);
+        let preview = r.preview;
         if let Some(reason) = self.0.watchdog.observe(attempt, r.iterations, now_ms()) {
             let why = reason.clone();
             self.0.db(move |c| lease::stall(c, attempt, &why, policy, now_ms())).await?;
@@ -112,12 +113,21 @@ impl WorkerService for Api {
                 return Err(e.into());
             }
         };
-        if cur.idx == 0 && r.warmup_total > 0 {
-            self.0
-                .live
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(cur.job, Live { warmup_done: r.warmup_done, warmup_total: r.warmup_total });
+        {
+            let mut live = self.0.live.lock().unwrap_or_else(|e| e.into_inner());
+            if live.len() >= crate::MAX_LIVE_JOBS && !live.contains_key(&cur.job) {
+                if let Some(stalest) = live.iter().min_by_key(|(_, l)| l.pace.last_ms).map(|(&j, _)| j) {
+                    live.remove(&stalest);
+                }
+            }
+            let entry = live.entry(cur.job).or_insert_with(Live::default);
+            if cur.idx == 0 && r.warmup_total > 0 {
+                (entry.warmup_done, entry.warmup_total) = (r.warmup_done, r.warmup_total);
+            }
+            entry.pace.observe(attempt, frames, now_ms());
+        }
+        if let Some(p) = preview {
+            self.keep_preview(cur.job, p, false).await;
         }
         self.0.job_changed(cur.job);
         Ok(Response::new(v1::HeartbeatResponse { lease_ms: policy.lease_ms as u32 }))
@@ -260,6 +270,9 @@ impl WorkerService for Api {
         tracing::info!(attempt, job = %db::job_id(cur.job), segment = cur.idx, worker = %cur.worker, chunk_bytes = header.chunk_size, state_bytes = header.state_size,
             receive_ms = ms(received), check_ms = ms(checked - received), store_ms = ms(stored - checked), record_ms = ms(begun.elapsed() - stored), "segment completed");
         self.0.segments_may_be_ready();
+        if let Some(p) = header.poster {
+            self.keep_preview(cur.job, p, last).await;
+        }
         if last {
             self.0.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&cur.job);
             tokio::spawn(self.0.clone().stitch(cur.job));
@@ -326,6 +339,33 @@ impl WorkerService for Api {
 }
 
 impl Api {
+    /// Keeps a worker's preview of `job` once it checks out; `poster`: also stores it as the
+    /// finished movie's poster. A bad preview is dropped with a warning: the heartbeat or upload
+    /// that carried it still counts (a preview is never worth a segment).
+    async fn keep_preview(&self, job: i64, preview: v1::Preview, poster: bool) {
+        let store = self.0.store.clone();
+        let checked = tokio::task::spawn_blocking(move || -> Result<_> {
+            let size = crate::preview::check(&preview)?;
+            if poster {
+                let tmp = store.scratch_dir().join(super::transfer::unique_name(&format!("poster-{job}")));
+                let placed =
+                    std::fs::write(&tmp, &preview.jpeg).and_then(|()| store.put_file(&keys::poster(job), &tmp));
+                let _ = std::fs::remove_file(&tmp);
+                placed?;
+            }
+            Ok((preview, size))
+        })
+        .await
+        .expect("preview check panicked");
+        match checked {
+            Ok((p, size)) => {
+                self.0.previews.put(job, p.jpeg, p.frame, size);
+                self.0.job_changed(job);
+            }
+            Err(e) => tracing::warn!(job = %db::job_id(job), error = %e, "preview dropped"),
+        }
+    }
+
     /// What segment `idx` of `job` must hold, for `inspect`.
     async fn expected(&self, job: i64, idx: u32) -> Result<inspect::Expected> {
         let (spec, (start_frame, end_frame)) =

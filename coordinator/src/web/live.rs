@@ -1,0 +1,181 @@
+//! Live pages over Server-Sent Events. Each stream re-renders its page's fragments when the
+//! coordinator's change channels say something changed (a job's own channel for a job page, the
+//! any-job channel for the lists), never on a timer alone, and sends only the fragments that
+//! differ from what it sent before. A slow timer still refreshes the "5 s ago" kind of text.
+//!
+//! An event's data is the target element's id, a newline, and the new HTML (for an `<img>`, its
+//! new address); `app.js` puts it in place.
+
+use super::pages::{self, caption_html, preview_src, segments_html, summary_html, Filter};
+use super::{Viewer, Web};
+use crate::now_ms;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+/// Live streams open at once, over all viewers: each holds a task and re-reads the database on
+/// changes, so their number is bounded like everything else a client can open.
+pub const MAX_LIVE_STREAMS: usize = 256;
+/// Changes closer together than this are sent as one update.
+const COALESCE: Duration = Duration::from_millis(300);
+/// Ages ("12 s ago") are refreshed this often even when nothing changes.
+const REFRESH: Duration = Duration::from_secs(10);
+
+fn streams() -> &'static Arc<Semaphore> {
+    static STREAMS: std::sync::OnceLock<Arc<Semaphore>> = std::sync::OnceLock::new();
+    STREAMS.get_or_init(|| Arc::new(Semaphore::new(MAX_LIVE_STREAMS)))
+}
+
+type Tx = mpsc::Sender<Result<Event, Infallible>>;
+
+/// The fragments a stream sent last, so only changed ones go out again.
+#[derive(Default)]
+struct Sent(HashMap<&'static str, String>);
+
+impl Sent {
+    /// Sends the fragments that changed; false once the viewer has gone.
+    async fn send(&mut self, tx: &Tx, parts: Vec<(&'static str, String)>) -> bool {
+        for (target, html) in parts {
+            if self.0.get(target) == Some(&html) {
+                continue;
+            }
+            let event = Event::default().data(format!("{target}\n{html}"));
+            if tx.send(Ok(event)).await.is_err() {
+                return false;
+            }
+            self.0.insert(target, html);
+        }
+        true
+    }
+}
+
+/// Opens a stream fed by `feed`, or refuses when too many are open.
+fn open<F, Fut>(web: &Web, feed: F) -> Response
+where
+    F: FnOnce(Tx, OwnedSemaphorePermit) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let Ok(permit) = streams().clone().try_acquire_owned() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many live pages are open; try again later\n").into_response();
+    };
+    let (tx, rx) = mpsc::channel(16);
+    let mut closing = web.coordinator().closing.subscribe();
+    let closed = tx.clone();
+    let task = feed(tx, permit);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = task => {}
+            _ = closed.closed() => {}
+            _ = async { closing.wait_for(|c| *c).await.is_ok() } => {}
+        }
+    });
+    Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx)).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// Waits for the next change `wake` reports, at most [`REFRESH`], then a moment for the rest of
+/// a burst.
+async fn next_change(wake: impl std::future::Future<Output = ()>) {
+    let _ = tokio::time::timeout(REFRESH, wake).await;
+    tokio::time::sleep(COALESCE).await;
+}
+
+pub(crate) async fn jobs_events(State(web): State<Web>, headers: HeaderMap, Query(filter): Query<Filter>) -> Response {
+    let viewer = match web.viewer(&headers) {
+        Ok(v) => v,
+        Err(_) => return StatusCode::UNAUTHORIZED.into_response(),
+    };
+    let state = filter.state();
+    let mut any = web.coordinator().watchers.subscribe_any();
+    let mut changes = web.coordinator().changes.subscribe();
+    let web2 = web.clone();
+    open(&web, move |tx, _permit| async move {
+        let mut sent = Sent::default();
+        loop {
+            let Ok(jobs) = web2.jobs(&viewer, state.clone()).await else { return };
+            if !sent.send(&tx, vec![("jobs-body", pages::jobs_html(&jobs, now_ms()))]).await {
+                return;
+            }
+            next_change(async {
+                tokio::select! {
+                    _ = any.changed() => {}
+                    _ = changes.changed() => {}
+                }
+            })
+            .await;
+        }
+    })
+}
+
+pub(crate) async fn job_events(State(web): State<Web>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let viewer: Viewer = match web.viewer(&headers) {
+        Ok(v) => v,
+        Err(_) => return StatusCode::UNAUTHORIZED.into_response(),
+    };
+    let seq = match web.api.owned_job(&viewer.principal, &id).await {
+        Ok(seq) => seq,
+        Err(e) => return super::refused(&e.into()),
+    };
+    // Subscribed before the first look, so a change in between still wakes the stream.
+    let mut mine = web.coordinator().watchers.subscribe(seq);
+    let token = web.form_token(&viewer);
+    let web2 = web.clone();
+    open(&web, move |tx, _permit| async move {
+        let mut sent = Sent::default();
+        loop {
+            let job = match web2.api.job_view(seq, true).await {
+                Ok(job) => job,
+                Err(_) => {
+                    let gone = "<p class=\"error\">This job was deleted.</p>".to_string();
+                    sent.send(&tx, vec![("job-summary", gone), ("job-actions", String::new())]).await;
+                    return;
+                }
+            };
+            let c = web2.coordinator();
+            let preview = c.previews.get(seq).map(|p| (p.version, p.frame));
+            let has_poster = preview.is_none() && c.store.exists(&crate::store::keys::poster(seq));
+            let now = now_ms();
+            let parts = vec![
+                ("job-summary", summary_html(&job, now)),
+                ("job-actions", pages::actions_inner(&job, &token)),
+                ("job-segments", segments_html(&job, now)),
+                ("job-preview", preview_src(&job.id, preview.map(|p| p.0), has_poster).unwrap_or_default()),
+                ("job-caption", caption_html(preview.map(|p| p.1), has_poster)),
+            ];
+            if !sent.send(&tx, parts).await {
+                return;
+            }
+            next_change(mine.changed()).await;
+        }
+    })
+}
+
+pub(crate) async fn workers_events(State(web): State<Web>, headers: HeaderMap) -> Response {
+    if web.viewer(&headers).is_err() {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let mut any = web.coordinator().watchers.subscribe_any();
+    let mut changes = web.coordinator().changes.subscribe();
+    let web2 = web.clone();
+    open(&web, move |tx, _permit| async move {
+        let mut sent = Sent::default();
+        loop {
+            let Ok(rows) = web2.workers_html().await else { return };
+            if !sent.send(&tx, vec![("workers-body", rows)]).await {
+                return;
+            }
+            next_change(async {
+                tokio::select! {
+                    _ = any.changed() => {}
+                    _ = changes.changed() => {}
+                }
+            })
+            .await;
+        }
+    })
+}

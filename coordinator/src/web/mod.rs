@@ -1,0 +1,354 @@
+//! The dashboard, on the coordinator's HTTP listener (`serve --http`): jobs, a job with its live
+//! preview and segment timeline, and the workers. Pages are rendered here (`pages`), kept live
+//! over Server-Sent Events driven by the coordinator's change channels (`live`), and need no
+//! JavaScript build: one small script swaps the fragments the events carry.
+//!
+//! Access is the gRPC API's: with `--auth` a user or admin token, sent as a bearer header or
+//! kept in an HttpOnly cookie after the login form; without it everyone is an admin, and the
+//! listener is on loopback (or `--insecure`). Every action goes through the same handler as its
+//! gRPC call, with the viewer as the principal, so the page never has more rights than its user.
+//! Forms carry a token derived from a per-process secret and the viewer's credentials, and
+//! cross-site requests are refused, so another site cannot act through a signed-in browser.
+
+mod html;
+mod live;
+mod pages;
+
+use crate::auth::{Principal, Role};
+use crate::service::{as_principal, Api};
+use crate::Coordinator;
+use axum::extract::{Form, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use proto::v1::job_service_server::JobService;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// The cookie that keeps a signed-in viewer's token.
+const COOKIE: &str = "gramzoom_token";
+/// How long a sign-in lasts, in seconds.
+const COOKIE_MAX_AGE: u64 = 12 * 3600;
+
+/// The dashboard's state: the coordinator, and the secret its form tokens derive from.
+#[derive(Clone)]
+pub(crate) struct Web {
+    api: Api,
+    secret: Arc<[u8; 32]>,
+}
+
+impl Web {
+    fn coordinator(&self) -> &Arc<Coordinator> {
+        &self.api.0
+    }
+}
+
+pub(crate) fn router(coordinator: Arc<Coordinator>) -> axum::Router {
+    let mut secret = [0u8; 32];
+    getrandom::getrandom(&mut secret).expect("the system random source failed");
+    let web = Web { api: Api(coordinator), secret: Arc::new(secret) };
+    axum::Router::new()
+        .route("/", get(|| async { Redirect::to("/jobs") }))
+        .route("/login", get(pages::login_page).post(login))
+        .route("/logout", post(logout))
+        .route("/jobs", get(pages::jobs_page))
+        .route("/jobs/events", get(live::jobs_events))
+        .route("/jobs/{id}", get(pages::job_page))
+        .route("/jobs/{id}/events", get(live::job_events))
+        .route("/jobs/{id}/preview.jpg", get(preview))
+        .route("/jobs/{id}/output", get(output))
+        .route("/jobs/{id}/{action}", post(act))
+        .route("/workers", get(pages::workers_page))
+        .route("/workers/events", get(live::workers_events))
+        .route("/static/app.css", get(|| async { asset("text/css", include_str!("app.css")) }))
+        .route("/static/app.js", get(|| async { asset("text/javascript", include_str!("app.js")) }))
+        .layer(axum::middleware::map_response(secure_headers))
+        .with_state(web)
+}
+
+fn asset(kind: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "max-age=300")], body).into_response()
+}
+
+/// No framing by other sites, no inline script, no sniffing: on every response.
+async fn secure_headers(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; frame-ancestors 'none'; form-action 'self'",
+        ),
+    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    response
+}
+
+/// Who is looking, and the credential that says so (for form tokens).
+#[derive(Clone)]
+pub(crate) struct Viewer {
+    principal: Principal,
+    credential: String,
+}
+
+/// Why a request got no page.
+pub(crate) enum Denied {
+    /// No credential, or an unknown one: to the login form.
+    SignIn,
+    /// A token whose role may not use the dashboard (a worker's, a metrics scraper's).
+    Role(Role),
+}
+
+impl Web {
+    /// The viewer of a request: a bearer header first, then the cookie.
+    fn viewer(&self, headers: &HeaderMap) -> Result<Viewer, Denied> {
+        let Some(tokens) = &self.coordinator().config.auth else {
+            return Ok(Viewer { principal: Principal::open(), credential: String::new() });
+        };
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let token = match bearer {
+            Some(t) => t.to_string(),
+            None => cookie(headers, COOKIE).and_then(unhex).ok_or(Denied::SignIn)?,
+        };
+        let principal = tokens.authenticate(&token).ok_or(Denied::SignIn)?;
+        match principal.role {
+            Role::User | Role::Admin => Ok(Viewer { principal: principal.clone(), credential: token }),
+            role => Err(Denied::Role(role)),
+        }
+    }
+
+    /// The form token of `viewer`: forms must send it back, which another site cannot.
+    fn form_token(&self, viewer: &Viewer) -> String {
+        let mut h = Sha256::new();
+        h.update(*self.secret);
+        h.update(viewer.principal.name.as_bytes());
+        h.update([0]);
+        h.update(viewer.credential.as_bytes());
+        proto::params::hex(&h.finalize())[..32].to_string()
+    }
+}
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        match self {
+            Denied::SignIn => Redirect::to("/login").into_response(),
+            Denied::Role(role) => {
+                let body = html::message_page(
+                    "Not for this token",
+                    &format!("A {role:?} token may not use the dashboard; sign in with a user or admin token.")
+                        .to_lowercase(),
+                );
+                (StatusCode::FORBIDDEN, body).into_response()
+            }
+        }
+    }
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// A cookie's hex back into the token; `None` for anything that is not hex of printable ASCII.
+fn unhex(s: &str) -> Option<String> {
+    if s.len() % 2 != 0 || s.len() > 2 * proto::auth::MAX_TOKEN_LEN {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> =
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect();
+    String::from_utf8(bytes?).ok().filter(|t| proto::auth::check_token(t).is_ok())
+}
+
+/// Refuses requests that another site's page made: browsers say so in `Sec-Fetch-Site` and
+/// `Origin`. Checked before every state-changing request, on top of the form token.
+fn same_site(headers: &HeaderMap) -> bool {
+    let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    if matches!(site, Some("cross-site" | "same-site")) {
+        return false;
+    }
+    match (headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()), headers.get(header::HOST)) {
+        (Some("null"), _) => false,
+        (Some(origin), Some(host)) => {
+            let host = host.to_str().unwrap_or_default();
+            origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) == Some(host)
+        }
+        _ => true,
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct LoginForm {
+    token: String,
+}
+
+async fn login(State(web): State<Web>, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+    if !same_site(&headers) {
+        return (StatusCode::FORBIDDEN, "cross-site sign-in refused\n").into_response();
+    }
+    let Some(tokens) = &web.coordinator().config.auth else {
+        return Redirect::to("/jobs").into_response();
+    };
+    let token = form.token.trim();
+    let role = proto::auth::check_token(token).ok().and_then(|()| tokens.authenticate(token)).map(|p| p.role);
+    match role {
+        Some(Role::User | Role::Admin) => {
+            // The token goes back only as a cookie scripts cannot read, sent to this site only;
+            // in hex, since a token may hold characters a cookie may not (`;`, `"`, `,`).
+            let token = proto::params::hex(token.as_bytes());
+            let cookie = format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={COOKIE_MAX_AGE}");
+            ([(header::SET_COOKIE, cookie)], Redirect::to("/jobs")).into_response()
+        }
+        Some(role) => {
+            let why = format!("a {} token may not use the dashboard", format!("{role:?}").to_lowercase());
+            (StatusCode::FORBIDDEN, pages::login_form(Some(&why))).into_response()
+        }
+        None => (StatusCode::UNAUTHORIZED, pages::login_form(Some("unknown token"))).into_response(),
+    }
+}
+
+async fn logout(headers: HeaderMap) -> Response {
+    if !same_site(&headers) {
+        return (StatusCode::FORBIDDEN, "cross-site request refused\n").into_response();
+    }
+    let gone = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    ([(header::SET_COOKIE, gone)], Redirect::to("/login")).into_response()
+}
+
+/// A gRPC handler's refusal as an HTTP page.
+fn refused(status: &tonic::Status) -> Response {
+    let code = match status.code() {
+        tonic::Code::NotFound => StatusCode::NOT_FOUND,
+        tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
+        tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+        tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        tonic::Code::ResourceExhausted => StatusCode::INSUFFICIENT_STORAGE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (code, html::message_page("That did not work", status.message())).into_response()
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct ActionForm {
+    csrf: String,
+}
+
+/// Cancel, delete or retry a job, from its page's confirmed forms.
+async fn act(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    let viewer = match web.viewer(&headers) {
+        Ok(v) => v,
+        Err(d) => return d.into_response(),
+    };
+    if !same_site(&headers) || form.csrf != web.form_token(&viewer) {
+        return (
+            StatusCode::FORBIDDEN,
+            html::message_page(
+                "Refused",
+                "this form is stale or came from another site; reload the page and try again",
+            ),
+        )
+            .into_response();
+    }
+    let p = &viewer.principal;
+    let api = &web.api;
+    let job_id = id.clone();
+    let done = match action.as_str() {
+        "cancel" => api.cancel_job(as_principal(p, proto::v1::CancelJobRequest { job_id })).await.map(drop),
+        "delete" => api.delete_job(as_principal(p, proto::v1::DeleteJobRequest { job_id })).await.map(drop),
+        "retry" => api.retry_job(as_principal(p, proto::v1::RetryJobRequest { job_id })).await.map(drop),
+        _ => return (StatusCode::NOT_FOUND, html::message_page("Not found", "no such action")).into_response(),
+    };
+    match done {
+        Ok(()) if action == "delete" => Redirect::to("/jobs").into_response(),
+        Ok(()) => Redirect::to(&format!("/jobs/{}", html::url_segment(&id))).into_response(),
+        Err(status) => refused(&status),
+    }
+}
+
+/// The job's latest preview, or its poster once it has finished.
+async fn preview(State(web): State<Web>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let viewer = match web.viewer(&headers) {
+        Ok(v) => v,
+        Err(_) => return StatusCode::UNAUTHORIZED.into_response(),
+    };
+    let seq = match web.api.owned_job(&viewer.principal, &id).await {
+        Ok(seq) => seq,
+        Err(e) => return refused(&e.into()),
+    };
+    let c = web.coordinator();
+    let jpeg: Option<Vec<u8>> = match c.previews.get(seq) {
+        Some(p) => Some(p.jpeg.to_vec()),
+        None => {
+            let path = c.store.local_path(&crate::store::keys::poster(seq));
+            match path {
+                Ok(p) => tokio::fs::read(p).await.ok(),
+                Err(_) => None,
+            }
+        }
+    };
+    match jpeg {
+        Some(jpeg) => {
+            ([(header::CONTENT_TYPE, "image/jpeg"), (header::CACHE_CONTROL, "no-cache")], jpeg).into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "no preview yet\n").into_response(),
+    }
+}
+
+/// The finished movie, streamed from the store through the DownloadOutput handler.
+async fn output(State(web): State<Web>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let viewer = match web.viewer(&headers) {
+        Ok(v) => v,
+        Err(d) => return d.into_response(),
+    };
+    let request =
+        as_principal(&viewer.principal, proto::v1::GetJobRequest { job_id: id.clone(), include_segments: false });
+    let job = match web.api.get_job(request).await {
+        Ok(j) => j.into_inner(),
+        Err(s) => return refused(&s),
+    };
+    let stream = match web
+        .api
+        .download_output(as_principal(&viewer.principal, proto::v1::DownloadOutputRequest { job_id: id }))
+        .await
+    {
+        Ok(s) => s.into_inner(),
+        Err(s) => return refused(&s),
+    };
+    let kind = proto::wire::output_from_wire(job.spec.as_ref().map_or(0, |s| s.output));
+    let ext = kind.map(|k| k.extension()).unwrap_or("bin");
+    let mime = match ext {
+        "mp4" => "video/mp4",
+        "gif" => "image/gif",
+        "png" => "image/png",
+        "jpg" => "image/jpeg",
+        _ => "application/octet-stream",
+    };
+    let body = axum::body::Body::from_stream(tokio_stream::StreamExt::map(stream, |b| b.map(|b| b.data)));
+    let disposition = format!("attachment; filename=\"gramzoom-{}.{ext}\"", html::url_segment(&job.id));
+    let mut response = body.into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(job.output_size));
+    if let Ok(v) = HeaderValue::from_str(&disposition) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests;
