@@ -3,6 +3,8 @@
 #   - Debian packages for ffmpeg-next (FFmpeg 5.1 dev headers, clang for bindgen, pkg-config)
 #   - libtorch 2.11.0, taken from the PyPI torch==2.11.0 wheel, into a prefix outside the repo
 # Prints the environment lines to use (`source <(scripts/setup.sh --env)` style is supported via scripts/env.sh).
+#   - with --browser: Debian's Chromium and ChromeDriver and axe-core (npm), for the dashboard's
+#     browser tests (scripts/test.sh passes it; images and plain renders do not need them)
 #   - with --cuda: also the CUDA libraries libtorch_cuda loads, for `cargo build -p cli --features
 #     cuda` and the worker image; with --no-torch: no libtorch at all (the coordinator image).
 # deploy/Dockerfile.* run this very script, so images are built the way CI builds.
@@ -10,11 +12,13 @@ set -euo pipefail
 
 CUDA=0
 TORCH=1
+BROWSER=0
 for arg in "$@"; do
   case "$arg" in
     --cuda) CUDA=1 ;;
     --no-torch) TORCH=0 ;;
-    *) echo "usage: scripts/setup.sh [--cuda | --no-torch]" >&2; exit 2 ;;
+    --browser) BROWSER=1 ;;
+    *) echo "usage: scripts/setup.sh [--cuda | --no-torch] [--browser]" >&2; exit 2 ;;
   esac
 done
 
@@ -24,9 +28,16 @@ TORCH_PREFIX="$DEPS_DIR/torch-$TORCH_VERSION"
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
+packages=(pkg-config clang libclang-dev libavcodec-dev libavformat-dev libavutil-dev
+          libswscale-dev libavfilter-dev libavdevice-dev libswresample-dev ffmpeg libsqlite3-dev)
+# The browser tests drive Debian's Chromium through its ChromeDriver (W3C WebDriver).
+if [ "$BROWSER" -eq 1 ]; then
+  packages+=(chromium chromium-driver fonts-dejavu-core)
+  # A machine's own Node.js (not Debian's) brings its npm; Debian's would conflict with it.
+  command -v npm >/dev/null || packages+=(npm)
+fi
 need_apt=()
-for pkg in pkg-config clang libclang-dev libavcodec-dev libavformat-dev libavutil-dev \
-           libswscale-dev libavfilter-dev libavdevice-dev libswresample-dev ffmpeg libsqlite3-dev; do
+for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 # pip fetches libtorch (and the CI tools of scripts/test.sh).
@@ -76,5 +87,18 @@ if [ "$CUDA" -eq 1 ]; then
     log "installing the CUDA libraries libtorch_cuda loads into $TORCH_PREFIX"
     python3 -m pip install -q --disable-pip-version-check --no-deps --upgrade --target "$TORCH_PREFIX" "${CUDA_WHEELS[@]}"
     printf '%s' "${CUDA_WHEELS[*]}" > "$marker"
+  fi
+fi
+
+# axe-core, the accessibility checker the browser tests run on every dashboard page; pinned.
+AXE_VERSION="4.10.3"
+if [ "$BROWSER" -eq 1 ]; then
+  axe="$DEPS_DIR/npm/node_modules/axe-core"
+  if [ -f "$axe/axe.min.js" ] && grep -q "\"version\": \"$AXE_VERSION\"" "$axe/package.json"; then
+    log "axe-core $AXE_VERSION already in $axe"
+  else
+    log "installing axe-core $AXE_VERSION into $DEPS_DIR/npm"
+    mkdir -p "$DEPS_DIR/npm"
+    npm install --silent --no-audit --no-fund --prefix "$DEPS_DIR/npm" "axe-core@$AXE_VERSION" >/dev/null
   fi
 fi

@@ -4,7 +4,7 @@
 # libtorch's C++ glue with `cargo build --release` instead of compiling it a second time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --browser
 source scripts/env.sh
 cargo fmt --all -- --check
 cargo test --release --workspace

@@ -95,7 +95,7 @@ fn a_worker_cannot_act_on_another_workers_attempt() {
     let heartbeat = v1::HeartbeatRequest { attempt_id: attempt, frames_done: 2, ..Default::default() };
     let fail = v1::FailSegmentRequest { attempt_id: attempt, reason: "sabotage".into(), ..Default::default() };
     let denials = [
-        rt.block_on(other.client.heartbeat(heartbeat)).map(|_| ()),
+        rt.block_on(other.client.heartbeat(heartbeat.clone())).map(|_| ()),
         rt.block_on(other.client.fail_segment(fail)).map(|_| ()),
         rt.block_on(other.client.fetch_style(v1::FetchRequest { attempt_id: attempt })).map(|_| ()),
         other.complete(&c, attempt, b"garbage", &coordinator::sha256_hex(b"garbage")),
@@ -110,7 +110,7 @@ fn a_worker_cannot_act_on_another_workers_attempt() {
         let credentials = proto::auth::Credentials::new(Some(WORKER)).unwrap();
         let channel = tonic::transport::Endpoint::from_shared(c.url()).unwrap().connect().await.unwrap();
         let mut client = v1::worker_service_client::WorkerServiceClient::with_interceptor(channel, credentials);
-        client.heartbeat(heartbeat).await
+        client.heartbeat(heartbeat.clone()).await
     });
     assert_eq!(no_session.unwrap_err().code(), Code::Unauthenticated);
 

@@ -5,8 +5,10 @@ mod helpers;
 
 mod auth;
 mod blame;
+mod browser;
 mod cli_errors;
 mod cluster;
+mod dashboard;
 mod farm;
 mod handoff;
 mod hostile;

@@ -123,6 +123,11 @@ fn line(job: &v1::Job) -> String {
         job.segment_frames,
         size
     );
+    if job.fps > 0.0 {
+        // The pace the coordinator measured from the running segment's heartbeats.
+        let left = f64::from(job.frames_total.saturating_sub(job.frames_done)) / job.fps;
+        s.push_str(&format!("  {:.2} fps, about {:.0} s left", job.fps, left));
+    }
     if !job.error.is_empty() {
         s.push_str(&format!("  ({})", job.error));
     }

@@ -1,18 +1,23 @@
 // gramzoom's dashboard: keeps a page live from its Server-Sent Events, and asks before actions.
-// Each event's data is an element id, a newline, then that element's new HTML (for an <img>,
-// its new address). No framework, no build step.
+// Each event's data is an element id, the digest of the new content, then that content (for an
+// <img>, its new address), a newline apart. An element already holding content of that digest
+// (its data-v) is left alone, so nothing is re-created that did not change. No framework, no
+// build step.
 "use strict";
 
 function connect(url) {
   const events = new EventSource(url);
   events.onmessage = (e) => {
-    const cut = e.data.indexOf("\n");
-    if (cut < 0) return;
-    const el = document.getElementById(e.data.slice(0, cut));
-    const value = e.data.slice(cut + 1);
-    if (!el) return;
+    const a = e.data.indexOf("\n");
+    const b = e.data.indexOf("\n", a + 1);
+    if (a < 0 || b < 0) return;
+    const el = document.getElementById(e.data.slice(0, a));
+    const version = e.data.slice(a + 1, b);
+    const value = e.data.slice(b + 1);
+    if (!el || el.dataset.v === version) return;
+    el.dataset.v = version;
     if (el.tagName === "IMG") {
-      if (value && el.getAttribute("src") !== value) {
+      if (value) {
         // Swap only once the new frame has loaded: no flash of an empty box.
         const next = new Image();
         next.onload = () => { el.src = value; };
@@ -21,9 +26,7 @@ function connect(url) {
     } else {
       el.innerHTML = value;
     }
-    document.body.dataset.live = "on";
   };
-  events.onerror = () => { document.body.dataset.live = "reconnecting"; };
 }
 
 document.addEventListener("DOMContentLoaded", () => {

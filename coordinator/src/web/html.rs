@@ -38,6 +38,20 @@ pub fn url_segment(s: &str) -> String {
     out
 }
 
+/// A short digest of a live fragment: the page marks each live element with the digest of what
+/// it holds (`data-v`), events carry the digest of what they bring, and the page skips events
+/// that bring what it has. Without it the first event after a load re-created every live part
+/// of the page, and a button about to be clicked could vanish under the pointer.
+pub fn version(fragment: &str) -> String {
+    use sha2::{Digest, Sha256};
+    proto::params::hex(&Sha256::digest(fragment.as_bytes())[..8])
+}
+
+/// ` id="ID" data-v="..."`: the attributes of a live element holding `fragment`.
+pub fn live(id: &str, fragment: &str) -> String {
+    format!(" id=\"{id}\" data-v=\"{}\"", version(fragment))
+}
+
 /// Which page of the top navigation is open.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Nav {

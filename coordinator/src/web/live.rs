@@ -3,8 +3,9 @@
 //! any-job channel for the lists), never on a timer alone, and sends only the fragments that
 //! differ from what it sent before. A slow timer still refreshes the "5 s ago" kind of text.
 //!
-//! An event's data is the target element's id, a newline, and the new HTML (for an `<img>`, its
-//! new address); `app.js` puts it in place.
+//! An event's data is the target element's id, the digest of the new content (`html::version`),
+//! and the new HTML (for an `<img>`, its new address), a newline apart; `app.js` puts it in
+//! place unless the element already holds content of that digest.
 
 use super::pages::{self, caption_html, preview_src, segments_html, summary_html, Filter};
 use super::{Viewer, Web};
@@ -22,8 +23,11 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 /// Live streams open at once, over all viewers: each holds a task and re-reads the database on
 /// changes, so their number is bounded like everything else a client can open.
 pub const MAX_LIVE_STREAMS: usize = 256;
-/// Changes closer together than this are sent as one update.
+/// Changes of one job closer together than this are sent as one update.
 const COALESCE: Duration = Duration::from_millis(300);
+/// The same for the lists, which every heartbeat of every worker wakes and which read up to
+/// `MAX_LISTED_JOBS` jobs each time.
+const COALESCE_LISTS: Duration = Duration::from_secs(1);
 /// Ages ("12 s ago") are refreshed this often even when nothing changes.
 const REFRESH: Duration = Duration::from_secs(10);
 
@@ -45,7 +49,7 @@ impl Sent {
             if self.0.get(target) == Some(&html) {
                 continue;
             }
-            let event = Event::default().data(format!("{target}\n{html}"));
+            let event = Event::default().data(format!("{target}\n{}\n{html}", super::html::version(&html)));
             if tx.send(Ok(event)).await.is_err() {
                 return false;
             }
@@ -80,9 +84,9 @@ where
 
 /// Waits for the next change `wake` reports, at most [`REFRESH`], then a moment for the rest of
 /// a burst.
-async fn next_change(wake: impl std::future::Future<Output = ()>) {
+async fn next_change(wake: impl std::future::Future<Output = ()>, coalesce: Duration) {
     let _ = tokio::time::timeout(REFRESH, wake).await;
-    tokio::time::sleep(COALESCE).await;
+    tokio::time::sleep(coalesce).await;
 }
 
 pub(crate) async fn jobs_events(State(web): State<Web>, headers: HeaderMap, Query(filter): Query<Filter>) -> Response {
@@ -101,12 +105,15 @@ pub(crate) async fn jobs_events(State(web): State<Web>, headers: HeaderMap, Quer
             if !sent.send(&tx, vec![("jobs-body", pages::jobs_html(&jobs, now_ms()))]).await {
                 return;
             }
-            next_change(async {
-                tokio::select! {
-                    _ = any.changed() => {}
-                    _ = changes.changed() => {}
-                }
-            })
+            next_change(
+                async {
+                    tokio::select! {
+                        _ = any.changed() => {}
+                        _ = changes.changed() => {}
+                    }
+                },
+                COALESCE_LISTS,
+            )
             .await;
         }
     })
@@ -150,7 +157,7 @@ pub(crate) async fn job_events(State(web): State<Web>, headers: HeaderMap, Path(
             if !sent.send(&tx, parts).await {
                 return;
             }
-            next_change(mine.changed()).await;
+            next_change(mine.changed(), COALESCE).await;
         }
     })
 }
@@ -169,12 +176,15 @@ pub(crate) async fn workers_events(State(web): State<Web>, headers: HeaderMap) -
             if !sent.send(&tx, vec![("workers-body", rows)]).await {
                 return;
             }
-            next_change(async {
-                tokio::select! {
-                    _ = any.changed() => {}
-                    _ = changes.changed() => {}
-                }
-            })
+            next_change(
+                async {
+                    tokio::select! {
+                        _ = any.changed() => {}
+                        _ = changes.changed() => {}
+                    }
+                },
+                COALESCE_LISTS,
+            )
             .await;
         }
     })

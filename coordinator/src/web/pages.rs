@@ -96,6 +96,7 @@ pub(crate) async fn jobs_page(State(web): State<Web>, headers: HeaderMap, Query(
         Ok(j) => j,
         Err(e) => return refused(&e.into()),
     };
+    let rows = jobs_html(&jobs, now_ms());
     let mut body = String::from("<h1>Jobs</h1><nav class=\"filters\" aria-label=\"filter by state\">");
     for f in std::iter::once("all").chain(db::STATE_FILTERS) {
         let chosen = state.as_deref().unwrap_or("all") == f;
@@ -108,8 +109,8 @@ pub(crate) async fn jobs_page(State(web): State<Web>, headers: HeaderMap, Query(
         "</nav><div class=\"scroll\"><table class=\"jobs\"><caption class=\"sr\">Jobs, newest first</caption><thead><tr>\
          <th scope=\"col\">Job</th><th scope=\"col\">State</th><th scope=\"col\">Frames</th>\
          <th scope=\"col\" class=\"r\">fps</th><th scope=\"col\" class=\"r\">ETA</th><th scope=\"col\" class=\"r\">Priority</th>\
-         <th scope=\"col\">Size</th><th scope=\"col\">Age</th></tr></thead><tbody id=\"jobs-body\">{}</tbody></table></div>",
-        jobs_html(&jobs, now_ms())
+         <th scope=\"col\">Size</th><th scope=\"col\">Age</th></tr></thead><tbody{}>{rows}</tbody></table></div>",
+        html::live("jobs-body", &rows)
     );
     let events = match &state {
         Some(s) => format!("/jobs/events?state={s}"),
@@ -187,32 +188,37 @@ pub(crate) async fn job_page(State(web): State<Web>, headers: HeaderMap, Path(id
     let spec = job.spec.clone().unwrap_or_default();
     let p = spec.params.clone().unwrap_or_default();
     let title = if spec.name.is_empty() { job.id.clone() } else { spec.name.clone() };
+    let summary = summary_html(&job, now);
+    let src = preview_src(&job.id, preview.map(|p| p.0), has_poster);
+    let caption = caption_html(preview.map(|p| p.1), has_poster);
     let mut body = String::new();
     let _ = write!(
         body,
         "<p class=\"crumbs\"><a href=\"/jobs\">Jobs</a> / {id}</p><h1>{title}</h1>\
          <div class=\"job\"><section aria-labelledby=\"h-progress\"><h2 id=\"h-progress\">Progress</h2>\
-         <div id=\"job-summary\" aria-live=\"polite\">{summary}</div>{actions}</section>\
-         <figure class=\"preview\"><img id=\"job-preview\" width=\"{w}\" height=\"{h}\" alt=\"the latest rendered frame\"{src}>\
-         <figcaption id=\"job-caption\">{caption}</figcaption></figure></div>",
+         <div{summary_at} aria-live=\"polite\">{summary}</div>{actions}</section>\
+         <figure class=\"preview\"><img{preview_at} width=\"{w}\" height=\"{h}\" alt=\"the latest rendered frame\"{src}>\
+         <figcaption{caption_at}>{caption}</figcaption></figure></div>",
+        summary_at = html::live("job-summary", &summary),
+        preview_at = html::live("job-preview", src.as_deref().unwrap_or_default()),
+        caption_at = html::live("job-caption", &caption),
         id = Esc(&job.id),
         title = Esc(&title),
-        summary = summary_html(&job, now),
         actions = actions_html(&job, &token),
         w = p.width.max(1),
         h = p.height.max(1),
-        src = match preview_src(&job.id, preview.map(|p| p.0), has_poster) {
-            Some(s) => format!(" src=\"{}\"", Esc(&s)),
+        src = match &src {
+            Some(s) => format!(" src=\"{}\"", Esc(s)),
             None => String::new(),
         },
-        caption = caption_html(preview.map(|p| p.1), has_poster),
     );
+    let segments = segments_html(&job, now);
     let _ = write!(
         body,
         "<section aria-labelledby=\"h-segments\"><h2 id=\"h-segments\">Segments</h2><div class=\"scroll\"><table class=\"segments\">\
          <thead><tr><th scope=\"col\">#</th><th scope=\"col\">Frames</th><th scope=\"col\">State</th><th scope=\"col\">Attempts</th></tr></thead>\
-         <tbody id=\"job-segments\">{}</tbody></table></div></section>",
-        segments_html(&job, now)
+         <tbody{}>{segments}</tbody></table></div></section>",
+        html::live("job-segments", &segments)
     );
     body.push_str("<section aria-labelledby=\"h-params\"><h2 id=\"h-params\">Parameters</h2><dl class=\"params\">");
     let layers = if p.layers.is_empty() {
@@ -310,7 +316,8 @@ pub(crate) fn summary_html(job: &v1::Job, now: i64) -> String {
 
 /// Cancel, delete and retry, as the job's state allows; each asks first (app.js).
 fn actions_html(job: &v1::Job, token: &str) -> String {
-    format!("<div class=\"actions\" id=\"job-actions\">{}</div>", actions_inner(job, token))
+    let inner = actions_inner(job, token);
+    format!("<div class=\"actions\"{}>{inner}</div>", html::live("job-actions", &inner))
 }
 
 /// The forms inside the actions' box (what live updates replace).
@@ -390,7 +397,8 @@ pub(crate) async fn workers_page(State(web): State<Web>, headers: HeaderMap) -> 
         "<h1>Workers</h1><div class=\"scroll\"><table class=\"workers\"><caption class=\"sr\">Workers seen lately, newest first</caption>\
          <thead><tr><th scope=\"col\">Worker</th><th scope=\"col\">Device</th><th scope=\"col\">Doing</th>\
          <th scope=\"col\" class=\"r\">fps</th><th scope=\"col\">Last heartbeat</th><th scope=\"col\" class=\"r\">Segments</th>\
-         <th scope=\"col\" class=\"r\">Failures</th><th scope=\"col\">Weights</th></tr></thead><tbody id=\"workers-body\">{rows}</tbody></table></div>"
+         <th scope=\"col\" class=\"r\">Failures</th><th scope=\"col\">Weights</th></tr></thead><tbody{live}>{rows}</tbody></table></div>",
+        live = html::live("workers-body", &rows)
     );
     let token = web.form_token(&viewer);
     Html(html::page("Workers", Nav::Workers, Some(&web.who(&viewer, &token)), Some("/workers/events"), &body))
