@@ -4,7 +4,7 @@
 //! `target/screenshots/` (see `browser::screenshots_dir`), and axe-core checks each page.
 
 use crate::browser::{axe_script, screenshots_dir, Browser};
-use crate::farm::{Cluster, ALICE};
+use crate::farm::{Cluster, FakeWorker, ALICE};
 use proto::v1;
 use serde_json::{json, Value};
 
@@ -135,4 +135,51 @@ fn a_user_watches_her_farm_live_in_a_real_browser() {
     let caption = browser.eval("return document.getElementById('job-caption').textContent;", json!([]));
     assert_eq!(caption, json!("Frame 59"), "the last frame shows once the movie is done");
     browser.screenshot(&shots.join("done.png"));
+}
+
+/// `GET` on the dashboard as alice: the status and the body's bytes.
+fn get_as_alice(http: &str, path: &str) -> (u16, Vec<u8>) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut r = agent.get(&format!("{http}{path}")).header("authorization", &format!("Bearer {ALICE}")).call().unwrap();
+    (r.status().as_u16(), r.body_mut().read_to_vec().unwrap())
+}
+
+#[test]
+fn a_workers_preview_is_checked_before_anyone_sees_it_and_costs_no_heartbeat() {
+    let c = Cluster::start("30", &["--http", "127.0.0.1:0"]);
+    let http = format!("http://{}", c.coordinator.as_ref().unwrap().http_addr());
+    let id = c.submit(&["--size", "64x48", "--frames", "4"]);
+    let mut w = FakeWorker::register(&c);
+    let a = w.acquire(&c);
+    let preview_path = format!("/jobs/{id}/preview.jpg");
+    let heartbeat = |w: &mut FakeWorker, jpeg: Vec<u8>| {
+        let preview = Some(v1::Preview { jpeg, frame: 1 });
+        let r = v1::HeartbeatRequest {
+            attempt_id: a.attempt_id,
+            frames_done: 1,
+            iterations: 5,
+            preview,
+            ..Default::default()
+        };
+        c.runtime.block_on(w.client.heartbeat(r)).map(|_| ())
+    };
+    let jpeg = |w: u32, h: u32| {
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80)
+            .encode_image(&image::RgbImage::from_pixel(w, h, image::Rgb([200, 40, 40])))
+            .unwrap();
+        out
+    };
+    let html = b"<html><script>alert(1)</script></html>".to_vec();
+    for (bad, what) in
+        [(html, "a page posing as a preview"), (jpeg(2000, 10), "too wide"), (vec![0xff; 70_000], "too big")]
+    {
+        heartbeat(&mut w, bad).unwrap_or_else(|s| panic!("{what}: the heartbeat itself was refused: {s}"));
+        assert_eq!(get_as_alice(&http, &preview_path).0, 404, "{what} was kept");
+    }
+    heartbeat(&mut w, jpeg(64, 48)).unwrap();
+    let (status, body) = get_as_alice(&http, &preview_path);
+    assert_eq!(status, 200);
+    assert_eq!(image::load_from_memory(&body).unwrap().width(), 64);
+    assert!(c.logs().contains("preview dropped"), "refusals are logged: {}", c.logs());
 }

@@ -5,7 +5,7 @@ use super::transfer::{stream_file, BoxStream, Incoming};
 use super::{caller, Api};
 use crate::error::{Error, Result};
 use crate::store::keys;
-use crate::{db, inspect, lease, now_ms, Live};
+use crate::{db, inspect, lease, now_ms};
 use proto::v1::worker_service_server::WorkerService;
 use proto::v1::{self, complete_segment_request};
 use sha2::{Digest, Sha256};
@@ -120,7 +120,7 @@ impl WorkerService for Api {
                     live.remove(&stalest);
                 }
             }
-            let entry = live.entry(cur.job).or_insert_with(Live::default);
+            let entry = live.entry(cur.job).or_default();
             if cur.idx == 0 && r.warmup_total > 0 {
                 (entry.warmup_done, entry.warmup_total) = (r.warmup_done, r.warmup_total);
             }

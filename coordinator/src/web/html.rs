@@ -100,7 +100,7 @@ pub fn page(title: &str, nav: Nav, who: Option<&Who>, events: Option<&str>, body
     if let Some(events) = events {
         let _ = write!(out, " data-events=\"{}\"", Esc(events));
     }
-    let _ = write!(out, ">{body}</main></body></html>\n");
+    let _ = writeln!(out, ">{body}</main></body></html>");
     out
 }
 

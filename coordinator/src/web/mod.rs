@@ -97,12 +97,17 @@ pub(crate) enum Denied {
     SignIn,
     /// A token whose role may not use the dashboard (a worker's, a metrics scraper's).
     Role(Role),
+    /// Without `--auth`, a request addressed to a host name (see [`addressed_by_ip`]).
+    Host,
 }
 
 impl Web {
     /// The viewer of a request: a bearer header first, then the cookie.
     fn viewer(&self, headers: &HeaderMap) -> Result<Viewer, Denied> {
         let Some(tokens) = &self.coordinator().config.auth else {
+            if !addressed_by_ip(headers) {
+                return Err(Denied::Host);
+            }
             return Ok(Viewer { principal: Principal::open(), credential: String::new() });
         };
         let bearer = headers
@@ -136,6 +141,15 @@ impl IntoResponse for Denied {
     fn into_response(self) -> Response {
         match self {
             Denied::SignIn => Redirect::to("/login").into_response(),
+            Denied::Host => {
+                let body = html::message_page(
+                    "Address this coordinator by its IP address",
+                    "without --auth the dashboard answers only requests to an IP address or localhost, so that \
+                     another site cannot reach it through a name of its own (DNS rebinding); serve it with --auth \
+                     to use a host name",
+                );
+                (StatusCode::MISDIRECTED_REQUEST, body).into_response()
+            }
             Denied::Role(role) => {
                 let body = html::message_page(
                     "Not for this token",
@@ -159,9 +173,24 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// Whether the request's `Host` is an IP address or `localhost`. An open dashboard on loopback
+/// trusts whoever reaches it; a page of another site whose name was re-pointed at 127.0.0.1 (DNS
+/// rebinding) would reach it as its own origin and could read the form tokens, but it has to
+/// call the dashboard by that name.
+fn addressed_by_ip(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
 /// A cookie's hex back into the token; `None` for anything that is not hex of printable ASCII.
 fn unhex(s: &str) -> Option<String> {
-    if s.len() % 2 != 0 || s.len() > 2 * proto::auth::MAX_TOKEN_LEN {
+    if !s.len().is_multiple_of(2) || s.len() > 2 * proto::auth::MAX_TOKEN_LEN {
         return None;
     }
     let bytes: Option<Vec<u8>> =

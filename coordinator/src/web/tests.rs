@@ -184,3 +184,26 @@ async fn a_preview_is_served_once_a_worker_sent_one_and_the_page_carries_no_inli
     let csp = headers.get(header::CONTENT_SECURITY_POLICY).unwrap().to_str().unwrap();
     assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
 }
+
+#[tokio::test]
+async fn an_open_dashboard_answers_only_to_ip_addresses_against_dns_rebinding() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::open(Config::new(dir.path().to_path_buf())).unwrap();
+    let app = router(coordinator);
+    for (host, want) in [
+        (Some("127.0.0.1:9090"), StatusCode::OK),
+        (Some("localhost:9090"), StatusCode::OK),
+        (Some("[::1]:9090"), StatusCode::OK),
+        (Some("10.1.2.3"), StatusCode::OK),
+        (Some("evil.example:9090"), StatusCode::MISDIRECTED_REQUEST),
+        (Some("127.0.0.1.evil.example"), StatusCode::MISDIRECTED_REQUEST),
+        (None, StatusCode::MISDIRECTED_REQUEST),
+    ] {
+        let mut r = Request::get("/jobs");
+        if let Some(h) = host {
+            r = r.header(header::HOST, h);
+        }
+        let status = app.clone().oneshot(r.body(Body::empty()).unwrap()).await.unwrap().status();
+        assert_eq!(status, want, "{host:?}");
+    }
+}
