@@ -100,6 +100,10 @@ pub async fn render(
 
     let mut config = coordinator::Config::new(scratch.0.join("coordinator"));
     config.segment_frames = outputs.segment_frames.unwrap_or(params.frames).max(1);
+    // The segments are the user's (`--segment-frames`) or one: never resized from a measured
+    // pace, which would move chunk boundaries with the machine's load and with them the bytes
+    // of the output (the frames stay the same).
+    config.segment_secs = 0.0;
     // A local failure would fail again: no retries. Heartbeats often, for a smooth progress bar.
     config.max_attempts = 1;
     config.lease = Duration::from_secs(60);
@@ -112,7 +116,7 @@ pub async fn render(
         let spec = v1::JobSpec {
             params: Some(proto::wire::params_to_wire(&params)),
             output: proto::wire::output_to_wire(kind) as i32,
-            segment_frames: 0,
+            segment_frames: outputs.segment_frames.unwrap_or(0),
             priority: 0,
             name: style_name.into(),
         };
