@@ -79,6 +79,16 @@ pub fn detail_bands(image: &Tensor) -> Vec<f64> {
         .collect()
 }
 
+/// Mean luma gradient (|d Y| over both axes, 8-bit levels): how much fine detail an image
+/// holds. A blurred texture scores low, sharp strokes and grain high.
+pub fn luma_gradient(image: &Tensor) -> f64 {
+    let t = image.to_kind(Kind::Double).squeeze_dim(0) * 255.0;
+    let y = t.get(0) * 0.299 + t.get(1) * 0.587 + t.get(2) * 0.114;
+    let (h, w) = (y.size()[0], y.size()[1]);
+    (y.narrow(0, 1, h - 1) - y.narrow(0, 0, h - 1)).abs().mean(Kind::Double).double_value(&[])
+        + (y.narrow(1, 1, w - 1) - y.narrow(1, 0, w - 1)).abs().mean(Kind::Double).double_value(&[])
+}
+
 /// Mean chroma gradient (|d Cb| + |d Cr| over both axes, 8-bit levels): colour speckle that
 /// luma measures miss. Painted and photographed textures change hue mostly at edges.
 pub fn chroma_gradient(image: &Tensor) -> f64 {

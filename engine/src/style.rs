@@ -1,7 +1,7 @@
 //! The style image: decoding, and resizing it to the scale the user asked for.
 
 use crate::error::{EngineError, ParamError, Result};
-use crate::params::hex;
+use crate::params::{hex, StyleScale};
 use image::imageops::FilterType;
 use image::RgbImage;
 use sha2::{Digest, Sha256};
@@ -70,10 +70,16 @@ impl Style {
     }
 
     /// The size the style takes for an output whose shorter side is `out_short`: its own aspect,
-    /// with its shorter side `scale` times the output's.
-    pub fn scaled_size(&self, out_short: u32, scale: f64) -> Result<(u32, u32), ParamError> {
+    /// scaled as `scale` says, and never with a shorter side below what VGG's deepest layers see.
+    pub fn scaled_size(&self, out_short: u32, scale: StyleScale) -> Result<(u32, u32), ParamError> {
         let (w, h) = (self.image.width() as f64, self.image.height() as f64);
-        let k = (out_short as f64 * scale).max(MIN_STYLE_SIDE as f64) / w.min(h);
+        // The shorter side the style gets (computed as it always was for a number, so renders
+        // with an explicit --style-scale keep their exact sizes).
+        let target = match scale {
+            StyleScale::Times(k) => out_short as f64 * k,
+            StyleScale::Auto => w.min(h).min(out_short as f64),
+        };
+        let k = target.max(MIN_STYLE_SIDE as f64) / w.min(h);
         let size = ((w * k).round().max(1.0) as u32, (h * k).round().max(1.0) as u32);
         if size.0 as u64 * size.1 as u64 > MAX_STYLE_PIXELS {
             return Err(ParamError::new(

@@ -17,7 +17,7 @@ pub fn params_to_wire(p: &RenderParams) -> v1::RenderParams {
         seed: p.seed,
         optimizer: p.optimizer.name().into(),
         learning_rate: p.learning_rate,
-        style_scale: p.style_scale,
+        style_scale: p.style_scale.to_wire(),
         network: p.network.name().into(),
         layers: p.layers.iter().map(|(name, weight)| v1::LayerWeight { name: name.clone(), weight: *weight }).collect(),
     }
@@ -36,7 +36,7 @@ pub fn params_from_wire(w: &v1::RenderParams) -> Result<RenderParams, ParamError
         seed: w.seed,
         optimizer: w.optimizer.parse::<OptimizerKind>()?,
         learning_rate: w.learning_rate,
-        style_scale: w.style_scale,
+        style_scale: crate::params::StyleScale::from_wire(w.style_scale),
         network: w.network.parse::<Network>()?,
         layers: w.layers.iter().map(|l| (l.name.clone(), l.weight)).collect(),
     };

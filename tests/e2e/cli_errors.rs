@@ -32,7 +32,10 @@ fn bad_input_is_rejected_with_the_field_named_and_no_output_left() {
         (vec![wheat, "-o", &out, "--zoom", "0.5"], "--zoom: magnification per second must be between 1.0 and 16.0"),
         (vec![wheat, "-o", &out, "--iters", "0"], "--iters: must be between 1 and"),
         (vec![wheat, "-o", &out, "--warmup", "1000000"], "--warmup: must be at most"),
-        (vec![wheat, "-o", &out, "--style-scale", "0"], "--style-scale: must be between 0.05 and 8.0"),
+        (
+            vec![wheat, "-o", &out, "--style-scale", "0"],
+            "'--style-scale <STYLE_SCALE>': must be auto or a number between 0.05 and 8.0",
+        ),
         (vec![wheat, "-o", &out, "--optimizer", "sgd"], "--optimizer: expected adam or lbfgs"),
         (vec![wheat, "-o", &out, "--network", "resnet"], "--network: expected vgg16 or vgg19"),
         (vec![wheat, "-o", &out, "--layers", "conv9_1"], "--layers: vgg16 has no layer \"conv9_1\""),

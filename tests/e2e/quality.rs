@@ -1,7 +1,8 @@
 //! Quality, measured on a small movie: no lines through the zoom's centre, each frame is the
 //! previous one zoomed, and colours and the scale of detail follow the style.
 
-use engine::quality::{centre_line_ratio, colour_stats, detail_distance, rms};
+use engine::params::StyleScale;
+use engine::quality::{centre_line_ratio, colour_stats, detail_distance, luma_gradient, rms};
 use engine::style::Style;
 use engine::vgg::Vgg;
 use engine::zoom::{jitter, Zoom};
@@ -12,7 +13,7 @@ fn movie_is_a_clean_zoom_in_the_style() {
     let device = tch::Device::Cpu;
     let style = Style::open(&crate::helpers::example("immunohistochemistry.png")).unwrap();
     let params = RenderParams { width: 96, height: 80, frames: 40, warmup: 90, iters: 4, ..RenderParams::default() };
-    let reference = style.tensor(style.scaled_size(80, 1.0).unwrap(), device);
+    let reference = style.tensor(style.scaled_size(80, params.style_scale).unwrap(), device);
     let engine = Engine::new(params.clone(), style, Vgg::random(params.network, device), device).unwrap();
     let mut state = engine.initial_state(&mut |_| {}).unwrap();
     let mut frames = Vec::new();
@@ -55,4 +56,50 @@ fn movie_is_a_clean_zoom_in_the_style() {
     }
     let detail = detail_distance(&last, &reference);
     assert!(detail < 1.0, "detail-scale distance {detail:.2} (1.0 = bands off by 2x on average)");
+}
+
+/// A style smaller than the output (a phone photo for an HD movie) keeps its own fine detail with
+/// `--style-scale auto`; blown up to the output's size (`1.0`, the old default) it is blurred
+/// first and the frames copy the blur.
+#[test]
+fn a_small_style_keeps_its_fine_detail_in_a_larger_movie() {
+    let device = tch::Device::Cpu;
+    // 96x64 of brush strokes at the painting's own resolution, for a 192x128 movie.
+    let painting = image::open(crate::helpers::example("wheatfield.jpg")).unwrap().to_rgb8();
+    let crop = image::imageops::crop_imm(&painting, 600, 300, 96, 64).to_image();
+    let mut png = std::io::Cursor::new(Vec::new());
+    crop.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let own = engine::style::rgb_to_tensor(&crop);
+    let style_detail = luma_gradient(&own);
+    let mut kept = Vec::new();
+    for scale in [StyleScale::Auto, StyleScale::Times(1.0)] {
+        let style = Style::from_bytes(png.get_ref(), std::path::Path::new("crop.png")).unwrap();
+        let params = RenderParams {
+            width: 192,
+            height: 128,
+            frames: 8,
+            warmup: 80,
+            iters: 4,
+            style_scale: scale,
+            ..RenderParams::default()
+        };
+        let engine = Engine::new(params.clone(), style, Vgg::random(params.network, device), device).unwrap();
+        let mut state = engine.initial_state(&mut |_| {}).unwrap();
+        let mut detail = Vec::new();
+        let mut measure = |f: engine::Frame| {
+            detail.push(luma_gradient(&f.to_tensor()));
+            Ok(())
+        };
+        engine.render(&mut state, params.frames, &mut measure, &mut |_| {}).unwrap();
+        kept.push(detail.iter().sum::<f64>() / detail.len() as f64 / style_detail);
+    }
+    let (auto, upscaled) = (kept[0], kept[1]);
+    eprintln!("fine detail kept: auto {:.0}%, upscaled {:.0}%", auto * 100.0, upscaled * 100.0);
+    assert!(auto > 0.8, "auto keeps {:.0}% of the style's fine detail", auto * 100.0);
+    assert!(
+        auto > upscaled * 1.2,
+        "auto {:.0}% vs upscaled {:.0}% of the style's detail",
+        auto * 100.0,
+        upscaled * 100.0
+    );
 }

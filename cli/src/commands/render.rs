@@ -5,7 +5,7 @@ use crate::progress::Bar;
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use engine::device::DeviceThread;
-use engine::params::{parse_size, Fps, OptimizerKind, RenderParams};
+use engine::params::{parse_size, Fps, OptimizerKind, RenderParams, StyleScale};
 use engine::style::Style;
 use engine::vgg::{Network, WeightsOrigin};
 use engine::{Engine, ParamError};
@@ -43,9 +43,13 @@ pub struct RenderFlags {
     /// Optimiser step size (default: 0.02 for adam, 1 for lbfgs).
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Style image size relative to the output (shorter sides).
-    #[arg(long, default_value_t = 1.0)]
-    pub style_scale: f64,
+    /// How big the style is made before its texture is measured. auto (the default): at the
+    /// output's scale when the style is larger (its shorter side made the output's), at its own
+    /// pixel size when smaller, since upscaling a style adds blur, never detail. A number X: the
+    /// style's shorter side X times the output's, up or down (0.05 to 8); below 1 the texture
+    /// comes out finer, above 1 coarser.
+    #[arg(long, default_value = "auto", value_parser = parse_style_scale)]
+    pub style_scale: StyleScale,
     /// vgg16 or vgg19.
     #[arg(long, default_value = "vgg16")]
     pub network: String,
@@ -199,4 +203,8 @@ pub fn run(args: Args, bar: &Bar) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn parse_style_scale(s: &str) -> Result<StyleScale, String> {
+    s.parse::<StyleScale>().map_err(|e| e.message)
 }

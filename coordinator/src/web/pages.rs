@@ -242,7 +242,7 @@ pub(crate) async fn job_page(State(web): State<Web>, headers: HeaderMap, Path(id
         ),
         ("Network", p.network.clone()),
         ("Layers", layers),
-        ("Style scale", format!("{}", p.style_scale)),
+        ("Style scale", proto::params::StyleScale::from_wire(p.style_scale).to_string()),
         ("Seed", p.seed.to_string()),
         ("Output", output.to_string()),
         ("Priority", spec.priority.to_string()),
