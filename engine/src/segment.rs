@@ -188,8 +188,11 @@ impl Engine {
                 if k % run == 0 {
                     shift = (rolls.below(sh as u64) as i64, rolls.below(sw as u64) as i64);
                 }
-                let loss = self.iterate(target, &mut image, &mut optim, shift, u32::MAX)?;
+                let loss = self.iterate(target, &mut image, &mut optim, shift)?;
                 done += 1;
+                // The loss is read back (a device sync) only now and then, not every iteration.
+                let checked = k + 1 == n || done % WARMUP_CHECK_EVERY == 0;
+                let loss = if checked { finite(&loss, u32::MAX)? } else { f64::NAN };
                 progress(Progress {
                     frames_done: 0,
                     frames_total: 0,
@@ -242,21 +245,28 @@ impl Engine {
             }
             let mut rolls = Stream::new(self.params.seed, i as u64, Purpose::Roll);
             let mut shift = (0, 0);
-            let mut loss = 0.0;
+            let mut last = None;
             for k in 0..self.params.iters {
                 if k % roll_every == 0 {
                     shift = (rolls.below(h as u64) as i64, rolls.below(w as u64) as i64);
                 }
-                loss = self.iterate(&self.target, &mut state.image, &mut state.optim, shift, i)?;
+                last = Some(self.iterate(&self.target, &mut state.image, &mut state.optim, shift)?);
                 progress(Progress {
                     frames_done: i - start,
                     frames_total: total,
                     warmup_done: 0,
                     warmup_total: 0,
-                    loss,
+                    loss: f64::NAN,
                     iteration: true,
                 });
             }
+            // One read-back of the loss per frame (the frame itself is read back next anyway):
+            // a sync every iteration kept a GPU from running ahead of the host. A loss gone
+            // non-finite in any iteration of the frame is non-finite here too.
+            let loss = match &last {
+                Some(l) => finite(l, i)?,
+                None => 0.0,
+            };
             on_frame(Frame::from_tensor(i, &state.image))?;
             state.next_frame += 1;
             progress(Progress {
@@ -283,20 +293,28 @@ impl Engine {
         image: &mut Tensor,
         optim: &mut OptimState,
         shift: (i64, i64),
-        frame: u32,
-    ) -> Result<f64> {
+    ) -> Result<Tensor> {
         if self.cancel.load(Ordering::Relaxed) {
             return Err(EngineError::Cancelled);
         }
         let x = image.detach().set_requires_grad(true);
         let loss = target.loss(&self.net, &x.roll([shift.0, shift.1], [2, 3]));
         loss.backward();
-        let value = loss.double_value(&[]);
-        if !value.is_finite() {
-            return Err(EngineError::Diverged { frame, loss: value });
-        }
         let grad = x.grad();
         optim.step(image, &grad, self.params.learning_rate());
+        Ok(loss.detach())
+    }
+}
+
+/// Warm-up iterations between checks of the loss (each check waits for the device).
+const WARMUP_CHECK_EVERY: u32 = 16;
+
+/// The loss's value, or `Diverged` when it is not finite. Waits for the device.
+fn finite(loss: &Tensor, frame: u32) -> Result<f64> {
+    let value = loss.double_value(&[]);
+    if value.is_finite() {
         Ok(value)
+    } else {
+        Err(EngineError::Diverged { frame, loss: value })
     }
 }

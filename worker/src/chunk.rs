@@ -10,6 +10,9 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+/// Frames rendered but not yet encoded, at most.
+const FRAME_QUEUE: usize = 2;
+
 /// Where a segment's frames go: the chunk's format and file, and a PNG dump when asked.
 pub(crate) struct ChunkOut {
     pub kind: proto::params::OutputKind,
@@ -30,11 +33,23 @@ pub(crate) fn render_segment(
     let chunk_path = chunk_path.as_path();
     let p = engine.params();
     let file = PartialFile::create(chunk_path).map_err(|e| e.to_string())?;
-    let main = encode::open(kind, file, p.width, p.height, p.fps).map_err(|e| e.to_string())?;
-    let mut sink: Box<dyn FrameSink> = match frames_dir {
-        Some(dir) => Box::new(encode::Tee(vec![main, Box::new(FramesDir::create(&dir).map_err(|e| e.to_string())?)])),
-        None => main,
-    };
+    let dump = frames_dir.map(|dir| FramesDir::create(&dir)).transpose().map_err(|e| e.to_string())?;
+    let (width, height, fps) = (p.width, p.height, p.fps);
+    // Encoding (and the PNG dump) on a thread of its own, overlapped with the next frame's
+    // iterations; at most FRAME_QUEUE frames wait in between.
+    let mut sink: Box<dyn FrameSink> = Box::new(
+        encode::Threaded::spawn(
+            move || {
+                let main = encode::open(kind, file, width, height, fps)?;
+                Ok(match dump {
+                    Some(dump) => Box::new(encode::Tee(vec![main, Box::new(dump)])),
+                    None => main,
+                })
+            },
+            FRAME_QUEUE,
+        )
+        .map_err(|e| e.to_string())?,
+    );
     // Called on this (the render) thread: the counters move only while the render does, so a
     // hung device call shows in the heartbeats as progress that stopped.
     // Time between iterations: a frame's output is charged to the iteration after it.
@@ -62,7 +77,7 @@ pub(crate) fn render_segment(
     let mut on_frame = |f: Frame| {
         metrics.frames_rendered.inc();
         progress.previews.offer(&f, f.index + 1 == end);
-        sink.push(&f).map_err(|e| {
+        sink.push_owned(f).map_err(|e| {
             encode_error = Some(e.to_string());
             EngineError::Cancelled
         })
