@@ -552,7 +552,8 @@ mod tests {
         // Dropped without `finish` (a failed render): nothing appears under the name.
         let dest = dir.path().join("abandoned.mp4");
         let file = PartialFile::create(&dest).unwrap();
-        let mut sink = Threaded::spawn(move || open(OutputKind::Mp4, file, 64, 48, Fps { num: 30, den: 1 }), 2).unwrap();
+        let mut sink =
+            Threaded::spawn(move || open(OutputKind::Mp4, file, 64, 48, Fps { num: 30, den: 1 }), 2).unwrap();
         sink.push(&frames[0]).unwrap();
         drop(sink);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "a partial output was left behind");

@@ -191,7 +191,7 @@ impl Engine {
                 let loss = self.iterate(target, &mut image, &mut optim, shift)?;
                 done += 1;
                 // The loss is read back (a device sync) only now and then, not every iteration.
-                let checked = k + 1 == n || done % WARMUP_CHECK_EVERY == 0;
+                let checked = k + 1 == n || done.is_multiple_of(WARMUP_CHECK_EVERY);
                 let loss = if checked { finite(&loss, u32::MAX)? } else { f64::NAN };
                 progress(Progress {
                     frames_done: 0,
