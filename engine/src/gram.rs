@@ -7,12 +7,18 @@
 //! size from the output's. Loss per layer: sum((G - Gs)^2) / C^2, weighted.
 
 use crate::vgg::Vgg;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 pub const GRAM_SHIFT: f64 = 1.0;
 
+/// The Gram matrix of `features`, accumulated in fp32 at least: bf16 features are widened first,
+/// since a sum over a million positions in bf16 keeps three significant digits.
 pub fn gram(features: &Tensor) -> Tensor {
     let (n, c, h, w) = features.size4().expect("features are NCHW");
+    let features = match features.kind() {
+        Kind::BFloat16 | Kind::Half => features.to_kind(Kind::Float),
+        _ => features.shallow_clone(),
+    };
     let f = (features - GRAM_SHIFT).reshape([n, c, h * w]);
     f.matmul(&f.transpose(1, 2)) / (h * w) as f64
 }
@@ -36,7 +42,7 @@ impl StyleTarget {
         let mut total = Tensor::zeros([], (image.kind(), image.device()));
         for ((f, gs), w) in feats.iter().zip(&self.grams).zip(&self.weights) {
             let c = f.size()[1] as f64;
-            total += (gram(f) - gs).square().sum(f.kind()) * (w / (c * c));
+            total += (gram(f) - gs).square().sum(gs.kind()) * (w / (c * c));
         }
         total
     }

@@ -94,6 +94,10 @@ impl Engine {
     pub fn new(params: RenderParams, style: Style, net: Vgg, device: Device) -> Result<Self> {
         params.validate()?;
         let fingerprint = params.fingerprint(&style.digest, &net.origin.digest());
+        let net = match params.precision {
+            crate::params::Precision::Fp32 => net,
+            crate::params::Precision::Bf16 => net.to_kind(tch::Kind::BFloat16),
+        };
         let mut engine = Self {
             target: StyleTarget { layers: vec![], weights: vec![], grams: vec![] },
             params,

@@ -171,7 +171,8 @@ impl Vgg {
     /// RGB batch in [0, 1]. Stops after the deepest requested layer.
     pub fn features(&self, image: &Tensor, layers: &[usize]) -> Vec<Tensor> {
         let last = layers.iter().copied().max().unwrap_or(0);
-        let mut x = (image - &self.mean) / &self.std;
+        // In the network's own number format (bf16 runs take an fp32 image).
+        let mut x = (image.to_kind(self.mean.kind()) - &self.mean) / &self.std;
         let mut out = Vec::with_capacity(layers.len());
         for (i, conv) in self.convs.iter().enumerate().take(last + 1) {
             if conv.spec.pool_before {

@@ -39,6 +39,38 @@ impl OptimizerKind {
     }
 }
 
+/// The number format the network runs in. The image, the optimiser's state, the Gram matrices
+/// and the loss stay fp32 whatever it is: the master copy that zoom, hand-off and frames use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    Fp32,
+    /// Weights and activations in bfloat16 (tensor cores on a GPU); features are widened to
+    /// fp32 before their Gram matrices.
+    Bf16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fp32 => "fp32",
+            Self::Bf16 => "bf16",
+        }
+    }
+
+    /// The wire form: empty for fp32 (what a client that sets nothing sends).
+    pub fn from_wire(s: &str) -> Result<Self, ParamError> {
+        match s {
+            "" | "fp32" => Ok(Self::Fp32),
+            "bf16" => Ok(Self::Bf16),
+            _ => Err(ParamError::new(
+                "--precision",
+                format!("expected fp32 or bf16, got {:?}", crate::limits::quoted_prefix(s)),
+            )),
+        }
+    }
+}
+
 /// Frames per second as an exact rational (29.97 is 2997/100), because encoders need exact time
 /// bases and durations must come out right over a million frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +139,7 @@ pub struct RenderParams {
     pub network: Network,
     /// Conv layers used by the style loss with their weights; empty means all, equally weighted.
     pub layers: Vec<(String, f64)>,
+    pub precision: Precision,
 }
 
 impl Default for RenderParams {
@@ -125,6 +158,7 @@ impl Default for RenderParams {
             style_scale: StyleScale::Auto,
             network: Network::Vgg16,
             layers: Vec::new(),
+            precision: Precision::Fp32,
         }
     }
 }
@@ -254,6 +288,11 @@ impl RenderParams {
             style_digest,
             weights_digest,
         );
+        // Only what fp32 renders never had: their fingerprints (and stored states) still hold.
+        let canon = match self.precision {
+            Precision::Fp32 => canon,
+            p => format!("{canon}|{}", p.name()),
+        };
         hex(&Sha256::digest(canon.as_bytes()))
     }
 }

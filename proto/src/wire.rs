@@ -20,6 +20,10 @@ pub fn params_to_wire(p: &RenderParams) -> v1::RenderParams {
         style_scale: p.style_scale.to_wire(),
         network: p.network.name().into(),
         layers: p.layers.iter().map(|(name, weight)| v1::LayerWeight { name: name.clone(), weight: *weight }).collect(),
+        precision: match p.precision {
+            crate::params::Precision::Fp32 => String::new(),
+            other => other.name().into(),
+        },
     }
 }
 
@@ -39,6 +43,7 @@ pub fn params_from_wire(w: &v1::RenderParams) -> Result<RenderParams, ParamError
         style_scale: crate::params::StyleScale::from_wire(w.style_scale),
         network: w.network.parse::<Network>()?,
         layers: w.layers.iter().map(|l| (l.name.clone(), l.weight)).collect(),
+        precision: crate::params::Precision::from_wire(&w.precision)?,
     };
     p.validate()?;
     Ok(p)

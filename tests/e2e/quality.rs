@@ -103,3 +103,58 @@ fn a_small_style_keeps_its_fine_detail_in_a_larger_movie() {
         upscaled * 100.0
     );
 }
+
+/// bf16 (the GPU default) must not cost picture quality: the same movie in fp32 and in bf16
+/// has the same colours and scale of detail, within what two seeds of fp32 differ by.
+#[test]
+fn a_bf16_movie_keeps_the_texture_statistics_of_the_fp32_one() {
+    use engine::params::Precision;
+    let device = tch::Device::Cpu;
+    let render = |precision: Precision, seed: u64| {
+        let style = Style::open(&crate::helpers::example("immunohistochemistry.png")).unwrap();
+        let params = RenderParams {
+            width: 80,
+            height: 64,
+            frames: 8,
+            warmup: 60,
+            iters: 4,
+            seed,
+            precision,
+            ..RenderParams::default()
+        };
+        let engine = Engine::new(params.clone(), style, Vgg::random(params.network, device), device).unwrap();
+        let mut state = engine.initial_state(&mut |_| {}).unwrap();
+        let mut last = None;
+        engine
+            .render(
+                &mut state,
+                params.frames,
+                &mut |f| {
+                    last = Some(f.to_tensor());
+                    Ok(())
+                },
+                &mut |_| {},
+            )
+            .unwrap();
+        last.unwrap()
+    };
+    let (fp32, bf16, other_seed) = (render(Precision::Fp32, 0), render(Precision::Bf16, 0), render(Precision::Fp32, 1));
+    let colour_gap = |a: &tch::Tensor, b: &tch::Tensor| {
+        let ((ma, sa), (mb, sb)) = (colour_stats(a), colour_stats(b));
+        (0..3).map(|c| (ma[c] - mb[c]).abs().max((sa[c] - sb[c]).abs())).fold(0.0, f64::max)
+    };
+    let (bf16_colour, seed_colour) = (colour_gap(&fp32, &bf16), colour_gap(&fp32, &other_seed));
+    let (bf16_detail, seed_detail) = (detail_distance(&fp32, &bf16), detail_distance(&fp32, &other_seed));
+    eprintln!(
+        "bf16 vs fp32: colour {bf16_colour:.1} levels, detail {bf16_detail:.3}; another seed: {seed_colour:.1}, {seed_detail:.3}"
+    );
+    assert!(
+        bf16_colour < seed_colour.max(2.0) * 1.5,
+        "bf16 moved colours by {bf16_colour:.1} levels (seed: {seed_colour:.1})"
+    );
+    assert!(
+        bf16_detail < seed_detail.max(0.05) * 1.5,
+        "bf16 detail distance {bf16_detail:.3} (seed: {seed_detail:.3})"
+    );
+    assert!(!fp32.equal(&bf16), "bf16 rendered exactly what fp32 did: the precision was not applied");
+}

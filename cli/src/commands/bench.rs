@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use clap::Args as ClapArgs;
-use engine::params::{parse_size, OptimizerKind, RenderParams};
+use engine::params::{parse_size, OptimizerKind, Precision, RenderParams};
 use engine::style::Style;
 use engine::Engine;
 use std::time::Instant;
@@ -27,6 +27,9 @@ pub struct Args {
     pub network: String,
     #[arg(long)]
     pub weights: Option<std::path::PathBuf>,
+    /// fp32, bf16, or auto (bf16 on CUDA, fp32 on the CPU), as for `render`.
+    #[arg(long, default_value = "auto")]
+    pub precision: String,
     /// Instead of timing: render with each random-feature design and score how close colours
     /// and the scale of detail come to each style (lower is better).
     #[arg(long)]
@@ -64,15 +67,25 @@ pub fn run(args: Args) -> Result<()> {
     let net = engine::weights::resolve(network, args.weights.as_deref(), device)?;
     let weights =
         if matches!(net.origin, engine::vgg::WeightsOrigin::Random(_)) { "random features" } else { "pretrained" };
+    let precision = match args.precision.as_str() {
+        "auto" if device.is_cuda() => Precision::Bf16,
+        "auto" => Precision::Fp32,
+        other => Precision::from_wire(other)?,
+    };
+    let peak = peak_tflops(device);
     println!(
-        "device {device:?}, {} CPU threads, {} ({weights}), {}, {} iters per frame",
+        "device {device:?}, {} CPU threads, {} ({weights}), {}, {}, {} iters per frame",
         tch::get_num_threads(),
         args.network,
         args.optimizer,
+        precision.name(),
         args.iters
     );
-    println!("{:>10} {:>9} {:>9} {:>11}", "size", "s/iter", "s/frame", "frames/min");
-    println!("{:>10} {:>9} {:>9}", "", "(median)", "(all in)");
+    match &peak {
+        Some((name, tflops)) => println!("peak assumed: {name}, {tflops} TFLOP/s dense bf16"),
+        None => println!("peak: unknown for this device (TFLOP/s shown without a share)"),
+    }
+    println!("{:>10} {:>9} {:>9} {:>11} {:>9} {:>7}", "size", "ms/iter", "s/frame", "frames/min", "TFLOP/s", "of peak");
 
     let mut net = Some(net);
     for size in sizes.split(',') {
@@ -85,8 +98,10 @@ pub fn run(args: Args) -> Result<()> {
             warmup: 0,
             optimizer: args.optimizer.parse::<OptimizerKind>()?,
             network,
+            precision,
             ..RenderParams::default()
         };
+        let flop = flop_per_iteration(&params);
         let net_here = match net.take() {
             Some(n) => n,
             None => engine::weights::resolve(network, args.weights.as_deref(), device)?,
@@ -97,21 +112,24 @@ pub fn run(args: Args) -> Result<()> {
         if let tch::Device::Cuda(i) = device {
             tch::Cuda::synchronize(i as i64);
         }
-        // Progress arrives after every iteration and after every frame. The gap between two
-        // iteration reports is one pure iteration; a gap that starts at a frame report also pays
-        // the frame's read-back and the next zoom, and is left out.
-        let mut marks: Vec<(Instant, bool)> = Vec::new();
+        // The device is waited for once per frame (the frame's read-back), not per iteration, so
+        // an iteration's time is a frame's (zoom and read-back included) over its iterations:
+        // gaps between iteration reports would time the host queueing work, not the device.
         let t = Instant::now();
-        engine
-            .render(&mut state, args.frames + 1, &mut |_| Ok(()), &mut |p| marks.push((Instant::now(), p.iteration)))?;
+        engine.render(&mut state, args.frames + 1, &mut |_| Ok(()), &mut |_| {})?;
         let per_frame = t.elapsed().as_secs_f64() / args.frames as f64;
-        let mut iters: Vec<f64> =
-            marks.windows(2).filter(|w| w[0].1 && w[1].1).map(|w| (w[1].0 - w[0].0).as_secs_f64()).collect();
-
-        iters.sort_by(f64::total_cmp);
-        let median = iters.get(iters.len() / 2).copied().unwrap_or(f64::NAN);
-        // Frames are read back to the host, so the timing includes all device work.
-        println!("{:>10} {:>9.4} {:>9.3} {:>11.1}", size.trim(), median, per_frame, 60.0 / per_frame);
+        let per_iter = per_frame / f64::from(args.iters);
+        let tflops = flop / per_iter / 1e12;
+        let share = peak.as_ref().map_or_else(|| "-".to_string(), |(_, p)| format!("{:.1}%", tflops / p * 100.0));
+        println!(
+            "{:>10} {:>9.1} {:>9.3} {:>11.1} {:>9.2} {:>7}",
+            size.trim(),
+            per_iter * 1000.0,
+            per_frame,
+            60.0 / per_frame,
+            tflops,
+            share
+        );
     }
     Ok(())
 }
@@ -192,4 +210,40 @@ fn compare_features(args: &Args, device: tch::Device) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Floating-point operations of one optimiser iteration: the conv layers up to the deepest one
+/// the loss uses, forward and the backward to their input (the weights are fixed: no weight
+/// gradients), and the Gram matrices, forward and backward. 2.9 TFLOP for VGG16 at 1920x1080.
+fn flop_per_iteration(p: &RenderParams) -> f64 {
+    let layers = p.network.layers();
+    let deepest = p.loss_layers().iter().map(|(i, _)| *i).max().unwrap_or(0);
+    let used: std::collections::HashSet<usize> = p.loss_layers().iter().map(|(i, _)| *i).collect();
+    let (mut hw, mut conv, mut gram) = (f64::from(p.width) * f64::from(p.height), 0.0, 0.0);
+    for (i, l) in layers.iter().enumerate().take(deepest + 1) {
+        if l.pool_before {
+            hw /= 4.0;
+        }
+        conv += 2.0 * 9.0 * l.cin as f64 * l.cout as f64 * hw;
+        if used.contains(&i) {
+            gram += 2.0 * (l.cout as f64).powi(2) * hw;
+        }
+    }
+    2.0 * (conv + gram)
+}
+
+/// The device's dense bf16 peak, for the share of it a run reaches: known cards by name.
+fn peak_tflops(device: tch::Device) -> Option<(String, f64)> {
+    let tch::Device::Cuda(i) = device else { return None };
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=name", "--format=csv,noheader", &format!("--id={i}")])
+        .output()
+        .ok()?;
+    let name = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, SXM parts.
+    let peak = [("H200", 989.0), ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0)]
+        .into_iter()
+        .find(|(k, _)| name.contains(k))?
+        .1;
+    Some((name, peak))
 }

@@ -85,7 +85,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 pub fn submit(args: Submit) -> Result<()> {
-    let p = params(&args.flags)?;
+    let p = params(&args.flags, false)?;
     let kind = OutputKind::from_path(std::path::Path::new(&format!("x.{}", args.format)))
         .map_err(|_| anyhow::anyhow!("--format: expected mp4, gif, png or jpg, got {:?}", args.format))?;
     let style = crate::local::style_bytes(args.style.as_deref()).with_context(|| {

@@ -5,7 +5,7 @@ use crate::progress::Bar;
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use engine::device::DeviceThread;
-use engine::params::{parse_size, Fps, OptimizerKind, RenderParams, StyleScale};
+use engine::params::{parse_size, Fps, OptimizerKind, Precision, RenderParams, StyleScale};
 use engine::style::Style;
 use engine::vgg::{Network, WeightsOrigin};
 use engine::{Engine, ParamError};
@@ -37,6 +37,13 @@ pub struct RenderFlags {
     pub warmup: u32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// The network's number format: fp32, bf16 (weights and activations in bfloat16, for GPU
+    /// tensor cores; the image, optimiser state and Gram matrices stay fp32), or auto: bf16 on
+    /// a CUDA device for `render`, fp32 on the CPU (this machine's CPU has no bf16 instructions
+    /// and runs bf16 slower) and for `submit` (its workers' devices are not known; pass bf16
+    /// for a GPU farm).
+    #[arg(long, default_value = "auto")]
+    pub precision: String,
     /// adam or lbfgs.
     #[arg(long, default_value = "adam")]
     pub optimizer: String,
@@ -97,7 +104,8 @@ fn parse_layers(spec: &str) -> Result<Vec<(String, f64)>, ParamError> {
         .collect()
 }
 
-pub fn params(args: &RenderFlags) -> Result<RenderParams, ParamError> {
+/// The parameters `args` ask for; `--precision auto` means bf16 when `cuda`.
+pub fn params(args: &RenderFlags, cuda: bool) -> Result<RenderParams, ParamError> {
     let (width, height) = parse_size(&args.size)?;
     let fps: Fps = args.fps.parse()?;
     let frames = match (args.frames, args.seconds) {
@@ -120,20 +128,26 @@ pub fn params(args: &RenderFlags) -> Result<RenderParams, ParamError> {
         style_scale: args.style_scale,
         network: args.network.parse::<Network>()?,
         layers: args.layers.as_deref().map(parse_layers).transpose()?.unwrap_or_default(),
+        precision: match args.precision.as_str() {
+            "auto" if cuda => Precision::Bf16,
+            "auto" => Precision::Fp32,
+            other => Precision::from_wire(other)
+                .map_err(|_| ParamError::new("--precision", format!("expected auto, fp32 or bf16, got {other:?}")))?,
+        },
     };
     p.validate()?;
     Ok(p)
 }
 
 pub fn run(args: Args, bar: &Bar) -> Result<()> {
-    let params = params(&args.flags)?;
+    let device = args.torch.device()?;
+    let params = params(&args.flags, device.is_cuda())?;
     // The file is read once: decoded here (bad input fails before any work), submitted as is.
     let (style, style_bytes) = match &args.style {
         Some(path) => Style::open_with_bytes(path)?,
         None => (Style::embedded(), engine::style::EMBEDDED.to_vec()),
     };
     let style_name = args.style.as_deref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
-    let device = args.torch.device()?;
     // Every libtorch call of this render, from loading weights on, runs on one thread.
     let torch = DeviceThread::spawn(args.torch.threads());
     let (weights, p) = (args.weights.clone(), params.clone());
@@ -170,6 +184,7 @@ pub fn run(args: Args, bar: &Bar) -> Result<()> {
         zoom_per_frame = params.zoom_per_frame(),
         device = ?device,
         optimizer = params.optimizer.name(),
+        precision = params.precision.name(),
         "rendering"
     );
     let mut follow = crate::progress::Follow::new(bar, args.quiet);
