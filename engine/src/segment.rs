@@ -94,6 +94,12 @@ impl Engine {
     pub fn new(params: RenderParams, style: Style, net: Vgg, device: Device) -> Result<Self> {
         params.validate()?;
         let fingerprint = params.fingerprint(&style.digest, &net.origin.digest());
+        if device.is_cuda() {
+            // cuDNN times its convolution algorithms once per shape and keeps the fastest. The
+            // choice can differ between runs, so GPU frames are exact only within one process
+            // (as they already were only within one kind of GPU).
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
         let net = match params.precision {
             crate::params::Precision::Fp32 => net,
             crate::params::Precision::Bf16 => net.to_kind(tch::Kind::BFloat16),
