@@ -234,7 +234,12 @@ async fn login(State(web): State<Web>, headers: HeaderMap, Form(form): Form<Logi
             // The token goes back only as a cookie scripts cannot read, sent to this site only;
             // in hex, since a token may hold characters a cookie may not (`;`, `"`, `,`).
             let token = proto::params::hex(token.as_bytes());
-            let cookie = format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={COOKIE_MAX_AGE}");
+            let mut cookie = format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={COOKIE_MAX_AGE}");
+            // Behind a TLS-terminating ingress the browser speaks https: then the cookie must
+            // never travel over plain http.
+            if headers.get("x-forwarded-proto").is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https")) {
+                cookie.push_str("; Secure");
+            }
             ([(header::SET_COOKIE, cookie)], Redirect::to("/jobs")).into_response()
         }
         Some(role) => {

@@ -156,6 +156,11 @@ async fn only_user_and_admin_tokens_sign_in_and_the_cookie_is_kept_from_scripts(
         assert!(cookie.contains(attribute), "{cookie}");
     }
     assert!(!cookie.contains(ALICE), "the cookie holds the token in the clear: {cookie}");
+    assert!(!cookie.contains("Secure"), "a Secure cookie over plain http is never sent back: {cookie}");
+    let mut behind_tls = login(ALICE, "same-origin");
+    behind_tls.headers_mut().insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    let (_, headers, _) = farm.call(behind_tls).await;
+    assert!(headers.get(header::SET_COOKIE).unwrap().to_str().unwrap().ends_with("; Secure"));
     let pair = cookie.split(';').next().unwrap().to_string();
     let r = Request::get("/jobs").header(header::COOKIE, pair).body(Body::empty()).unwrap();
     let (status, _, page) = farm.call(r).await;
