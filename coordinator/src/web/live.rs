@@ -89,33 +89,44 @@ async fn next_change(wake: impl std::future::Future<Output = ()>, coalesce: Dura
     tokio::time::sleep(coalesce).await;
 }
 
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// A list (the jobs, the workers) kept live in the element `target`: rendered anew by `render`
+/// when any job changes or the coordinator's state does; a failed render ends the stream.
+fn live_list<F>(web: &Web, target: &'static str, render: F) -> Response
+where
+    F: Fn(Web) -> BoxFuture<Option<String>> + Send + 'static,
+{
+    let mut any = web.coordinator().watchers.subscribe_any();
+    let mut changes = web.coordinator().changes.subscribe();
+    let web2 = web.clone();
+    open(web, move |tx, _permit| async move {
+        let mut sent = Sent::default();
+        loop {
+            let Some(html) = render(web2.clone()).await else { return };
+            if !sent.send(&tx, vec![(target, html)]).await {
+                return;
+            }
+            let wake = async {
+                tokio::select! {
+                    _ = any.changed() => {}
+                    _ = changes.changed() => {}
+                }
+            };
+            next_change(wake, COALESCE_LISTS).await;
+        }
+    })
+}
+
 pub(crate) async fn jobs_events(State(web): State<Web>, headers: HeaderMap, Query(filter): Query<Filter>) -> Response {
     let viewer = match web.viewer(&headers) {
         Ok(v) => v,
         Err(_) => return StatusCode::UNAUTHORIZED.into_response(),
     };
     let state = filter.state();
-    let mut any = web.coordinator().watchers.subscribe_any();
-    let mut changes = web.coordinator().changes.subscribe();
-    let web2 = web.clone();
-    open(&web, move |tx, _permit| async move {
-        let mut sent = Sent::default();
-        loop {
-            let Ok(jobs) = web2.jobs(&viewer, state.clone()).await else { return };
-            if !sent.send(&tx, vec![("jobs-body", pages::jobs_html(&jobs, now_ms()))]).await {
-                return;
-            }
-            next_change(
-                async {
-                    tokio::select! {
-                        _ = any.changed() => {}
-                        _ = changes.changed() => {}
-                    }
-                },
-                COALESCE_LISTS,
-            )
-            .await;
-        }
+    live_list(&web, "jobs-body", move |web| {
+        let (viewer, state) = (viewer.clone(), state.clone());
+        Box::pin(async move { web.jobs(&viewer, state).await.ok().map(|jobs| pages::jobs_html(&jobs, now_ms())) })
     })
 }
 
@@ -166,26 +177,5 @@ pub(crate) async fn workers_events(State(web): State<Web>, headers: HeaderMap) -
     if web.viewer(&headers).is_err() {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    let mut any = web.coordinator().watchers.subscribe_any();
-    let mut changes = web.coordinator().changes.subscribe();
-    let web2 = web.clone();
-    open(&web, move |tx, _permit| async move {
-        let mut sent = Sent::default();
-        loop {
-            let Ok(rows) = web2.workers_html().await else { return };
-            if !sent.send(&tx, vec![("workers-body", rows)]).await {
-                return;
-            }
-            next_change(
-                async {
-                    tokio::select! {
-                        _ = any.changed() => {}
-                        _ = changes.changed() => {}
-                    }
-                },
-                COALESCE_LISTS,
-            )
-            .await;
-        }
-    })
+    live_list(&web, "workers-body", |web| Box::pin(async move { web.workers_html().await.ok() }))
 }
