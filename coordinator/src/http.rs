@@ -15,17 +15,18 @@ pub fn router(coordinator: Arc<Coordinator>) -> axum::Router {
     axum::Router::new().route("/metrics", get(metrics)).with_state(coordinator)
 }
 
+/// The token of an `authorization: Bearer TOKEN` header, if the request has one.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
+
 /// Whether the request carries a token that may read the metrics.
 fn allowed(coordinator: &Coordinator, headers: &HeaderMap) -> bool {
     let Some(tokens) = &coordinator.config.auth else {
         return true;
     };
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    matches!(tokens.authenticate(token.trim()).map(|p| p.role), Some(Role::Metrics | Role::Admin))
+    let token = bearer(headers).unwrap_or_default();
+    matches!(tokens.authenticate(token).map(|p| p.role), Some(Role::Metrics | Role::Admin))
 }
 
 async fn metrics(State(coordinator): State<Arc<Coordinator>>, headers: HeaderMap) -> Response {

@@ -4,7 +4,7 @@
 //! `target/screenshots/` (see `browser::screenshots_dir`), and axe-core checks each page.
 
 use crate::browser::{axe_script, screenshots_dir, Browser};
-use crate::farm::{Cluster, FakeWorker, ALICE};
+use crate::farm::{http_get, Cluster, FakeWorker, ALICE};
 use proto::v1;
 use serde_json::{json, Value};
 
@@ -137,13 +137,6 @@ fn a_user_watches_her_farm_live_in_a_real_browser() {
     browser.screenshot(&shots.join("done.png"));
 }
 
-/// `GET` on the dashboard as alice: the status and the body's bytes.
-fn get_as_alice(http: &str, path: &str) -> (u16, Vec<u8>) {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let mut r = agent.get(&format!("{http}{path}")).header("authorization", &format!("Bearer {ALICE}")).call().unwrap();
-    (r.status().as_u16(), r.body_mut().read_to_vec().unwrap())
-}
-
 #[test]
 fn a_workers_preview_is_checked_before_anyone_sees_it_and_costs_no_heartbeat() {
     let c = Cluster::start("30", &["--http", "127.0.0.1:0"]);
@@ -175,10 +168,10 @@ fn a_workers_preview_is_checked_before_anyone_sees_it_and_costs_no_heartbeat() {
         [(html, "a page posing as a preview"), (jpeg(2000, 10), "too wide"), (vec![0xff; 70_000], "too big")]
     {
         heartbeat(&mut w, bad).unwrap_or_else(|s| panic!("{what}: the heartbeat itself was refused: {s}"));
-        assert_eq!(get_as_alice(&http, &preview_path).0, 404, "{what} was kept");
+        assert_eq!(http_get(&format!("{http}{preview_path}"), Some(ALICE)).0, 404, "{what} was kept");
     }
     heartbeat(&mut w, jpeg(64, 48)).unwrap();
-    let (status, body) = get_as_alice(&http, &preview_path);
+    let (status, body) = http_get(&format!("{http}{preview_path}"), Some(ALICE));
     assert_eq!(status, 200);
     assert_eq!(image::load_from_memory(&body).unwrap().width(), 64);
     assert!(c.logs().contains("preview dropped"), "refusals are logged: {}", c.logs());

@@ -313,3 +313,14 @@ pub(crate) fn state_bytes(next_frame: u32, (w, h): (i64, i64)) -> Vec<u8> {
     let optim = engine::optim::OptimState::new(proto::params::OptimizerKind::Adam, &image);
     engine::State { next_frame, image, optim, fingerprint: "test".into() }.to_bytes()
 }
+
+/// `GET url` with an optional bearer token: the status and the body, whatever the status.
+pub(crate) fn http_get(url: &str, token: Option<&str>) -> (u16, Vec<u8>) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut request = agent.get(url);
+    if let Some(t) = token {
+        request = request.header("authorization", &format!("Bearer {t}"));
+    }
+    let mut response = request.call().expect("the http listener answers");
+    (response.status().as_u16(), response.body_mut().read_to_vec().unwrap())
+}

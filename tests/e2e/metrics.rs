@@ -1,18 +1,13 @@
 //! Prometheus metrics, scraped from a running farm (coordinator and worker `--http`) and
 //! checked against what happened.
 
-use crate::farm::{Cluster, FakeWorker, ALICE, METRICS, ROOT};
+use crate::farm::{http_get, Cluster, FakeWorker, ALICE, METRICS, ROOT};
 use proto::v1;
 
-/// `GET http://addr/path` with an optional bearer token: the status and the body.
+/// `GET http://addr/path` with an optional bearer token: the status and the body as text.
 fn get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let mut request = agent.get(&format!("http://{addr}{path}"));
-    if let Some(t) = token {
-        request = request.header("authorization", &format!("Bearer {t}"));
-    }
-    let mut response = request.call().expect("the http listener answers");
-    (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
+    let (status, body) = http_get(&format!("http://{addr}{path}"), token);
+    (status, String::from_utf8(body).unwrap())
 }
 
 /// Asserts each `(series, value)` against an OpenMetrics text.

@@ -31,9 +31,10 @@ const COALESCE_LISTS: Duration = Duration::from_secs(1);
 /// Ages ("12 s ago") are refreshed this often even when nothing changes.
 const REFRESH: Duration = Duration::from_secs(10);
 
-fn streams() -> &'static Arc<Semaphore> {
-    static STREAMS: std::sync::OnceLock<Arc<Semaphore>> = std::sync::OnceLock::new();
-    STREAMS.get_or_init(|| Arc::new(Semaphore::new(MAX_LIVE_STREAMS)))
+/// The bound on one coordinator's live streams (each coordinator its own: tests and `render`
+/// run several in one process).
+pub(crate) fn streams() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(MAX_LIVE_STREAMS))
 }
 
 type Tx = mpsc::Sender<Result<Event, Infallible>>;
@@ -65,7 +66,7 @@ where
     F: FnOnce(Tx, OwnedSemaphorePermit) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let Ok(permit) = streams().clone().try_acquire_owned() else {
+    let Ok(permit) = web.streams.clone().try_acquire_owned() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "too many live pages are open; try again later\n").into_response();
     };
     let (tx, rx) = mpsc::channel(16);

@@ -35,6 +35,8 @@ const COOKIE_MAX_AGE: u64 = 12 * 3600;
 pub(crate) struct Web {
     api: Api,
     secret: Arc<[u8; 32]>,
+    /// Permits for live streams (`live::MAX_LIVE_STREAMS`).
+    streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl Web {
@@ -46,7 +48,7 @@ impl Web {
 pub(crate) fn router(coordinator: Arc<Coordinator>) -> axum::Router {
     let mut secret = [0u8; 32];
     getrandom::getrandom(&mut secret).expect("the system random source failed");
-    let web = Web { api: Api(coordinator), secret: Arc::new(secret) };
+    let web = Web { api: Api(coordinator), secret: Arc::new(secret), streams: live::streams() };
     axum::Router::new()
         .route("/", get(|| async { Redirect::to("/jobs") }))
         .route("/login", get(pages::login_page).post(login))
@@ -110,12 +112,7 @@ impl Web {
             }
             return Ok(Viewer { principal: Principal::open(), credential: String::new() });
         };
-        let bearer = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        let token = match bearer {
+        let token = match crate::http::bearer(headers) {
             Some(t) => t.to_string(),
             None => cookie(headers, COOKIE).and_then(unhex).ok_or(Denied::SignIn)?,
         };
