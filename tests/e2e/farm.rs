@@ -46,15 +46,25 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The rest of the first whole line of its log that starts with `prefix`. A line still being
+    /// written (no newline yet) does not count: read half-way, `listening on 127.0.0.1:` once
+    /// parsed as an empty port.
+    fn log_line(&self, prefix: &str) -> Option<String> {
+        let text = self.log();
+        text.split_inclusive('\n')
+            .filter(|l| l.ends_with('\n'))
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(|rest| rest.trim().to_string())
+    }
+
     /// The address its `--http` listener bound, from its `http listening on` line.
     pub(crate) fn http_addr(&self) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let text = self.log();
-            if let Some(rest) = text.lines().find_map(|l| l.strip_prefix("http listening on ")) {
-                return rest.trim().to_string();
+            if let Some(addr) = self.log_line("http listening on ") {
+                return addr;
             }
-            assert!(Instant::now() < deadline, "no http listener: {text}");
+            assert!(Instant::now() < deadline, "no http listener: {}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -120,11 +130,10 @@ impl Cluster {
         let proc = Proc::spawn(&args, log.clone(), self.dir.path(), None);
         let deadline = Instant::now() + Duration::from_secs(30);
         let port = loop {
-            let text = proc.log();
-            if let Some(rest) = text.lines().find_map(|l| l.strip_prefix("listening on ")) {
-                break rest.rsplit(':').next().unwrap().trim().parse::<u16>().unwrap();
+            if let Some(addr) = proc.log_line("listening on ") {
+                break addr.rsplit(':').next().unwrap().parse::<u16>().unwrap();
             }
-            assert!(Instant::now() < deadline, "coordinator did not start: {text}");
+            assert!(Instant::now() < deadline, "coordinator did not start: {}", proc.log());
             std::thread::sleep(Duration::from_millis(20));
         };
         self.port = port;
