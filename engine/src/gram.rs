@@ -6,7 +6,6 @@
 //! the style's Gram matrices independent of its size, which is what decouples the style image's
 //! size from the output's. Loss per layer: sum((G - Gs)^2) / C^2, weighted.
 
-use crate::vgg::Vgg;
 use tch::{Kind, Tensor};
 
 pub const GRAM_SHIFT: f64 = 1.0;
@@ -23,62 +22,10 @@ pub fn gram(features: &Tensor) -> Tensor {
     f.matmul(&f.transpose(1, 2)) / (h * w) as f64
 }
 
-/// The style's Gram matrices at the layers used, computed once per job (and scale).
-pub struct StyleTarget {
-    pub layers: Vec<usize>,
-    pub weights: Vec<f64>,
-    pub grams: Vec<Tensor>,
-}
-
-impl StyleTarget {
-    pub fn new(net: &Vgg, style: &Tensor, layers: Vec<usize>, weights: Vec<f64>) -> Self {
-        let grams = tch::no_grad(|| net.features(style, &layers).iter().map(gram).collect());
-        Self { layers, weights, grams }
-    }
-
-    /// The style loss of `image` (1x3xHxW in [0, 1]) as a scalar tensor that keeps the graph.
-    pub fn loss(&self, net: &Vgg, image: &Tensor) -> Tensor {
-        let feats = net.features(image, &self.layers);
-        let mut total = Tensor::zeros([], (image.kind(), image.device()));
-        for ((f, gs), w) in feats.iter().zip(&self.grams).zip(&self.weights) {
-            let c = f.size()[1] as f64;
-            total += (gram(f) - gs).square().sum(gs.kind()) * (w / (c * c));
-        }
-        total
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::{Device, Kind};
-
-    /// The analytic gradient of the style loss, through the Gram matrices and the network, must
-    /// match central finite differences.
-    #[test]
-    fn loss_gradient_matches_finite_differences() {
-        let net = Vgg::random(crate::vgg::Network::Vgg16, Device::Cpu).to_kind(Kind::Double);
-        let style = Tensor::rand([1, 3, 24, 24], (Kind::Double, Device::Cpu));
-        let target = StyleTarget::new(&net, &style, vec![0, 2, 4], vec![1.0, 0.5, 2.0]);
-        let x = Tensor::rand([1, 3, 16, 16], (Kind::Double, Device::Cpu)).set_requires_grad(true);
-        let loss = target.loss(&net, &x);
-        loss.backward();
-        let grad = x.grad();
-        let eps = 1e-6;
-        for &(c, i, j) in &[(0i64, 3i64, 5i64), (1, 8, 8), (2, 15, 0), (0, 0, 15)] {
-            let bump = |d: f64| {
-                tch::no_grad(|| {
-                    let y = x.detach().copy();
-                    let _ = y.get(0).get(c).get(i).get(j).g_add_scalar_(d);
-                    target.loss(&net, &y).double_value(&[])
-                })
-            };
-            let fd = (bump(eps) - bump(-eps)) / (2.0 * eps);
-            let an = grad.double_value(&[0, c, i, j]);
-            let scale = an.abs().max(fd.abs()).max(1e-6);
-            assert!((fd - an).abs() / scale < 1e-4, "({c},{i},{j}): finite difference {fd} vs analytic {an}");
-        }
-    }
+    use tch::Device;
 
     #[test]
     fn gram_gradient_matches_finite_differences() {

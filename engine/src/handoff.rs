@@ -25,6 +25,9 @@ pub struct State {
     pub image: Tensor,
     pub optim: OptimState,
     pub fingerprint: String,
+    /// What made it, in words (`RenderParams::summary`), so that a render refusing the state
+    /// can say which setting differs; empty in states written before it existed.
+    pub made_by: String,
 }
 
 fn tensor_bytes(t: &Tensor) -> Vec<u8> {
@@ -59,6 +62,7 @@ impl State {
         meta.insert("format".into(), FORMAT.into());
         meta.insert("next_frame".into(), self.next_frame.to_string());
         meta.insert("fingerprint".into(), self.fingerprint.clone());
+        meta.insert("made_by".into(), self.made_by.clone());
         meta.insert("sha256".into(), payload_digest(&entries));
         let views =
             owned.iter().map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).expect("sizes match")));
@@ -98,7 +102,11 @@ impl State {
             .ok_or_else(|| err("missing or invalid next_frame".into()))?;
         let fingerprint = meta.get("fingerprint").cloned().ok_or_else(|| err("missing fingerprint".into()))?;
         let optim = OptimState::from_parts(tensors, &meta).map_err(err)?;
-        Ok(Self { next_frame, image, optim, fingerprint })
+        let made_by = meta.get("made_by").cloned().unwrap_or_default();
+        if made_by.len() > 512 {
+            return Err(err("made_by is over 512 bytes".into()));
+        }
+        Ok(Self { next_frame, image, optim, fingerprint, made_by })
     }
 
     /// Writes atomically: a reader never sees a half-written state under `path`.
@@ -128,7 +136,7 @@ mod tests {
             let g = (&x - 0.5) * (i as f64 + 1.0);
             optim.step(&mut x, &g, 0.5);
         }
-        State { next_frame: 17, image: x, optim, fingerprint: "abc".into() }
+        State { next_frame: 17, image: x, optim, fingerprint: "abc".into(), made_by: "64x48, vgg16".into() }
     }
 
     /// Continuing an optimisation from a restored state gives bit-identical results.
@@ -138,6 +146,7 @@ mod tests {
             let mut a = exercised_state(kind);
             let mut b = State::from_bytes(&a.to_bytes(), Path::new("mem"), Device::Cpu).unwrap();
             assert_eq!((b.next_frame, b.fingerprint.as_str(), b.optim.kind()), (17, "abc", kind));
+            assert_eq!(b.made_by, a.made_by);
             for i in 0..3 {
                 let ga = (&a.image - 0.25) * (i as f64 + 2.0);
                 let gb = (&b.image - 0.25) * (i as f64 + 2.0);

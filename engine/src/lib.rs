@@ -4,7 +4,7 @@
 //! to full size, then for every frame zoom in a little and optimise again. See ARCHITECTURE.md.
 //!
 //! This crate is everything a render needs below the network: the VGG network and its weights
-//! (`vgg`, `weights`, `pth`), the style loss (`gram`, `style`), the optimisers (`optim`), the
+//! (`vgg`, `weights`, `pth`), the style loss (`loss`, by `gram` or `swd`; `style`), the optimisers (`optim`), the
 //! zoom (`zoom`, `rng`), the [`Engine`] that renders a frame range from a [`State`] (`segment`),
 //! the hand-off state file (`handoff`), the thread libtorch runs on (`device`), quality metrics
 //! (`quality`) and the encoders of frames into chunks and outputs (`encode`). It knows nothing
@@ -20,12 +20,15 @@ pub mod encode;
 pub mod error;
 pub mod gram;
 pub mod handoff;
+pub mod loss;
 pub mod optim;
 pub mod pth;
 pub mod quality;
 pub mod rng;
 pub mod segment;
 pub mod style;
+pub mod swd;
+pub mod tf32;
 pub mod vgg;
 pub mod weights;
 pub mod zoom;

@@ -18,6 +18,10 @@ pub enum Purpose {
     Roll = 2,
     Network = 3,
     Jitter = 4,
+    /// The sliced Wasserstein loss's projection directions.
+    Directions = 5,
+    /// The style feature vectors the sliced Wasserstein loss keeps.
+    Samples = 6,
 }
 
 /// A deterministic stream keyed by (seed, frame, purpose).

@@ -8,8 +8,8 @@
 //! rendering [0, k) then [k, n) from a serialised state give bit-identical frames on the CPU.
 
 use crate::error::{EngineError, Result};
-use crate::gram::StyleTarget;
 use crate::handoff::State;
+use crate::loss::StyleTarget;
 use crate::optim::OptimState;
 use crate::params::RenderParams;
 use crate::rng::{Purpose, Stream};
@@ -100,12 +100,16 @@ impl Engine {
             // (as they already were only within one kind of GPU).
             tch::Cuda::cudnn_set_benchmark(true);
         }
+        // Tensor cores for fp32 maths only when asked (libtorch's default lets cuDNN use TF32
+        // for convolutions but not cuBLAS for the Gram products; fp32 means fp32 here).
+        crate::tf32::allow(params.precision != crate::params::Precision::Fp32);
         let net = match params.precision {
-            crate::params::Precision::Fp32 => net,
+            crate::params::Precision::Fp32 | crate::params::Precision::Tf32 => net,
             crate::params::Precision::Bf16 => net.to_kind(tch::Kind::BFloat16),
         };
-        let mut engine = Self {
-            target: StyleTarget { layers: vec![], weights: vec![], grams: vec![] },
+        let target = style_target(&params, &style, &net, device, 1.0)?;
+        Ok(Self {
+            target,
             params,
             device,
             net,
@@ -113,9 +117,7 @@ impl Engine {
             fingerprint,
             cancel: Arc::new(AtomicBool::new(false)),
             finish: Arc::new(AtomicBool::new(false)),
-        };
-        engine.target = engine.style_target(1.0)?;
-        Ok(engine)
+        })
     }
 
     pub fn params(&self) -> &RenderParams {
@@ -141,13 +143,9 @@ impl Engine {
         self.finish.clone()
     }
 
-    /// Style Gram matrices for an output scaled by `factor` (warm-up stages use less than 1).
+    /// The style's side of the loss for an output scaled by `factor` (warm-up stages).
     fn style_target(&self, factor: f64) -> Result<StyleTarget> {
-        let p = &self.params;
-        let short = ((p.width.min(p.height) as f64) * factor).round() as u32;
-        let size = self.style.scaled_size(short, p.style_scale)?;
-        let (layers, weights) = p.loss_layers().into_iter().unzip();
-        Ok(StyleTarget::new(&self.net, &self.style.tensor(size, self.device), layers, weights))
+        style_target(&self.params, &self.style, &self.net, self.device, factor)
     }
 
     /// Warm-up stage sizes, smallest first, ending at the output size.
@@ -193,12 +191,13 @@ impl Engine {
                 crate::params::OptimizerKind::Lbfgs => LBFGS_WARMUP_RUN,
             };
             let mut rolls = Stream::new(p.seed, WARMUP_KEY + 1 + s as u64, Purpose::Roll);
+            let mut draws = Stream::new(p.seed, WARMUP_KEY + 1 + s as u64, Purpose::Directions);
             let mut shift = (0, 0);
             for k in 0..n {
                 if k % run == 0 {
                     shift = (rolls.below(sh as u64) as i64, rolls.below(sw as u64) as i64);
                 }
-                let loss = self.iterate(target, &mut image, &mut optim, shift)?;
+                let loss = self.iterate(target, &mut image, &mut optim, shift, &mut draws)?;
                 done += 1;
                 // The loss is read back (a device sync) only now and then, not every iteration.
                 let checked = k + 1 == n || done.is_multiple_of(WARMUP_CHECK_EVERY);
@@ -213,7 +212,7 @@ impl Engine {
                 });
             }
         }
-        Ok(State { next_frame: 0, image, optim, fingerprint: self.fingerprint.clone() })
+        Ok(State { next_frame: 0, image, optim, fingerprint: self.fingerprint.clone(), made_by: self.params.summary() })
     }
 
     /// Renders frames `state.next_frame .. end`, handing each to `on_frame` as soon as it is done,
@@ -227,10 +226,13 @@ impl Engine {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<()> {
         if state.fingerprint != self.fingerprint {
-            return Err(EngineError::State {
-                path: "<state>".into(),
-                reason: "it was made by a render with other parameters, style or weights".into(),
-            });
+            let mine = self.params.summary();
+            let reason = if state.made_by.is_empty() || state.made_by == mine {
+                "it was made by a render with other parameters, style or weights".to_string()
+            } else {
+                format!("it was made by a render with other settings ({:?}), this render is {mine}", state.made_by)
+            };
+            return Err(EngineError::State { path: "<state>".into(), reason });
         }
         let (h, w) = (self.params.height as i64, self.params.width as i64);
         if state.image.size() != [1, 3, h, w] {
@@ -254,13 +256,14 @@ impl Engine {
                 state.optim.map_spatial(|t| zoom.apply(t));
             }
             let mut rolls = Stream::new(self.params.seed, i as u64, Purpose::Roll);
+            let mut draws = Stream::new(self.params.seed, i as u64, Purpose::Directions);
             let mut shift = (0, 0);
             let mut last = None;
             for k in 0..self.params.iters {
                 if k % roll_every == 0 {
                     shift = (rolls.below(h as u64) as i64, rolls.below(w as u64) as i64);
                 }
-                last = Some(self.iterate(&self.target, &mut state.image, &mut state.optim, shift)?);
+                last = Some(self.iterate(&self.target, &mut state.image, &mut state.optim, shift, &mut draws)?);
                 progress(Progress {
                     frames_done: i - start,
                     frames_total: total,
@@ -303,17 +306,26 @@ impl Engine {
         image: &mut Tensor,
         optim: &mut OptimState,
         shift: (i64, i64),
+        draws: &mut Stream,
     ) -> Result<Tensor> {
         if self.cancel.load(Ordering::Relaxed) {
             return Err(EngineError::Cancelled);
         }
         let x = image.detach().set_requires_grad(true);
-        let loss = target.loss(&self.net, &x.roll([shift.0, shift.1], [2, 3]));
+        let loss = target.loss(&self.net, &x.roll([shift.0, shift.1], [2, 3]), draws);
         loss.backward();
         let grad = x.grad();
         optim.step(image, &grad, self.params.learning_rate());
         Ok(loss.detach())
     }
+}
+
+/// The style's side of the loss for an output scaled by `factor` (warm-up stages use less than 1).
+fn style_target(p: &RenderParams, style: &Style, net: &Vgg, device: Device, factor: f64) -> Result<StyleTarget> {
+    let short = ((p.width.min(p.height) as f64) * factor).round() as u32;
+    let size = style.scaled_size(short, p.style_scale)?;
+    let (layers, weights) = p.loss_layers().into_iter().unzip();
+    Ok(StyleTarget::new(net, &style.tensor(size, device), layers, weights, p.loss, p.seed))
 }
 
 /// Warm-up iterations between checks of the loss (each check waits for the device).

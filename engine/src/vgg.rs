@@ -10,7 +10,8 @@ use tch::{Device, Kind, Tensor};
 pub use proto::params::{LayerSpec, Network};
 
 fn weight_shape(l: &LayerSpec) -> [i64; 4] {
-    [l.cout as i64, l.cin as i64, 3, 3]
+    let k = l.kernel as i64;
+    [l.cout as i64, l.cin as i64, k, k]
 }
 
 struct Conv {
@@ -88,7 +89,7 @@ impl Vgg {
             .layers()
             .into_iter()
             .map(|spec| {
-                let fan_in = spec.cin * 9;
+                let fan_in = spec.cin * spec.kernel * spec.kernel;
                 let std = (2.0 / fan_in as f32).sqrt();
                 let mut w: Vec<f32> = (0..spec.cout * fan_in).map(|_| rng.next_normal() * std).collect();
                 let zero_mean = matches!(design, RandomDesign::ZeroMean | RandomDesign::ZeroMeanAvgPool);
@@ -174,21 +175,43 @@ impl Vgg {
         // In the network's own number format (bf16 runs take an fp32 image).
         let mut x = (image.to_kind(self.mean.kind()) - &self.mean) / &self.std;
         let mut out = Vec::with_capacity(layers.len());
+        // The image averaged down 2^level times, for layers that read it (multi-scale network).
+        let mut pyramid = vec![x.shallow_clone()];
         for (i, conv) in self.convs.iter().enumerate().take(last + 1) {
-            if conv.spec.pool_before {
+            if let Some(level) = conv.spec.image_level {
+                while pyramid.len() <= level as usize {
+                    let down = blur_down(pyramid.last().expect("level 0"));
+                    pyramid.push(down);
+                }
+                x = pyramid[level as usize].shallow_clone();
+            } else if conv.spec.pool_before {
                 x = if self.avg_pool {
                     x.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>)
                 } else {
                     x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)
                 };
             }
-            x = x.conv2d(&conv.weight, Some(&conv.bias), [1, 1], [1, 1], [1, 1], 1).relu();
+            let pad = (conv.spec.kernel / 2) as i64;
+            x = x.conv2d(&conv.weight, Some(&conv.bias), [1, 1], [pad, pad], [1, 1], 1).relu();
             if layers.contains(&i) {
                 out.push(x.shallow_clone());
             }
         }
         out
     }
+}
+
+/// Half the size, after a 5-tap binomial blur (a Gaussian pyramid's step). A 2x2 average would
+/// be cheaper, but its gradient lands in 2x2 blocks and the coarse layers then print a grid
+/// into the image.
+fn blur_down(x: &Tensor) -> Tensor {
+    let c = x.size()[1];
+    let taps = Tensor::from_slice(&[1f32, 4., 6., 4., 1.]).to_kind(x.kind()).to_device(x.device()) / 16.0;
+    let kernel = taps.unsqueeze(1).matmul(&taps.unsqueeze(0)).expand([c, 1, 5, 5], false);
+    let (h, w) = (x.size()[2], x.size()[3]);
+    // Reflected borders so that the edges are not darkened; tiny images are padded by copying.
+    let padded = if h > 2 && w > 2 { x.reflection_pad2d([2, 2, 2, 2]) } else { x.replication_pad2d([2, 2, 2, 2]) };
+    padded.conv2d(&kernel, None::<&Tensor>, [2, 2], [0, 0], [1, 1], c)
 }
 
 #[cfg(test)]

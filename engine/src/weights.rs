@@ -12,10 +12,11 @@ use tch::{Device, Kind, Tensor};
 
 /// torchvision's official files. The 8 hex digits in the name are the start of the file's
 /// SHA-256, which is how torchvision itself verifies them.
-pub fn official_url(network: Network) -> &'static str {
+pub fn official_url(network: Network) -> Option<&'static str> {
     match network {
-        Network::Vgg16 => "https://download.pytorch.org/models/vgg16-397923af.pth",
-        Network::Vgg19 => "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+        Network::Vgg16 => Some("https://download.pytorch.org/models/vgg16-397923af.pth"),
+        Network::Vgg19 => Some("https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"),
+        Network::Multiscale => None,
     }
 }
 
@@ -36,7 +37,7 @@ pub fn cache_dir() -> PathBuf {
 /// `<network>-<hash>.pth|.safetensors` that `download` verified into the cache (from a mirror).
 pub fn cached(network: Network) -> Option<PathBuf> {
     let dir = cache_dir();
-    let official = dir.join(official_url(network).rsplit('/').next()?);
+    let official = dir.join(official_url(network)?.rsplit('/').next()?);
     if official.is_file() {
         return Some(official);
     }
@@ -107,8 +108,11 @@ fn read_safetensors(bytes: &[u8]) -> std::result::Result<HashMap<String, Tensor>
 pub fn digests(explicit: Option<&Path>) -> Result<Vec<(Network, String)>> {
     let mut hashed: Vec<(PathBuf, String)> = Vec::new();
     let mut out = Vec::new();
-    for network in [Network::Vgg16, Network::Vgg19] {
-        let path = explicit.map(Path::to_path_buf).or_else(|| cached(network));
+    for network in Network::ALL {
+        let path = match network.pretrainable() {
+            true => explicit.map(Path::to_path_buf).or_else(|| cached(network)),
+            false => None,
+        };
         let digest = match path {
             None => crate::vgg::WeightsOrigin::Random(crate::vgg::RandomDesign::DEFAULT).digest(),
             Some(p) => match hashed.iter().find(|(q, _)| *q == p) {
@@ -136,8 +140,11 @@ pub fn file_sha256(path: &Path) -> Result<String> {
 }
 
 /// The network to render with, and whether it is random (the caller tells the user).
+/// A network without pretrained weights (multi-scale) is random whatever `explicit` says: a
+/// worker's `--weights` is the VGG file for the jobs that ask for one.
 pub fn resolve(network: Network, explicit: Option<&Path>, device: Device) -> Result<Vgg> {
     let path = match explicit {
+        _ if !network.pretrainable() => None,
         Some(p) => Some(p.to_path_buf()),
         None => cached(network),
     };

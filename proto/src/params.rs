@@ -45,6 +45,9 @@ impl OptimizerKind {
 pub enum Precision {
     #[default]
     Fp32,
+    /// fp32 numbers, with TF32 tensor cores for matrix products and convolutions on NVIDIA GPUs
+    /// (inputs rounded to a 10-bit mantissa, fp32 sums); the same as fp32 on a CPU.
+    Tf32,
     /// Weights and activations in bfloat16 (tensor cores on a GPU); features are widened to
     /// fp32 before their Gram matrices.
     Bf16,
@@ -54,6 +57,7 @@ impl Precision {
     pub fn name(self) -> &'static str {
         match self {
             Self::Fp32 => "fp32",
+            Self::Tf32 => "tf32",
             Self::Bf16 => "bf16",
         }
     }
@@ -62,10 +66,44 @@ impl Precision {
     pub fn from_wire(s: &str) -> Result<Self, ParamError> {
         match s {
             "" | "fp32" => Ok(Self::Fp32),
+            "tf32" => Ok(Self::Tf32),
             "bf16" => Ok(Self::Bf16),
             _ => Err(ParamError::new(
                 "--precision",
-                format!("expected fp32 or bf16, got {:?}", crate::limits::quoted_prefix(s)),
+                format!("expected fp32, tf32 or bf16, got {:?}", crate::limits::quoted_prefix(s)),
+            )),
+        }
+    }
+}
+
+/// What the style loss compares between the image's features and the style's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LossKind {
+    /// Gram matrices (second moments), as in Gatys et al. and the original gramzoom.
+    #[default]
+    Gram,
+    /// The sliced Wasserstein distance between the feature distributions (Heitz et al., CVPR
+    /// 2021): each layer's features projected on random directions, sorted, and compared
+    /// quantile by quantile, which matches whole distributions rather than second moments.
+    Swd,
+}
+
+impl LossKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Gram => "gram",
+            Self::Swd => "swd",
+        }
+    }
+
+    /// The wire form: empty for gram (what a client that sets nothing sends).
+    pub fn from_wire(s: &str) -> Result<Self, ParamError> {
+        match s {
+            "" | "gram" => Ok(Self::Gram),
+            "swd" => Ok(Self::Swd),
+            _ => Err(ParamError::new(
+                "--loss",
+                format!("expected gram or swd, got {:?}", crate::limits::quoted_prefix(s)),
             )),
         }
     }
@@ -140,6 +178,7 @@ pub struct RenderParams {
     /// Conv layers used by the style loss with their weights; empty means all, equally weighted.
     pub layers: Vec<(String, f64)>,
     pub precision: Precision,
+    pub loss: LossKind,
 }
 
 impl Default for RenderParams {
@@ -159,6 +198,7 @@ impl Default for RenderParams {
             network: Network::Vgg16,
             layers: Vec::new(),
             precision: Precision::Fp32,
+            loss: LossKind::Gram,
         }
     }
 }
@@ -262,6 +302,21 @@ impl RenderParams {
         })
     }
 
+    /// The settings a user tells renders apart by, in words: `64x48, vgg16, gram loss, bf16,
+    /// adam, seed 0`. Shown when a state is refused by a render it does not belong to.
+    pub fn summary(&self) -> String {
+        format!(
+            "{}x{}, {}, {} loss, {}, {}, seed {}",
+            self.width,
+            self.height,
+            self.network.name(),
+            self.loss.name(),
+            self.precision.name(),
+            self.optimizer.name(),
+            self.seed
+        )
+    }
+
     /// Identifies everything that determines the frame sequence except its length, so that a
     /// hand-off state is only ever resumed by a render that would have produced it. The frame
     /// count is left out on purpose: a movie can be extended from its last state.
@@ -292,6 +347,10 @@ impl RenderParams {
         let canon = match self.precision {
             Precision::Fp32 => canon,
             p => format!("{canon}|{}", p.name()),
+        };
+        let canon = match self.loss {
+            LossKind::Gram => canon,
+            l => format!("{canon}|loss={}", l.name()),
         };
         hex(&Sha256::digest(canon.as_bytes()))
     }
@@ -373,14 +432,35 @@ impl ParamError {
 pub enum Network {
     Vgg16,
     Vgg19,
+    /// A shallow multi-scale random network in the spirit of Ustyuzhaninov, Brendel, Gatys and
+    /// Bethge (ICLR 2017): two 3x3 conv layers of 128 random filters on each level of a
+    /// Gaussian pyramid of the image (1, 1/2, ... 1/16), side by side rather than stacked.
+    /// Measured against the VGG16 design it lost (coarser texture, lines through the zoom's
+    /// centre, too little fine detail at a few iterations per frame; ARCHITECTURE.md), so it is
+    /// not offered to users: `gramzoom bench --compare-features` keeps the comparison
+    /// reproducible.
+    Multiscale,
 }
 
+/// The multi-scale network's pyramid levels and filters per layer.
+const MULTISCALE_LEVELS: u32 = 5;
+const MULTISCALE_FILTERS: usize = 128;
+
 impl Network {
+    /// The networks a user can choose.
+    pub const ALL: [Network; 2] = [Self::Vgg16, Self::Vgg19];
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Vgg16 => "vgg16",
             Self::Vgg19 => "vgg19",
+            Self::Multiscale => "multiscale",
         }
+    }
+
+    /// Whether pretrained weights exist for it (torchvision's VGGs).
+    pub fn pretrainable(self) -> bool {
+        !matches!(self, Self::Multiscale)
     }
 
     /// Output channels per conv block (torchvision's configurations D and E).
@@ -388,12 +468,30 @@ impl Network {
         match self {
             Self::Vgg16 => &[(2, 64), (2, 128), (3, 256), (3, 512), (3, 512)],
             Self::Vgg19 => &[(2, 64), (2, 128), (4, 256), (4, 512), (4, 512)],
+            Self::Multiscale => &[],
         }
     }
 
-    /// Every conv layer: (name like `conv3_2`, torchvision module index, in, out channels,
-    /// whether a 2x2 max-pool precedes it).
+    /// Every conv layer: its name (`conv3_2`, or `p2_1` for the first layer on the image at 1/4
+    /// size), torchvision module index, channels, kernel, and where its input comes from.
     pub fn layers(self) -> Vec<LayerSpec> {
+        if self == Self::Multiscale {
+            let mut out = Vec::new();
+            for level in 0..MULTISCALE_LEVELS {
+                for i in 0..2 {
+                    out.push(LayerSpec {
+                        name: format!("p{level}_{}", i + 1),
+                        index: out.len(),
+                        cin: if i == 0 { 3 } else { MULTISCALE_FILTERS },
+                        cout: MULTISCALE_FILTERS,
+                        kernel: 3,
+                        pool_before: false,
+                        image_level: (i == 0).then_some(level),
+                    });
+                }
+            }
+            return out;
+        }
         let mut out = Vec::new();
         let (mut index, mut cin) = (0usize, 3usize);
         for (b, &(n, cout)) in self.blocks().iter().enumerate() {
@@ -403,7 +501,9 @@ impl Network {
                     index,
                     cin,
                     cout,
+                    kernel: 3,
                     pool_before: b > 0 && i == 0,
+                    image_level: None,
                 });
                 index += 2; // conv, relu
                 cin = cout;
@@ -417,11 +517,17 @@ impl Network {
 impl std::str::FromStr for Network {
     type Err = ParamError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "vgg16" => Ok(Self::Vgg16),
-            "vgg19" => Ok(Self::Vgg19),
-            _ => Err(ParamError::new("--network", format!("expected vgg16 or vgg19, got {s:?}"))),
+        if s == Self::Multiscale.name() {
+            return Err(ParamError::new(
+                "--network",
+                "multiscale is an experimental design kept for `gramzoom bench --compare-features` (it failed the \
+                 line and detail checks); expected vgg16 or vgg19",
+            ));
         }
+        Self::ALL
+            .into_iter()
+            .find(|n| n.name() == s)
+            .ok_or_else(|| ParamError::new("--network", format!("expected vgg16 or vgg19, got {:?}", quoted_prefix(s))))
     }
 }
 
@@ -431,7 +537,13 @@ pub struct LayerSpec {
     pub index: usize,
     pub cin: usize,
     pub cout: usize,
+    /// Square kernel side.
+    pub kernel: usize,
+    /// A 2x2 pool before it (VGG), on the previous layer's output.
     pub pool_before: bool,
+    /// Reads the image itself, averaged down 2^level times, rather than the previous layer's
+    /// output (the multi-scale network's layers run side by side).
+    pub image_level: Option<u32>,
 }
 
 impl LayerSpec {

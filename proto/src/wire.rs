@@ -24,6 +24,10 @@ pub fn params_to_wire(p: &RenderParams) -> v1::RenderParams {
             crate::params::Precision::Fp32 => String::new(),
             other => other.name().into(),
         },
+        loss: match p.loss {
+            crate::params::LossKind::Gram => String::new(),
+            other => other.name().into(),
+        },
     }
 }
 
@@ -44,6 +48,7 @@ pub fn params_from_wire(w: &v1::RenderParams) -> Result<RenderParams, ParamError
         network: w.network.parse::<Network>()?,
         layers: w.layers.iter().map(|l| (l.name.clone(), l.weight)).collect(),
         precision: crate::params::Precision::from_wire(&w.precision)?,
+        loss: crate::params::LossKind::from_wire(&w.loss)?,
     };
     p.validate()?;
     Ok(p)
@@ -78,10 +83,14 @@ mod tests {
             RenderParams { learning_rate: Some(0.5), layers: vec![("conv2_1".into(), 2.0)], ..Default::default() };
         p.fps = Fps { num: 2997, den: 100 };
         assert_eq!(params_from_wire(&params_to_wire(&p)).unwrap(), p);
+        let swd = RenderParams { loss: crate::params::LossKind::Swd, network: Network::Vgg19, ..Default::default() };
+        assert_eq!(params_from_wire(&params_to_wire(&swd)).unwrap(), swd);
 
         type Mutation = fn(&mut v1::RenderParams);
-        let cases: [(Mutation, &str); 5] = [
+        let cases: [(Mutation, &str); 7] = [
             (|w| w.optimizer = "sgd".into(), "--optimizer"),
+            (|w| w.loss = "l2".into(), "--loss"),
+            (|w| w.precision = "fp8".into(), "--precision"),
             (|w| w.network = "resnet".into(), "--network"),
             (|w| w.fps_den = 0, "--fps"),
             (|w| w.width = 8, "--size"),

@@ -320,7 +320,7 @@ pub(crate) fn mp4_chunk(dir: &Path, frames: u32) -> Vec<u8> {
 pub(crate) fn state_bytes(next_frame: u32, (w, h): (i64, i64)) -> Vec<u8> {
     let image = tch::Tensor::rand([1, 3, h, w], (tch::Kind::Float, tch::Device::Cpu));
     let optim = engine::optim::OptimState::new(proto::params::OptimizerKind::Adam, &image);
-    engine::State { next_frame, image, optim, fingerprint: "test".into() }.to_bytes()
+    engine::State { next_frame, image, optim, fingerprint: "test".into(), made_by: String::new() }.to_bytes()
 }
 
 /// `GET url` with an optional bearer token: the status and the body, whatever the status.

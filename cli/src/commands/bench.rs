@@ -27,19 +27,36 @@ pub struct Args {
     pub network: String,
     #[arg(long)]
     pub weights: Option<std::path::PathBuf>,
-    /// fp32, bf16, or auto (bf16 on CUDA, fp32 on the CPU), as for `render`.
+    /// gram or swd, as for `render` (a list such as gram,swd for --compare-features).
+    #[arg(long, default_value = "gram")]
+    pub loss: String,
+    /// fp32, tf32, bf16, or auto (bf16 on CUDA, fp32 on the CPU), as for `render`; a list such
+    /// as fp32,tf32,bf16 times each.
     #[arg(long, default_value = "auto")]
     pub precision: String,
-    /// Instead of timing: render with each random-feature design and score how close colours
-    /// and the scale of detail come to each style (lower is better).
+    /// Instead of timing: render with each random-feature design (and each --loss, which may
+    /// be a list here) and score how close colours, the scale of detail, colour speckle and
+    /// centre lines come to each style (lower is better).
     #[arg(long)]
     pub compare_features: bool,
+    /// The designs --compare-features renders (default: all), e.g. vgg16-he,multiscale.
+    #[arg(long)]
+    pub designs: Option<String>,
+    /// Style layers and weights for --compare-features, as for `render` (default: all, equal);
+    /// designs without these layers are skipped.
+    #[arg(long)]
+    pub layers: Option<String>,
     /// Style images for --compare-features.
     #[arg(long, default_value = "examples/wheatfield.jpg,examples/immunohistochemistry.png")]
     pub styles: String,
     /// Write the last frame of each --compare-features render here, to look at.
     #[arg(long)]
     pub stills: Option<std::path::PathBuf>,
+    /// Instead of timing: render a short movie per style, network and loss and write a contact
+    /// sheet of their first, middle and last frames, with their scores, into this folder
+    /// (scripts/gallery.sh makes docs/gallery with it).
+    #[arg(long)]
+    pub gallery: Option<std::path::PathBuf>,
     /// Instead of timing the engine: measure the coordinator (1080p hand-off state transfer,
     /// dispatch latency, stitching 100 chunks).
     #[arg(long)]
@@ -51,7 +68,10 @@ pub fn run(args: Args) -> Result<()> {
     // The benchmark runs its tensors on this thread.
     engine::device::set_threads(args.torch.threads());
     if args.compare_features {
-        return compare_features(&args, device);
+        return super::compare::compare_features(&args, device);
+    }
+    if let Some(dir) = &args.gallery {
+        return super::compare::gallery(&args, dir, device);
     }
     if args.cluster {
         return super::bench_cluster::run();
@@ -67,28 +87,43 @@ pub fn run(args: Args) -> Result<()> {
     let net = engine::weights::resolve(network, args.weights.as_deref(), device)?;
     let weights =
         if matches!(net.origin, engine::vgg::WeightsOrigin::Random(_)) { "random features" } else { "pretrained" };
-    let precision = match args.precision.as_str() {
-        "auto" if device.is_cuda() => Precision::Bf16,
-        "auto" => Precision::Fp32,
-        other => Precision::from_wire(other)?,
-    };
+    let precisions = args
+        .precision
+        .split(',')
+        .map(|p| match p.trim() {
+            "auto" if device.is_cuda() => Ok(Precision::Bf16),
+            "auto" => Ok(Precision::Fp32),
+            other => Precision::from_wire(other),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let peak = peak_tflops(device);
     println!(
-        "device {device:?}, {} CPU threads, {} ({weights}), {}, {}, {} iters per frame",
+        "device {device:?}, {} CPU threads, {} ({weights}), {} loss, {}, {} iters per frame",
         tch::get_num_threads(),
         args.network,
+        args.loss,
         args.optimizer,
-        precision.name(),
         args.iters
     );
     match &peak {
         Some((name, tflops)) => println!("peak assumed: {name}, {tflops} TFLOP/s dense bf16"),
         None => println!("peak: unknown for this device (TFLOP/s shown without a share)"),
     }
-    println!("{:>10} {:>9} {:>9} {:>11} {:>9} {:>7}", "size", "ms/iter", "s/frame", "frames/min", "TFLOP/s", "of peak");
+    println!(
+        "{:>9} {:>10} {:>9} {:>9} {:>11} {:>9} {:>7} {:>9}",
+        "precision",
+        "size",
+        "ms/iter",
+        "s/frame",
+        "frames/min",
+        "TFLOP/s",
+        "of peak",
+        if device.is_cuda() { "GPU MiB" } else { "RSS MiB" }
+    );
 
     let mut net = Some(net);
-    for size in sizes.split(',') {
+    let runs = precisions.iter().flat_map(|&p| sizes.split(',').map(move |s| (p, s)));
+    for (precision, size) in runs {
         let (width, height) = parse_size(size.trim())?;
         let params = RenderParams {
             width,
@@ -99,6 +134,7 @@ pub fn run(args: Args) -> Result<()> {
             optimizer: args.optimizer.parse::<OptimizerKind>()?,
             network,
             precision,
+            loss: engine::params::LossKind::from_wire(&args.loss)?,
             ..RenderParams::default()
         };
         let flop = flop_per_iteration(&params);
@@ -121,95 +157,41 @@ pub fn run(args: Args) -> Result<()> {
         let per_iter = per_frame / f64::from(args.iters);
         let tflops = flop / per_iter / 1e12;
         let share = peak.as_ref().map_or_else(|| "-".to_string(), |(_, p)| format!("{:.1}%", tflops / p * 100.0));
+        let memory = memory_mib(device).map_or_else(|| "-".to_string(), |m| m.to_string());
         println!(
-            "{:>10} {:>9.1} {:>9.3} {:>11.1} {:>9.2} {:>7}",
+            "{:>9} {:>10} {:>9.1} {:>9.3} {:>11.1} {:>9.2} {:>7} {:>9}",
+            precision.name(),
             size.trim(),
             per_iter * 1000.0,
             per_frame,
             60.0 / per_frame,
             tflops,
-            share
+            share,
+            memory
         );
     }
     Ok(())
 }
 
-/// Scores each random-feature design: colour error (mean and spread per channel, 8-bit levels),
-/// the detail-scale distance of `quality::detail_distance`, and the centre-line ratio.
-fn compare_features(args: &Args, device: tch::Device) -> Result<()> {
-    use engine::quality;
-    use engine::vgg::{RandomDesign, Vgg};
-    let (width, height) = parse_size(args.sizes.as_deref().unwrap_or("128x128"))?;
-    let frames = args.frames.max(8) * 4;
-    println!("random-feature designs, {width}x{height}, {frames} frames of {} iters, warm-up 150", args.iters);
-    println!(
-        "{:>18} {:>26} {:>9} {:>8} {:>7} {:>8} {:>6}",
-        "design", "style", "mean err", "std err", "detail", "speckle", "lines"
-    );
-    for design in RandomDesign::ALL {
-        let mut total = 0.0;
-        for path in args.styles.split(',') {
-            let style = Style::open(std::path::Path::new(path))?;
-            let params = RenderParams {
-                width,
-                height,
-                frames,
-                iters: args.iters,
-                warmup: 150,
-                optimizer: args.optimizer.parse::<OptimizerKind>()?,
-                ..RenderParams::default()
-            };
-            let reference = style.tensor(style.scaled_size(width.min(height), params.style_scale)?, tch::Device::Cpu);
-            let engine =
-                Engine::new(params, style, Vgg::random_with(engine::vgg::Network::Vgg16, design, device), device)?;
-            let mut state = engine.initial_state(&mut |_| {})?;
-            let mut out = Vec::new();
-            let mut keep = |f| {
-                out.push(f);
-                Ok(())
-            };
-            engine.render(&mut state, frames, &mut keep, &mut |_| {})?;
-
-            let last = out.last().expect("frames rendered").to_tensor();
-            let ((m1, s1), (m2, s2)) = (quality::colour_stats(&last), quality::colour_stats(&reference));
-            let mean_err = (0..3).map(|c| (m1[c] - m2[c]).abs()).sum::<f64>() / 3.0;
-            let std_err = (0..3).map(|c| (s1[c] - s2[c]).abs()).sum::<f64>() / 3.0;
-            let detail = quality::detail_distance(&last, &reference);
-            let (r, c) = quality::centre_line_ratio(&out[out.len() / 2..]);
-            // Colour speckle: log2 of the chroma-gradient ratio to the style's (0 = same).
-            let speckle = (quality::chroma_gradient(&last) / quality::chroma_gradient(&reference).max(1e-9)).log2();
-            total += detail + speckle.abs();
-            println!(
-                "{:>18} {:>26} {:>9.1} {:>8.1} {:>7.3} {:>8.3} {:>6.2}",
-                design.name(),
-                path.rsplit('/').next().unwrap_or(path),
-                mean_err,
-                std_err,
-                detail,
-                speckle,
-                r.max(c)
-            );
-
-            if let Some(dir) = &args.stills {
-                std::fs::create_dir_all(dir)?;
-                let name = std::path::Path::new(path)
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                out.last()
-                    .expect("frames rendered")
-                    .to_image()
-                    .save(dir.join(format!("{}-{name}.png", design.name())))?;
-            }
-        }
-        println!(
-            "{:>18} {:>26} {:>40.3}",
-            design.name(),
-            "mean |detail|+|speckle|",
-            total / args.styles.split(',').count() as f64
-        );
+/// Memory this process holds: on a GPU what nvidia-smi reports for it (libtorch's caching
+/// allocator keeps what it once needed, so this is the peak so far, plus the CUDA context); on
+/// the CPU the resident-set peak (VmHWM).
+fn memory_mib(device: tch::Device) -> Option<u64> {
+    if let tch::Device::Cuda(i) = device {
+        let out = std::process::Command::new("nvidia-smi")
+            .args(["--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits", &format!("--id={i}")])
+            .output()
+            .ok()?;
+        let me = std::process::id().to_string();
+        return String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+            let (pid, mib) = l.split_once(',')?;
+            (pid.trim() == me).then(|| mib.trim().parse().ok()).flatten()
+        });
     }
-    Ok(())
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib / 1024)
 }
 
 /// Floating-point operations of one optimiser iteration: the conv layers up to the deepest one
@@ -224,9 +206,15 @@ fn flop_per_iteration(p: &RenderParams) -> f64 {
         if l.pool_before {
             hw /= 4.0;
         }
-        conv += 2.0 * 9.0 * l.cin as f64 * l.cout as f64 * hw;
+        // Side-by-side layers (multi-scale) read the image at their own level, and only when used.
+        let at = match l.image_level {
+            Some(_) if !used.contains(&i) => continue,
+            Some(level) => f64::from(p.width) * f64::from(p.height) / 4f64.powi(level as i32),
+            None => hw,
+        };
+        conv += 2.0 * (l.kernel * l.kernel) as f64 * l.cin as f64 * l.cout as f64 * at;
         if used.contains(&i) {
-            gram += 2.0 * (l.cout as f64).powi(2) * hw;
+            gram += 2.0 * (l.cout as f64).powi(2) * at;
         }
     }
     2.0 * (conv + gram)

@@ -97,7 +97,7 @@ pub fn run() -> Result<()> {
         let optim = OptimState::new(OptimizerKind::Adam, &image);
         // The end state of the first frame, with that frame's chunk: the coordinator checks
         // that an upload holds what its segment must.
-        let state = State { next_frame: 1, image, optim, fingerprint: "bench".into() };
+        let state = State { next_frame: 1, image, optim, fingerprint: "bench".into(), made_by: String::new() };
         let t = Instant::now();
         let bytes = state.to_bytes();
         let serialise = t.elapsed().as_secs_f64();

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_cluster;
+pub mod compare;
 pub mod jobs;
 pub mod render;
 pub mod serve;

@@ -5,7 +5,7 @@ use crate::progress::Bar;
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use engine::device::DeviceThread;
-use engine::params::{parse_size, Fps, OptimizerKind, Precision, RenderParams, StyleScale};
+use engine::params::{parse_size, Fps, LossKind, OptimizerKind, Precision, RenderParams, StyleScale};
 use engine::style::Style;
 use engine::vgg::{Network, WeightsOrigin};
 use engine::{Engine, ParamError};
@@ -37,8 +37,10 @@ pub struct RenderFlags {
     pub warmup: u32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// The network's number format: fp32, bf16 (weights and activations in bfloat16, for GPU
-    /// tensor cores; the image, optimiser state and Gram matrices stay fp32), or auto: bf16 on
+    /// The network's number format: fp32 (strict, no tensor cores), tf32 (fp32 numbers with
+    /// TF32 tensor cores for convolutions and matrix products on NVIDIA GPUs; fp32 on a CPU),
+    /// bf16 (weights and activations in bfloat16, for GPU tensor cores; the image, optimiser
+    /// state and Gram matrices stay fp32), or auto: bf16 on
     /// a CUDA device for `render`, fp32 on the CPU (this machine's CPU has no bf16 instructions
     /// and runs bf16 slower) and for `submit` (its workers' devices are not known; pass bf16
     /// for a GPU farm).
@@ -57,9 +59,14 @@ pub struct RenderFlags {
     /// comes out finer, above 1 coarser.
     #[arg(long, default_value = "auto", value_parser = parse_style_scale)]
     pub style_scale: StyleScale,
-    /// vgg16 or vgg19.
+    /// The feature network: vgg16 or vgg19, pretrained when `gramzoom weights download` has
+    /// fetched its weights (or --weights names a file), random features otherwise.
     #[arg(long, default_value = "vgg16")]
     pub network: String,
+    /// The style loss: gram (Gram matrices, the original's) or swd (sliced Wasserstein
+    /// distance: matches whole feature distributions rather than second moments).
+    #[arg(long, default_value = "gram")]
+    pub loss: String,
     /// Style layers and weights, e.g. conv1_1=1,conv2_1=1,conv3_1=0.5 (default: all, equal).
     #[arg(long)]
     pub layers: Option<String>,
@@ -91,7 +98,7 @@ pub struct Args {
     pub quiet: bool,
 }
 
-fn parse_layers(spec: &str) -> Result<Vec<(String, f64)>, ParamError> {
+pub(crate) fn parse_layers(spec: &str) -> Result<Vec<(String, f64)>, ParamError> {
     spec.split(',')
         .map(|item| {
             let (name, w) = item.split_once('=').unwrap_or((item, "1"));
@@ -131,8 +138,14 @@ pub fn params(args: &RenderFlags, cuda: bool) -> Result<RenderParams, ParamError
         precision: match args.precision.as_str() {
             "auto" if cuda => Precision::Bf16,
             "auto" => Precision::Fp32,
-            other => Precision::from_wire(other)
-                .map_err(|_| ParamError::new("--precision", format!("expected auto, fp32 or bf16, got {other:?}")))?,
+            other => Precision::from_wire(other).map_err(|_| {
+                ParamError::new("--precision", format!("expected auto, fp32, tf32 or bf16, got {other:?}"))
+            })?,
+        },
+        // An empty flag is a mistake, not the wire's "unset".
+        loss: match args.loss.as_str() {
+            "" => return Err(ParamError::new("--loss", "expected gram or swd, got an empty value")),
+            other => LossKind::from_wire(other)?,
         },
     };
     p.validate()?;

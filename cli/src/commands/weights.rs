@@ -33,7 +33,11 @@ pub fn run(cmd: Command, bar: &Bar) -> Result<()> {
         Command::Dir => println!("{}", weights::cache_dir().display()),
         Command::Download { network, url, sha256, dir } => {
             let network: Network = network.parse()?;
-            let url = url.unwrap_or_else(|| weights::official_url(network).to_string());
+            let url = match (url, weights::official_url(network)) {
+                (Some(url), _) => url,
+                (None, Some(official)) => official.to_string(),
+                (None, None) => anyhow::bail!("network: {} has no pretrained weights to download", network.name()),
+            };
             let dir = dir.unwrap_or_else(weights::cache_dir);
             tracing::info!(%url, dir = %dir.display(), "downloading");
             let mut pb = None;

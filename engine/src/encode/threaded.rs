@@ -2,6 +2,8 @@
 
 use super::{EncodeError, FrameSink};
 use crate::segment::Frame;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// A sink on a thread of its own: colour conversion, H.264 or GIF encoding and PNG dumps run
 /// there while the caller's thread (the torch thread) renders the next frame. At most `depth`
@@ -10,6 +12,9 @@ use crate::segment::Frame;
 pub struct Threaded {
     frames: Option<std::sync::mpsc::SyncSender<Msg>>,
     thread: Option<std::thread::JoinHandle<Result<(), EncodeError>>>,
+    /// Set when the render is abandoned (cancelled or failed): frames still queued are dropped
+    /// rather than encoded into an output nobody keeps.
+    abandoned: Arc<AtomicBool>,
 }
 
 impl Threaded {
@@ -21,6 +26,8 @@ impl Threaded {
     ) -> Result<Self, EncodeError> {
         let (frames, queue) = std::sync::mpsc::sync_channel::<Msg>(depth);
         let (opened_tx, opened) = std::sync::mpsc::channel();
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let stop = abandoned.clone();
         let thread = std::thread::Builder::new()
             .name("gramzoom-encode".into())
             .spawn(move || {
@@ -35,6 +42,9 @@ impl Threaded {
                     }
                 };
                 for msg in queue.iter() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
                     match msg {
                         Msg::Frame(frame) => sink.push_owned(frame)?,
                         Msg::Finish => return sink.finish(),
@@ -46,7 +56,7 @@ impl Threaded {
             })
             .map_err(|e| EncodeError::Ffmpeg(format!("starting the encoder thread: {e}")))?;
         match opened.recv() {
-            Ok(Ok(())) => Ok(Self { frames: Some(frames), thread: Some(thread) }),
+            Ok(Ok(())) => Ok(Self { frames: Some(frames), thread: Some(thread), abandoned }),
             Ok(Err(e)) => {
                 let _ = thread.join();
                 Err(e)
@@ -100,6 +110,7 @@ impl Drop for Threaded {
     fn drop(&mut self) {
         // A render that failed: the thread drops its sink (and the partial file) and ends.
         if self.thread.is_some() {
+            self.abandoned.store(true, Ordering::Relaxed);
             drop(self.frames.take());
             let _ = self.outcome();
         }
@@ -126,6 +137,60 @@ mod tests {
         fn finish(self: Box<Self>) -> Result<(), EncodeError> {
             Ok(())
         }
+    }
+
+    /// A sink that takes `delay` per frame and records what it was given.
+    struct Slow {
+        delay: std::time::Duration,
+        seen: Arc<std::sync::Mutex<Vec<u32>>>,
+        finished: Arc<AtomicBool>,
+    }
+
+    impl FrameSink for Slow {
+        fn push(&mut self, frame: &Frame) -> Result<(), EncodeError> {
+            std::thread::sleep(self.delay);
+            self.seen.lock().unwrap().push(frame.index);
+            Ok(())
+        }
+        fn finish(self: Box<Self>) -> Result<(), EncodeError> {
+            self.finished.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    fn slow(ms: u64) -> (Threaded, Arc<std::sync::Mutex<Vec<u32>>>, Arc<AtomicBool>) {
+        let (seen, finished) = (Arc::default(), Arc::new(AtomicBool::new(false)));
+        let sink =
+            Slow { delay: std::time::Duration::from_millis(ms), seen: Arc::clone(&seen), finished: finished.clone() };
+        (Threaded::spawn(move || Ok(Box::new(sink)), 2).unwrap(), seen, finished)
+    }
+
+    /// A slow encoder holds the render back (at most 2 frames wait) and gets every frame in
+    /// order; a cancelled render stops it without encoding what was still queued.
+    #[test]
+    fn a_slow_encoder_gets_every_frame_in_order_and_a_cancel_stops_it() {
+        let frames = frames(32, 32, 12);
+        let (sink, seen, finished) = slow(25);
+        let mut sink: Box<dyn FrameSink> = Box::new(sink);
+        let t = std::time::Instant::now();
+        for f in &frames {
+            sink.push(f).unwrap();
+        }
+        // 12 frames, 3 of them in the queue or in hand when the last push returns.
+        assert!(t.elapsed() >= std::time::Duration::from_millis(25 * 9), "pushes did not wait: {:?}", t.elapsed());
+        sink.finish().unwrap();
+        assert_eq!(*seen.lock().unwrap(), (0..12).collect::<Vec<u32>>());
+        assert!(finished.load(Ordering::Relaxed));
+
+        let (mut sink, seen, finished) = slow(300);
+        for f in &frames[..3] {
+            sink.push(f).unwrap();
+        }
+        let t = std::time::Instant::now();
+        drop(sink);
+        assert!(t.elapsed() < std::time::Duration::from_millis(900), "cancel waited {:?}", t.elapsed());
+        assert!(seen.lock().unwrap().len() <= 1, "encoded after the cancel: {:?}", seen.lock().unwrap());
+        assert!(!finished.load(Ordering::Relaxed), "a cancelled output was finished");
     }
 
     #[test]

@@ -1,0 +1,148 @@
+//! The sliced Wasserstein distance between two sets of feature vectors (Heitz, Vanderhaeghe,
+//! Chambon and Paulin, "A Sliced Wasserstein Loss for Neural Texture Synthesis", CVPR 2021).
+//!
+//! A Gram matrix keeps the second moments of a layer's features; the sliced distance compares
+//! their whole distributions: project both sets on random unit directions, sort each projection,
+//! and compare them quantile by quantile (the 1-D optimal transport, exact after a sort). New
+//! directions every iteration make it, in expectation, the distance over all directions.
+//!
+//! Sorting is its cost (on a CPU 60% of an iteration went to sorts at first), so two bounds
+//! keep it affordable at HD: the style keeps a fixed random sample of at most `MAX_SAMPLES`
+//! feature vectors per layer (a quantile function known at 16384 points, interpolated between
+//! them, is as good as one known at two million for a texture), and each iteration projects on
+//! at most `MAX_DIRECTIONS` directions, so the products per layer stay below its Gram matrix's
+//! and the sorts are of 64 rows.
+
+use crate::rng::Stream;
+use tch::{Device, Kind, Tensor};
+
+/// The most style feature vectors a layer keeps.
+pub const MAX_SAMPLES: i64 = 16_384;
+/// The most directions a layer is projected on per iteration (its channel count if fewer).
+pub const MAX_DIRECTIONS: i64 = 64;
+
+/// fp32 for bf16 and fp32 features (sorting bf16 values would tie most of them), fp64 kept.
+fn wide(t: &Tensor) -> Tensor {
+    match t.kind() {
+        Kind::Double => t.shallow_clone(),
+        _ => t.to_kind(Kind::Float),
+    }
+}
+
+/// The style's feature vectors at one layer as a (C, M) matrix, M <= `MAX_SAMPLES`, the
+/// positions drawn from `rng` (with replacement) when the layer has more.
+pub fn samples(features: &Tensor, rng: &mut Stream) -> Tensor {
+    let (_, c, h, w) = features.size4().expect("features are NCHW");
+    let f = wide(features).reshape([c, h * w]);
+    if h * w <= MAX_SAMPLES {
+        return f;
+    }
+    let picks: Vec<i64> = (0..MAX_SAMPLES).map(|_| rng.below((h * w) as u64) as i64).collect();
+    f.index_select(1, &Tensor::from_slice(&picks).to_device(f.device()))
+}
+
+/// Random unit directions for every layer of one iteration: a (C, K) matrix per channel count
+/// in `channels`, cut from one draw of normals (layers live in unrelated spaces, so sharing the
+/// draw costs nothing and the draw is made once).
+pub fn directions(channels: &[i64], rng: &mut Stream, device: Device) -> Vec<Tensor> {
+    let c_max = channels.iter().copied().max().unwrap_or(1);
+    let k_max = c_max.min(MAX_DIRECTIONS);
+    let normals: Vec<f32> = (0..c_max * k_max).map(|_| rng.next_normal()).collect();
+    let all = Tensor::from_slice(&normals).reshape([c_max, k_max]).to_device(device);
+    channels
+        .iter()
+        .map(|&c| {
+            let d = all.narrow(0, 0, c).narrow(1, 0, c.min(MAX_DIRECTIONS));
+            &d / d.square().sum_dim_intlist(0, true, Kind::Float).sqrt().clamp_min(1e-12)
+        })
+        .collect()
+}
+
+/// The sliced distance between the features of an image (1xCxHxW, any float kind) and the
+/// style's `samples` (C x M) along `directions` (C x K): the mean squared difference of sorted
+/// projections, the style's resampled to the image's count of positions by linear
+/// interpolation between its quantiles.
+pub fn distance(features: &Tensor, samples: &Tensor, directions: &Tensor) -> Tensor {
+    let (_, c, h, w) = features.size4().expect("features are NCHW");
+    let n = h * w;
+    let f = wide(features).reshape([c, n]);
+    let t = directions.transpose(0, 1);
+    let (mine, _) = t.matmul(&f).sort(1, false);
+    let (theirs, _) = t.matmul(samples).sort(1, false);
+    let theirs = if theirs.size()[1] == n {
+        theirs
+    } else {
+        theirs.unsqueeze(0).upsample_linear1d([n], true, None::<f64>).squeeze_dim(0)
+    };
+    (mine - theirs).square().mean(f.kind())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Purpose;
+
+    fn features(seed: u64, c: i64, h: i64, w: i64, shift: f32) -> Tensor {
+        let mut rng = Stream::new(seed, 0, Purpose::InitNoise);
+        let v: Vec<f32> = (0..c * h * w).map(|_| rng.next_f32() + shift).collect();
+        Tensor::from_slice(&v).reshape([1, c, h, w])
+    }
+
+    /// The distance is zero for the same distribution however the positions are shuffled or
+    /// sampled, grows with a shift of the distribution, and is a smooth function of the image.
+    #[test]
+    fn the_distance_compares_distributions_not_positions() {
+        let mut rng = Stream::new(1, 0, Purpose::Directions);
+        let style = features(1, 8, 16, 16, 0.0);
+        let shuffled = style.flip([2, 3]);
+        let dirs = directions(&[8], &mut rng, Device::Cpu).remove(0);
+        assert_eq!(dirs.size(), [8, 8]);
+        let norms = dirs.square().sum_dim_intlist(0, false, Kind::Float);
+        assert!((norms - 1.0).abs().max().double_value(&[]) < 1e-5, "directions are unit vectors");
+        let samples = samples(&style, &mut rng);
+        assert!(distance(&shuffled, &samples, &dirs).double_value(&[]) < 1e-10);
+        let near = distance(&features(2, 8, 16, 16, 0.0), &samples, &dirs).double_value(&[]);
+        let far = distance(&features(2, 8, 16, 16, 0.5), &samples, &dirs).double_value(&[]);
+        assert!(near < 0.01 && far > 10.0 * near, "same distribution {near}, shifted {far}");
+        // Another size: quantiles are resampled, the same distribution stays close.
+        let small = distance(&features(3, 8, 8, 12, 0.0), &samples, &dirs).double_value(&[]);
+        assert!(small < 0.01, "{small}");
+    }
+
+    /// A layer larger than the sample bound keeps exactly `MAX_SAMPLES` of its vectors, drawn
+    /// the same way every time.
+    #[test]
+    fn large_layers_are_sampled_reproducibly() {
+        let big = features(4, 2, 300, 300, 0.0);
+        let a = samples(&big, &mut Stream::new(5, 0, Purpose::Samples));
+        let b = samples(&big, &mut Stream::new(5, 0, Purpose::Samples));
+        assert_eq!(a.size(), [2, MAX_SAMPLES]);
+        assert!(a.equal(&b));
+    }
+
+    /// The gradient through projections and sorts matches finite differences.
+    #[test]
+    fn gradient_matches_finite_differences() {
+        let mut rng = Stream::new(7, 0, Purpose::Directions);
+        let dirs = directions(&[3], &mut rng, Device::Cpu).remove(0).to_kind(Kind::Double);
+        let target = samples(&features(8, 3, 5, 5, 0.2), &mut rng).to_kind(Kind::Double);
+        let x = features(9, 3, 4, 6, 0.0).to_kind(Kind::Double).set_requires_grad(true);
+        let exact = |x: &Tensor| distance(x, &target, &dirs);
+        assert_eq!(exact(&x).kind(), Kind::Double);
+        exact(&x).backward();
+        let grad = x.grad();
+        let eps = 1e-6;
+        for idx in [[0i64, 0, 0, 0], [0, 2, 3, 5], [0, 1, 2, 1]] {
+            let bump = |e: f64| {
+                tch::no_grad(|| {
+                    let y = x.detach().copy();
+                    let _ = y.get(0).get(idx[1]).get(idx[2]).get(idx[3]).g_add_scalar_(e);
+                    exact(&y).double_value(&[])
+                })
+            };
+            let fd = (bump(eps) - bump(-eps)) / (2.0 * eps);
+            let an = grad.double_value(&idx);
+            assert!((fd - an).abs() < 1e-6 * an.abs().max(1.0), "{idx:?}: {fd} vs {an}");
+        }
+    }
+}
