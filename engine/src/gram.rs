@@ -18,7 +18,13 @@ pub fn gram(features: &Tensor) -> Tensor {
         Kind::BFloat16 | Kind::Half => features.to_kind(Kind::Float),
         _ => features.shallow_clone(),
     };
-    let f = (features - GRAM_SHIFT).reshape([n, c, h * w]);
+    let f = features - GRAM_SHIFT;
+    if f.stride()[1] == 1 && c > 1 {
+        // Channels-last: (N, HW, C) is a free view of it, and G = F^T F.
+        let f = f.permute([0, 2, 3, 1]).reshape([n, h * w, c]);
+        return f.transpose(1, 2).matmul(&f) / (h * w) as f64;
+    }
+    let f = f.reshape([n, c, h * w]);
     f.matmul(&f.transpose(1, 2)) / (h * w) as f64
 }
 
@@ -26,6 +32,15 @@ pub fn gram(features: &Tensor) -> Tensor {
 mod tests {
     use super::*;
     use tch::Device;
+
+    /// A channels-last feature map (bf16 runs) gives the same Gram matrix by its own path.
+    #[test]
+    fn channels_last_features_give_the_same_gram() {
+        let f = Tensor::rand([1, 6, 5, 7], (Kind::Double, Device::Cpu));
+        let nhwc = crate::vgg::to_channels_last(&f);
+        assert_eq!(nhwc.stride()[1], 1);
+        assert!((gram(&f) - gram(&nhwc)).abs().max().double_value(&[]) < 1e-12);
+    }
 
     #[test]
     fn gram_gradient_matches_finite_differences() {

@@ -44,8 +44,8 @@ impl StyleTarget {
     }
 
     /// The style loss of `image` (1x3xHxW in [0, 1]) as a scalar that keeps the graph.
-    /// `draws` gives the sliced distance its directions (a gram loss draws nothing): one stream
-    /// per frame, consumed in iteration order, so a frame's draws do not depend on the segment.
+    /// `draws` gives the sliced distance its directions (a gram loss draws nothing); the caller
+    /// keys it by frame, so a frame's draws do not depend on the segment it is rendered in.
     pub fn loss(&self, net: &Vgg, image: &Tensor, draws: &mut Stream) -> Tensor {
         let feats = net.features(image, &self.layers);
         // fp32 at least (bf16 features are widened); fp64 stays fp64 for the gradient checks.

@@ -105,7 +105,7 @@ impl Engine {
         crate::tf32::allow(params.precision != crate::params::Precision::Fp32);
         let net = match params.precision {
             crate::params::Precision::Fp32 | crate::params::Precision::Tf32 => net,
-            crate::params::Precision::Bf16 => net.to_kind(tch::Kind::BFloat16),
+            crate::params::Precision::Bf16 => net.to_kind(tch::Kind::BFloat16).channels_last(),
         };
         let target = style_target(&params, &style, &net, device, 1.0)?;
         Ok(Self {
@@ -256,13 +256,15 @@ impl Engine {
                 state.optim.map_spatial(|t| zoom.apply(t));
             }
             let mut rolls = Stream::new(self.params.seed, i as u64, Purpose::Roll);
-            let mut draws = Stream::new(self.params.seed, i as u64, Purpose::Directions);
+            let draws = Stream::new(self.params.seed, i as u64, Purpose::Directions);
             let mut shift = (0, 0);
             let mut last = None;
             for k in 0..self.params.iters {
                 if k % roll_every == 0 {
                     shift = (rolls.below(h as u64) as i64, rolls.below(w as u64) as i64);
                 }
+                // The same directions for every iteration of a frame (see `swd`).
+                let mut draws = draws.clone();
                 last = Some(self.iterate(&self.target, &mut state.image, &mut state.optim, shift, &mut draws)?);
                 progress(Progress {
                     frames_done: i - start,

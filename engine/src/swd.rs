@@ -4,7 +4,12 @@
 //! A Gram matrix keeps the second moments of a layer's features; the sliced distance compares
 //! their whole distributions: project both sets on random unit directions, sort each projection,
 //! and compare them quantile by quantile (the 1-D optimal transport, exact after a sort). New
-//! directions every iteration make it, in expectation, the distance over all directions.
+//! directions make it, in expectation, the distance over all directions. Heitz et al. draw
+//! them every iteration; a movie frame here gets one draw for its few iterations (the warm-up
+//! still draws every iteration). Measured on a 96x80, 40-frame movie: with a draw per iteration
+//! the central column's gradient reached 1.41x the median's (a line through the zoom's centre,
+//! where content stays longest and collects the noise of ever-new directions), with a draw per
+//! frame 1.06 to 1.13, against 1.13 to 1.23 for the Gram loss.
 //!
 //! Sorting is its cost (on a CPU 60% of an iteration went to sorts at first), so two bounds
 //! keep it affordable at HD: the style keeps a fixed random sample of at most `MAX_SAMPLES`

@@ -70,6 +70,9 @@ impl RandomDesign {
 pub struct Vgg {
     convs: Vec<Conv>,
     avg_pool: bool,
+    /// Weights and activations laid out channels-last (NHWC in memory, NCHW in shape), the
+    /// layout tensor cores read without a transpose.
+    channels_last: bool,
     mean: Tensor,
     std: Tensor,
     pub origin: WeightsOrigin,
@@ -145,7 +148,18 @@ impl Vgg {
     fn with_convs(convs: Vec<Conv>, device: Device, origin: WeightsOrigin) -> Self {
         let mean = Tensor::from_slice(&[0.485f32, 0.456, 0.406]).reshape([1, 3, 1, 1]).to_device(device);
         let std = Tensor::from_slice(&[0.229f32, 0.224, 0.225]).reshape([1, 3, 1, 1]).to_device(device);
-        Self { convs, avg_pool: false, mean, std, origin }
+        Self { convs, avg_pool: false, channels_last: false, mean, std, origin }
+    }
+
+    /// The same network laid out channels-last: libtorch picks NHWC convolution kernels for a
+    /// channels-last input and weight (cuDNN's tensor-core kernels want it; with NCHW it
+    /// transposes around every convolution) and keeps the layout through ReLU and pooling.
+    pub fn channels_last(mut self) -> Self {
+        for c in &mut self.convs {
+            c.weight = to_channels_last(&c.weight);
+        }
+        self.channels_last = true;
+        self
     }
 
     /// The same network in another precision (double for gradient checks, half on GPUs).
@@ -158,6 +172,7 @@ impl Vgg {
         Self {
             convs,
             avg_pool: self.avg_pool,
+            channels_last: self.channels_last,
             mean: self.mean.to_kind(kind),
             std: self.std.to_kind(kind),
             origin: self.origin.clone(),
@@ -174,6 +189,9 @@ impl Vgg {
         let last = layers.iter().copied().max().unwrap_or(0);
         // In the network's own number format (bf16 runs take an fp32 image).
         let mut x = (image.to_kind(self.mean.kind()) - &self.mean) / &self.std;
+        if self.channels_last {
+            x = to_channels_last(&x);
+        }
         let mut out = Vec::with_capacity(layers.len());
         // The image averaged down 2^level times, for layers that read it (multi-scale network).
         let mut pyramid = vec![x.shallow_clone()];
@@ -199,6 +217,12 @@ impl Vgg {
         }
         out
     }
+}
+
+/// The tensor's values with channels-last strides (tch has no memory-format argument: NHWC
+/// made contiguous, viewed back as NCHW, is that layout).
+pub fn to_channels_last(t: &Tensor) -> Tensor {
+    t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
 /// Half the size, after a 5-tap binomial blur (a Gaussian pyramid's step). A 2x2 average would
@@ -227,6 +251,22 @@ mod tests {
         assert_eq!(l19.last().unwrap().index, 34);
         assert_eq!(l19[4].name, "conv3_1");
         assert!(l19[4].pool_before);
+    }
+
+    /// The channels-last network computes the same features, and keeps the layout through the
+    /// stack (a layer that fell back to NCHW would cost a transpose per convolution on a GPU).
+    #[test]
+    fn channels_last_computes_the_same_features_in_nhwc() {
+        let net = Vgg::random(Network::Vgg16, Device::Cpu);
+        let x = Tensor::rand([1, 3, 40, 48], (Kind::Float, Device::Cpu));
+        let plain = net.features(&x, &[1, 4, 9]);
+        let nhwc = Vgg::random(Network::Vgg16, Device::Cpu).channels_last().features(&x, &[1, 4, 9]);
+        for (a, b) in plain.iter().zip(&nhwc) {
+            assert!(a.is_contiguous() && !b.is_contiguous(), "layouts: {:?} {:?}", a.stride(), b.stride());
+            assert_eq!(b.stride()[1], 1, "channels are innermost");
+            let err = (a - b).abs().max().double_value(&[]) / a.abs().max().double_value(&[]);
+            assert!(err < 1e-5, "relative difference {err}");
+        }
     }
 
     #[test]
