@@ -17,6 +17,10 @@ enum Targets {
     Swd(Vec<Tensor>),
 }
 
+/// The sliced distance's random directions for one draw, a (C, K) matrix per layer (none for
+/// a Gram loss). Drawn once and used for every iteration that shares the draw.
+pub struct Directions(Vec<Tensor>);
+
 pub struct StyleTarget {
     pub layers: Vec<usize>,
     pub weights: Vec<f64>,
@@ -43,10 +47,23 @@ impl StyleTarget {
         Self { layers, weights, targets }
     }
 
-    /// The style loss of `image` (1x3xHxW in [0, 1]) as a scalar that keeps the graph.
-    /// `draws` gives the sliced distance its directions (a gram loss draws nothing); the caller
-    /// keys it by frame, so a frame's draws do not depend on the segment it is rendered in.
-    pub fn loss(&self, net: &Vgg, image: &Tensor, draws: &mut Stream) -> Tensor {
+    /// The directions of the next draw from `draws` (a gram loss draws nothing). The caller
+    /// keys the stream by frame, so a frame's draws do not depend on its segment.
+    pub fn directions(&self, draws: &mut Stream) -> Directions {
+        match &self.targets {
+            Targets::Gram(_) => Directions(Vec::new()),
+            Targets::Swd(samples) => {
+                let channels: Vec<i64> = samples.iter().map(|s| s.size()[0]).collect();
+                let device = samples.first().map_or(tch::Device::Cpu, Tensor::device);
+                let dirs = swd::directions(&channels, draws, device);
+                Directions(dirs.iter().zip(samples).map(|(d, s)| d.to_kind(s.kind())).collect())
+            }
+        }
+    }
+
+    /// The style loss of `image` (1x3xHxW in [0, 1]) as a scalar that keeps the graph, with
+    /// `dirs` from `directions` for a sliced distance.
+    pub fn loss(&self, net: &Vgg, image: &Tensor, dirs: &Directions) -> Tensor {
         let feats = net.features(image, &self.layers);
         // fp32 at least (bf16 features are widened); fp64 stays fp64 for the gradient checks.
         let kind = if image.kind() == Kind::Double { Kind::Double } else { Kind::Float };
@@ -59,11 +76,8 @@ impl StyleTarget {
                 }
             }
             Targets::Swd(samples) => {
-                let channels: Vec<i64> = feats.iter().map(|f| f.size()[1]).collect();
-                let dirs = swd::directions(&channels, draws, image.device());
-                let dirs = dirs.iter().map(|d| d.to_kind(kind));
-                for (((f, s), d), w) in feats.iter().zip(samples).zip(dirs).zip(&self.weights) {
-                    total += swd::distance(f, s, &d) * *w;
+                for (((f, s), d), w) in feats.iter().zip(samples).zip(&dirs.0).zip(&self.weights) {
+                    total += swd::distance(f, s, d) * *w;
                 }
             }
         }
@@ -88,7 +102,7 @@ mod tests {
         let style = Tensor::rand([1, 3, 24, 24], (Kind::Double, Device::Cpu));
         let target = StyleTarget::new(&net, &style, vec![0, 2, 4], vec![1.0, 0.5, 2.0], LossKind::Gram, 0);
         let x = Tensor::rand([1, 3, 16, 16], (Kind::Double, Device::Cpu)).set_requires_grad(true);
-        let loss = target.loss(&net, &x, &mut draws());
+        let loss = target.loss(&net, &x, &target.directions(&mut draws()));
         loss.backward();
         let grad = x.grad();
         let eps = 1e-6;
@@ -97,7 +111,7 @@ mod tests {
                 tch::no_grad(|| {
                     let y = x.detach().copy();
                     let _ = y.get(0).get(c).get(i).get(j).g_add_scalar_(d);
-                    target.loss(&net, &y, &mut draws()).double_value(&[])
+                    target.loss(&net, &y, &target.directions(&mut draws())).double_value(&[])
                 })
             };
             let fd = (bump(eps) - bump(-eps)) / (2.0 * eps);
@@ -125,7 +139,7 @@ mod tests {
             let run = |net: &Vgg| {
                 let target = StyleTarget::new(net, &style, vec![0, 2, 4, 7], vec![1.0; 4], loss, 0);
                 let x = x.detach().set_requires_grad(true);
-                let l = target.loss(net, &x, &mut draws());
+                let l = target.loss(net, &x, &target.directions(&mut draws()));
                 l.backward();
                 (l.double_value(&[]), x.grad())
             };

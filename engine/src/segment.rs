@@ -9,7 +9,7 @@
 
 use crate::error::{EngineError, Result};
 use crate::handoff::State;
-use crate::loss::StyleTarget;
+use crate::loss::{Directions, StyleTarget};
 use crate::optim::OptimState;
 use crate::params::RenderParams;
 use crate::rng::{Purpose, Stream};
@@ -197,7 +197,7 @@ impl Engine {
                 if k % run == 0 {
                     shift = (rolls.below(sh as u64) as i64, rolls.below(sw as u64) as i64);
                 }
-                let loss = self.iterate(target, &mut image, &mut optim, shift, &mut draws)?;
+                let loss = self.iterate(target, &mut image, &mut optim, shift, &target.directions(&mut draws))?;
                 done += 1;
                 // The loss is read back (a device sync) only now and then, not every iteration.
                 let checked = k + 1 == n || done.is_multiple_of(WARMUP_CHECK_EVERY);
@@ -256,16 +256,15 @@ impl Engine {
                 state.optim.map_spatial(|t| zoom.apply(t));
             }
             let mut rolls = Stream::new(self.params.seed, i as u64, Purpose::Roll);
-            let draws = Stream::new(self.params.seed, i as u64, Purpose::Directions);
+            // One draw of directions for every iteration of a frame (see `swd`).
+            let dirs = self.target.directions(&mut Stream::new(self.params.seed, i as u64, Purpose::Directions));
             let mut shift = (0, 0);
             let mut last = None;
             for k in 0..self.params.iters {
                 if k % roll_every == 0 {
                     shift = (rolls.below(h as u64) as i64, rolls.below(w as u64) as i64);
                 }
-                // The same directions for every iteration of a frame (see `swd`).
-                let mut draws = draws.clone();
-                last = Some(self.iterate(&self.target, &mut state.image, &mut state.optim, shift, &mut draws)?);
+                last = Some(self.iterate(&self.target, &mut state.image, &mut state.optim, shift, &dirs)?);
                 progress(Progress {
                     frames_done: i - start,
                     frames_total: total,
@@ -308,13 +307,13 @@ impl Engine {
         image: &mut Tensor,
         optim: &mut OptimState,
         shift: (i64, i64),
-        draws: &mut Stream,
+        dirs: &Directions,
     ) -> Result<Tensor> {
         if self.cancel.load(Ordering::Relaxed) {
             return Err(EngineError::Cancelled);
         }
         let x = image.detach().set_requires_grad(true);
-        let loss = target.loss(&self.net, &x.roll([shift.0, shift.1], [2, 3]), draws);
+        let loss = target.loss(&self.net, &x.roll([shift.0, shift.1], [2, 3]), dirs);
         loss.backward();
         let grad = x.grad();
         optim.step(image, &grad, self.params.learning_rate());

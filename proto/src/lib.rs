@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod limits;
+pub mod network;
 pub mod params;
 pub mod wire;
 

@@ -96,6 +96,7 @@ pub fn run(args: Args) -> Result<()> {
             other => Precision::from_wire(other),
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let loss = engine::params::LossKind::from_wire(&args.loss)?;
     let peak = peak_tflops(device);
     println!(
         "device {device:?}, {} CPU threads, {} ({weights}), {} loss, {}, {} iters per frame",
@@ -134,7 +135,7 @@ pub fn run(args: Args) -> Result<()> {
             optimizer: args.optimizer.parse::<OptimizerKind>()?,
             network,
             precision,
-            loss: engine::params::LossKind::from_wire(&args.loss)?,
+            loss,
             ..RenderParams::default()
         };
         let flop = flop_per_iteration(&params);
