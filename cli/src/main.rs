@@ -59,9 +59,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Render(args) => cli::commands::render::run(args, &progress),
         Command::Weights(cmd) => cli::commands::weights::run(cmd, &progress),
-        Command::Bench(args) => cli::commands::bench::run(args),
+        Command::Bench(args) => cli::commands::bench::run(args, &progress),
         Command::Serve(args) => cli::commands::serve::run(args),
-        Command::Worker(args) => cli::commands::worker::run(args),
+        Command::Worker(args) => cli::commands::worker::run(args, &progress),
         Command::Submit(args) => cli::commands::jobs::submit(args),
         Command::Status(args) => cli::commands::jobs::status(args),
         Command::Watch(args) => cli::commands::jobs::watch(args, &progress),

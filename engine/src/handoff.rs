@@ -134,7 +134,7 @@ mod tests {
         let mut optim = OptimState::new(kind, &x);
         for i in 0..4 {
             let g = (&x - 0.5) * (i as f64 + 1.0);
-            optim.step(&mut x, &g, 0.5);
+            optim.step(&mut x, &g, 0.5, None);
         }
         State { next_frame: 17, image: x, optim, fingerprint: "abc".into(), made_by: "64x48, vgg16".into() }
     }
@@ -150,8 +150,8 @@ mod tests {
             for i in 0..3 {
                 let ga = (&a.image - 0.25) * (i as f64 + 2.0);
                 let gb = (&b.image - 0.25) * (i as f64 + 2.0);
-                a.optim.step(&mut a.image, &ga, 0.5);
-                b.optim.step(&mut b.image, &gb, 0.5);
+                a.optim.step(&mut a.image, &ga, 0.5, None);
+                b.optim.step(&mut b.image, &gb, 0.5, None);
             }
             assert!(a.image.equal(&b.image), "{kind:?} diverged after restore");
         }

@@ -15,6 +15,7 @@
 //! [`Engine::initial_state`], [`Engine::render`] up to a frame, [`State::to_bytes`] /
 //! [`State::from_bytes`] to hand the state on.
 
+pub mod colour;
 pub mod device;
 pub mod encode;
 pub mod error;

@@ -1,6 +1,7 @@
 //! Optimisers whose whole state is explicit: tensors the zoom can resample and the hand-off can
 //! serialise, plus a few scalars. tch's own optimisers hide their state, and tch has no L-BFGS.
 
+use crate::colour::Preconditioner;
 use crate::params::OptimizerKind;
 use tch::{Kind, Tensor};
 
@@ -58,10 +59,12 @@ impl OptimState {
 
     /// One update of `x` in place given the gradient at `x`, projected onto the box [0, 1] where
     /// images live (so no pixel drifts out of range over thousands of frames).
-    pub fn step(&mut self, x: &mut Tensor, grad: &Tensor, lr: f64) {
+    /// With `precond`, Adam runs on the gradient in the preconditioner's space and its step is
+    /// mapped back (L-BFGS takes plain steps).
+    pub fn step(&mut self, x: &mut Tensor, grad: &Tensor, lr: f64, precond: Option<&Preconditioner>) {
         tch::no_grad(|| match self {
             Self::Adam(st) => {
-                adam_step(st, x, grad, lr);
+                adam_step(st, x, grad, lr, precond);
                 let _ = x.clamp_(0.0, 1.0);
             }
             Self::Lbfgs(st) => lbfgs_step(st, x, grad, lr),
@@ -140,14 +143,31 @@ impl OptimState {
     }
 }
 
-fn adam_step(st: &mut AdamState, x: &mut Tensor, g: &Tensor, lr: f64) {
+fn adam_step(st: &mut AdamState, x: &mut Tensor, g: &Tensor, lr: f64, precond: Option<&Preconditioner>) {
+    let pulled;
+    let g = match precond {
+        Some(p) => {
+            pulled = p.pull(g);
+            &pulled
+        }
+        None => g,
+    };
     st.step += 1;
     let t = st.step as i32;
     st.m = &st.m * ADAM_BETA1 + g * (1.0 - ADAM_BETA1);
     st.v = &st.v * ADAM_BETA2 + g.square() * (1.0 - ADAM_BETA2);
     let mhat = &st.m / (1.0 - ADAM_BETA1.powi(t));
     let vhat = &st.v / (1.0 - ADAM_BETA2.powi(t));
-    let update = mhat / (vhat.sqrt() + ADAM_EPS) * lr;
+    let ratio = mhat / (vhat.sqrt() + ADAM_EPS);
+    let update = match precond {
+        // Adam's ratio is about +-1 at most while m and v are its own averages; after a zoom
+        // resampled them with Lanczos's negative lobes, a v near zero under a non-zero m made
+        // single pixels jump (saturated colour dots in a grey style). The clip bounds a step
+        // by lr, as Adam intends (only for designs with a preconditioner: others keep their
+        // fingerprints' exact behaviour).
+        Some(p) => p.push(&(ratio.clamp(-1.0, 1.0) * lr)),
+        None => ratio * lr,
+    };
     let _ = x.f_sub_(&update).expect("adam update");
 }
 
@@ -224,7 +244,7 @@ mod tests {
         let mut st = OptimState::new(kind, &x);
         for _ in 0..steps {
             let g = (&x - &c) * &a * 2.0;
-            st.step(&mut x, &g, lr);
+            st.step(&mut x, &g, lr, None);
         }
         ((&x - &c).square() * &a).sum(Kind::Double).double_value(&[])
     }

@@ -104,6 +104,26 @@ pub fn chroma_gradient(image: &Tensor) -> f64 {
     grad(&cb) + grad(&cr)
 }
 
+/// Mean CIELAB chroma (sqrt(a*^2 + b*^2), D65 white): how colourful an image is. A grey image
+/// scores 0; the gallery's paintings 15 to 40.
+pub fn mean_chroma(image: &Tensor) -> f64 {
+    let t = image.to_kind(Kind::Double).squeeze_dim(0).to_device(Device::Cpu);
+    // sRGB to linear light, then to XYZ relative to the D65 white.
+    let lin = (&t / 12.92).where_self(&t.le(0.04045), &((&t + 0.055) / 1.055).pow_tensor_scalar(2.4));
+    let (r, g, b) = (lin.get(0), lin.get(1), lin.get(2));
+    let x = (&r * 0.4124 + &g * 0.3576 + &b * 0.1805) / 0.95047;
+    let y = &r * 0.2126 + &g * 0.7152 + &b * 0.0722;
+    let z = (&r * 0.0193 + &g * 0.1192 + &b * 0.9505) / 1.08883;
+    let f = |v: &Tensor| {
+        let eps = 216.0 / 24389.0;
+        (v * (24389.0 / 27.0) + 16.0).divide_scalar(116.0).where_self(&v.le(eps), &v.pow_tensor_scalar(1.0 / 3.0))
+    };
+    let (fx, fy, fz) = (f(&x), f(&y), f(&z));
+    let a = (&fx - &fy) * 500.0;
+    let b = (&fy - &fz) * 200.0;
+    (a.square() + b.square()).sqrt().mean(Kind::Double).double_value(&[])
+}
+
 /// Mean |log2| ratio of the band energies of two images: 0 when the scale of detail matches,
 /// 1 when bands are off by a factor 2 on average.
 pub fn detail_distance(a: &Tensor, b: &Tensor) -> f64 {
@@ -120,6 +140,15 @@ mod tests {
         let rgb = (0..h).flat_map(|y| (0..w).flat_map(move |x| [x, y, 0])).collect::<Vec<u32>>();
         let rgb = rgb.chunks(3).flat_map(|p| [f(p[0], p[1]); 3]).collect();
         Frame { index: 0, width: w, height: h, rgb }
+    }
+
+    /// Grey has no chroma; pure sRGB red has CIELAB chroma 104.6.
+    #[test]
+    fn mean_chroma_of_grey_and_red() {
+        let grey = Tensor::full([1, 3, 4, 4], 0.5, (Kind::Double, Device::Cpu));
+        assert!(mean_chroma(&grey) < 1e-3);
+        let red = Tensor::from_slice(&[1.0f64, 0.0, 0.0]).reshape([1, 3, 1, 1]).expand([1, 3, 4, 4], false);
+        assert!((mean_chroma(&red) - 104.55).abs() < 0.2, "{}", mean_chroma(&red));
     }
 
     /// The line metric passes plain texture and catches one line through the centre.

@@ -9,6 +9,7 @@
 
 use crate::error::{EngineError, Result};
 use crate::handoff::State;
+use crate::colour::{ColourSpace, Preconditioner};
 use crate::loss::{Directions, StyleTarget};
 use crate::optim::OptimState;
 use crate::params::RenderParams;
@@ -85,6 +86,8 @@ pub struct Engine {
     net: Vgg,
     style: Style,
     target: StyleTarget,
+    /// The style's colour space, for a design whose steps are taken in it (`colour`).
+    colour: Option<(ColourSpace, Preconditioner)>,
     fingerprint: String,
     cancel: Arc<AtomicBool>,
     finish: Arc<AtomicBool>,
@@ -108,8 +111,18 @@ impl Engine {
             crate::params::Precision::Bf16 => net.to_kind(tch::Kind::BFloat16).channels_last(),
         };
         let target = style_target(&params, &style, &net, device, 1.0)?;
+        let colour = match net.origin {
+            crate::vgg::WeightsOrigin::Random(design) if design.steps_in_colour_space() => {
+                let size = style.scaled_size(params.width.min(params.height), params.style_scale)?;
+                let space = ColourSpace::of_style(&style.tensor(size, Device::Cpu));
+                let precond = space.preconditioner(Kind::Float, device);
+                Some((space, precond))
+            }
+            _ => None,
+        };
         Ok(Self {
             target,
+            colour,
             params,
             device,
             net,
@@ -168,6 +181,9 @@ impl Engine {
         let (w0, h0) = stages[0];
         let noise: Vec<f32> = (0..3 * w0 as usize * h0 as usize).map(|_| rng.next_f32()).collect();
         let mut image = Tensor::from_slice(&noise).reshape([1, 3, h0 as i64, w0 as i64]).to_device(self.device);
+        if let Some((space, _)) = &self.colour {
+            image = space.noise(&image);
+        }
         let mut optim = OptimState::new(p.optimizer, &image);
         let mut done = 0u32;
         for (s, &(sw, sh)) in stages.iter().enumerate() {
@@ -316,7 +332,7 @@ impl Engine {
         let loss = target.loss(&self.net, &x.roll([shift.0, shift.1], [2, 3]), dirs);
         loss.backward();
         let grad = x.grad();
-        optim.step(image, &grad, self.params.learning_rate());
+        optim.step(image, &grad, self.params.learning_rate(), self.colour.as_ref().map(|(_, p)| p));
         Ok(loss.detach())
     }
 }

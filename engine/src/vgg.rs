@@ -51,11 +51,14 @@ pub enum RandomDesign {
     ZeroMeanAvgPool,
     /// He-normal filters with average pooling.
     HeAvgPool,
+    /// He-normal filters, max-pooling, and optimiser steps taken in the style's colour space
+    /// with chroma blurred (`colour`): no colour speckle, grey styles stay grey. The default.
+    HeColour,
 }
 
 impl RandomDesign {
-    pub const ALL: [RandomDesign; 4] = [Self::He, Self::ZeroMean, Self::ZeroMeanAvgPool, Self::HeAvgPool];
-    pub const DEFAULT: RandomDesign = Self::He;
+    pub const ALL: [RandomDesign; 5] = [Self::He, Self::ZeroMean, Self::ZeroMeanAvgPool, Self::HeAvgPool, Self::HeColour];
+    pub const DEFAULT: RandomDesign = Self::HeColour;
 
     pub fn name(self) -> &'static str {
         match self {
@@ -63,7 +66,13 @@ impl RandomDesign {
             Self::ZeroMean => "zero-mean",
             Self::ZeroMeanAvgPool => "zero-mean-avgpool",
             Self::HeAvgPool => "he-avgpool",
+            Self::HeColour => "he-colour",
         }
+    }
+
+    /// Whether the optimiser steps in the style's colour space (`colour`).
+    pub fn steps_in_colour_space(self) -> bool {
+        self == Self::HeColour
     }
 }
 

@@ -10,14 +10,34 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
+/// One of torchvision's published files: where it is, its whole SHA-256 and its size.
+#[derive(Debug, Clone, Copy)]
+pub struct Official {
+    pub url: &'static str,
+    pub sha256: &'static str,
+    pub bytes: u64,
+}
+
 /// torchvision's official files. The 8 hex digits in the name are the start of the file's
-/// SHA-256, which is how torchvision itself verifies them.
-pub fn official_url(network: Network) -> Option<&'static str> {
+/// SHA-256 (how torchvision itself verifies them); the whole digest is checked here.
+pub fn official(network: Network) -> Option<Official> {
     match network {
-        Network::Vgg16 => Some("https://download.pytorch.org/models/vgg16-397923af.pth"),
-        Network::Vgg19 => Some("https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"),
+        Network::Vgg16 => Some(Official {
+            url: "https://download.pytorch.org/models/vgg16-397923af.pth",
+            sha256: "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0",
+            bytes: 553_433_881,
+        }),
+        Network::Vgg19 => Some(Official {
+            url: "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+            sha256: "dcbb9e9dad569fff7a846263a77324fc34978fea2bfb039c012d710e1776ae44",
+            bytes: 574_673_361,
+        }),
         Network::Multiscale => None,
     }
+}
+
+pub fn official_url(network: Network) -> Option<&'static str> {
+    official(network).map(|o| o.url)
 }
 
 /// `$GRAMZOOM_CACHE`, else `$XDG_CACHE_HOME/gramzoom`, else `~/.cache/gramzoom`; weights live in
@@ -167,6 +187,67 @@ pub enum DownloadError {
     Hash { url: String, want: String, got: String },
     #[error("{url}: the file name carries no hash (name-<hex>.pth); pass --sha256 to verify it")]
     NoHash { url: String },
+    #[error("{var}: {reason}")]
+    Mirror { var: String, reason: String },
+}
+
+/// How long a first-use fetch waits to resolve and connect, and for the response to begin:
+/// where the network is unreachable the render goes on with the built-in network after a few
+/// seconds, not after the operating system's minute-long TCP timeout.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
+/// A download whose bytes stop coming for this long is abandoned (and leaves nothing behind).
+const STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Where a first use fetches `network`'s weights from: torchvision's file, or a mirror (an
+/// in-house server, an air-gapped farm's store, the tests' local server) named by
+/// `GRAMZOOM_<NETWORK>_URL`, whose whole SHA-256 must then be in `GRAMZOOM_<NETWORK>_SHA256`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchSource {
+    pub url: String,
+    pub sha256: String,
+}
+
+impl FetchSource {
+    pub fn for_network(network: Network) -> std::result::Result<Option<Self>, DownloadError> {
+        let upper = network.name().to_ascii_uppercase();
+        let (url_var, sha_var) = (format!("GRAMZOOM_{upper}_URL"), format!("GRAMZOOM_{upper}_SHA256"));
+        let Some(url) = std::env::var(&url_var).ok().filter(|u| !u.is_empty()) else {
+            return Ok(official(network).map(|o| Self { url: o.url.into(), sha256: o.sha256.into() }));
+        };
+        let sha256 = std::env::var(&sha_var).unwrap_or_default().trim().to_ascii_lowercase();
+        if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(DownloadError::Mirror {
+                var: sha_var,
+                reason: format!("{url_var} is set, so this must be the file's whole sha256 (64 hex digits)"),
+            });
+        }
+        Ok(Some(Self { url, sha256 }))
+    }
+
+    /// The cache's name for the file: `<network>-<first 8 hex digits>.<pth|safetensors>`, which
+    /// `cached` finds (for torchvision's file, its own name).
+    fn file_name(&self, network: Network) -> String {
+        let ext = if self.url.to_ascii_lowercase().ends_with(".safetensors") { "safetensors" } else { "pth" };
+        format!("{}-{}.{ext}", network.name(), &self.sha256[..8])
+    }
+}
+
+/// The weights a render of `network` uses when no `--weights` is given: the cached file, or,
+/// on first use, the file fetched from `source` into the cache and verified. `Ok(None)` for a
+/// network without pretrained weights. `progress(done, total)` is called as bytes arrive.
+pub fn fetch_on_first_use(
+    network: Network,
+    source: &FetchSource,
+    progress: &mut dyn FnMut(u64, Option<u64>),
+) -> std::result::Result<Option<PathBuf>, DownloadError> {
+    if !network.pretrainable() {
+        return Ok(None);
+    }
+    if let Some(path) = cached(network) {
+        return Ok(Some(path));
+    }
+    let name = source.file_name(network);
+    download_as(&source.url, &cache_dir(), Some(&source.sha256), Some(&name), progress).map(Some)
 }
 
 /// The hash prefix torchvision puts in its file names: `vgg16-397923af.pth` -> `397923af`.
@@ -185,8 +266,22 @@ pub fn download(
     sha256: Option<&str>,
     progress: &mut dyn FnMut(u64, Option<u64>),
 ) -> std::result::Result<PathBuf, DownloadError> {
+    download_as(url, dir, sha256, None, progress)
+}
+
+/// `download`, saving under `name` rather than the URL's last segment.
+fn download_as(
+    url: &str,
+    dir: &Path,
+    sha256: Option<&str>,
+    name: Option<&str>,
+    progress: &mut dyn FnMut(u64, Option<u64>),
+) -> std::result::Result<PathBuf, DownloadError> {
     use std::io::{Read, Write};
-    let name = url.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or("weights.pth").to_string();
+    let name = match name {
+        Some(n) => n.to_string(),
+        None => url.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or("weights.pth").to_string(),
+    };
     let want = sha256
         .map(str::to_ascii_lowercase)
         .or_else(|| hash_in_name(&name))
@@ -199,7 +294,14 @@ pub fn download(
     let dest = dir.join(&name);
     let tmp = dir.join(format!(".{name}.{}.partial", std::process::id()));
     let http = |reason: String| DownloadError::Http { url: url.into(), reason };
-    let mut resp = ureq::get(url).call().map_err(|e| http(e.to_string()))?;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_resolve(Some(CONNECT_TIMEOUT))
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .timeout_recv_response(Some(CONNECT_TIMEOUT * 2))
+        .timeout_per_read(Some(STALL_TIMEOUT))
+        .build()
+        .into();
+    let mut resp = agent.get(url).call().map_err(|e| http(e.to_string()))?;
     let total = resp.body().content_length();
     let mut reader = resp.body_mut().with_config().limit(2 << 30).reader();
     let result = (|| {
@@ -207,7 +309,10 @@ pub fn download(
         let mut hasher = Sha256::new();
         let (mut buf, mut done) = (vec![0u8; 1 << 16], 0u64);
         loop {
-            let n = reader.read(&mut buf).map_err(|e| http(e.to_string()))?;
+            let n = reader.read(&mut buf).map_err(|e| match total {
+                Some(t) => http(format!("connection closed after {done} of {t} bytes ({e})")),
+                None => http(format!("connection closed after {done} bytes ({e})")),
+            })?;
             if n == 0 {
                 break;
             }

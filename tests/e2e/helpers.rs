@@ -22,9 +22,15 @@ pub fn tempdir() -> tempfile::TempDir {
 /// OpenMP team spins on cores the others need, and on a loaded 2-core CI machine a 64x48
 /// segment took 41 s instead of 4 s. One thread each makes the suite's speed degrade gently
 /// with load; results do not depend on it (every comparison is between runs of this suite).
+/// Offline: the tests never fetch weights from the internet (the fetch is tested against a
+/// local server with `GRAMZOOM_OFFLINE` removed).
 pub fn command(cache: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_gramzoom"));
-    command.env("GRAMZOOM_CACHE", cache).env("OMP_NUM_THREADS", "1").env("RUST_LOG", "warn");
+    command
+        .env("GRAMZOOM_CACHE", cache)
+        .env("GRAMZOOM_OFFLINE", "1")
+        .env("OMP_NUM_THREADS", "1")
+        .env("RUST_LOG", "warn");
     command
 }
 

@@ -5,6 +5,7 @@ use anyhow::Result;
 use clap::Args as ClapArgs;
 use engine::params::{parse_size, OptimizerKind, Precision, RenderParams};
 use engine::style::Style;
+use engine::vgg::{RandomDesign, Vgg, WeightsOrigin};
 use engine::Engine;
 use std::time::Instant;
 
@@ -39,7 +40,8 @@ pub struct Args {
     /// centre lines come to each style (lower is better).
     #[arg(long)]
     pub compare_features: bool,
-    /// The designs --compare-features renders (default: all), e.g. vgg16-he,multiscale.
+    /// The designs --compare-features renders (default: all), e.g. vgg16-he,multiscale; when
+    /// timing random features, the designs to time one after another, e.g. he,he-colour.
     #[arg(long)]
     pub designs: Option<String>,
     /// Style layers and weights for --compare-features, as for `render` (default: all, equal);
@@ -63,7 +65,7 @@ pub struct Args {
     pub cluster: bool,
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub fn run(args: Args, bar: &crate::progress::Bar) -> Result<()> {
     let device = args.torch.device()?;
     // The benchmark runs its tensors on this thread.
     engine::device::set_threads(args.torch.threads());
@@ -84,7 +86,11 @@ pub fn run(args: Args) -> Result<()> {
         }
     });
     let network = args.network.parse()?;
-    let net = engine::weights::resolve(network, args.weights.as_deref(), device)?;
+    let weights_file = match &args.weights {
+        Some(path) => Some(path.clone()),
+        None => super::weights::first_use(network, args.torch.offline, bar)?,
+    };
+    let net = engine::weights::resolve(network, weights_file.as_deref(), device)?;
     let weights =
         if matches!(net.origin, engine::vgg::WeightsOrigin::Random(_)) { "random features" } else { "pretrained" };
     let precisions = args
@@ -122,9 +128,30 @@ pub fn run(args: Args) -> Result<()> {
         if device.is_cuda() { "GPU MiB" } else { "RSS MiB" }
     );
 
+    // Random features: --designs times each named design (he, he-colour, ...) against another.
+    let designs: Vec<Option<RandomDesign>> = match (&args.designs, &net.origin) {
+        (Some(list), WeightsOrigin::Random(_)) => list
+            .split(',')
+            .map(|name| {
+                let name = name.trim();
+                let bare = name.strip_prefix(&format!("{}-", network.name())).unwrap_or(name);
+                RandomDesign::ALL.into_iter().find(|d| d.name() == bare).map(Some).ok_or_else(|| {
+                    let known: Vec<&str> = RandomDesign::ALL.iter().map(|d| d.name()).collect();
+                    anyhow::anyhow!("--designs: no design {name:?}; there are {}", known.join(","))
+                })
+            })
+            .collect::<Result<_>>()?,
+        _ => vec![None],
+    };
     let mut net = Some(net);
-    let runs = precisions.iter().flat_map(|&p| sizes.split(',').map(move |s| (p, s)));
-    for (precision, size) in runs {
+    let sizes: Vec<&str> = sizes.split(',').collect();
+    let mut runs = Vec::new();
+    for &d in &designs {
+        for &p in &precisions {
+            runs.extend(sizes.iter().map(|&s| (d, p, s)));
+        }
+    }
+    for (design, precision, size) in runs {
         let (width, height) = parse_size(size.trim())?;
         let params = RenderParams {
             width,
@@ -139,9 +166,10 @@ pub fn run(args: Args) -> Result<()> {
             ..RenderParams::default()
         };
         let flop = flop_per_iteration(&params);
-        let net_here = match net.take() {
-            Some(n) => n,
-            None => engine::weights::resolve(network, args.weights.as_deref(), device)?,
+        let net_here = match (design, net.take()) {
+            (Some(d), _) => Vgg::random_with(network, d, device),
+            (None, Some(n)) => n,
+            (None, None) => engine::weights::resolve(network, weights_file.as_deref(), device)?,
         };
         let engine = Engine::new(params, Style::embedded(), net_here, device)?;
         let mut state = engine.initial_state(&mut |_| {})?;
@@ -159,6 +187,9 @@ pub fn run(args: Args) -> Result<()> {
         let tflops = flop / per_iter / 1e12;
         let share = peak.as_ref().map_or_else(|| "-".to_string(), |(_, p)| format!("{:.1}%", tflops / p * 100.0));
         let memory = memory_mib(device).map_or_else(|| "-".to_string(), |m| m.to_string());
+        if let Some(d) = design {
+            print!("{:>18} ", d.name());
+        }
         println!(
             "{:>9} {:>10} {:>9.1} {:>9.3} {:>11.1} {:>9.2} {:>7} {:>9}",
             precision.name(),

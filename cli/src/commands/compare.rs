@@ -23,6 +23,8 @@ struct Scores {
     speckle: f64,
     /// The centre-line ratio over the second half (1.0: no line; the tests allow 1.3).
     lines: f64,
+    /// Mean CIELAB chroma minus the style's: a grey style rendered in colour scores high.
+    chroma: f64,
 }
 
 /// One candidate: a label, the network and its random design, the loss.
@@ -98,6 +100,7 @@ fn render_scored(
         // A grey style has almost no chroma gradient: 1 level is the floor of the ratio.
         speckle: (quality::chroma_gradient(&last) / quality::chroma_gradient(&reference).max(1.0)).log2(),
         lines: r.max(c),
+        chroma: quality::mean_chroma(&last) - quality::mean_chroma(&reference),
     };
     Ok((out, scores, reference))
 }
@@ -129,8 +132,8 @@ pub fn compare_features(args: &Args, device: tch::Device) -> Result<()> {
     let frames = args.frames.max(8) * 4;
     println!("random-feature designs, {}x{}, {frames} frames of {} iters, warm-up 150", size.0, size.1, args.iters);
     println!(
-        "{:>24} {:>26} {:>9} {:>8} {:>7} {:>8} {:>6}",
-        "design", "style", "mean err", "std err", "detail", "speckle", "lines"
+        "{:>24} {:>26} {:>9} {:>8} {:>7} {:>8} {:>6} {:>7}",
+        "design", "style", "mean err", "std err", "detail", "speckle", "lines", "chroma"
     );
     for design in &designs {
         let mut total = 0.0;
@@ -138,14 +141,15 @@ pub fn compare_features(args: &Args, device: tch::Device) -> Result<()> {
             let (out, s, _) = render_scored(args, design, Path::new(path), size, frames, &layers, device)?;
             total += s.detail + s.speckle.abs();
             println!(
-                "{:>24} {:>26} {:>9.1} {:>8.1} {:>7.3} {:>8.3} {:>6.2}",
+                "{:>24} {:>26} {:>9.1} {:>8.1} {:>7.3} {:>8.3} {:>6.2} {:>+7.1}",
                 design.0,
                 path.rsplit('/').next().unwrap_or(path),
                 s.mean_err,
                 s.std_err,
                 s.detail,
                 s.speckle,
-                s.lines
+                s.lines,
+                s.chroma
             );
             if let Some(dir) = &args.stills {
                 std::fs::create_dir_all(dir)?;
@@ -189,8 +193,8 @@ pub fn gallery(args: &Args, dir: &Path, device: tch::Device) -> Result<()> {
         args.iters
     )?;
     writeln!(md)?;
-    writeln!(md, "| row | style | network | loss | mean err | std err | detail | speckle | lines |")?;
-    writeln!(md, "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")?;
+    writeln!(md, "| row | style | network | loss | mean err | std err | detail | speckle | lines | chroma |")?;
+    writeln!(md, "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")?;
     let mut row = 0u32;
     for path in &styles {
         for design in &designs {
@@ -208,7 +212,7 @@ pub fn gallery(args: &Args, dir: &Path, device: tch::Device) -> Result<()> {
             row += 1;
             writeln!(
                 md,
-                "| {row} | {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} |",
+                "| {row} | {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:+.1} |",
                 stem(path),
                 design.1.name(),
                 design.3.name(),
@@ -216,7 +220,8 @@ pub fn gallery(args: &Args, dir: &Path, device: tch::Device) -> Result<()> {
                 s.std_err,
                 s.detail,
                 s.speckle,
-                s.lines
+                s.lines,
+                s.chroma
             )?;
         }
     }

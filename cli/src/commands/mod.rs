@@ -40,6 +40,10 @@ pub struct TorchFlags {
     /// physical core, capped at the CPUs this process may use, container limits included).
     #[arg(long, env = "GRAMZOOM_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
+    /// Never fetch pretrained weights: without --weights or a cached file, use the built-in
+    /// network (also GRAMZOOM_OFFLINE=1). By default the first use fetches torchvision's file.
+    #[arg(long, env = "GRAMZOOM_OFFLINE", value_parser = clap::builder::FalseyValueParser::new())]
+    pub offline: bool,
 }
 
 impl TorchFlags {

@@ -163,9 +163,13 @@ pub fn run(args: Args, bar: &Bar) -> Result<()> {
         None => (Style::embedded(), engine::style::EMBEDDED.to_vec()),
     };
     let style_name = args.style.as_deref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
+    let weights = match &args.weights {
+        Some(path) => Some(path.clone()),
+        None => super::weights::first_use(params.network, args.torch.offline, bar)?,
+    };
     // Every libtorch call of this render, from loading weights on, runs on one thread.
     let torch = DeviceThread::spawn(args.torch.threads());
-    let (weights, p) = (args.weights.clone(), params.clone());
+    let p = params.clone();
     let engine = torch.run_blocking(move || -> Result<Engine> {
         let net = engine::weights::resolve(p.network, weights.as_deref(), device)?;
         if matches!(net.origin, WeightsOrigin::Random(_)) {

@@ -56,7 +56,7 @@ pub struct Args {
     pub preview_secs: f64,
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub fn run(args: Args, bar: &crate::progress::Bar) -> Result<()> {
     if let (Some(want), Some(path)) = (&args.weights_sha256, &args.weights) {
         let want = want.trim().to_ascii_lowercase();
         if want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -68,6 +68,11 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     let device = args.torch.device()?;
+    // Without --weights, VGG16 (what jobs use unless they ask for vgg19) is fetched on first
+    // use before the worker registers, so that it registers the digest it renders with.
+    if args.weights.is_none() {
+        super::weights::first_use(engine::vgg::Network::Vgg16, args.torch.offline, bar)?;
+    }
     let threads = args.torch.threads();
     let token = crate::client::token(args.token_file.as_deref())?;
     let tls = args.tls.load()?;
