@@ -7,9 +7,9 @@
 //! out first. Every random draw depends only on (seed, frame), so rendering [0, n) at once and
 //! rendering [0, k) then [k, n) from a serialised state give bit-identical frames on the CPU.
 
+use crate::colour::{ColourSpace, Preconditioner};
 use crate::error::{EngineError, Result};
 use crate::handoff::State;
-use crate::colour::{ColourSpace, Preconditioner};
 use crate::loss::{Directions, StyleTarget};
 use crate::optim::OptimState;
 use crate::params::RenderParams;

@@ -57,7 +57,8 @@ pub enum RandomDesign {
 }
 
 impl RandomDesign {
-    pub const ALL: [RandomDesign; 5] = [Self::He, Self::ZeroMean, Self::ZeroMeanAvgPool, Self::HeAvgPool, Self::HeColour];
+    pub const ALL: [RandomDesign; 5] =
+        [Self::He, Self::ZeroMean, Self::ZeroMeanAvgPool, Self::HeAvgPool, Self::HeColour];
     pub const DEFAULT: RandomDesign = Self::HeColour;
 
     pub fn name(self) -> &'static str {

@@ -169,7 +169,12 @@ fn the_first_render_fetches_pretrained_weights_and_failures_leave_nothing() {
     // Failures: (case, url, sha, what stderr must say). Each still renders, with random features.
     let unreachable = "http://10.255.255.1:9/vgg16.safetensors".to_string();
     let cases = [
-        ("corrupt", format!("{base}/good/vgg16.safetensors"), wrong.clone(), "the download is corrupt and was discarded"),
+        (
+            "corrupt",
+            format!("{base}/good/vgg16.safetensors"),
+            wrong.clone(),
+            "the download is corrupt and was discarded",
+        ),
         ("cut", format!("{base}/cut/vgg16.safetensors"), sha.clone(), "connection closed after"),
         ("unreachable", unreachable, sha.clone(), "could not fetch pretrained vgg16 weights"),
     ];

@@ -185,15 +185,18 @@ pub fn gallery(args: &Args, dir: &Path, device: tch::Device) -> Result<()> {
         "Made by `scripts/gallery.sh` (`gramzoom bench --gallery`): {}x{}, {frames} frames of {} iterations at 30 fps, \
          zoom 2x per second, warm-up 150, random features (no pretrained weights). Each row of \
          [gallery.jpg](gallery.jpg) is the style, then the movie's first, middle and last frames. \
-         Scores compare the last frame with the style (lower is better; lines: 1.0 is none, \
-         over the second half of a movie this short they move by 0.1 to 0.3 with chance \
-         details, so the tests judge them on longer or several movies).",
+         Scores compare the last frame with the style (lower is better; speckle: log2 of the \
+         chroma gradient against the style's; chroma: mean CIELAB chroma minus the style's; \
+         lines: 1.0 is none, over the second half of a movie this short they move by 0.1 to \
+         0.3 with chance details, so the tests judge them on longer or several movies). \
+         `vgg16-he` was the default until stop 18, `vgg16-he-colour` is the default now \
+         (ARCHITECTURE.md, \"Random features\").",
         w,
         h,
         args.iters
     )?;
     writeln!(md)?;
-    writeln!(md, "| row | style | network | loss | mean err | std err | detail | speckle | lines | chroma |")?;
+    writeln!(md, "| row | style | design | loss | mean err | std err | detail | speckle | lines | chroma |")?;
     writeln!(md, "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")?;
     let mut row = 0u32;
     for path in &styles {
@@ -214,7 +217,7 @@ pub fn gallery(args: &Args, dir: &Path, device: tch::Device) -> Result<()> {
                 md,
                 "| {row} | {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:+.1} |",
                 stem(path),
-                design.1.name(),
+                design.0.split('/').next().unwrap_or(&design.0),
                 design.3.name(),
                 s.mean_err,
                 s.std_err,

@@ -59,8 +59,9 @@ pub struct RenderFlags {
     /// comes out finer, above 1 coarser.
     #[arg(long, default_value = "auto", value_parser = parse_style_scale)]
     pub style_scale: StyleScale,
-    /// The feature network: vgg16 or vgg19, pretrained when `gramzoom weights download` has
-    /// fetched its weights (or --weights names a file), random features otherwise.
+    /// The feature network: vgg16 or vgg19, pretrained when its weights are cached (fetched on
+    /// first use unless --offline, or by `gramzoom weights download`) or --weights names a
+    /// file; the built-in random-feature network otherwise.
     #[arg(long, default_value = "vgg16")]
     pub network: String,
     /// The style loss: gram (Gram matrices, the original's), or swd (sliced Wasserstein
