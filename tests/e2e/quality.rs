@@ -14,7 +14,7 @@ use engine::{Engine, RenderParams};
 /// grey one: no line through the centre, each frame is its predecessor zoomed, colours, colour
 /// speckle and the scale of detail follow the style, and a grey style renders grey. Checked for
 /// all the cases before any assertion fails, so one run reports them all. The line ratio is the
-/// mean of two seeds: at 96x80 one strong edge that happens to cross the centre, where a zoom
+/// mean of three seeds: at 96x80 one strong edge that happens to cross the centre, where a zoom
 /// keeps content longest, moves it by 0.1 to 0.3 (measured 1.06 to 1.41 for one design as
 /// unrelated details changed), which one movie cannot tell from a line the engine draws.
 #[test]
@@ -68,12 +68,15 @@ fn clean_zoom_problems(network: Network, loss: LossKind, style_name: &str) -> Ve
         engine.render(&mut state, params.frames, &mut keep, &mut |_| {}).unwrap();
         frames
     };
-    let (frames, other) = (render(0), render(1));
+    let movies: Vec<Vec<engine::Frame>> = (0..3).map(render).collect();
+    let frames = &movies[0];
     let mut out = Vec::new();
     let mut check = |ok: bool, what: String| out.push(if ok { what } else { format!("FAIL {what}") });
 
-    let ((r0, c0), (r1, c1)) = (centre_line_ratio(&frames[20..]), centre_line_ratio(&other[20..]));
-    let (rows, cols) = ((r0 + r1) / 2.0, (c0 + c1) / 2.0);
+    let lines: Vec<(f64, f64)> = movies.iter().map(|m| centre_line_ratio(&m[20..])).collect();
+    let rows = lines.iter().map(|l| l.0).sum::<f64>() / lines.len() as f64;
+    let cols = lines.iter().map(|l| l.1).sum::<f64>() / lines.len() as f64;
+    let each = |f: fn(&(f64, f64)) -> f64| lines.iter().map(|l| format!("{:.2}", f(l))).collect::<Vec<_>>().join(", ");
     // The sliced Wasserstein loss draws more line than the Gram loss (measured 1.27 to 1.32
     // against 1.17 to 1.20; ARCHITECTURE.md, `--help`): it is offered for its colours and
     // detail with that said, and held to 1.4 so that it gets no worse.
@@ -83,7 +86,11 @@ fn clean_zoom_problems(network: Network, loss: LossKind, style_name: &str) -> Ve
     };
     check(
         rows < bound && cols < bound,
-        format!("central band gradient vs median, two seeds: rows {rows:.2} ({r0:.2}, {r1:.2}), columns {cols:.2} ({c0:.2}, {c1:.2})"),
+        format!(
+            "central band gradient vs median, three seeds: rows {rows:.2} ({}), columns {cols:.2} ({})",
+            each(|l| l.0),
+            each(|l| l.1)
+        ),
     );
 
     for t in [25usize, 32, 39] {
@@ -114,9 +121,9 @@ fn clean_zoom_problems(network: Network, loss: LossKind, style_name: &str) -> Ve
     check(spread_err < 20.0, format!("channel spreads within {spread_err:.1} levels of the style's"));
     let detail = detail_distance(&last, &reference);
     // The gravel's pixel-fine grain is softened a little by every frame's resampling, and 4
-    // iterations a frame of random features do not restore all of it (measured 1.17; 0.75 with
-    // larger steps, which grew the lines; ARCHITECTURE.md "Colour steps"): held where it is.
-    let detail_bound = if style_name == "gravel.png" { 1.25 } else { 0.8 };
+    // iterations a frame of random features do not restore all of it (measured 0.83, 1.17
+    // before the colour steps raised fine grey detail; ARCHITECTURE.md "Colour steps").
+    let detail_bound = if style_name == "gravel.png" { 1.0 } else { 0.8 };
     check(
         detail <= detail_bound,
         format!("detail-scale distance {detail:.2} (1.0 = bands off by 2x on average; at most {detail_bound})"),
