@@ -43,7 +43,8 @@ impl WeightsOrigin {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RandomDesign {
     /// He-normal filters, zero biases, max-pooling: a VGG as initialised before training. The
-    /// default: it matched the styles' colours and scale of detail best (ARCHITECTURE.md).
+    /// default until stop 18 (it matched colours and the scale of detail best of these four,
+    /// but its frames were colour speckle; `HeColour` keeps its filters).
     He,
     /// He-normal filters made zero-mean per output channel, max-pooling.
     ZeroMean,
