@@ -2,7 +2,7 @@
 //! that state uploads, and uses those frames only when granted exactly that segment; a
 //! preempted worker hands over the frames it finished instead of throwing them away.
 
-use crate::cluster::{assert_frames_match_reference, mid_segment, MOVIE};
+use crate::cluster::{assert_frames_match_reference, MOVIE};
 use crate::farm::Cluster;
 use crate::helpers::{decode_video, example, frames_in, gramzoom, tempdir};
 use proto::v1;
@@ -27,7 +27,12 @@ fn frames_rendered_ahead_are_dropped_when_other_work_comes_first() {
     let mut c = Cluster::start("10", &[]);
     let w = c.worker("a", &[]);
     let first = c.submit(MOVIE);
-    c.wait(&first, 120, "segment 0 under way", |j| mid_segment(j, 0).is_some());
+    // Segment 0 assigned is enough: the urgent movie must be queued before it is uploaded. (Waiting
+    // for a heartbeat to report a finished frame raced the segment's end: its 4 frames took 3.2 s,
+    // and once no heartbeat landed between the first frame and the upload.)
+    c.wait(&first, 120, "segment 0 under way", |j| {
+        j.segments.first().is_some_and(|s| s.attempts.iter().any(|a| a.state == v1::AttemptState::Running as i32))
+    });
     // A more urgent movie (the same frames, so the worker's frame dumps stay comparable) arrives
     // while segment 0 renders: after uploading it, the worker is granted that one instead.
     let urgent = c.submit(&[MOVIE, &["--priority", "5"]].concat());
