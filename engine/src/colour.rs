@@ -109,7 +109,8 @@ impl ColourSpace {
         let (r2, r3, r6) = (0.5f64.sqrt(), (1.0f64 / 3.0).sqrt(), (1.0f64 / 6.0).sqrt());
         let opponent = [r3, r3, r3, r2, -r2, 0.0, r6, r6, -2.0 * r6];
         let opponent = Tensor::from_slice(&opponent).reshape([3, 3]).to_kind(kind).to_device(device);
-        Preconditioner { c: self.matrix(kind, device), opponent }
+        let taps = Tensor::from_slice(&[1f64, 4., 6., 4., 1.]).to_kind(kind).to_device(device) / 16.0;
+        Preconditioner { c: self.matrix(kind, device), opponent, taps }
     }
 }
 
@@ -120,6 +121,8 @@ pub struct Preconditioner {
     c: Tensor,
     /// Grey (1, 1, 1)/sqrt 3 and two opponent colour axes orthogonal to it, as rows.
     opponent: Tensor,
+    /// The binomial blur's taps, made once on the device rather than copied there per call.
+    taps: Tensor,
 }
 
 impl Preconditioner {
@@ -136,8 +139,8 @@ impl Preconditioner {
     fn filter(&self, t: &Tensor) -> Tensor {
         let coords = apply(&self.opponent, t);
         let grey = coords.narrow(1, 0, 1);
-        let grey = &grey + (&grey - blur(&grey)) * SHARPEN;
-        let chroma = blur(&coords.narrow(1, 1, 2));
+        let grey = &grey + (&grey - blur(&grey, &self.taps)) * SHARPEN;
+        let chroma = blur(&coords.narrow(1, 1, 2), &self.taps);
         // The opponent basis is orthonormal: its transpose maps the coordinates back.
         apply(&self.opponent.tr(), &Tensor::cat(&[grey, chroma], 1))
     }
@@ -150,9 +153,8 @@ fn apply(m: &Tensor, t: &Tensor) -> Tensor {
 
 /// A 5-tap binomial blur per channel (sigma 1 pixel) with wrap-around borders, as the image
 /// tiles (the loss sees it rolled): a symmetric operator, so `pull` is `push`'s adjoint.
-fn blur(t: &Tensor) -> Tensor {
+fn blur(t: &Tensor, taps: &Tensor) -> Tensor {
     let c = t.size()[1];
-    let taps = Tensor::from_slice(&[1f64, 4., 6., 4., 1.]).to_kind(t.kind()).to_device(t.device()) / 16.0;
     let kernel = |shape: [i64; 4]| taps.reshape(shape).expand([c, 1, shape[2], shape[3]], false).contiguous();
     let padded = t.pad([2, 2, 2, 2], "circular", None);
     let across = padded.conv2d(&kernel([1, 1, 1, 5]), None::<&Tensor>, [1, 1], [0, 0], [1, 1], c);
