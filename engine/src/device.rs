@@ -1,6 +1,7 @@
 //! `--device auto|cpu|cuda|cuda:N`.
 
 use crate::error::{EngineError, ParamError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tch::Device;
 
 pub fn parse(spec: &str) -> Result<Device, EngineError> {
@@ -84,7 +85,22 @@ pub fn set_threads(flag: Option<usize>) -> usize {
     let (n, source) = choose_threads(flag, omp.as_deref(), libtorch_default, available);
     tch::set_num_threads(i32::try_from(n).unwrap_or(i32::MAX));
     tracing::debug!(threads = n, ?source, available, libtorch_default, "libtorch cpu threads");
+    ALONE.store(n, Ordering::Relaxed);
+    ADAPT.store(matches!(source, ThreadSource::Libtorch | ThreadSource::Available), Ordering::Relaxed);
     n
+}
+
+static ALONE: AtomicUsize = AtomicUsize::new(0);
+static ADAPT: AtomicBool = AtomicBool::new(false);
+
+/// The threads a CPU render of this process uses when it has the machine to itself, and whether
+/// it may use fewer while other renders run (see `share`): only when nobody chose the count.
+/// Before [`set_threads`] has run: libtorch's count, fixed.
+pub fn thread_policy() -> (usize, bool) {
+    match ALONE.load(Ordering::Relaxed) {
+        0 => (usize::try_from(tch::get_num_threads()).unwrap_or(1).max(1), false),
+        n => (n, ADAPT.load(Ordering::Relaxed)),
+    }
 }
 
 /// The one thread that runs a process's libtorch work, fed by closures.

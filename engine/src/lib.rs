@@ -27,6 +27,7 @@ pub mod pth;
 pub mod quality;
 pub mod rng;
 pub mod segment;
+pub mod share;
 pub mod style;
 pub mod swd;
 pub mod tf32;

@@ -14,6 +14,7 @@ use crate::loss::{Directions, StyleTarget};
 use crate::optim::OptimState;
 use crate::params::RenderParams;
 use crate::rng::{Purpose, Stream};
+use crate::share::CpuShare;
 use crate::style::{rgb_to_tensor, Style};
 use crate::vgg::Vgg;
 use crate::zoom::{jitter, Zoom};
@@ -91,6 +92,8 @@ pub struct Engine {
     fingerprint: String,
     cancel: Arc<AtomicBool>,
     finish: Arc<AtomicBool>,
+    /// A CPU render's part in sharing the machine with other renders (see `share`).
+    share: Option<CpuShare>,
 }
 
 impl Engine {
@@ -130,6 +133,7 @@ impl Engine {
             fingerprint,
             cancel: Arc::new(AtomicBool::new(false)),
             finish: Arc::new(AtomicBool::new(false)),
+            share: if device == Device::Cpu { CpuShare::for_process() } else { None },
         })
     }
 
@@ -175,6 +179,7 @@ impl Engine {
 
     /// The state before frame 0: noise grown through the warm-up stages.
     pub fn initial_state(&self, progress: &mut dyn FnMut(Progress)) -> Result<State> {
+        let _turn = self.share.as_ref().map(CpuShare::enter);
         let p = &self.params;
         let stages = self.stages();
         let mut rng = Stream::new(p.seed, WARMUP_KEY, Purpose::InitNoise);
@@ -257,6 +262,7 @@ impl Engine {
                 reason: format!("image is {:?}, the render needs [1, 3, {h}, {w}]", state.image.size()),
             });
         }
+        let _turn = self.share.as_ref().map(CpuShare::enter);
         let (start, total) = (state.next_frame, end.saturating_sub(state.next_frame));
         let roll_every = match self.params.optimizer {
             crate::params::OptimizerKind::Adam => 1,
@@ -327,6 +333,9 @@ impl Engine {
     ) -> Result<Tensor> {
         if self.cancel.load(Ordering::Relaxed) {
             return Err(EngineError::Cancelled);
+        }
+        if let Some(share) = &self.share {
+            share.adjust();
         }
         let x = image.detach().set_requires_grad(true);
         let loss = target.loss(&self.net, &x.roll([shift.0, shift.1], [2, 3]), dirs);

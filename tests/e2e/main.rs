@@ -4,6 +4,7 @@
 mod helpers;
 
 mod auth;
+mod bench;
 mod blame;
 mod browser;
 mod cli_errors;

@@ -14,9 +14,10 @@ pub struct Args {
     /// Comma-separated sizes (default: 256x256,512x512 on CPU, plus 1920x1080 on CUDA).
     #[arg(long)]
     pub sizes: Option<String>,
-    /// Frames timed per size (after one untimed frame).
-    #[arg(long, default_value_t = 3)]
-    pub frames: u32,
+    /// Frames timed per size, after one untimed frame (default 3); with --concurrent, the
+    /// movie's frames (default 24).
+    #[arg(long)]
+    pub frames: Option<u32>,
     /// Optimiser iterations per frame.
     #[arg(long, default_value_t = 5)]
     pub iters: u32,
@@ -63,9 +64,24 @@ pub struct Args {
     /// dispatch latency, stitching 100 chunks).
     #[arg(long)]
     pub cluster: bool,
+    /// Instead of timing the engine: run N `gramzoom render` processes of the same movie at
+    /// once (each --sizes, default 96x64; --frames, default 24), and one alone, and print the
+    /// wall times, to check how renders share this machine.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(2..=64),
+          conflicts_with_all = ["compare_features", "gallery", "cluster"])]
+    pub concurrent: Option<u16>,
+    /// The style image of --concurrent's renders (default: the embedded one).
+    #[arg(long, requires = "concurrent")]
+    pub style: Option<std::path::PathBuf>,
+    /// How many times --concurrent times each case; the median is shown.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100), requires = "concurrent")]
+    pub repeats: u16,
 }
 
 pub fn run(args: Args, bar: &crate::progress::Bar) -> Result<()> {
+    if let Some(n) = args.concurrent {
+        return super::bench_concurrent::run(&args, usize::from(n));
+    }
     let device = args.torch.device()?;
     // The benchmark runs its tensors on this thread.
     engine::device::set_threads(args.torch.threads());
@@ -145,6 +161,7 @@ pub fn run(args: Args, bar: &crate::progress::Bar) -> Result<()> {
     };
     let mut net = Some(net);
     let sizes: Vec<&str> = sizes.split(',').collect();
+    let frames = args.frames.unwrap_or(3).max(1);
     let mut runs = Vec::new();
     for &d in &designs {
         for &p in &precisions {
@@ -156,7 +173,7 @@ pub fn run(args: Args, bar: &crate::progress::Bar) -> Result<()> {
         let params = RenderParams {
             width,
             height,
-            frames: args.frames + 1,
+            frames: frames + 1,
             iters: args.iters,
             warmup: 0,
             optimizer: args.optimizer.parse::<OptimizerKind>()?,
@@ -181,8 +198,8 @@ pub fn run(args: Args, bar: &crate::progress::Bar) -> Result<()> {
         // an iteration's time is a frame's (zoom and read-back included) over its iterations:
         // gaps between iteration reports would time the host queueing work, not the device.
         let t = Instant::now();
-        engine.render(&mut state, args.frames + 1, &mut |_| Ok(()), &mut |_| {})?;
-        let per_frame = t.elapsed().as_secs_f64() / args.frames as f64;
+        engine.render(&mut state, frames + 1, &mut |_| Ok(()), &mut |_| {})?;
+        let per_frame = t.elapsed().as_secs_f64() / f64::from(frames);
         let per_iter = per_frame / f64::from(args.iters);
         let tflops = flop / per_iter / 1e12;
         let share = peak.as_ref().map_or_else(|| "-".to_string(), |(_, p)| format!("{:.1}%", tflops / p * 100.0));

@@ -129,7 +129,7 @@ pub fn compare_features(args: &Args, device: tch::Device) -> Result<()> {
         designs.retain(|d| layers.iter().all(|(name, _)| d.1.layers().iter().any(|l| l.name == *name)));
     }
     let size = parse_size(args.sizes.as_deref().unwrap_or("128x128"))?;
-    let frames = args.frames.max(8) * 4;
+    let frames = args.frames.unwrap_or(3).max(8) * 4;
     println!("random-feature designs, {}x{}, {frames} frames of {} iters, warm-up 150", size.0, size.1, args.iters);
     println!(
         "{:>24} {:>26} {:>9} {:>8} {:>7} {:>8} {:>6} {:>7}",
@@ -171,7 +171,7 @@ pub fn compare_features(args: &Args, device: tch::Device) -> Result<()> {
 /// and last frames; `gallery.jpg` and a `README.md` naming the rows with their scores.
 pub fn gallery(args: &Args, dir: &Path, device: tch::Device) -> Result<()> {
     let size = parse_size(args.sizes.as_deref().unwrap_or("192x128"))?;
-    let frames = args.frames.max(3);
+    let frames = args.frames.unwrap_or(3).max(3);
     let designs = designs(args)?;
     let (w, h, gap) = (size.0, size.1, 4u32);
     let styles: Vec<&str> = args.styles.split(',').collect();

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_cluster;
+pub mod bench_concurrent;
 pub mod compare;
 pub mod jobs;
 pub mod render;
@@ -37,7 +38,8 @@ pub struct TorchFlags {
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// CPU threads for libtorch (default: libtorch's own, from OMP_NUM_THREADS or one per
-    /// physical core, capped at the CPUs this process may use, container limits included).
+    /// physical core, capped at the CPUs this process may use, container limits included, and
+    /// split with the other CPU renders running on the machine; a count given here is kept).
     #[arg(long, env = "GRAMZOOM_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
     /// Never fetch pretrained weights: without --weights or a cached file, use the built-in

@@ -1,0 +1,37 @@
+//! `gramzoom bench --concurrent`: real render processes, timed alone and together.
+
+use crate::helpers::{command, gramzoom, stderr, tempdir};
+
+#[test]
+fn bench_concurrent_times_renders_alone_and_together_and_names_a_failed_render() {
+    let dir = tempdir();
+    let d = dir.path();
+    let ok = gramzoom(
+        &["bench", "--concurrent", "2", "--repeats", "1", "--sizes", "32x32", "--frames", "1", "--iters", "1"],
+        d,
+    );
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let out = String::from_utf8_lossy(&ok.stdout);
+    let row = out.lines().find(|l| l.trim_start().starts_with("32x32")).unwrap_or_else(|| panic!("no row: {out}"));
+    let cols: Vec<f64> = row.split_whitespace().skip(1).map(|c| c.trim_end_matches('x').parse().unwrap()).collect();
+    let [alone, together, ratio, per_render] = cols[..] else { panic!("{row}") };
+    assert!(alone > 0.0 && together > 0.0, "{row}");
+    assert!((ratio - together / alone).abs() < 0.01 + ratio * 0.05, "{row}");
+    assert!((per_render - together / 2.0).abs() < 0.06, "{row}");
+
+    // A render that fails fails the benchmark, with the render's own error; the scratch folder
+    // of the renders' outputs is removed (the renders' lock folder is all that stays).
+    let (missing, tmp) = (d.join("missing.png"), d.join("tmp"));
+    std::fs::create_dir(&tmp).unwrap();
+    let bad = command(d)
+        .args(["bench", "--concurrent", "2", "--repeats", "1", "--style", missing.to_str().unwrap()])
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = stderr(&bad);
+    assert!(err.contains("a render failed") && err.contains("missing.png"), "{err}");
+    let left: Vec<String> =
+        std::fs::read_dir(&tmp).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(left.iter().all(|n| n.starts_with("gramzoom-")), "{left:?}");
+}
