@@ -93,6 +93,7 @@ pub(crate) struct Cluster {
     port: u16,
     pub(crate) workers: Vec<Proc>,
     pub(crate) runtime: tokio::runtime::Runtime,
+    starts: u32,
 }
 
 impl Cluster {
@@ -109,7 +110,7 @@ impl Cluster {
             "user alice {ALICE}\nuser bob {BOB}\nadmin root {ROOT}\nworker gpu {WORKER}\nmetrics prom {METRICS}\n"
         );
         std::fs::write(dir.path().join("tokens"), tokens).unwrap();
-        let mut c = Self { dir, data, coordinator: None, port: 0, workers: Vec::new(), runtime };
+        let mut c = Self { dir, data, coordinator: None, port: 0, workers: Vec::new(), runtime, starts: 0 };
         c.start_coordinator(lease_secs, extra);
         c
     }
@@ -122,7 +123,9 @@ impl Cluster {
     pub(crate) fn start_coordinator(&mut self, lease_secs: &str, extra: &[&str]) {
         let listen = format!("127.0.0.1:{}", self.port);
         let data = self.data.clone();
-        let log = self.path(&format!("coordinator-{}.log", Instant::now().elapsed().as_nanos()));
+        // Numbered by start, so a restarted coordinator's log never overwrites the one before.
+        self.starts += 1;
+        let log = self.path(&format!("coordinator-{}.log", self.starts));
         let tokens = self.path("tokens");
         let mut args = vec!["serve", "--listen", &listen, "--data", data.to_str().unwrap(), "--lease-secs", lease_secs];
         args.extend(["--auth", tokens.to_str().unwrap(), "--disk-reserve-mib", "4"]);

@@ -101,3 +101,37 @@ pub fn tiny_spec() -> proto::v1::JobSpec {
 pub fn code<T>(r: Result<T, tonic::Status>) -> tonic::Code {
     r.err().expect("the call was refused").code()
 }
+
+/// Runs `f` on every item on all the CPUs at once, one libtorch thread per item, and returns
+/// the results in order: renders compared bit for bit with each other, on a core each, without
+/// OpenMP teams spinning against each other (see `engine::share`). Not for the quality checks:
+/// their bounds were measured at libtorch's own thread count, and a CPU render's last bits
+/// follow the thread count. A panic in any item fails the caller.
+pub fn in_parallel<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let n = items.len();
+    let queue = std::sync::Mutex::new(items.into_iter().enumerate().collect::<Vec<_>>());
+    let results = std::sync::Mutex::new((0..n).map(|_| None).collect::<Vec<Option<R>>>());
+    let threads = std::thread::available_parallelism().map_or(1, |c| c.get()).min(n);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                tch::set_num_threads(1);
+                loop {
+                    // Taken from the front: the queue is in the caller's order.
+                    let next = {
+                        let mut q = queue.lock().unwrap();
+                        if q.is_empty() {
+                            None
+                        } else {
+                            Some(q.remove(0))
+                        }
+                    };
+                    let Some((i, item)) = next else { break };
+                    let r = f(item);
+                    results.lock().unwrap()[i] = Some(r);
+                }
+            });
+        }
+    });
+    results.into_inner().unwrap().into_iter().map(|r| r.expect("every item ran")).collect()
+}

@@ -3,44 +3,83 @@
 
 use crate::helpers::{command, example, frames_in, stderr, tempdir, SMALL};
 
+/// Through the coordinator's store, as between cluster workers: `render --segment-frames`
+/// gives the frames of one segment, bit for bit, with the user's segment length held.
 #[test]
 fn segmented_render_is_bit_identical_to_one_segment() {
     let dir = tempdir();
     let style = example("wheatfield.jpg");
-    // Both optimisers, bf16 (the GPU default), and the sliced Wasserstein loss, whose random
-    // directions are drawn per frame and so must not depend on where a segment starts.
-    let cases: [(&str, &[&str]); 4] =
-        [("adam", &[]), ("lbfgs", &[]), ("adam-bf16", &["--precision", "bf16"]), ("adam-swd", &["--loss", "swd"])];
-    for (case, extra) in cases {
-        let optimizer = case.split('-').next().unwrap();
-        let mut dumps = Vec::new();
-        for seg in [None, Some("4"), Some("5")] {
-            let frames = dir.path().join(format!("{case}-{}", seg.unwrap_or("all")));
-            let out = dir.path().join(format!("{case}-{}.mp4", seg.unwrap_or("all")));
-            let mut args = vec!["render", style.to_str().unwrap(), "-o", out.to_str().unwrap(), "--frames", "11"];
-            args.extend(["--optimizer", optimizer, "--frames-dir", frames.to_str().unwrap()]);
-            args.extend(SMALL);
-            args.extend(extra);
-            if let Some(k) = seg {
-                args.extend(["--segment-frames", k]);
-            }
-            if seg.is_some() {
-                args.retain(|a| *a != "--quiet"); // for the progress lines that name the segments
-            }
-            let r = command(dir.path()).env("RUST_LOG", "info").args(&args).output().unwrap();
-            assert!(r.status.success(), "{}", stderr(&r));
-            // The user's segment length holds: never resized from the measured pace, which
-            // would move chunk boundaries (and the output's bytes) with the machine's load.
-            if let Some(k) = seg {
-                let want = format!("segment={0}/{0}", 11u32.div_ceil(k.parse().unwrap()));
-                assert!(stderr(&r).contains(&want), "no {want} in {}", stderr(&r));
-            }
-            dumps.push(frames_in(&frames));
+    let mut dumps = Vec::new();
+    for seg in [None, Some("4")] {
+        let frames = dir.path().join(seg.unwrap_or("all"));
+        let out = dir.path().join(format!("{}.mp4", seg.unwrap_or("all")));
+        let mut args = vec!["render", style.to_str().unwrap(), "-o", out.to_str().unwrap(), "--frames", "11"];
+        args.extend(["--frames-dir", frames.to_str().unwrap()]);
+        args.extend(SMALL);
+        if let Some(k) = seg {
+            args.retain(|a| *a != "--quiet"); // for the progress lines that name the segments
+            args.extend(["--segment-frames", k]);
         }
-        assert_eq!(dumps[0].len(), 11);
-        for (k, d) in dumps.iter().enumerate().skip(1) {
-            for (i, (a, b)) in dumps[0].iter().zip(d).enumerate() {
-                assert!(a == b, "{case}: segmented render {k} differs at frame {i}");
+        let r = command(dir.path()).env("RUST_LOG", "info").args(&args).output().unwrap();
+        assert!(r.status.success(), "{}", stderr(&r));
+        // The user's segment length holds: never resized from the measured pace, which would
+        // move chunk boundaries (and the output's bytes) with the machine's load.
+        if let Some(k) = seg {
+            let want = format!("segment={0}/{0}", 11u32.div_ceil(k.parse().unwrap()));
+            assert!(stderr(&r).contains(&want), "no {want} in {}", stderr(&r));
+        }
+        dumps.push(frames_in(&frames));
+    }
+    assert_eq!(dumps[0].len(), 11);
+    for (i, (a, b)) in dumps[0].iter().zip(&dumps[1]).enumerate() {
+        assert!(a == b, "segmented render differs at frame {i}");
+    }
+}
+
+/// The same for every optimiser, bf16 (the GPU default) and the sliced Wasserstein loss, whose
+/// random directions are drawn per frame and so must not depend on where a segment starts: in
+/// segments of 4 and of 5 frames, each state round-tripped through its file format, the frames
+/// are those of one segment, bit for bit.
+#[test]
+fn every_optimiser_precision_and_loss_resumes_bit_for_bit() {
+    use engine::params::{LossKind, OptimizerKind, Precision};
+    use engine::{style::Style, vgg::Vgg, Engine, RenderParams};
+    let device = tch::Device::Cpu;
+    let small = RenderParams { width: 64, height: 48, frames: 11, warmup: 12, iters: 2, ..RenderParams::default() };
+    let cases = [
+        ("adam", small.clone()),
+        ("lbfgs", RenderParams { optimizer: OptimizerKind::Lbfgs, ..small.clone() }),
+        ("adam-bf16", RenderParams { precision: Precision::Bf16, ..small.clone() }),
+        ("adam-swd", RenderParams { loss: LossKind::Swd, ..small.clone() }),
+    ];
+    let jobs: Vec<_> =
+        cases.iter().flat_map(|c| [(c.clone(), None), (c.clone(), Some(4)), (c.clone(), Some(5))]).collect();
+    let movies = crate::helpers::in_parallel(jobs, |((_, params), seg): ((&str, RenderParams), Option<u32>)| {
+        // Each segment by an engine of its own, as on another worker.
+        let engine = || {
+            let style = Style::open(&example("wheatfield.jpg")).unwrap();
+            Engine::new(params.clone(), style, Vgg::random(params.network, device), device).unwrap()
+        };
+        let mut state = engine().initial_state(&mut |_| {}).unwrap();
+        let mut frames = Vec::new();
+        while state.next_frame < params.frames {
+            let end = seg.map_or(params.frames, |k| (state.next_frame + k).min(params.frames));
+            let mut keep = |f: engine::Frame| {
+                frames.push(f.rgb);
+                Ok(())
+            };
+            engine().render(&mut state, end, &mut keep, &mut |_| {}).unwrap();
+            // Handed over through the file format.
+            state = engine::State::from_bytes(&state.to_bytes(), std::path::Path::new("state"), device).unwrap();
+        }
+        frames
+    });
+    for (c, (case, _)) in cases.iter().enumerate() {
+        let whole = &movies[3 * c];
+        assert_eq!(whole.len(), 11, "{case}");
+        for (k, segmented) in movies[3 * c + 1..3 * c + 3].iter().enumerate() {
+            for (i, (a, b)) in whole.iter().zip(segmented).enumerate() {
+                assert!(a == b, "{case}: segments of {} frames differ at frame {i}", k + 4);
             }
         }
     }
