@@ -170,7 +170,11 @@ impl CpuShare {
         match open_dir(&dir) {
             Ok(dir) => Some(Self::new(dir, alone, adapt)),
             Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "cpu renders on this machine will not share its threads");
+                // Once per process, not once per engine (a worker makes one per job).
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cpu renders on this machine will not share its threads");
+                });
                 None
             }
         }
