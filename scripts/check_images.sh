@@ -38,6 +38,12 @@ if [ "${1:-}" = "--if-changed" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$h
 fi
 
 [ "$(id -u)" = 0 ] || { echo "check_images.sh needs root (debootstrap and chroot builds)" >&2; exit 1; }
+# One check at a time on a machine (two test runs would debootstrap into the same cache); a
+# check killed half-way leaves a root file system behind, removed by the next.
+exec 9>"$cache/lock"
+flock 9
+awk -v c="$cache/rootfs-" 'index($2, c) == 1 {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount -l
+rm -rf --one-file-system "$cache"/rootfs-*
 if ! command -v debootstrap >/dev/null || ! command -v buildah >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap buildah >/dev/null
@@ -74,19 +80,19 @@ EOF
 base_image() {
   local name=$1 include=$2 finish=$3 root="$cache/rootfs-$RANDOM"
   echo "images: making $name from Debian bookworm packages"
-  debootstrap --variant=minbase ${include:+--include="$include"} bookworm "$root" "$mirror" >"$cache/debootstrap.log" 2>&1 \
-    || { tail -20 "$cache/debootstrap.log" >&2; rm -rf "$root"; exit 1; }
+  debootstrap --variant=minbase ${include:+--include="$include"} bookworm "$root" "$mirror" >"$root.log" 2>&1 \
+    || { tail -20 "$root.log" >&2; rm -rf "$root" "$root.log"; exit 1; }
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/cache/apt/*.bin "$root"/var/lib/apt/lists/*
   $finish "$root"
   local ctr
   ctr=$(buildah from scratch)
-  tar -C "$root" -cf "$cache/rootfs.tar" .
-  buildah add --quiet "$ctr" "$cache/rootfs.tar" / >/dev/null
+  tar -C "$root" -cf "$root.tar" .
+  buildah add --quiet "$ctr" "$root.tar" / >/dev/null
   buildah config --env PATH=/usr/local/cargo/bin:/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     --cmd bash --label gramzoom.base="$base_version" "$ctr"
   if [ "$name" = "$rust" ]; then buildah config --env CARGO_HOME=/usr/local/cargo "$ctr"; fi
   buildah commit --quiet --rm "$ctr" "$name" >/dev/null
-  rm -rf "$root" "$cache/rootfs.tar"
+  rm -rf "$root" "$root.tar" "$root.log"
 }
 slim_base() { debian_image_config "$1" slim; }
 # The Rust toolchain this machine builds with (its docs left out), at /usr/local/rust; and the
