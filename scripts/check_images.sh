@@ -123,11 +123,17 @@ build() { # $1 Dockerfile, $2 tag
     || { tail -40 "$cache/build-$(basename "$2").log" >&2; exit 1; }
   echo "images: $2 built in $((SECONDS - t)) s"
 }
+# vfs keeps every layer as a whole copy, about 10 GB more per rebuild of both: earlier builds'
+# layers are the next build's cache (the set-up steps, the CUDA wheels), kept while the disk has
+# room and let go of (all untagged images, the cache with them) when it has less than 40 GB.
+store=/var/lib/containers/storage
+mkdir -p "$store"
+if [ "$(df --output=avail -B1G "$store" | tail -1)" -lt 40 ]; then
+  echo "images: less than 40 GB free, removing earlier builds' layers"
+  buildah rmi --prune >/dev/null 2>&1 || true
+fi
 build deploy/Dockerfile.coordinator localhost/gramzoom-coordinator:check
 build deploy/Dockerfile.worker localhost/gramzoom-worker:check
-# vfs keeps every layer as a whole copy: let go of the layers of earlier builds, which no tag
-# reaches any more (this build's layers stay, as the next build's cache).
-buildah rmi --prune >/dev/null 2>&1 || true
 
 # --- a job through each ---
 cargo build --release -q -p cli

@@ -415,6 +415,35 @@ pub(crate) mod tests {
             }
             let differing: Vec<usize> = (0..loaded.len()).filter(|&i| loaded[i] != quiet).collect();
             assert!(differing.is_empty(), "{} frames: encodes {differing:?} under load differ", frames.len());
+            // A machine with fewer CPUs (or a pod's CPU mask): x264 sizes its default thread
+            // count from the encoding thread's mask, so this is the case that tells a fixed
+            // count from the default (where there is more than one CPU to take away).
+            let one_cpu = std::thread::scope(|s| {
+                s.spawn(|| {
+                    only_the_first_cpu();
+                    encode(dir.path(), "one-cpu.mp4", &frames, |_| 0)
+                })
+                .join()
+                .unwrap()
+            });
+            assert!(one_cpu == quiet, "{} frames: the encode on one CPU differs", frames.len());
+        }
+    }
+
+    /// Limits the calling thread (and the threads it starts) to the first CPU it may run on.
+    /// Test-only `unsafe` (std has no CPU masks); the engine's own is in `tf32`.
+    #[allow(unsafe_code)]
+    fn only_the_first_cpu() {
+        // SAFETY: cpu_set_t is plain data; the calls get its exact size and only this thread's
+        // (pid 0) mask is read and written.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            let size = std::mem::size_of::<libc::cpu_set_t>();
+            assert_eq!(libc::sched_getaffinity(0, size, &mut set), 0);
+            let first = (0..libc::CPU_SETSIZE as usize).find(|&c| libc::CPU_ISSET(c, &set)).unwrap();
+            libc::CPU_ZERO(&mut set);
+            libc::CPU_SET(first, &mut set);
+            assert_eq!(libc::sched_setaffinity(0, size, &set), 0);
         }
     }
 }
