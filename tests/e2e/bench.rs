@@ -17,7 +17,9 @@ fn bench_concurrent_times_renders_alone_and_together_and_names_a_failed_render()
     let [alone, together, ratio, per_render] = cols[..] else { panic!("{row}") };
     assert!(alone > 0.0 && together > 0.0, "{row}");
     assert!((ratio - together / alone).abs() < 0.01 + ratio * 0.05, "{row}");
-    assert!((per_render - together / 2.0).abs() < 0.06, "{row}");
+    // Each printed to 0.1 s: the half of a rounded wall time and a rounded half differ by up
+    // to 0.075.
+    assert!((per_render - together / 2.0).abs() < 0.08, "{row}");
 
     // A render that fails fails the benchmark, with the render's own error; the scratch folder
     // of the renders' outputs is removed (the renders' lock folder is all that stays).
