@@ -28,6 +28,8 @@ pub enum RenderError {
     Coordinator(#[from] coordinator::Error),
     #[error("encoding {path}: {reason}")]
     Output { path: PathBuf, reason: String },
+    #[error("creating a scratch directory under {}: {source}", std::env::temp_dir().display())]
+    Scratch { source: std::io::Error },
 }
 
 pub struct Outputs {
@@ -54,7 +56,7 @@ pub fn prepare(engine: &Engine, outputs: &Outputs) -> Result<(OutputKind, Partia
     if outputs.segment_frames == Some(0) {
         return Err(ParamError::new("--segment-frames", "must be at least 1"));
     }
-    let file = PartialFile::create(&outputs.output)?;
+    let file = PartialFile::for_option("--output", &outputs.output)?;
     if let Some(dir) = &outputs.frames_dir {
         FramesDir::create(dir)?;
     }
@@ -96,7 +98,7 @@ pub async fn render(
     let (kind, file) = prepare(&engine, outputs)?;
     let params = engine.params().clone();
     let device = engine.device();
-    let scratch = ScratchDir::create().map_err(coordinator::Error::from)?;
+    let scratch = ScratchDir::create().map_err(|source| RenderError::Scratch { source })?;
 
     let mut config = coordinator::Config::new(scratch.0.join("coordinator"));
     config.segment_frames = outputs.segment_frames.unwrap_or(params.frames).max(1);

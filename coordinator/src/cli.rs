@@ -171,9 +171,10 @@ pub async fn serve(args: &ServeArgs) -> Result<()> {
         Some(addr) => Some(bind(addr.clone()).await?),
         None => None,
     };
-    eprintln!("listening on {}", listener.local_addr()?);
+    let addr = |l: &tokio::net::TcpListener| l.local_addr().map_err(Error::io("reading the listener's address"));
+    eprintln!("listening on {}", addr(&listener)?);
     if let Some(h) = &http {
-        eprintln!("http listening on {}", h.local_addr()?);
+        eprintln!("http listening on {}", addr(h)?);
     }
     crate::run_with_http(listener, http, config, shutdown_signal()).await
 }

@@ -24,7 +24,9 @@ impl DataLock {
     /// Locks `data`, or says who holds it.
     pub fn acquire(data: &Path) -> Result<Self> {
         let path = data.join("lock");
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+        let io = || Error::io(format!("locking the data directory ({})", path.display()));
+        let mut file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io())?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -38,15 +40,15 @@ impl DataLock {
                     holder: if holder.is_empty() { "a coordinator that is starting".into() } else { holder.into() },
                 });
             }
-            Err(TryLockError::Error(e)) => return Err(e.into()),
+            Err(TryLockError::Error(e)) => return Err(io()(e)),
         }
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "an unknown host".into());
-        file.set_len(0)?;
-        file.seek(SeekFrom::Start(0))?;
-        writeln!(file, "pid {} on {host}, since unix time {} ms", std::process::id(), crate::now_ms())?;
-        file.sync_all()?;
+        file.set_len(0).map_err(io())?;
+        file.seek(SeekFrom::Start(0)).map_err(io())?;
+        writeln!(file, "pid {} on {host}, since unix time {} ms", std::process::id(), crate::now_ms()).map_err(io())?;
+        file.sync_all().map_err(io())?;
         Ok(Self { _file: file, path })
     }
 

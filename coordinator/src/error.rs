@@ -26,8 +26,12 @@ pub enum Error {
     JobNotFailed { id: String, state: &'static str },
     #[error("database: {0}")]
     Db(#[from] rusqlite::Error),
-    #[error("artifact store: {0}")]
-    Store(#[from] std::io::Error),
+    /// The artifact store failed at `op` (which names the key or the chunk).
+    #[error("artifact store: {op}: {source}")]
+    Store { op: String, source: std::io::Error },
+    /// Local I/O outside the store (scratch files, the data directory), with what was being done.
+    #[error("{op}: {source}")]
+    Io { op: String, source: std::io::Error },
     #[error("stitching: {0}")]
     Stitch(String),
     #[error("starting: {0}")]
@@ -43,14 +47,55 @@ impl Error {
     pub fn is_disk_full(&self) -> bool {
         match self {
             Error::Db(rusqlite::Error::SqliteFailure(e, _)) => e.code == rusqlite::ErrorCode::DiskFull,
-            Error::Store(e) => e.kind() == std::io::ErrorKind::StorageFull,
+            Error::Store { source, .. } | Error::Io { source, .. } => {
+                matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+            }
             _ => false,
         }
+    }
+
+    /// Whether the same operation can pass later without anybody changing its inputs: a full
+    /// disk (space gets freed), a busy or interrupted resource, a transient device error. A
+    /// missing file, a malformed chunk or a refused argument fail the same way every time.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Store { source, .. } | Error::Io { source, .. } => io_is_transient(source),
+            Error::Db(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::SystemIoFailure
+                    | rusqlite::ErrorCode::OutOfMemory
+            ),
+            _ => false,
+        }
+    }
+
+    /// A store failure at `op`, for `map_err`.
+    pub fn store(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let op = op.into();
+        move |source| Self::Store { op, source }
+    }
+
+    /// A local I/O failure at `op`, for `map_err`.
+    pub fn io(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let op = op.into();
+        move |source| Self::Io { op, source }
     }
 
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         Self::Invalid { field, message: message.into() }
     }
+}
+
+/// Decided by the error's kind and, where the kind is too coarse, its errno (Linux numbers).
+pub fn io_is_transient(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    // EIO 5, ENOMEM 12, EBUSY 16, ENFILE 23, EMFILE 24, ENOSPC 28, EDQUOT 122.
+    const TRANSIENT_ERRNOS: [i32; 7] = [5, 12, 16, 23, 24, 28, 122];
+    matches!(e.kind(), StorageFull | QuotaExceeded | Interrupted | TimedOut | WouldBlock | OutOfMemory | ResourceBusy)
+        || e.raw_os_error().is_some_and(|n| TRANSIENT_ERRNOS.contains(&n))
 }
 
 pub use proto::limits::quoted_prefix;
@@ -76,7 +121,8 @@ impl From<Error> for tonic::Status {
             | Error::JobNotEnded { .. }
             | Error::JobNotFailed { .. } => Status::failed_precondition(message),
             Error::Db(_)
-            | Error::Store(_)
+            | Error::Store { .. }
+            | Error::Io { .. }
             | Error::Stitch(_)
             | Error::Startup(_)
             | Error::DataInUse { .. }

@@ -145,13 +145,14 @@ impl Coordinator {
     /// Opens (or creates) the database and store under `config.data` and picks up where a
     /// previous coordinator stopped: running leases get a fresh term, unfinished stitches rerun.
     pub fn open(config: Config) -> Result<Arc<Self>> {
-        std::fs::create_dir_all(&config.data)?;
+        let data = || Error::io(format!("opening the data directory {}", config.data.display()));
+        std::fs::create_dir_all(&config.data).map_err(data())?;
         // Before anything under `--data` is touched: a second coordinator would wipe scratch.
         let lock = DataLock::acquire(&config.data)?;
         let db_path = config.data.join("gramzoom.db");
         refuse_lost_database(&db_path, &config.data.join("artifacts"))?;
         let conn = db::open(&db_path)?;
-        let store: Arc<dyn ArtifactStore> = Arc::new(FsStore::open(&config.data)?);
+        let store: Arc<dyn ArtifactStore> = Arc::new(FsStore::open(&config.data).map_err(data())?);
         let policy = config.policy();
         let resumed = lease::resume(&conn, policy, now_ms())?;
         let stitching = db::jobs_in_state(&conn, db::JobState::Stitching)?;
@@ -249,14 +250,14 @@ impl Coordinator {
 
     /// Joins the chunks of a job whose last segment is stored, then drops what is no longer
     /// needed (chunks, intermediate states; the last state stays so the movie can be extended).
-    /// Stitches `job`, retrying with backoff while the failure is transient (an I/O error such
-    /// as a full disk: the chunks are all there, so freeing space is enough), failing the job
-    /// when the chunks themselves are unusable.
+    /// Retries with backoff while the failure can pass (`Error::is_transient`: a full disk, where
+    /// freeing space is enough), and fails the job, naming the chunk, when it cannot (a chunk
+    /// missing or unusable, a muxer that refuses its packets).
     async fn stitch(self: Arc<Self>, job: i64) {
         let mut backoff = Duration::from_secs(5);
         loop {
             match self.clone().stitch_once(job).await {
-                Err(Error::Store(e)) if !*self.closing.borrow() => {
+                Err(e) if e.is_transient() && !*self.closing.borrow() => {
                     tracing::warn!(job = %db::job_id(job), error = %e, retry_in_s = backoff.as_secs(), "stitching failed for a transient reason; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(300));
@@ -268,7 +269,7 @@ impl Coordinator {
                         return; // cancelled or deleted meanwhile
                     }
                 }
-                Err(Error::Store(_)) => return, // shutting down: a restart stitches again
+                Err(e) if e.is_transient() => return, // shutting down: a restart stitches again
                 Err(e) => {
                     let reason = e.to_string();
                     tracing::error!(job = %db::job_id(job), error = %reason, "stitching failed");
@@ -304,11 +305,11 @@ impl Coordinator {
             let mut parts = Vec::new();
             let mut garbage = Vec::new();
             for (i, &(attempt, start, end)) in chunks.iter().enumerate() {
-                parts.push(stitch::Chunk {
-                    path: store.local_path(&keys::chunk(job, attempt))?,
-                    start_frame: start,
-                    end_frame: end,
-                });
+                let key = keys::chunk(job, attempt);
+                let path = store
+                    .local_path(&key)
+                    .map_err(Error::store(format!("the chunk of frames {start}..{end} ({key})")))?;
+                parts.push(stitch::Chunk { path, start_frame: start, end_frame: end });
                 garbage.push(keys::chunk(job, attempt));
                 if i + 1 < chunks.len() {
                     garbage.push(keys::state(job, attempt));
@@ -316,19 +317,21 @@ impl Coordinator {
             }
             let tmp = store.scratch_dir().join(format!("output-{job}.{}", kind.extension()));
             let result = stitch::stitch(kind, &parts, params.fps, &tmp).and_then(|()| {
+                let read = || Error::io("reading the stitched output");
                 let mut hasher = Sha256::new();
-                let mut file = std::fs::File::open(&tmp)?;
+                let mut file = std::fs::File::open(&tmp).map_err(read())?;
                 let mut buf = vec![0u8; 1 << 20];
                 let mut size = 0u64;
                 loop {
-                    let n = file.read(&mut buf)?;
+                    let n = file.read(&mut buf).map_err(read())?;
                     if n == 0 {
                         break;
                     }
                     hasher.update(&buf[..n]);
                     size += n as u64;
                 }
-                store.put_file(&keys::output(job, kind.extension()), &tmp)?;
+                let key = keys::output(job, kind.extension());
+                store.put_file(&key, &tmp).map_err(Error::store(format!("storing the output as {key}")))?;
                 Ok((size, proto::params::hex(&hasher.finalize()), garbage))
             });
             let _ = std::fs::remove_file(&tmp);
@@ -373,9 +376,10 @@ pub async fn run_with_http(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "coordinator listening");
+    let addr = |l: &TcpListener| l.local_addr().map_err(Error::io("reading the listener's address"));
+    tracing::info!(addr = %addr(&listener)?, "coordinator listening");
     if let Some(h) = &http {
-        tracing::info!(addr = %h.local_addr()?, "http listening (the dashboard, /metrics)");
+        tracing::info!(addr = %addr(h)?, "http listening (the dashboard, /metrics)");
     }
     run_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener), http, config, shutdown).await
 }

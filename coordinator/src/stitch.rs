@@ -16,49 +16,65 @@ pub struct Chunk {
 }
 
 impl Chunk {
+    /// How errors name the chunk: by the frames it holds, which a user can relate to the job.
+    pub fn name(&self) -> String {
+        format!("chunk of frames {}..{} ({})", self.start_frame, self.end_frame, self.path.display())
+    }
+
     /// A chunk must hold exactly its segment's frames, or the output's length would be wrong.
     fn check_frames(&self, frames: u32) -> Result<()> {
         let want = self.end_frame - self.start_frame;
         if frames != want {
-            return Err(Error::Stitch(format!(
-                "chunk {} for frames {}..{} holds {frames} frames, expected {want}",
-                self.path.display(),
-                self.start_frame,
-                self.end_frame
-            )));
+            return Err(Error::Stitch(format!("{} holds {frames} frames, expected {want}", self.name())));
         }
         Ok(())
+    }
+
+    /// An FFmpeg error while reading this chunk.
+    fn ff(&self, what: &str) -> impl Fn(ffmpeg::Error) -> Error {
+        ff(format!("{what} {}", self.name()))
     }
 }
 
 pub fn stitch(kind: OutputKind, chunks: &[Chunk], fps: Fps, out: &Path) -> Result<()> {
+    // The chunks must cover the movie once, in order: the muxer would take overlapping
+    // timestamps and write a movie that stutters, and a gap would shorten it silently.
+    let mut next = 0;
+    for chunk in chunks {
+        if chunk.start_frame != next || chunk.end_frame <= chunk.start_frame {
+            return Err(Error::Stitch(format!("{} does not continue the movie at frame {next}", chunk.name())));
+        }
+        next = chunk.end_frame;
+    }
     match kind {
         OutputKind::Mp4 => mp4(chunks, fps, out),
         OutputKind::Gif => gif(chunks, out),
         OutputKind::Png | OutputKind::Jpeg => {
             let last = chunks.last().ok_or_else(|| Error::Stitch("no chunks".into()))?;
-            std::fs::copy(&last.path, out)?;
+            std::fs::copy(&last.path, out).map_err(Error::io(format!("copying {} to the output", last.name())))?;
             Ok(())
         }
     }
 }
 
-/// An FFmpeg error in `context`. One that carries an errno (a full disk, an I/O error) is an
-/// I/O error, which the coordinator retries; the rest mean the chunks are unusable.
-fn ff(context: &'static str) -> impl Fn(ffmpeg::Error) -> Error {
+/// An FFmpeg error in `context`. One that carries an errno is an I/O error, which the
+/// coordinator retries when the errno says it can pass (a full disk) and fails the job otherwise
+/// (a missing chunk, EINVAL from a muxer that refuses a packet); the rest mean the chunks are
+/// unusable.
+fn ff(context: impl Into<String>) -> impl Fn(ffmpeg::Error) -> Error {
+    let context = context.into();
     move |e| match e {
         ffmpeg::Error::Other { errno } => {
-            let io = std::io::Error::from_raw_os_error(errno);
-            Error::Store(std::io::Error::new(io.kind(), format!("{context}: {io}")))
+            Error::Io { op: context.clone(), source: std::io::Error::from_raw_os_error(errno) }
         }
         e => Error::Stitch(format!("{context}: {e}")),
     }
 }
 
 fn mp4(chunks: &[Chunk], fps: Fps, out: &Path) -> Result<()> {
-    ffmpeg::init().map_err(ff("init"))?;
+    ffmpeg::init().map_err(ff("initialising ffmpeg"))?;
     ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Error);
-    let mut octx = ffmpeg::format::output_as(out, "mp4").map_err(ff("open output"))?;
+    let mut octx = ffmpeg::format::output_as(out, "mp4").map_err(ff("opening the output"))?;
     // One frame lasts den/num seconds; chunk k starts start_frame of those in.
     let frame_tb = ffmpeg::Rational(fps.den as i32, fps.num as i32);
     // Decode timestamps run ahead of presentation by the encoder's reordering delay, which is
@@ -66,24 +82,25 @@ fn mp4(chunks: &[Chunk], fps: Fps, out: &Path) -> Result<()> {
     // Appended as they are, a short chunk's last decode time would meet the next chunk's first
     // (the muxer refuses that). So every chunk's decode times are moved back to the largest
     // delay of all: still before their presentation times, and increasing across chunks.
-    let delays = chunks.iter().map(|c| reorder_delay(&c.path, frame_tb)).collect::<Result<Vec<i64>>>()?;
+    let delays = chunks.iter().map(|c| reorder_delay(c, frame_tb)).collect::<Result<Vec<i64>>>()?;
     let most = delays.iter().copied().max().unwrap_or(0);
     let mut out_tb = frame_tb;
     for (i, chunk) in chunks.iter().enumerate() {
-        let mut ictx = ffmpeg::format::input(&chunk.path).map_err(ff("open chunk"))?;
+        let mut ictx = ffmpeg::format::input(&chunk.path).map_err(chunk.ff("opening"))?;
         let (index, in_tb) = {
             let stream = ictx
                 .streams()
                 .best(ffmpeg::media::Type::Video)
-                .ok_or_else(|| Error::Stitch(format!("chunk {} has no video stream", chunk.path.display())))?;
+                .ok_or_else(|| Error::Stitch(format!("{} has no video stream", chunk.name())))?;
             if i == 0 {
-                let mut ost =
-                    octx.add_stream(ffmpeg::encoder::find(ffmpeg::codec::Id::None)).map_err(ff("add stream"))?;
+                let mut ost = octx
+                    .add_stream(ffmpeg::encoder::find(ffmpeg::codec::Id::None))
+                    .map_err(ff("adding the output's stream"))?;
                 ost.set_parameters(stream.parameters());
                 ost.set_time_base(frame_tb);
                 let mut mux = ffmpeg::Dictionary::new();
                 mux.set("movflags", "+faststart");
-                octx.write_header_with(mux).map_err(ff("write header"))?;
+                octx.write_header_with(mux).map_err(ff("writing the output's header"))?;
                 out_tb = octx.stream(0).expect("stream 0 was added").time_base();
             }
             (stream.index(), stream.time_base())
@@ -100,23 +117,23 @@ fn mp4(chunks: &[Chunk], fps: Fps, out: &Path) -> Result<()> {
             packet.set_dts(packet.dts().map(|t| t + offset - dts_back));
             packet.set_position(-1);
             packet.set_stream(0);
-            packet.write_interleaved(&mut octx).map_err(ff("write packet"))?;
+            packet.write_interleaved(&mut octx).map_err(chunk.ff("writing a packet of"))?;
             packets += 1;
         }
         chunk.check_frames(packets)?;
     }
-    octx.write_trailer().map_err(ff("write trailer"))?;
+    octx.write_trailer().map_err(ff("writing the output's trailer"))?;
     Ok(())
 }
 
 /// How far a chunk's first decode time runs ahead of its first presentation time, in frames.
-fn reorder_delay(path: &Path, frame_tb: ffmpeg::Rational) -> Result<i64> {
-    let mut ictx = ffmpeg::format::input(path).map_err(ff("open chunk"))?;
+fn reorder_delay(chunk: &Chunk, frame_tb: ffmpeg::Rational) -> Result<i64> {
+    let mut ictx = ffmpeg::format::input(&chunk.path).map_err(chunk.ff("opening"))?;
     let (index, in_tb) = {
         let stream = ictx
             .streams()
             .best(ffmpeg::media::Type::Video)
-            .ok_or_else(|| Error::Stitch(format!("chunk {} has no video stream", path.display())))?;
+            .ok_or_else(|| Error::Stitch(format!("{} has no video stream", chunk.name())))?;
         (stream.index(), stream.time_base())
     };
     let first = ictx.packets().find(|(s, _)| s.index() == index).map(|(_, p)| p);
@@ -125,20 +142,28 @@ fn reorder_delay(path: &Path, frame_tb: ffmpeg::Rational) -> Result<i64> {
 }
 
 fn gif(chunks: &[Chunk], out: &Path) -> Result<()> {
-    let gif_err = |e: gif::DecodingError| Error::Stitch(format!("gif chunk: {e}"));
+    // Reading: an I/O error as it is (a missing chunk is not transient, a device error is); a
+    // decoding error is a broken chunk.
+    let gif_err = |chunk: &Chunk| {
+        let name = chunk.name();
+        move |e: gif::DecodingError| match e {
+            gif::DecodingError::Io(source) => Error::Io { op: format!("reading {name}"), source },
+            e => Error::Stitch(format!("{name}: {e}")),
+        }
+    };
     // Writing can fail for want of space: an I/O error, retried; the rest is a broken chunk.
     let enc_err = |e: gif::EncodingError| match e {
-        gif::EncodingError::Io(io) => Error::Store(io),
+        gif::EncodingError::Io(source) => Error::Io { op: "writing the output".into(), source },
         e => Error::Stitch(format!("gif: {e}")),
     };
     let mut encoder: Option<gif::Encoder<std::io::BufWriter<std::fs::File>>> = None;
     for chunk in chunks {
         let mut options = gif::DecodeOptions::new();
         options.set_color_output(gif::ColorOutput::Indexed);
-        let mut decoder =
-            options.read_info(std::io::BufReader::new(std::fs::File::open(&chunk.path)?)).map_err(gif_err)?;
+        let file = std::fs::File::open(&chunk.path).map_err(Error::io(format!("opening {}", chunk.name())))?;
+        let mut decoder = options.read_info(std::io::BufReader::new(file)).map_err(gif_err(chunk))?;
         if encoder.is_none() {
-            let file = std::io::BufWriter::new(std::fs::File::create(out)?);
+            let file = std::io::BufWriter::new(std::fs::File::create(out).map_err(Error::io("creating the output"))?);
             let mut e =
                 gif::Encoder::new(file, decoder.width(), decoder.height(), decoder.global_palette().unwrap_or(&[]))
                     .map_err(enc_err)?;
@@ -147,15 +172,16 @@ fn gif(chunks: &[Chunk], out: &Path) -> Result<()> {
         }
         let enc = encoder.as_mut().expect("set above");
         let mut frames = 0u32;
-        while let Some(frame) = decoder.read_next_frame().map_err(gif_err)? {
+        while let Some(frame) = decoder.read_next_frame().map_err(gif_err(chunk))? {
             enc.write_frame(frame).map_err(enc_err)?;
             frames += 1;
         }
         chunk.check_frames(frames)?;
     }
     let enc = encoder.ok_or_else(|| Error::Stitch("no chunks".into()))?;
-    let file = enc.into_inner()?;
-    file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    let written = || Error::io("writing the output");
+    let file = enc.into_inner().map_err(written())?;
+    file.into_inner().map_err(|e| e.into_error()).and_then(|f| f.sync_all()).map_err(written())?;
     Ok(())
 }
 
@@ -163,32 +189,77 @@ fn gif(chunks: &[Chunk], out: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// A full disk while stitching is an I/O error (retried until space is freed), not a broken
-    /// chunk (which fails the job): a fully rendered job must not be lost to ENOSPC.
+    const FPS: Fps = Fps { num: 30, den: 1 };
+
+    fn gif_chunk(dir: &Path, frames: u32) -> Chunk {
+        let path = dir.join("0.gif");
+        let file = std::fs::File::create(&path).unwrap();
+        let mut e = gif::Encoder::new(file, 8, 8, &[0, 0, 0, 255, 255, 255]).unwrap();
+        for _ in 0..frames {
+            e.write_frame(&gif::Frame { width: 8, height: 8, buffer: vec![1; 64].into(), ..Default::default() })
+                .unwrap();
+        }
+        Chunk { path, start_frame: 0, end_frame: frames }
+    }
+
+    fn mp4_chunk(start_frame: u32) -> Chunk {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/chunk_3_frames.mp4");
+        Chunk { path, start_frame, end_frame: start_frame + 3 }
+    }
+
+    /// What the stitch loop does with each failure: retry only what can pass later (a full
+    /// disk: a fully rendered job must not be lost to ENOSPC), fail the job naming the chunk
+    /// otherwise (a missing chunk would never appear; a muxer that refuses packets, EINVAL,
+    /// refuses them again), where a retry would keep the job "stitching" forever.
     #[test]
-    fn a_full_disk_is_a_transient_failure_not_a_broken_chunk() {
+    fn only_failures_that_can_pass_later_are_transient_and_the_rest_name_the_chunk() {
         let dir = tempfile::tempdir().unwrap();
-        let chunk = dir.path().join("0.gif");
-        {
-            let file = std::fs::File::create(&chunk).unwrap();
-            let mut e = gif::Encoder::new(file, 8, 8, &[0, 0, 0, 255, 255, 255]).unwrap();
-            for _ in 0..2 {
-                e.write_frame(&gif::Frame { width: 8, height: 8, buffer: vec![1; 64].into(), ..Default::default() })
-                    .unwrap();
-            }
+        let gif = gif_chunk(dir.path(), 2);
+        let out = |name: &str| dir.path().join(name);
+        stitch(OutputKind::Gif, std::slice::from_ref(&gif), FPS, &out("out.gif")).expect("stitches gifs");
+        stitch(OutputKind::Mp4, &[mp4_chunk(0), mp4_chunk(3)], FPS, &out("out.mp4")).expect("stitches mp4s");
+        let missing = |start| Chunk { path: dir.path().join("gone.chunk"), start_frame: start, end_frame: start + 3 };
+        let cases: Vec<(&str, Result<()>, bool, &str)> = vec![
+            (
+                "gif onto a full disk",
+                stitch(OutputKind::Gif, std::slice::from_ref(&gif), FPS, Path::new("/dev/full")),
+                true,
+                "writing the output",
+            ),
+            ("ENOSPC from ffmpeg", Err(ff("writing a packet")(ffmpeg::Error::Other { errno: 28 })), true, "packet"),
+            (
+                "a missing mp4 chunk",
+                stitch(OutputKind::Mp4, &[mp4_chunk(0), missing(3)], FPS, &out("m.mp4")),
+                false,
+                "chunk of frames 3..6",
+            ),
+            (
+                "a missing gif chunk",
+                stitch(OutputKind::Gif, &[missing(0)], FPS, &out("m.gif")),
+                false,
+                "chunk of frames 0..3",
+            ),
+            (
+                "a missing still",
+                stitch(OutputKind::Png, &[missing(0)], FPS, &out("m.png")),
+                false,
+                "chunk of frames 0..3",
+            ),
+            // Two chunks claiming the same frames: the muxer would take them.
+            (
+                "overlapping mp4 chunks",
+                stitch(OutputKind::Mp4, &[mp4_chunk(0), mp4_chunk(0)], FPS, &out("o.mp4")),
+                false,
+                "chunk of frames 0..3 (",
+            ),
+            ("EINVAL from ffmpeg", Err(ff("writing a packet")(ffmpeg::Error::Other { errno: 22 })), false, "packet"),
+            ("a broken chunk", Err(ff("opening a chunk")(ffmpeg::Error::InvalidData)), false, "opening a chunk"),
+        ];
+        for (what, result, transient, names) in cases {
+            let e = result.expect_err(what);
+            assert_eq!(e.is_transient(), transient, "{what}: {e:?}");
+            assert!(e.to_string().contains(names), "{what}: {e}");
         }
-        let chunks = [Chunk { path: chunk, start_frame: 0, end_frame: 2 }];
-        let fps = Fps { num: 30, den: 1 };
-        stitch(OutputKind::Gif, &chunks, fps, &dir.path().join("out.gif")).expect("stitches where there is room");
-        match stitch(OutputKind::Gif, &chunks, fps, Path::new("/dev/full")) {
-            Err(Error::Store(e)) => assert_eq!(e.kind(), std::io::ErrorKind::StorageFull, "{e}"),
-            other => panic!("a full disk came back as {other:?}"),
-        }
-        // FFmpeg reports errno values: those are I/O errors too (ENOSPC is 28 on Linux).
-        match ff("write packet")(ffmpeg::Error::Other { errno: 28 }) {
-            Error::Store(e) => assert_eq!(e.kind(), std::io::ErrorKind::StorageFull, "{e}"),
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(ff("open chunk")(ffmpeg::Error::InvalidData), Error::Stitch(_)));
+        assert!(stitch(OutputKind::Gif, &[gif], FPS, Path::new("/dev/full")).unwrap_err().is_disk_full());
     }
 }

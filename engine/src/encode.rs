@@ -20,6 +20,13 @@ pub enum EncodeError {
     Gif(String),
     #[error("image: {0}")]
     Image(String),
+    /// A destination that cannot name a file: empty, or ending in `..`.
+    #[error("{} is not a file path", .0.display())]
+    NotAFile(PathBuf),
+    #[error("{} is a directory", .0.display())]
+    IsADirectory(PathBuf),
+    #[error("cannot write to {}: {reason}", dir.display())]
+    Unwritable { dir: PathBuf, reason: String },
 }
 
 fn ff(context: &'static str) -> impl Fn(ffmpeg::Error) -> EncodeError {
@@ -39,22 +46,23 @@ pub struct PartialFile {
 impl PartialFile {
     /// Creates the temporary file right away, so an unwritable destination fails before any
     /// rendering starts.
-    pub fn create(dest: &Path) -> Result<Self, ParamError> {
-        let name = dest
-            .file_name()
-            .ok_or_else(|| ParamError::new("--output", format!("{} is not a file path", dest.display())))?;
+    pub fn create(dest: &Path) -> Result<Self, EncodeError> {
+        let name = dest.file_name().ok_or_else(|| EncodeError::NotAFile(dest.to_path_buf()))?;
         let dir = match dest.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
         if dest.is_dir() {
-            return Err(ParamError::new("--output", format!("{} is a directory", dest.display())));
+            return Err(EncodeError::IsADirectory(dest.to_path_buf()));
         }
         let tmp = dir.join(format!(".{}.{}.partial", name.to_string_lossy(), std::process::id()));
-        File::create(&tmp).map_err(|e| {
-            ParamError::new("--output", format!("cannot write to {}: {}", dir.display(), e.to_string().to_lowercase()))
-        })?;
+        File::create(&tmp).map_err(|e| EncodeError::Unwritable { dir, reason: e.to_string().to_lowercase() })?;
         Ok(Self { tmp, dest: dest.to_path_buf(), committed: false })
+    }
+
+    /// `create` for a destination the user named with `option` (`--output`): its errors name it.
+    pub fn for_option(option: &'static str, dest: &Path) -> Result<Self, ParamError> {
+        Self::create(dest).map_err(|e| ParamError::new(option, e.to_string()))
     }
 
     pub fn path(&self) -> &Path {
@@ -300,7 +308,7 @@ impl FramesDir {
             )
         })?;
         // Fail now, not after the first hour of rendering, when the directory is read-only.
-        drop(PartialFile::create(&dir.join("probe.png")).map_err(|e| ParamError::new("--frames-dir", e.message))?);
+        drop(PartialFile::for_option("--frames-dir", &dir.join("probe.png"))?);
         Ok(Self { dir: dir.to_path_buf() })
     }
 
@@ -311,8 +319,7 @@ impl FramesDir {
 
 impl FrameSink for FramesDir {
     fn push(&mut self, frame: &Frame) -> Result<(), EncodeError> {
-        let file = PartialFile::create(&Self::frame_path(&self.dir, frame.index))
-            .map_err(|e| EncodeError::Image(e.to_string()))?;
+        let file = PartialFile::create(&Self::frame_path(&self.dir, frame.index))?;
         frame
             .to_image()
             .save_with_format(file.path(), image::ImageFormat::Png)

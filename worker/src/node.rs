@@ -27,8 +27,9 @@ pub enum NodeError {
     Credentials(#[from] proto::auth::AuthError),
     #[error("coordinator: {0}")]
     Rpc(#[from] tonic::Status),
-    #[error(transparent)]
-    Weights(#[from] engine::EngineError),
+    /// Hashing the network weights this node reports when it registers.
+    #[error("hashing the network weights: {0}")]
+    Weights(#[source] engine::EngineError),
 }
 
 #[derive(Debug, Clone)]
@@ -135,7 +136,8 @@ impl Node {
                 let explicit = self.config.weights.clone();
                 let digests = tokio::task::spawn_blocking(move || engine::weights::digests(explicit.as_deref()))
                     .await
-                    .expect("hashing the weights panicked")?;
+                    .expect("hashing the weights panicked")
+                    .map_err(NodeError::Weights)?;
                 let w: Vec<_> = digests
                     .into_iter()
                     .map(|(n, digest)| v1::NetworkWeights { network: n.name().into(), digest })

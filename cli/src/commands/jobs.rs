@@ -232,7 +232,7 @@ pub fn watch(args: Job, bar: &Bar) -> Result<()> {
 }
 
 pub fn download(args: Download) -> Result<()> {
-    let file = PartialFile::create(&args.output)?;
+    let file = PartialFile::for_option("--output", &args.output)?;
     let bytes = runtime()?.block_on(async {
         let mut c = args.at.connect().await?;
         client::download(&mut c, &args.job, &file).await

@@ -115,7 +115,7 @@ impl JobService for Api {
                     }
                 });
                 let _ = std::fs::remove_file(&tmp);
-                placed?;
+                placed.map_err(Error::store(format!("storing the style {key}")))?;
             }
             Ok(())
         })
@@ -240,11 +240,12 @@ impl JobService for Api {
         // output is missing.
         let store = self.0.store.clone();
         let freed = tokio::task::spawn_blocking(move || -> Result<u64, Error> {
-            let mut freed = store.delete_all(&keys::job(seq))?;
+            let prefix = keys::job(seq);
+            let mut freed = store.delete_all(&prefix).map_err(Error::store(format!("deleting {prefix}")))?;
             if !shared {
                 let key = keys::style(&style);
                 freed += store.local_path(&key).and_then(std::fs::metadata).map_or(0, |m| m.len());
-                store.delete(&key)?;
+                store.delete(&key).map_err(Error::store(format!("deleting {key}")))?;
             }
             Ok(freed)
         })
@@ -273,7 +274,8 @@ impl JobService for Api {
         }
         let kind =
             proto::wire::output_from_wire(job.spec.as_ref().map(|s| s.output).unwrap_or(0)).map_err(Error::from)?;
-        let path = self.0.store.local_path(&keys::output(seq, kind.extension())).map_err(Error::from)?;
+        let key = keys::output(seq, kind.extension());
+        let path = self.0.store.local_path(&key).map_err(Error::store(format!("reading the output {key}")))?;
         Ok(Response::new(stream_file(path, job.output_sha256)))
     }
 

@@ -50,7 +50,8 @@ pub(super) fn stream_file(path: PathBuf, sha256: String) -> BoxStream<v1::Blob> 
         }
         .await;
         if let Err(e) = result {
-            let _ = tx.send(Err(Status::from(Error::Store(e)))).await;
+            let op = format!("sending {}", path.display());
+            let _ = tx.send(Err(Status::from(Error::Store { op, source: e }))).await;
         }
     });
     Box::pin(ReceiverStream::new(rx))
@@ -64,12 +65,15 @@ pub(super) struct Incoming {
     pub(super) path: PathBuf,
     pieces: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
     writer: Option<tokio::task::JoinHandle<std::io::Result<(u64, String)>>>,
+    /// What errors call the upload (`chunk of job 7`).
+    what: String,
 }
 
 impl Incoming {
     pub(super) async fn create(dir: &Path, name: String) -> Result<Self> {
         let path = dir.join(unique_name(&name));
-        let file = std::fs::File::create(&path)?;
+        let what = format!("receiving {name}");
+        let file = std::fs::File::create(&path).map_err(Error::store(what.clone()))?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
         let writer = tokio::task::spawn_blocking(move || {
             use std::io::Write;
@@ -84,7 +88,7 @@ impl Incoming {
             file.flush()?;
             Ok((size, proto::params::hex(&hasher.finalize())))
         });
-        Ok(Self { path, pieces: Some(tx), writer: Some(writer) })
+        Ok(Self { path, pieces: Some(tx), writer: Some(writer), what })
     }
 
     pub(super) async fn write(&mut self, data: Vec<u8>) -> Result<()> {
@@ -96,7 +100,7 @@ impl Incoming {
                 .written()
                 .await
                 .err()
-                .unwrap_or_else(|| Error::Store(std::io::Error::other("writer stopped"))));
+                .unwrap_or_else(|| Error::store(self.what.clone())(std::io::Error::other("writer stopped"))));
         }
         Ok(())
     }
@@ -104,7 +108,7 @@ impl Incoming {
     async fn written(&mut self) -> Result<(u64, String)> {
         self.pieces = None;
         let writer = self.writer.take().expect("finished once");
-        Ok(writer.await.expect("the upload writer panicked")?)
+        writer.await.expect("the upload writer panicked").map_err(Error::store(self.what.clone()))
     }
 
     /// Waits for the last piece to be written, then checks size and checksum against what the

@@ -148,7 +148,8 @@ impl WorkerService for Api {
             .0
             .db(move |c| Ok(c.query_row("SELECT style_sha256 FROM jobs WHERE seq = ?1", [job], |r| r.get(0))?))
             .await?;
-        let path = self.0.store.local_path(&keys::style(&sha)).map_err(Error::from)?;
+        let key = keys::style(&sha);
+        let path = self.0.store.local_path(&key).map_err(Error::store(format!("reading the style {key}")))?;
         Ok(Response::new(stream_file(path, sha)))
     }
 
@@ -174,7 +175,8 @@ impl WorkerService for Api {
             .0
             .db(move |c| Ok(c.query_row("SELECT state_sha256 FROM attempts WHERE id = ?1", [start], |r| r.get(0))?))
             .await?;
-        let path = self.0.store.local_path(&keys::state(cur.job, cur.start_attempt)).map_err(Error::from)?;
+        let key = keys::state(cur.job, cur.start_attempt);
+        let path = self.0.store.local_path(&key).map_err(Error::store(format!("reading the hand-off state {key}")))?;
         Ok(Response::new(stream_file(path, sha)))
     }
 
@@ -228,8 +230,8 @@ impl WorkerService for Api {
             let store = self.0.store.clone();
             let (ck, sk, cp, sp) = (chunk_key.clone(), state_key.clone(), chunk.path.clone(), state.path.clone());
             tokio::task::spawn_blocking(move || -> Result<()> {
-                store.put_file(&ck, &cp)?;
-                store.put_file(&sk, &sp)?;
+                store.put_file(&ck, &cp).map_err(Error::store(format!("storing {ck}")))?;
+                store.put_file(&sk, &sp).map_err(Error::store(format!("storing {sk}")))?;
                 Ok(())
             })
             .await
@@ -348,10 +350,10 @@ impl Api {
             let size = crate::preview::check(&preview)?;
             if poster {
                 let tmp = store.scratch_dir().join(super::transfer::unique_name(&format!("poster-{job}")));
-                let placed =
-                    std::fs::write(&tmp, &preview.jpeg).and_then(|()| store.put_file(&keys::poster(job), &tmp));
+                let key = keys::poster(job);
+                let placed = std::fs::write(&tmp, &preview.jpeg).and_then(|()| store.put_file(&key, &tmp));
                 let _ = std::fs::remove_file(&tmp);
-                placed?;
+                placed.map_err(Error::store(format!("storing the poster {key}")))?;
             }
             Ok((preview, size))
         })
