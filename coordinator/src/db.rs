@@ -2,18 +2,19 @@
 //! registered workers, in SQLite (WAL mode) under `--data`. Every state change is one
 //! transaction, so a coordinator killed at any point restarts into a consistent state.
 //!
-//! State machine (ARCHITECTURE.md has the picture):
-//! - job: queued -> running -> stitching -> succeeded; any non-final -> failed | cancelled
-//! - segment: waiting -> ready -> running -> done; running -> ready (attempt failed or expired,
-//!   retries left) | failed (none left); any non-done -> cancelled
-//! - attempt: running -> succeeded | failed | expired | cancelled
+//! The states and every transition between them are defined once, in `state.rs`, and the
+//! database refuses any other (CHECK constraints, triggers). Workers are rows, referenced by
+//! `attempts.worker` and `segments.preferred_worker`; `worker-N` and `job-N` are only how the
+//! API and people write them.
 
 use crate::error::{Error, Result};
 use proto::v1;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use std::path::Path;
 
+mod state;
 mod views;
+pub use state::*;
 pub use views::*;
 
 const SCHEMA: &str = "
@@ -84,9 +85,16 @@ pub fn open(path: &Path) -> Result<Connection> {
     }
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.execute_batch(SCHEMA)?;
+    // Off while migrating: rebuilding a referenced table drops it first. Checked after.
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
     migrate(&conn)?;
+    let broken: Option<String> = conn.query_row("PRAGMA foreign_key_check", [], |r| r.get(0)).optional()?;
+    if let Some(table) = broken {
+        return Err(Error::Startup(format!("the database's table {table} refers to rows that do not exist")));
+    }
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.execute_batch(&state::transition_triggers())?;
     Ok(conn)
 }
 
@@ -129,11 +137,93 @@ const MIGRATIONS: &[&str] = &[
     // left it to the coordinator have spec.segment_frames = 0).
     "ALTER TABLE jobs ADD COLUMN segment_frames INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE jobs ADD COLUMN segment_frames_measured INTEGER NOT NULL DEFAULT 0;",
+    // 6: states checked against the spellings in `state.rs` ({JOBS}, {SEGMENTS} and {ATTEMPTS}
+    // are filled from there); workers referenced by their row, not by `worker-N` text. SQLite
+    // cannot add a constraint to a table, so the three are made anew; the AUTOINCREMENT
+    // counters are carried over, so that no job or attempt id is ever handed out twice.
+    "CREATE TEMP TABLE saved_sequence AS SELECT name, seq FROM sqlite_sequence WHERE name IN ('jobs', 'attempts');
+     CREATE TABLE jobs_new (
+         seq INTEGER PRIMARY KEY AUTOINCREMENT,
+         spec BLOB NOT NULL,
+         priority INTEGER NOT NULL,
+         state TEXT NOT NULL CHECK ({JOBS}),
+         error TEXT NOT NULL DEFAULT '',
+         frames INTEGER NOT NULL,
+         style_sha256 TEXT NOT NULL,
+         created_ms INTEGER NOT NULL,
+         finished_ms INTEGER NOT NULL DEFAULT 0,
+         output_size INTEGER NOT NULL DEFAULT 0,
+         output_sha256 TEXT NOT NULL DEFAULT '',
+         owner TEXT NOT NULL DEFAULT '',
+         network TEXT NOT NULL DEFAULT '',
+         weights_digest TEXT NOT NULL DEFAULT '',
+         segment_frames INTEGER NOT NULL DEFAULT 0,
+         segment_frames_measured INTEGER NOT NULL DEFAULT 0
+     );
+     INSERT INTO jobs_new SELECT seq, spec, priority, state, error, frames, style_sha256, created_ms, finished_ms,
+         output_size, output_sha256, owner, network, weights_digest, segment_frames, segment_frames_measured FROM jobs;
+     DROP TABLE jobs;
+     ALTER TABLE jobs_new RENAME TO jobs;
+     CREATE TABLE segments_new (
+         job INTEGER NOT NULL REFERENCES jobs(seq),
+         idx INTEGER NOT NULL,
+         start_frame INTEGER NOT NULL,
+         end_frame INTEGER NOT NULL,
+         state TEXT NOT NULL CHECK ({SEGMENTS}),
+         ready_ms INTEGER NOT NULL DEFAULT 0,
+         preferred_worker INTEGER REFERENCES workers(seq),
+         start_attempt INTEGER NOT NULL DEFAULT 0,
+         done_attempt INTEGER NOT NULL DEFAULT 0,
+         attempts_after INTEGER NOT NULL DEFAULT 0,
+         PRIMARY KEY (job, idx)
+     );
+     INSERT INTO segments_new SELECT job, idx, start_frame, end_frame, state, ready_ms,
+         CAST(substr(preferred_worker, 8) AS INTEGER), start_attempt, done_attempt, attempts_after FROM segments;
+     DROP TABLE segments;
+     ALTER TABLE segments_new RENAME TO segments;
+     CREATE INDEX segments_by_state ON segments(state);
+     CREATE TABLE attempts_new (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         job INTEGER NOT NULL REFERENCES jobs(seq),
+         idx INTEGER NOT NULL,
+         worker INTEGER NOT NULL REFERENCES workers(seq),
+         state TEXT NOT NULL CHECK ({ATTEMPTS}),
+         reason TEXT NOT NULL DEFAULT '',
+         lease_until_ms INTEGER NOT NULL,
+         started_ms INTEGER NOT NULL,
+         ended_ms INTEGER NOT NULL DEFAULT 0,
+         frames_done INTEGER NOT NULL DEFAULT 0,
+         chunk_sha256 TEXT NOT NULL DEFAULT '',
+         state_sha256 TEXT NOT NULL DEFAULT '',
+         fingerprint TEXT NOT NULL DEFAULT ''
+     );
+     INSERT INTO attempts_new SELECT id, job, idx, CAST(substr(worker, 8) AS INTEGER), state, reason, lease_until_ms,
+         started_ms, ended_ms, frames_done, chunk_sha256, state_sha256, fingerprint FROM attempts;
+     DROP TABLE attempts;
+     ALTER TABLE attempts_new RENAME TO attempts;
+     CREATE INDEX attempts_by_segment ON attempts(job, idx);
+     CREATE INDEX attempts_by_state ON attempts(state);
+     CREATE INDEX attempts_by_worker ON attempts(worker, id);
+     CREATE TRIGGER attempt_ended AFTER UPDATE OF state ON attempts
+     WHEN NEW.state != OLD.state AND NEW.state != 'running'
+     BEGIN
+         INSERT INTO counters (name, value) VALUES ('attempts_' || NEW.state, 1)
+             ON CONFLICT(name) DO UPDATE SET value = value + 1;
+         INSERT INTO counters (name, value) SELECT 'frames_rendered', NEW.frames_done WHERE NEW.state = 'succeeded'
+             ON CONFLICT(name) DO UPDATE SET value = value + excluded.value;
+     END;
+     DELETE FROM sqlite_sequence WHERE name IN ('jobs', 'attempts');
+     INSERT INTO sqlite_sequence (name, seq) SELECT name, seq FROM saved_sequence;
+     DROP TABLE saved_sequence;",
 ];
 
 fn migrate(conn: &Connection) -> Result<()> {
     let applied: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let sql = sql
+            .replace("{JOBS}", &state::job_check())
+            .replace("{SEGMENTS}", &state::segment_check())
+            .replace("{ATTEMPTS}", &state::attempt_check());
         conn.execute_batch(&format!("BEGIN; {sql} PRAGMA user_version = {}; COMMIT;", i + 1))?;
     }
     Ok(())
@@ -148,7 +238,7 @@ pub fn job_seq(id: &str) -> Result<i64> {
     parse_id(id, "job-").ok_or_else(|| Error::JobNotFound(crate::error::quoted_prefix(id)))
 }
 
-/// The number in an id written exactly as `job_id` and `worker_id` write it: decimal digits, no
+/// The number in an id written exactly as `job_id` and `WorkerId` write it: decimal digits, no
 /// sign, no leading zero, no spaces. `job-01` and `job-+1` are not other spellings of job-1 (a
 /// `delete job-+2` once deleted job-2): they name nothing.
 pub fn parse_id(id: &str, prefix: &str) -> Option<i64> {
@@ -162,68 +252,33 @@ pub fn parse_id(id: &str, prefix: &str) -> Option<i64> {
     }
 }
 
-pub fn worker_id(seq: i64) -> String {
-    format!("worker-{seq}")
+/// A registered worker: its row in `workers`, which `attempts.worker` and
+/// `segments.preferred_worker` reference. Written `worker-N` only where people and the API see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WorkerId(pub i64);
+
+impl WorkerId {
+    /// `worker-7` -> 7, spelled exactly as `Display` writes it (see `parse_id`).
+    pub fn parse(id: &str) -> Option<Self> {
+        parse_id(id, "worker-").map(Self)
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobState {
-    Queued,
-    Running,
-    Stitching,
-    Succeeded,
-    Failed,
-    Cancelled,
+impl std::fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "worker-{}", self.0)
+    }
 }
 
-impl JobState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Running => "running",
-            Self::Stitching => "stitching",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-        }
+impl rusqlite::ToSql for WorkerId {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        self.0.to_sql()
     }
+}
 
-    pub fn parse(s: &str) -> Self {
-        match s {
-            "queued" => Self::Queued,
-            "running" => Self::Running,
-            "stitching" => Self::Stitching,
-            "succeeded" => Self::Succeeded,
-            "failed" => Self::Failed,
-            _ => Self::Cancelled,
-        }
-    }
-
-    pub fn is_final(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
-    }
-
-    /// For messages: "succeeded", "was cancelled", ...
-    pub fn described(self) -> &'static str {
-        match self {
-            Self::Queued => "is queued",
-            Self::Running => "is running",
-            Self::Stitching => "is being stitched",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Cancelled => "was cancelled",
-        }
-    }
-
-    pub fn to_wire(self) -> v1::JobState {
-        match self {
-            Self::Queued => v1::JobState::Queued,
-            Self::Running => v1::JobState::Running,
-            Self::Stitching => v1::JobState::Stitching,
-            Self::Succeeded => v1::JobState::Succeeded,
-            Self::Failed => v1::JobState::Failed,
-            Self::Cancelled => v1::JobState::Cancelled,
-        }
+impl rusqlite::types::FromSql for WorkerId {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        i64::column_result(value).map(Self)
     }
 }
 
@@ -265,7 +320,7 @@ pub fn cut_segments(
     let mut idx = from_idx;
     while start < frames {
         let end = start.saturating_add(segment_frames.max(1)).min(frames);
-        let state = if idx == 0 { "ready" } else { "waiting" };
+        let state = if idx == 0 { SegmentState::Ready } else { SegmentState::Waiting };
         tx.execute(
             "INSERT INTO segments (job, idx, start_frame, end_frame, state, ready_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![job, idx, start, end, state, now],
@@ -277,9 +332,8 @@ pub fn cut_segments(
 }
 
 pub fn job_state(tx: &Transaction, seq: i64) -> Result<JobState> {
-    tx.query_row("SELECT state FROM jobs WHERE seq = ?1", [seq], |r| r.get::<_, String>(0))
+    tx.query_row("SELECT state FROM jobs WHERE seq = ?1", [seq], |r| r.get(0))
         .optional()?
-        .map(|s| JobState::parse(&s))
         .ok_or_else(|| Error::JobNotFound(job_id(seq)))
 }
 
@@ -354,9 +408,9 @@ pub fn retry(conn: &mut Connection, seq: i64, now: i64) -> Result<bool> {
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     let next = match (left, done) {
-        (0, _) => "stitching",
-        (_, 0) => "queued",
-        _ => "running",
+        (0, _) => JobState::Stitching,
+        (_, 0) => JobState::Queued,
+        _ => JobState::Running,
     };
     tx.execute("UPDATE jobs SET state = ?2, error = '', finished_ms = 0 WHERE seq = ?1", params![seq, next])?;
     tx.commit()?;
@@ -387,7 +441,7 @@ pub fn finish_stitch(conn: &mut Connection, seq: i64, size: u64, sha256: &str, n
 
 pub fn jobs_in_state(conn: &Connection, state: JobState) -> Result<Vec<i64>> {
     let mut stmt = conn.prepare("SELECT seq FROM jobs WHERE state = ?1 ORDER BY seq")?;
-    let rows = stmt.query_map([state.as_str()], |r| r.get(0))?;
+    let rows = stmt.query_map([state], |r| r.get(0))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
@@ -416,7 +470,7 @@ pub fn register_worker(
     session_sha256: &str,
     weights: &[v1::NetworkWeights],
     now: i64,
-) -> Result<String> {
+) -> Result<WorkerId> {
     let tx = conn.unchecked_transaction()?;
     tx.execute(
         "INSERT INTO workers (name, device, registered_ms, last_seen_ms, principal, session_sha256)
@@ -431,14 +485,14 @@ pub fn register_worker(
         )?;
     }
     tx.commit()?;
-    Ok(worker_id(seq))
+    Ok(WorkerId(seq))
 }
 
 /// The weights a worker renders each network with, as it registered them.
-pub fn worker_weights(conn: &Connection, seq: i64) -> Result<Vec<v1::NetworkWeights>> {
+pub fn worker_weights(conn: &Connection, worker: WorkerId) -> Result<Vec<v1::NetworkWeights>> {
     let mut stmt =
         conn.prepare_cached("SELECT network, digest FROM worker_weights WHERE worker = ?1 ORDER BY network")?;
-    let rows = stmt.query_map([seq], |r| Ok(v1::NetworkWeights { network: r.get(0)?, digest: r.get(1)? }))?;
+    let rows = stmt.query_map([worker], |r| Ok(v1::NetworkWeights { network: r.get(0)?, digest: r.get(1)? }))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
@@ -451,15 +505,14 @@ pub fn counters(conn: &Connection) -> Result<Vec<(String, u64)>> {
 }
 
 /// The worker whose session hashes to `session_sha256`.
-pub fn session_worker(conn: &Connection, session_sha256: &str) -> Result<Option<String>> {
+pub fn session_worker(conn: &Connection, session_sha256: &str) -> Result<Option<WorkerId>> {
     Ok(conn
-        .query_row("SELECT seq FROM workers WHERE session_sha256 = ?1", [session_sha256], |r| r.get::<_, i64>(0))
-        .optional()?
-        .map(worker_id))
+        .query_row("SELECT seq FROM workers WHERE session_sha256 = ?1", [session_sha256], |r| r.get(0))
+        .optional()?)
 }
 
 /// The worker an attempt was granted to, if the attempt exists.
-pub fn attempt_worker(conn: &Connection, attempt: u64) -> Result<Option<String>> {
+pub fn attempt_worker(conn: &Connection, attempt: u64) -> Result<Option<WorkerId>> {
     Ok(conn.query_row("SELECT worker FROM attempts WHERE id = ?1", [attempt as i64], |r| r.get(0)).optional()?)
 }
 

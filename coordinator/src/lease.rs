@@ -3,7 +3,7 @@
 //! anything later sent for a superseded attempt is rejected here, in the same transaction that
 //! would have used it.
 
-use crate::db::{self, job_id};
+use crate::db::{self, job_id, AttemptState, WorkerId};
 use crate::error::{Error, Result};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
@@ -41,15 +41,11 @@ pub struct Policy {
     pub segment_secs: f64,
 }
 
-fn worker_seq(conn: &Connection, worker: &str) -> Result<i64> {
-    let seq = db::parse_id(worker, "worker-");
-    let known = match seq {
-        Some(s) => conn.query_row("SELECT 1 FROM workers WHERE seq = ?1", [s], |_| Ok(())).optional()?.is_some(),
-        None => false,
-    };
-    match (seq, known) {
-        (Some(s), true) => Ok(s),
-        _ => Err(Error::WorkerNotFound(crate::error::quoted_prefix(worker))),
+/// Fails unless `worker` is registered.
+fn known(conn: &Connection, worker: WorkerId) -> Result<()> {
+    match conn.query_row("SELECT 1 FROM workers WHERE seq = ?1", [worker], |_| Ok(())).optional()? {
+        Some(()) => Ok(()),
+        None => Err(Error::WorkerNotFound(worker.to_string())),
     }
 }
 
@@ -75,10 +71,10 @@ pub const AVAILABLE_MS: i64 = 2_000;
 /// asks while an attempt of its own still runs never received that grant (its long poll was cut
 /// after the choice was committed). It gets the same attempt again, with a fresh lease, instead
 /// of the segment waiting out a lease nobody holds.
-pub fn acquire(conn: &mut Connection, worker: &str, policy: Policy, now: i64) -> Result<Option<Grant>> {
+pub fn acquire(conn: &mut Connection, worker: WorkerId, policy: Policy, now: i64) -> Result<Option<Grant>> {
     let tx = conn.transaction()?;
-    let wseq = worker_seq(&tx, worker)?;
-    tx.execute("UPDATE workers SET last_seen_ms = ?2 WHERE seq = ?1", params![wseq, now])?;
+    known(&tx, worker)?;
+    tx.execute("UPDATE workers SET last_seen_ms = ?2 WHERE seq = ?1", params![worker, now])?;
     expire_in(&tx, policy, now)?;
     let held = tx
         .query_row(
@@ -96,7 +92,7 @@ pub fn acquire(conn: &mut Connection, worker: &str, policy: Policy, now: i64) ->
         tx.commit()?;
         return Ok(Some(grant));
     }
-    if blame::quarantined(&tx, wseq, now)? {
+    if blame::quarantined(&tx, worker, now)? {
         tx.commit()?;
         return Ok(None);
     }
@@ -106,24 +102,24 @@ pub fn acquire(conn: &mut Connection, worker: &str, policy: Policy, now: i64) ->
              FROM segments s JOIN jobs j ON j.seq = s.job
              WHERE s.state = 'ready' AND j.state IN ('queued', 'running')
                AND (j.weights_digest = ''
-                    OR EXISTS (SELECT 1 FROM worker_weights ww WHERE ww.worker = ?5 AND ww.network = j.network
+                    OR EXISTS (SELECT 1 FROM worker_weights ww WHERE ww.worker = ?1 AND ww.network = j.network
                                  AND ww.digest = j.weights_digest))
                AND (s.preferred_worker IS NULL OR s.preferred_worker = ?1 OR s.ready_ms <= ?2
                     OR EXISTS (SELECT 1 FROM attempts b WHERE b.worker = s.preferred_worker AND b.state = 'running'))
                AND NOT (EXISTS (SELECT 1 FROM attempts f WHERE f.job = s.job AND f.idx = s.idx AND f.worker = ?1
                                   AND f.state IN ('failed', 'expired'))
                         AND EXISTS (SELECT 1 FROM workers o
-                                    WHERE 'worker-' || o.seq != ?1 AND o.last_seen_ms >= ?3
+                                    WHERE o.seq != ?1 AND o.last_seen_ms >= ?3
                                       AND o.quarantined_until_ms <= ?4
                                       AND NOT EXISTS (SELECT 1 FROM attempts r
-                                                      WHERE r.worker = 'worker-' || o.seq AND r.state = 'running')
+                                                      WHERE r.worker = o.seq AND r.state = 'running')
                                       AND NOT EXISTS (SELECT 1 FROM attempts g
                                                       WHERE g.job = s.job AND g.idx = s.idx
-                                                        AND g.worker = 'worker-' || o.seq
+                                                        AND g.worker = o.seq
                                                         AND g.state IN ('failed', 'expired'))))
              ORDER BY j.priority DESC, (s.preferred_worker IS ?1) DESC, j.seq ASC
              LIMIT 1",
-            params![worker, now - policy.affinity_grace_ms, now - AVAILABLE_MS, now, wseq],
+            params![worker, now - policy.affinity_grace_ms, now - AVAILABLE_MS, now],
             |r| Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?)),
         )
         .optional()?;
@@ -180,7 +176,7 @@ fn grant(tx: &Transaction, attempt: u64, job: i64, idx: u32, redelivered: bool) 
 pub struct Current {
     pub job: i64,
     pub idx: u32,
-    pub worker: String,
+    pub worker: WorkerId,
     pub start_attempt: u64,
     /// When the attempt was granted.
     pub started_ms: i64,
@@ -199,8 +195,8 @@ pub fn current(tx: &Transaction, attempt: u64, policy: Policy, now: i64) -> Resu
                 Ok((
                     r.get::<_, i64>(0)?,
                     r.get::<_, u32>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
+                    r.get::<_, WorkerId>(2)?,
+                    r.get::<_, AttemptState>(3)?,
                     r.get::<_, String>(4)?,
                     r.get::<_, i64>(5)?,
                     r.get::<_, i64>(6)? as u64,
@@ -212,17 +208,18 @@ pub fn current(tx: &Transaction, attempt: u64, policy: Policy, now: i64) -> Resu
     let Some((job, idx, worker, state, reason, lease_until, start_attempt, started_ms)) = row else {
         return Err(Error::StaleAttempt { id: attempt, reason: "no such attempt".into() });
     };
-    if state == "running" && lease_until < now {
-        expire_one(tx, attempt, job, idx, &worker, policy, now)?;
+    if state == AttemptState::Running && lease_until < now {
+        expire_one(tx, attempt, job, idx, worker, policy, now)?;
         return Err(Error::StaleAttempt { id: attempt, reason: "its lease expired".into() });
     }
-    match state.as_str() {
-        "running" => Ok(Current { job, idx, worker, start_attempt, started_ms }),
-        "expired" => Err(Error::StaleAttempt { id: attempt, reason: "its lease expired".into() }),
-        "succeeded" => Err(Error::StaleAttempt { id: attempt, reason: "it already completed".into() }),
-        "cancelled" => Err(Error::StaleAttempt { id: attempt, reason: format!("it was cancelled ({reason})") }),
-        _ => Err(Error::StaleAttempt { id: attempt, reason: format!("it {state} ({reason})") }),
-    }
+    let reason = match state {
+        AttemptState::Running => return Ok(Current { job, idx, worker, start_attempt, started_ms }),
+        AttemptState::Expired => "its lease expired".into(),
+        AttemptState::Succeeded => "it already completed".into(),
+        AttemptState::Cancelled => format!("it was cancelled ({reason})"),
+        AttemptState::Failed => format!("it failed ({reason})"),
+    };
+    Err(Error::StaleAttempt { id: attempt, reason })
 }
 
 /// Extends the lease of a current attempt and records its progress.
@@ -245,7 +242,7 @@ pub fn heartbeat(conn: &mut Connection, attempt: u64, frames_done: u32, policy: 
         "UPDATE attempts SET lease_until_ms = ?2, frames_done = ?3 WHERE id = ?1",
         params![attempt as i64, now + policy.lease_ms, frames_done],
     )?;
-    tx.execute("UPDATE workers SET last_seen_ms = ?2 WHERE 'worker-' || seq = ?1", params![cur.worker, now])?;
+    tx.execute("UPDATE workers SET last_seen_ms = ?2 WHERE seq = ?1", params![cur.worker, now])?;
     tx.commit()?;
     Ok(cur)
 }
@@ -306,7 +303,7 @@ pub fn complete(conn: &mut Connection, attempt: u64, up: &Upload, policy: Policy
     if cur.idx == 0 && reason.is_empty() {
         reshape::resize(&tx, &cur, frames, up.frame_seconds, policy, now)?;
     }
-    let preferred = if reason.is_empty() { Some(cur.worker.as_str()) } else { None };
+    let preferred = if reason.is_empty() { Some(cur.worker) } else { None };
     let next = tx.execute(
         "UPDATE segments SET state = 'ready', ready_ms = ?3, preferred_worker = ?4, start_attempt = ?5
          WHERE job = ?1 AND idx = ?2 AND state = 'waiting'",
@@ -314,12 +311,11 @@ pub fn complete(conn: &mut Connection, attempt: u64, up: &Upload, policy: Policy
     )?;
     // The weights this segment was rendered with are the job's from now on: a state resumes only
     // on the same weights, so a worker with others is never offered the rest (nor charged).
-    let seq = db::parse_id(&cur.worker, "worker-").unwrap_or(0);
     tx.execute(
         "UPDATE jobs SET weights_digest = COALESCE(
              (SELECT ww.digest FROM worker_weights ww WHERE ww.worker = ?2 AND ww.network = jobs.network), '')
          WHERE seq = ?1 AND weights_digest = ''",
-        params![cur.job, seq],
+        params![cur.job, cur.worker],
     )?;
     let last = next == 0;
     if last {
@@ -333,15 +329,15 @@ pub fn complete(conn: &mut Connection, attempt: u64, up: &Upload, policy: Policy
 /// released attempt (worker shutting down) is cancelled instead and costs no retry.
 pub fn fail(conn: &mut Connection, attempt: u64, reason: &str, released: bool, policy: Policy, now: i64) -> Result<()> {
     let (tx, cur) = fenced(conn, attempt, policy, now)?;
-    let state = if released { "cancelled" } else { "failed" };
+    let state = if released { AttemptState::Cancelled } else { AttemptState::Failed };
     tx.execute(
         "UPDATE attempts SET state = ?4, reason = ?2, ended_ms = ?3 WHERE id = ?1",
         params![attempt as i64, reason, now, state],
     )?;
     if !released {
-        blame::after_failure(&tx, attempt, &cur.worker, policy, now)?;
+        blame::after_failure(&tx, attempt, cur.worker, policy, now)?;
     }
-    retry_or_fail(&tx, cur.job, cur.idx, &cur.worker, reason, policy, now)?;
+    retry_or_fail(&tx, cur.job, cur.idx, cur.worker, reason, policy, now)?;
     tx.commit()?;
     Ok(())
 }
@@ -355,16 +351,16 @@ pub fn stall(conn: &mut Connection, attempt: u64, reason: &str, policy: Policy, 
         "UPDATE attempts SET state = 'expired', reason = ?2, ended_ms = ?3 WHERE id = ?1",
         params![attempt as i64, reason, now],
     )?;
-    blame::after_failure(&tx, attempt, &cur.worker, policy, now)?;
-    retry_or_fail(&tx, cur.job, cur.idx, &cur.worker, reason, policy, now)?;
+    blame::after_failure(&tx, attempt, cur.worker, policy, now)?;
+    retry_or_fail(&tx, cur.job, cur.idx, cur.worker, reason, policy, now)?;
     tx.commit()?;
     Ok(())
 }
 
 /// A worker stopping for good releases whatever the coordinator still counts as its own: at most
 /// an attempt whose grant crossed the worker's shutdown. Released attempts cost no retry.
-pub fn leave(conn: &mut Connection, worker: &str, policy: Policy, now: i64) -> Result<Vec<u64>> {
-    worker_seq(conn, worker)?;
+pub fn leave(conn: &mut Connection, worker: WorkerId, policy: Policy, now: i64) -> Result<Vec<u64>> {
+    known(conn, worker)?;
     let held: Vec<u64> = conn
         .prepare("SELECT id FROM attempts WHERE worker = ?1 AND state = 'running' ORDER BY id")?
         .query_map([worker], |r| r.get::<_, i64>(0))?
@@ -390,14 +386,14 @@ pub fn expire(conn: &mut Connection, policy: Policy, now: i64) -> Result<usize> 
 }
 
 fn expire_in(tx: &Transaction, policy: Policy, now: i64) -> Result<usize> {
-    let expired: Vec<(u64, i64, u32, String)> = {
+    let expired: Vec<(u64, i64, u32, WorkerId)> = {
         let mut stmt =
             tx.prepare("SELECT id, job, idx, worker FROM attempts WHERE state = 'running' AND lease_until_ms < ?1")?;
         let rows = stmt.query_map([now], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?)))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
     for (attempt, job, idx, worker) in &expired {
-        expire_one(tx, *attempt, *job, *idx, worker, policy, now)?;
+        expire_one(tx, *attempt, *job, *idx, *worker, policy, now)?;
     }
     Ok(expired.len())
 }
@@ -407,7 +403,7 @@ fn expire_one(
     attempt: u64,
     job: i64,
     idx: u32,
-    worker: &str,
+    worker: WorkerId,
     policy: Policy,
     now: i64,
 ) -> Result<()> {
@@ -429,7 +425,7 @@ fn retry_or_fail(
     tx: &Transaction,
     job: i64,
     idx: u32,
-    worker: &str,
+    worker: WorkerId,
     reason: &str,
     policy: Policy,
     now: i64,

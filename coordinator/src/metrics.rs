@@ -125,7 +125,7 @@ pub fn snapshot(conn: &mut Connection, now: i64) -> Result<Snapshot> {
             &tx,
             &format!(
                 "SELECT CASE WHEN w.quarantined_until_ms > ?1 THEN 'quarantined'
-                             WHEN EXISTS (SELECT 1 FROM attempts a WHERE a.worker = 'worker-' || w.seq
+                             WHEN EXISTS (SELECT 1 FROM attempts a WHERE a.worker = w.seq
                                             AND a.state = 'running') THEN 'busy'
                              ELSE 'idle' END AS st, COUNT(*)
                  FROM workers w WHERE w.last_seen_ms >= ?1 - {WORKER_SEEN_MS} GROUP BY st"

@@ -210,7 +210,9 @@ impl Cluster {
     }
 
     pub(crate) fn wait_done(&self, id: &str) -> v1::Job {
-        let job = self.wait(id, 240, "the job to end", |j| j.state >= v1::JobState::Succeeded as i32);
+        use v1::JobState::{Cancelled, Failed, Succeeded};
+        let ended = |j: &v1::Job| [Succeeded, Failed, Cancelled].iter().any(|&s| j.state == s as i32);
+        let job = self.wait(id, 240, "the job to end", ended);
         assert_eq!(job.state, v1::JobState::Succeeded as i32, "{job:#?}\n{}", self.logs());
         job
     }

@@ -67,3 +67,56 @@ fn only_an_ended_job_is_deleted_and_a_shared_style_is_kept() {
     assert_eq!(delete(&mut c, b).unwrap(), ("style-1".to_string(), false), "the last user of the style");
     assert!(list(&c, None).unwrap().is_empty());
 }
+
+/// A database written by the coordinator before states were checked and workers referenced by
+/// row: its `worker-N` texts become worker rows, nothing is lost, ids keep counting from where
+/// they were (a deleted job's id is not handed out again), and from then on an unknown state or
+/// a change of state the coordinator never makes is refused.
+#[test]
+fn an_older_database_is_migrated_and_then_holds_states_to_their_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gramzoom.db");
+    {
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(SCHEMA).unwrap();
+        for (i, sql) in MIGRATIONS[..5].iter().enumerate() {
+            old.execute_batch(&format!("BEGIN; {sql} PRAGMA user_version = {}; COMMIT;", i + 1)).unwrap();
+        }
+        old.execute_batch(
+            "INSERT INTO workers (name, device, registered_ms, last_seen_ms) VALUES ('a', 'cpu', 0, 0), ('b', 'cpu', 0, 0);
+             INSERT INTO jobs (spec, priority, state, frames, style_sha256, created_ms) VALUES (x'', 0, 'running', 4, 's', 0);
+             INSERT INTO jobs (spec, priority, state, frames, style_sha256, created_ms) VALUES (x'', 0, 'failed', 4, 's', 0);
+             DELETE FROM jobs WHERE seq = 2;
+             INSERT INTO segments (job, idx, start_frame, end_frame, state, preferred_worker) VALUES (1, 0, 0, 2, 'done', NULL);
+             INSERT INTO segments (job, idx, start_frame, end_frame, state, preferred_worker) VALUES (1, 1, 2, 4, 'ready', 'worker-2');
+             INSERT INTO attempts (job, idx, worker, state, lease_until_ms, started_ms) VALUES (1, 0, 'worker-2', 'succeeded', 0, 0);
+             INSERT INTO attempts (job, idx, worker, state, lease_until_ms, started_ms) VALUES (1, 1, 'worker-1', 'running', 9, 0);",
+        )
+        .unwrap();
+    }
+    let mut c = open(&path).unwrap();
+    let workers: Vec<(WorkerId, AttemptState)> = c
+        .prepare("SELECT worker, state FROM attempts ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(workers, [(WorkerId(2), AttemptState::Succeeded), (WorkerId(1), AttemptState::Running)]);
+    let preferred: Option<WorkerId> =
+        c.query_row("SELECT preferred_worker FROM segments WHERE idx = 1", [], |r| r.get(0)).unwrap();
+    assert_eq!(preferred, Some(WorkerId(2)));
+    let job = submit(&mut c, &v1::JobSpec::default(), 4, 2, "s", "", 0).unwrap();
+    assert_eq!(job, 3, "job-2 was deleted before the migration: its id is not reused");
+
+    let refused = |sql: &str| {
+        let e = c.execute(sql, []).expect_err(sql).to_string();
+        assert!(e.contains("CHECK") || e.contains("does not make") || e.contains("FOREIGN KEY"), "{sql}: {e}");
+    };
+    refused("UPDATE jobs SET state = 'canceled' WHERE seq = 1");
+    refused("UPDATE jobs SET state = 'queued' WHERE seq = 1");
+    refused("UPDATE segments SET state = 'waiting' WHERE job = 1 AND idx = 0");
+    refused("UPDATE attempts SET state = 'running' WHERE id = 1");
+    refused("UPDATE attempts SET worker = 9 WHERE id = 1");
+    c.execute("UPDATE jobs SET state = 'stitching' WHERE seq = 1", []).expect("a change the coordinator makes");
+}

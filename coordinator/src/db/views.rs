@@ -1,7 +1,7 @@
 //! What users and workers are shown of the durable state: a job with its segments and every
 //! attempt, listings, a job's spec, owner and segment spans.
 
-use super::{job_id, JobState};
+use super::{job_id, AttemptState, JobState, SegmentState, WorkerId};
 use crate::error::{Error, Result};
 use proto::v1;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -18,7 +18,7 @@ pub fn spec(conn: &Connection, seq: i64) -> Result<v1::JobSpec> {
 /// The job as users see it. `include_segments` adds every segment and attempt.
 pub fn job(conn: &Connection, seq: i64, include_segments: bool) -> Result<v1::Job> {
     let spec = spec(conn, seq)?;
-    type Row = (String, String, u32, i64, i64, i64, String, String);
+    type Row = (JobState, String, u32, i64, i64, i64, String, String);
     let (state, error, frames, created, finished, size, sha, owner): Row = conn.query_row(
         "SELECT state, error, frames, created_ms, finished_ms, output_size, output_sha256, owner FROM jobs WHERE seq = ?1",
         [seq],
@@ -42,7 +42,7 @@ pub fn job(conn: &Connection, seq: i64, include_segments: bool) -> Result<v1::Jo
     let mut job = v1::Job {
         id: job_id(seq),
         spec: Some(spec),
-        state: JobState::parse(&state).to_wire() as i32,
+        state: state.to_wire() as i32,
         error,
         frames_done: (done_frames + running).min(frames),
         frames_total: frames,
@@ -68,12 +68,11 @@ fn segments(conn: &Connection, seq: i64) -> Result<Vec<v1::Segment>> {
         conn.prepare("SELECT idx, start_frame, end_frame, state FROM segments WHERE job = ?1 ORDER BY idx")?;
     let mut out: Vec<v1::Segment> = stmt
         .query_map([seq], |r| {
-            let state: String = r.get(3)?;
             Ok(v1::Segment {
                 index: r.get(0)?,
                 start_frame: r.get(1)?,
                 end_frame: r.get(2)?,
-                state: segment_state(&state) as i32,
+                state: r.get::<_, SegmentState>(3)?.to_wire() as i32,
                 attempts: Vec::new(),
             })
         })?
@@ -82,13 +81,12 @@ fn segments(conn: &Connection, seq: i64) -> Result<Vec<v1::Segment>> {
         "SELECT idx, id, worker, state, reason, started_ms, ended_ms, frames_done FROM attempts WHERE job = ?1 ORDER BY id",
     )?;
     let rows = stmt.query_map([seq], |r| {
-        let state: String = r.get(3)?;
         Ok((
             r.get::<_, u32>(0)?,
             v1::Attempt {
                 id: r.get::<_, i64>(1)? as u64,
-                worker_id: r.get(2)?,
-                state: attempt_state(&state) as i32,
+                worker_id: r.get::<_, WorkerId>(2)?.to_string(),
+                state: r.get::<_, AttemptState>(3)?.to_wire() as i32,
                 reason: r.get(4)?,
                 started_unix_ms: r.get(5)?,
                 ended_unix_ms: r.get(6)?,
@@ -103,27 +101,6 @@ fn segments(conn: &Connection, seq: i64) -> Result<Vec<v1::Segment>> {
         }
     }
     Ok(out)
-}
-
-fn segment_state(s: &str) -> v1::SegmentState {
-    match s {
-        "waiting" => v1::SegmentState::Waiting,
-        "ready" => v1::SegmentState::Ready,
-        "running" => v1::SegmentState::Running,
-        "done" => v1::SegmentState::Done,
-        "failed" => v1::SegmentState::Failed,
-        _ => v1::SegmentState::Cancelled,
-    }
-}
-
-fn attempt_state(s: &str) -> v1::AttemptState {
-    match s {
-        "running" => v1::AttemptState::Running,
-        "succeeded" => v1::AttemptState::Succeeded,
-        "failed" => v1::AttemptState::Failed,
-        "expired" => v1::AttemptState::Expired,
-        _ => v1::AttemptState::Cancelled,
-    }
 }
 
 /// The frames `[start, end)` of segment `idx` of `job`.
@@ -175,38 +152,42 @@ pub const LISTED_WORKER_AGE_MS: i64 = 24 * 3600 * 1000;
 pub fn workers(conn: &Connection, quarantine_after: u32, now: i64) -> Result<Vec<v1::Worker>> {
     let mut stmt = conn.prepare(
         "SELECT w.seq, w.name, w.device, w.principal, w.registered_ms, w.last_seen_ms, w.quarantined_until_ms,
-                (SELECT COUNT(*) FROM attempts a WHERE a.worker = 'worker-' || w.seq AND a.state = 'succeeded'),
+                (SELECT COUNT(*) FROM attempts a WHERE a.worker = w.seq AND a.state = 'succeeded'),
                 r.id, r.job
          FROM workers w
-         LEFT JOIN attempts r ON r.worker = 'worker-' || w.seq AND r.state = 'running'
+         LEFT JOIN attempts r ON r.worker = w.seq AND r.state = 'running'
          WHERE w.last_seen_ms >= ?1 OR w.quarantined_until_ms > ?2
          GROUP BY w.seq
          ORDER BY w.seq DESC LIMIT ?3",
     )?;
     let rows = stmt.query_map(params![now - LISTED_WORKER_AGE_MS, now, MAX_LISTED_WORKERS], |r| {
-        Ok(v1::Worker {
-            worker_id: super::worker_id(r.get(0)?),
-            name: r.get(1)?,
-            device: r.get(2)?,
-            principal: r.get(3)?,
-            registered_unix_ms: r.get(4)?,
-            last_seen_unix_ms: r.get(5)?,
-            quarantined_until_unix_ms: r.get::<_, i64>(6)?.max(0),
-            segments_done: r.get(7)?,
-            running_attempt_id: r.get::<_, Option<i64>>(8)?.unwrap_or(0) as u64,
-            running_job_id: r.get::<_, Option<i64>>(9)?.map(job_id).unwrap_or_default(),
-            failures_in_a_row: 0,
-            weights: Vec::new(),
-        })
+        let id: WorkerId = r.get(0)?;
+        Ok((
+            id,
+            v1::Worker {
+                worker_id: id.to_string(),
+                name: r.get(1)?,
+                device: r.get(2)?,
+                principal: r.get(3)?,
+                registered_unix_ms: r.get(4)?,
+                last_seen_unix_ms: r.get(5)?,
+                quarantined_until_unix_ms: r.get::<_, i64>(6)?.max(0),
+                segments_done: r.get(7)?,
+                running_attempt_id: r.get::<_, Option<i64>>(8)?.unwrap_or(0) as u64,
+                running_job_id: r.get::<_, Option<i64>>(9)?.map(job_id).unwrap_or_default(),
+                failures_in_a_row: 0,
+                weights: Vec::new(),
+            },
+        ))
     })?;
     let mut workers = rows.collect::<rusqlite::Result<Vec<_>>>()?;
     let cap = quarantine_after.max(10);
-    for w in &mut workers {
-        w.failures_in_a_row = crate::lease::blame::failures_in_a_row(conn, &w.worker_id, cap)?;
-        w.weights = super::worker_weights(conn, super::parse_id(&w.worker_id, "worker-").unwrap_or(0))?;
+    for (id, w) in &mut workers {
+        w.failures_in_a_row = crate::lease::blame::failures_in_a_row(conn, *id, cap)?;
+        w.weights = super::worker_weights(conn, *id)?;
         if w.quarantined_until_unix_ms <= now {
             w.quarantined_until_unix_ms = 0;
         }
     }
-    Ok(workers)
+    Ok(workers.into_iter().map(|(_, w)| w).collect())
 }

@@ -9,28 +9,28 @@
 //!   too, [`disown_start`] renders the producing segment again and the loader is not charged.
 
 use super::{current, retry_or_fail, Policy};
-use crate::db::job_id;
+use crate::db::{job_id, AttemptState, WorkerId};
 use crate::error::Result;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 /// Whether worker `seq` is quarantined at `now`.
-pub(super) fn quarantined(tx: &Transaction, seq: i64, now: i64) -> Result<bool> {
-    let until: i64 = tx.query_row("SELECT quarantined_until_ms FROM workers WHERE seq = ?1", [seq], |r| r.get(0))?;
+pub(super) fn quarantined(tx: &Transaction, worker: WorkerId, now: i64) -> Result<bool> {
+    let until: i64 = tx.query_row("SELECT quarantined_until_ms FROM workers WHERE seq = ?1", [worker], |r| r.get(0))?;
     Ok(until > now)
 }
 
 /// How many of `worker`'s attempts failed or ran out of lease since its last success (released
 /// and cancelled attempts are nobody's fault and do not count either way). Looks at most `cap`
 /// attempts back.
-pub fn failures_in_a_row(conn: &Connection, worker: &str, cap: u32) -> Result<u32> {
+pub fn failures_in_a_row(conn: &Connection, worker: WorkerId, cap: u32) -> Result<u32> {
     let mut stmt = conn.prepare_cached(
         "SELECT state FROM attempts WHERE worker = ?1 AND state IN ('succeeded', 'failed', 'expired')
          ORDER BY id DESC LIMIT ?2",
     )?;
-    let states = stmt.query_map(params![worker, cap], |r| r.get::<_, String>(0))?;
+    let states = stmt.query_map(params![worker, cap], |r| r.get::<_, AttemptState>(0))?;
     let mut n = 0;
     for state in states {
-        if state? == "succeeded" {
+        if state? == AttemptState::Succeeded {
             break;
         }
         n += 1;
@@ -40,15 +40,12 @@ pub fn failures_in_a_row(conn: &Connection, worker: &str, cap: u32) -> Result<u3
 
 /// After `attempt` of `worker` failed or expired: quarantines the worker when that makes
 /// `quarantine_after` in a row, and notes it in the attempt's reason.
-pub(super) fn after_failure(tx: &Transaction, attempt: u64, worker: &str, policy: Policy, now: i64) -> Result<()> {
+pub(super) fn after_failure(tx: &Transaction, attempt: u64, worker: WorkerId, policy: Policy, now: i64) -> Result<()> {
     if policy.quarantine_after == 0 {
         return Ok(());
     }
-    let Some(seq) = crate::db::parse_id(worker, "worker-") else {
-        return Ok(());
-    };
     let until: Option<i64> =
-        tx.query_row("SELECT quarantined_until_ms FROM workers WHERE seq = ?1", [seq], |r| r.get(0)).optional()?;
+        tx.query_row("SELECT quarantined_until_ms FROM workers WHERE seq = ?1", [worker], |r| r.get(0)).optional()?;
     if until.is_none_or(|u| u > now) {
         return Ok(());
     }
@@ -57,7 +54,7 @@ pub(super) fn after_failure(tx: &Transaction, attempt: u64, worker: &str, policy
         return Ok(());
     }
     let until = now + policy.quarantine_ms;
-    tx.execute("UPDATE workers SET quarantined_until_ms = ?2 WHERE seq = ?1", params![seq, until])?;
+    tx.execute("UPDATE workers SET quarantined_until_ms = ?2 WHERE seq = ?1", params![worker, until])?;
     let note =
         format!("; {worker} quarantined for {:.0} s after {n} failures in a row", policy.quarantine_ms as f64 / 1000.0);
     tx.execute("UPDATE attempts SET reason = reason || ?2 WHERE id = ?1", params![attempt as i64, note])?;
@@ -95,7 +92,7 @@ pub fn disown_start(
         }
     };
     let producer = cur.start_attempt;
-    let (idx, producer_worker): (u32, String) =
+    let (idx, producer_worker): (u32, WorkerId) =
         tx.query_row("SELECT idx, worker FROM attempts WHERE id = ?1", [producer as i64], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })?;
@@ -114,7 +111,7 @@ pub fn disown_start(
         "UPDATE segments SET done_attempt = 0, preferred_worker = NULL WHERE job = ?1 AND idx = ?2",
         params![cur.job, idx],
     )?;
-    retry_or_fail(&tx, cur.job, idx, &producer_worker, &bad, policy, now)?;
+    retry_or_fail(&tx, cur.job, idx, producer_worker, &bad, policy, now)?;
     tx.commit()?;
     tracing::warn!(job = %job_id(cur.job), segment = idx, producer, loader = attempt, %why, "a stored state is bad: its segment is rendered again");
     Ok(Disowned { job: cur.job, idx, attempt: producer })

@@ -28,7 +28,7 @@ fn setup(jobs: &[(i32, u32)]) -> (Connection, Vec<i64>) {
     (conn, seqs)
 }
 
-fn take(conn: &mut Connection, worker: &str, now: i64) -> Option<(i64, u32, u64)> {
+fn take(conn: &mut Connection, worker: WorkerId, now: i64) -> Option<(i64, u32, u64)> {
     acquire(conn, worker, POLICY, now).unwrap().map(|g| (g.job, g.idx, g.attempt))
 }
 
@@ -43,75 +43,75 @@ fn stale(r: Result<impl std::fmt::Debug>) -> String {
 fn dispatch_is_priority_then_affinity_then_fifo() {
     let (mut c, jobs) = setup(&[(0, 4), (0, 4), (5, 4)]);
     let (j1, j2, j3) = (jobs[0], jobs[1], jobs[2]);
-    assert_eq!(take(&mut c, "worker-1", 10).map(|t| (t.0, t.1)), Some((j3, 0)), "priority first");
-    let (_, _, a) = take(&mut c, "worker-2", 10).unwrap();
+    assert_eq!(take(&mut c, WorkerId(1), 10).map(|t| (t.0, t.1)), Some((j3, 0)), "priority first");
+    let (_, _, a) = take(&mut c, WorkerId(2), 10).unwrap();
     complete(&mut c, a, &UP, POLICY, 20).unwrap(); // job 1's segment 1 is now ready, for worker-2
-    assert_eq!(take(&mut c, "worker-3", 30).map(|t| (t.0, t.1)), Some((j2, 0)), "reserved segment skipped");
-    assert_eq!(take(&mut c, "worker-2", 40).map(|t| (t.0, t.1)), Some((j1, 1)), "producer takes its segment");
+    assert_eq!(take(&mut c, WorkerId(3), 30).map(|t| (t.0, t.1)), Some((j2, 0)), "reserved segment skipped");
+    assert_eq!(take(&mut c, WorkerId(2), 40).map(|t| (t.0, t.1)), Some((j1, 1)), "producer takes its segment");
     // A waiting segment is never handed out; nothing else is ready now.
-    assert_eq!(take(&mut c, "worker-4", 50), None);
-    assert!(matches!(acquire(&mut c, "worker-9", POLICY, 50), Err(Error::WorkerNotFound(_))));
+    assert_eq!(take(&mut c, WorkerId(4), 50), None);
+    assert!(matches!(acquire(&mut c, WorkerId(9), POLICY, 50), Err(Error::WorkerNotFound(_))));
 }
 
 #[test]
 fn a_reservation_does_not_hold_for_a_busy_producer() {
     let (mut c, jobs) = setup(&[(0, 4)]);
-    let (_, _, a) = take(&mut c, "worker-1", 0).unwrap();
+    let (_, _, a) = take(&mut c, WorkerId(1), 0).unwrap();
     let urgent = v1::JobSpec { priority: 5, ..Default::default() };
     let y = db::submit(&mut c, &urgent, 4, 2, "style", "", 1).unwrap();
     complete(&mut c, a, &UP, POLICY, 10).unwrap(); // segment 1 reserved for worker-1...
-    assert_eq!(take(&mut c, "worker-1", 11).map(|t| (t.0, t.1)), Some((y, 0))); // ...which is now busy
-    let got = take(&mut c, "worker-2", 12).map(|t| (t.0, t.1));
+    assert_eq!(take(&mut c, WorkerId(1), 11).map(|t| (t.0, t.1)), Some((y, 0))); // ...which is now busy
+    let got = take(&mut c, WorkerId(2), 12).map(|t| (t.0, t.1));
     assert_eq!(got, Some((jobs[0], 1)), "an idle worker must not wait for a busy one");
 }
 
 #[test]
 fn a_reservation_lapses_after_the_grace() {
     let (mut c, jobs) = setup(&[(0, 4)]);
-    let (_, _, a) = take(&mut c, "worker-1", 0).unwrap();
+    let (_, _, a) = take(&mut c, WorkerId(1), 0).unwrap();
     complete(&mut c, a, &UP, POLICY, 100).unwrap();
-    assert_eq!(take(&mut c, "worker-2", 100 + POLICY.affinity_grace_ms - 1), None);
-    let got = take(&mut c, "worker-2", 100 + POLICY.affinity_grace_ms).map(|t| (t.0, t.1));
+    assert_eq!(take(&mut c, WorkerId(2), 100 + POLICY.affinity_grace_ms - 1), None);
+    let got = take(&mut c, WorkerId(2), 100 + POLICY.affinity_grace_ms).map(|t| (t.0, t.1));
     assert_eq!(got, Some((jobs[0], 1)));
 }
 
 #[test]
 fn expired_leases_requeue_until_the_job_runs_out_of_attempts() {
     let (mut c, jobs) = setup(&[(0, 2)]);
-    let (_, _, a1) = take(&mut c, "worker-1", 0).unwrap();
+    let (_, _, a1) = take(&mut c, WorkerId(1), 0).unwrap();
     heartbeat(&mut c, a1, 1, POLICY, 900).unwrap(); // lease now runs to 1900
     assert_eq!(expire(&mut c, POLICY, 1899).unwrap(), 0);
     assert_eq!(expire(&mut c, POLICY, 1901).unwrap(), 1);
     // The superseded attempt is fenced off from everything.
     assert!(stale(heartbeat(&mut c, a1, 2, POLICY, 1902)).contains("lease expired"));
     assert!(stale(complete(&mut c, a1, &UP, POLICY, 1902)).contains("lease expired"));
-    let (_, _, a2) = take(&mut c, "worker-2", 2000).unwrap();
+    let (_, _, a2) = take(&mut c, WorkerId(2), 2000).unwrap();
     fail(&mut c, a2, "cuda out of memory", false, POLICY, 2100).unwrap();
     let job = db::job(&c, jobs[0], true).unwrap();
     assert_eq!(job.state, v1::JobState::Failed as i32);
     assert_eq!(job.error, "segment 0 failed 2 attempts; last: cuda out of memory");
     let states: Vec<i32> = job.segments[0].attempts.iter().map(|a| a.state).collect();
     assert_eq!(states, [v1::AttemptState::Expired as i32, v1::AttemptState::Failed as i32]);
-    assert_eq!(take(&mut c, "worker-1", 2200), None);
+    assert_eq!(take(&mut c, WorkerId(1), 2200), None);
 }
 
 #[test]
 fn a_grant_that_never_arrived_is_handed_to_the_same_worker_again() {
     let (mut c, _) = setup(&[(0, 4)]);
-    let first = acquire(&mut c, "worker-1", POLICY, 0).unwrap().unwrap();
+    let first = acquire(&mut c, WorkerId(1), POLICY, 0).unwrap().unwrap();
     assert!(!first.redelivered);
     // Near the end of the lease worker-1 asks again: its long poll was cut, it never got it.
-    let again = acquire(&mut c, "worker-1", POLICY, POLICY.lease_ms - 1).unwrap().unwrap();
+    let again = acquire(&mut c, WorkerId(1), POLICY, POLICY.lease_ms - 1).unwrap().unwrap();
     assert!(again.redelivered);
     let what = |g: &Grant| (g.attempt, g.job, g.idx, g.start_frame, g.end_frame, g.segment_count);
     assert_eq!(what(&again), what(&first));
     // With a fresh lease, and nobody else gets the segment meanwhile.
     let later = POLICY.lease_ms + 10;
     check(&mut c, first.attempt, POLICY, later).unwrap();
-    assert!(take(&mut c, "worker-2", later).is_none());
+    assert!(take(&mut c, WorkerId(2), later).is_none());
     // Once it ends, the worker gets new work as usual.
     complete(&mut c, first.attempt, &UP, POLICY, later).unwrap();
-    let next = acquire(&mut c, "worker-1", POLICY, later + 1).unwrap().unwrap();
+    let next = acquire(&mut c, WorkerId(1), POLICY, later + 1).unwrap().unwrap();
     assert_eq!((next.idx, next.redelivered), (1, false));
     assert_ne!(next.attempt, first.attempt);
 }
@@ -120,41 +120,41 @@ fn a_grant_that_never_arrived_is_handed_to_the_same_worker_again() {
 fn a_leaving_worker_releases_a_grant_it_never_saw() {
     let (mut c, _) = setup(&[(0, 4)]);
     let strict = Policy { max_attempts: 1, ..POLICY };
-    let lost = acquire(&mut c, "worker-1", strict, 0).unwrap().unwrap().attempt;
-    assert_eq!(leave(&mut c, "worker-1", strict, 10).unwrap(), vec![lost]);
+    let lost = acquire(&mut c, WorkerId(1), strict, 0).unwrap().unwrap().attempt;
+    assert_eq!(leave(&mut c, WorkerId(1), strict, 10).unwrap(), vec![lost]);
     assert!(stale(check(&mut c, lost, strict, 11)).contains("worker shut down"));
     // Requeued at once and not charged: a job allowed one attempt still runs.
-    assert_eq!(take(&mut c, "worker-2", 12).map(|t| t.1), Some(0));
-    assert_eq!(leave(&mut c, "worker-1", strict, 13).unwrap(), Vec::<u64>::new());
-    assert!(matches!(leave(&mut c, "worker-9", strict, 14), Err(Error::WorkerNotFound(_))));
+    assert_eq!(take(&mut c, WorkerId(2), 12).map(|t| t.1), Some(0));
+    assert_eq!(leave(&mut c, WorkerId(1), strict, 13).unwrap(), Vec::<u64>::new());
+    assert!(matches!(leave(&mut c, WorkerId(9), strict, 14), Err(Error::WorkerNotFound(_))));
 }
 
 #[test]
 fn a_released_attempt_costs_no_retry() {
     let (mut c, _) = setup(&[(0, 2)]);
     let strict = Policy { max_attempts: 1, ..POLICY };
-    let a1 = acquire(&mut c, "worker-1", strict, 0).unwrap().unwrap().attempt;
+    let a1 = acquire(&mut c, WorkerId(1), strict, 0).unwrap().unwrap().attempt;
     fail(&mut c, a1, "worker shut down", true, strict, 10).unwrap();
-    let again = acquire(&mut c, "worker-2", strict, 20).unwrap().unwrap();
+    let again = acquire(&mut c, WorkerId(2), strict, 20).unwrap().unwrap();
     assert_eq!(again.idx, 0);
 }
 
 #[test]
 fn cancelling_fences_running_attempts_and_cannot_repeat() {
     let (mut c, jobs) = setup(&[(0, 4)]);
-    let (_, _, a) = take(&mut c, "worker-1", 0).unwrap();
+    let (_, _, a) = take(&mut c, WorkerId(1), 0).unwrap();
     db::cancel(&mut c, jobs[0], 10).unwrap();
     assert!(stale(heartbeat(&mut c, a, 1, POLICY, 20)).contains("job cancelled"));
     assert!(matches!(db::cancel(&mut c, jobs[0], 30), Err(Error::JobEnded { .. })));
-    assert_eq!(take(&mut c, "worker-2", 40), None);
+    assert_eq!(take(&mut c, WorkerId(2), 40), None);
 }
 
 #[test]
 fn the_last_segment_hands_the_job_to_stitching_and_a_restart_renews_leases() {
     let (mut c, jobs) = setup(&[(0, 3)]);
-    let (_, _, a) = take(&mut c, "worker-1", 0).unwrap();
+    let (_, _, a) = take(&mut c, WorkerId(1), 0).unwrap();
     assert!(!complete(&mut c, a, &UP, POLICY, 10).unwrap().1);
-    let g = acquire(&mut c, "worker-1", POLICY, 20).unwrap().unwrap();
+    let g = acquire(&mut c, WorkerId(1), POLICY, 20).unwrap().unwrap();
     assert_eq!((g.start_frame, g.end_frame, g.start_attempt, g.start_state_sha256.as_str()), (2, 3, a, "s"));
     assert_eq!(resume(&c, POLICY, 5000).unwrap(), 1);
     heartbeat(&mut c, g.attempt, 1, POLICY, 5500).unwrap(); // would have expired at 1020
@@ -168,26 +168,26 @@ fn a_failed_segment_goes_to_another_available_worker_first() {
     // The producer of segment 0 fails segment 1: its reservation ends with the failure, and
     // an idle worker asking first gets the segment.
     let (mut c, jobs) = setup(&[(0, 4)]);
-    let (_, _, a) = take(&mut c, "worker-1", 0).unwrap();
+    let (_, _, a) = take(&mut c, WorkerId(1), 0).unwrap();
     complete(&mut c, a, &UP, POLICY, 10).unwrap(); // segment 1 reserved for worker-1
-    let (_, idx, b) = take(&mut c, "worker-1", 20).unwrap();
+    let (_, idx, b) = take(&mut c, WorkerId(1), 20).unwrap();
     assert_eq!(idx, 1);
     fail(&mut c, b, "cuda error", false, POLICY, 30).unwrap();
-    assert_eq!(take(&mut c, "worker-2", 31).map(|t| (t.0, t.1)), Some((jobs[0], 1)), "reservation outlived a failure");
+    assert_eq!(take(&mut c, WorkerId(2), 31).map(|t| (t.0, t.1)), Some((jobs[0], 1)), "reservation outlived a failure");
 
     // Without affinity: while others are idle, the worker that failed a segment gets nothing.
     let (mut c, jobs) = setup(&[(0, 2)]);
-    let (_, _, a) = take(&mut c, "worker-1", 100).unwrap();
+    let (_, _, a) = take(&mut c, WorkerId(1), 100).unwrap();
     fail(&mut c, a, "out of memory", false, POLICY, 110).unwrap();
-    assert_eq!(take(&mut c, "worker-1", 111), None, "the failing worker got its segment back");
-    assert_eq!(take(&mut c, "worker-2", 112).map(|t| (t.0, t.1)), Some((jobs[0], 0)));
+    assert_eq!(take(&mut c, WorkerId(1), 111), None, "the failing worker got its segment back");
+    assert_eq!(take(&mut c, WorkerId(2), 112).map(|t| (t.0, t.1)), Some((jobs[0], 0)));
 
     // Alone (no other worker asked for work lately), it gets its retry.
     let (mut c, jobs) = setup(&[(0, 2)]);
     let late = AVAILABLE_MS + 1000;
-    let (_, _, a) = take(&mut c, "worker-1", late).unwrap();
+    let (_, _, a) = take(&mut c, WorkerId(1), late).unwrap();
     fail(&mut c, a, "out of memory", false, POLICY, late + 10).unwrap();
-    assert_eq!(take(&mut c, "worker-1", late + 11).map(|t| (t.0, t.1)), Some((jobs[0], 0)));
+    assert_eq!(take(&mut c, WorkerId(1), late + 11).map(|t| (t.0, t.1)), Some((jobs[0], 0)));
 }
 
 #[test]
@@ -196,7 +196,7 @@ fn a_worker_failing_again_and_again_is_quarantined_across_jobs_then_let_back() {
     let q = Policy { max_attempts: 5, quarantine_after: 3, quarantine_ms: 10_000, ..POLICY };
     let mut failed_jobs = Vec::new();
     for (i, t) in [10, 20, 1_100].into_iter().enumerate() {
-        let g = acquire(&mut c, "worker-1", q, t).unwrap().expect("work while not quarantined");
+        let g = acquire(&mut c, WorkerId(1), q, t).unwrap().expect("work while not quarantined");
         failed_jobs.push(g.job);
         if i == 1 {
             expire(&mut c, q, t + q.lease_ms + 1).unwrap(); // a lost lease counts as a failure too
@@ -208,20 +208,20 @@ fn a_worker_failing_again_and_again_is_quarantined_across_jobs_then_let_back() {
         assert_eq!(reason.contains("quarantined"), i == 2, "attempt {i}: {reason}");
     }
     assert_eq!(failed_jobs, jobs[..3], "each failure was on another job");
-    assert_eq!(blame::failures_in_a_row(&c, "worker-1", 10).unwrap(), 3);
+    assert_eq!(blame::failures_in_a_row(&c, WorkerId(1), 10).unwrap(), 3);
     // Work is ready (job 4), but not for worker-1 until the quarantine ends; others get it.
-    assert_eq!(take(&mut c, "worker-1", 2_000), None);
+    assert_eq!(take(&mut c, WorkerId(1), 2_000), None);
     let until: i64 = c.query_row("SELECT quarantined_until_ms FROM workers WHERE seq = 1", [], |r| r.get(0)).unwrap();
     assert_eq!(until, 1_105 + q.quarantine_ms, "quarantined from the third failure on");
-    let other = acquire(&mut c, "worker-2", q, 2_000).unwrap().unwrap();
+    let other = acquire(&mut c, WorkerId(2), q, 2_000).unwrap().unwrap();
     complete(&mut c, other.attempt, &UP, q, 2_010).unwrap();
-    let back = acquire(&mut c, "worker-1", q, until + 1).unwrap().expect("let back after the quarantine");
+    let back = acquire(&mut c, WorkerId(1), q, until + 1).unwrap().expect("let back after the quarantine");
     complete(&mut c, back.attempt, &UP, q, until + 2).unwrap();
-    assert_eq!(blame::failures_in_a_row(&c, "worker-1", 10).unwrap(), 0, "a success ends the run");
+    assert_eq!(blame::failures_in_a_row(&c, WorkerId(1), 10).unwrap(), 0, "a success ends the run");
     // Released attempts are nobody's fault.
-    let g = acquire(&mut c, "worker-3", q, until + 3).unwrap().unwrap();
+    let g = acquire(&mut c, WorkerId(3), q, until + 3).unwrap().unwrap();
     fail(&mut c, g.attempt, "worker shut down", true, q, until + 4).unwrap();
-    assert_eq!(blame::failures_in_a_row(&c, "worker-3", 10).unwrap(), 0);
+    assert_eq!(blame::failures_in_a_row(&c, WorkerId(3), 10).unwrap(), 0);
 }
 
 #[test]
@@ -231,11 +231,11 @@ fn a_bad_start_state_reruns_its_producer_and_costs_the_loader_nothing() {
     let attempt_state = |c: &Connection, id: u64| -> String {
         c.query_row("SELECT state FROM attempts WHERE id = ?1", [id as i64], |r| r.get(0)).unwrap()
     };
-    let mut producer = take(&mut c, "worker-1", 10).unwrap().2;
+    let mut producer = take(&mut c, WorkerId(1), 10).unwrap().2;
     complete(&mut c, producer, &UP, POLICY, 20).unwrap();
     for round in 0..2 {
         let t = 1_000 * (round + 1); // past the producer's affinity grace
-        let loader = acquire(&mut c, "worker-2", POLICY, t).unwrap().unwrap();
+        let loader = acquire(&mut c, WorkerId(2), POLICY, t).unwrap().unwrap();
         assert_eq!((loader.idx, loader.start_attempt), (1, producer));
         let d = blame::disown_start(&mut c, loader.attempt, "not a safetensors file", "sha256 changed", POLICY, t + 1)
             .unwrap();
@@ -252,7 +252,7 @@ fn a_bad_start_state_reruns_its_producer_and_costs_the_loader_nothing() {
             return;
         }
         // Segment 0 is rendered again (by anyone), and segment 1 then starts from the new state.
-        let rerun = acquire(&mut c, "worker-3", POLICY, t + 2).unwrap().unwrap();
+        let rerun = acquire(&mut c, WorkerId(3), POLICY, t + 2).unwrap().unwrap();
         assert_eq!((rerun.idx, rerun.start_attempt), (0, 0));
         complete(&mut c, rerun.attempt, &UP, POLICY, t + 3).unwrap();
         producer = rerun.attempt;
@@ -272,9 +272,9 @@ fn a_bad_start_state_reruns_its_producer_and_costs_the_loader_nothing() {
 fn a_preempted_attempt_keeps_what_it_finished_and_the_rest_becomes_the_next_segment() {
     let (mut c, jobs) = setup(&[(0, 6)]); // segments [0, 2) [2, 4) [4, 6)
     let job = jobs[0];
-    let first = take(&mut c, "worker-1", 0).unwrap().2;
+    let first = take(&mut c, WorkerId(1), 0).unwrap().2;
     complete(&mut c, first, &UP, POLICY, 10).unwrap();
-    let g = acquire(&mut c, "worker-1", POLICY, 20).unwrap().unwrap();
+    let g = acquire(&mut c, WorkerId(1), POLICY, 20).unwrap().unwrap();
     assert_eq!((g.idx, g.start_frame, g.end_frame), (1, 2, 4));
     // Nothing finished is nothing to hand over.
     let none = Upload { frames: Some(0), ..UP };
@@ -292,7 +292,7 @@ fn a_preempted_attempt_keeps_what_it_finished_and_the_rest_becomes_the_next_segm
     let want = [(0, 2, "done"), (2, 3, "done"), (3, 4, "ready"), (4, 6, "waiting")];
     assert_eq!(spans, want.map(|(a, b, s)| (a, b, s.to_string())));
     // The rest starts from the preempted attempt's state, for anyone (its worker is leaving).
-    let next = acquire(&mut c, "worker-2", POLICY, 31).unwrap().unwrap();
+    let next = acquire(&mut c, WorkerId(2), POLICY, 31).unwrap().unwrap();
     assert_eq!((next.idx, next.start_frame, next.end_frame, next.start_attempt), (2, 3, 4, g.attempt));
     assert_eq!(next.segment_count, 4);
     let (frames, reason): (u32, String) = c
@@ -315,7 +315,7 @@ fn a_job_that_leaves_its_segment_length_open_is_cut_by_the_first_segments_pace()
     let auto = db::submit(&mut c, &open, 1000, 10, "style", "", 0).unwrap();
     let manual = db::submit(&mut c, &fixed, 1000, 10, "style", "", 0).unwrap();
     for (job, want) in [(auto, (1 + 990usize.div_ceil(300), 300, true)), (manual, (100, 10, false))] {
-        let g = acquire(&mut c, "worker-1", sized, 0).unwrap().unwrap();
+        let g = acquire(&mut c, WorkerId(1), sized, 0).unwrap().unwrap();
         assert_eq!(g.job, job);
         // 10 frames in 2 s of rendering (the worker's own figure, within the attempt's 5 s).
         let up = Upload { frame_seconds: 2.0, ..UP };
@@ -326,7 +326,7 @@ fn a_job_that_leaves_its_segment_length_open_is_cut_by_the_first_segments_pace()
         let spans: Vec<(u32, u32)> = view.segments.iter().map(|s| (s.start_frame, s.end_frame)).collect();
         assert_eq!(spans.first(), Some(&(0, 10)));
         assert!(spans.windows(2).all(|w| w[0].1 == w[1].0) && spans.last().unwrap().1 == 1000, "{spans:?}");
-        let next = acquire(&mut c, "worker-1", sized, 5_001).unwrap().unwrap();
+        let next = acquire(&mut c, WorkerId(1), sized, 5_001).unwrap().unwrap();
         assert_eq!((next.job, next.idx, next.start_frame), (job, 1, 10));
         fail(&mut c, next.attempt, "done with this job", true, sized, 5_002).unwrap();
         db::cancel(&mut c, job, 5_003).unwrap();

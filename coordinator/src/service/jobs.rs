@@ -175,7 +175,8 @@ impl JobService for Api {
                 return;
             }
             loop {
-                if db::JobState::parse(&state_name(last.state)).is_final() {
+                // A state the coordinator does not know ends the watch too: it cannot change.
+                if db::JobState::from_wire(last.state).is_none_or(db::JobState::is_final) {
                     return;
                 }
                 tokio::select! {
@@ -266,10 +267,11 @@ impl JobService for Api {
         let principal = caller(&request)?;
         let seq = self.owned_job(&principal, &request.into_inner().job_id).await?;
         let job = self.job_view(seq, false).await?;
-        let state = db::JobState::parse(&state_name(job.state));
-        if state != db::JobState::Succeeded {
+        let state = db::JobState::from_wire(job.state);
+        if state != Some(db::JobState::Succeeded) {
             let detail = if job.error.is_empty() { String::new() } else { format!(": {}", job.error) };
-            return Err(Error::NoOutput { id: job.id, state: state.described() })
+            let state = state.map_or("is in no known state", db::JobState::described);
+            return Err(Error::NoOutput { id: job.id, state })
                 .map_err(|e| Status::failed_precondition(format!("{e}{detail}")));
         }
         let kind =
@@ -291,10 +293,4 @@ impl JobService for Api {
         self.0.job_changed(seq);
         Ok(Response::new(self.job_view(seq, false).await?))
     }
-}
-
-fn state_name(state: i32) -> String {
-    v1::JobState::try_from(state)
-        .map(|s| s.as_str_name().trim_start_matches("JOB_STATE_").to_lowercase())
-        .unwrap_or_default()
 }

@@ -134,20 +134,20 @@ impl Api {
     }
 
     /// The registered worker whose session hashes to `digest`.
-    async fn session_worker(&self, digest: String) -> Result<String, Status> {
+    async fn session_worker(&self, digest: String) -> Result<db::WorkerId, Status> {
         self.0.db(move |c| db::session_worker(c, &digest)).await?.ok_or_else(unknown_session)
     }
 
-    /// Fails unless `worker_id` is the calling worker itself.
-    async fn is_caller<T>(&self, request: &Request<T>, worker_id: &str) -> Result<(), Status> {
+    /// Fails unless `worker_id` is the calling worker itself, which it returns.
+    async fn is_caller<T>(&self, request: &Request<T>, worker_id: &str) -> Result<db::WorkerId, Status> {
         let me = self.session_worker(session_digest(request)?).await?;
-        if me != worker_id {
+        if me.to_string() != worker_id {
             return Err(Status::permission_denied(format!(
                 "this session belongs to {me}, not to {}",
                 crate::error::quoted_prefix(worker_id)
             )));
         }
-        Ok(())
+        Ok(me)
     }
 
     /// Fails unless `attempt` was granted to the worker whose session hashes to `digest`. One

@@ -46,7 +46,7 @@ impl WorkerService for Api {
         let weights: Vec<String> = r.weights.iter().map(|w| format!("{}={}", w.network, w.digest)).collect();
         tracing::info!(worker = %id, name = %r.name, device = %r.device, %principal, weights = %weights.join(","), "worker registered");
         Ok(Response::new(v1::RegisterResponse {
-            worker_id: id,
+            worker_id: id.to_string(),
             lease_ms: self.0.config.lease.as_millis() as u32,
             heartbeat_ms: self.0.config.heartbeat.as_millis() as u32,
             session,
@@ -55,7 +55,7 @@ impl WorkerService for Api {
 
     async fn acquire(&self, request: Request<v1::AcquireRequest>) -> Result<Response<v1::AcquireResponse>, Status> {
         let r = request.get_ref().clone();
-        self.is_caller(&request, &r.worker_id).await?;
+        let worker = self.is_caller(&request, &r.worker_id).await?;
         let deadline = Instant::now() + Duration::from_millis(r.wait_ms as u64).min(MAX_WAIT);
         let policy = self.0.policy;
         let mut closing = self.0.closing.subscribe();
@@ -64,8 +64,7 @@ impl WorkerService for Api {
             let notified = self.0.ready.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let worker = r.worker_id.clone();
-            if let Some(grant) = self.0.db(move |c| lease::acquire(c, &worker, policy, now_ms())).await? {
+            if let Some(grant) = self.0.db(move |c| lease::acquire(c, worker, policy, now_ms())).await? {
                 let what = if grant.redelivered {
                     "segment assigned again: the worker never received it"
                 } else {
@@ -327,11 +326,9 @@ impl WorkerService for Api {
     }
 
     async fn leave(&self, request: Request<v1::LeaveRequest>) -> Result<Response<v1::LeaveResponse>, Status> {
-        let worker = request.get_ref().worker_id.clone();
-        self.is_caller(&request, &worker).await?;
+        let worker = self.is_caller(&request, &request.get_ref().worker_id).await?;
         let policy = self.0.policy;
-        let w = worker.clone();
-        let released = self.0.db(move |c| lease::leave(c, &w, policy, now_ms())).await?;
+        let released = self.0.db(move |c| lease::leave(c, worker, policy, now_ms())).await?;
         tracing::info!(%worker, ?released, "worker left");
         if !released.is_empty() {
             self.0.segments_may_be_ready();

@@ -15,22 +15,16 @@ use std::fmt::Write;
 /// Jobs listed at most on the jobs page (newest first).
 pub const MAX_LISTED_JOBS: u32 = 200;
 
-pub fn state_name(state: i32) -> String {
-    v1::JobState::try_from(state)
-        .map(|s| s.as_str_name().trim_start_matches("JOB_STATE_").to_lowercase())
-        .unwrap_or_default()
+pub fn state_name(state: i32) -> &'static str {
+    db::wire_name(state, db::JobState::from_wire, db::JobState::as_str)
 }
 
-fn segment_state(state: i32) -> String {
-    v1::SegmentState::try_from(state)
-        .map(|s| s.as_str_name().trim_start_matches("SEGMENT_STATE_").to_lowercase())
-        .unwrap_or_default()
+fn segment_state(state: i32) -> &'static str {
+    db::wire_name(state, db::SegmentState::from_wire, db::SegmentState::as_str)
 }
 
-fn attempt_state(state: i32) -> String {
-    v1::AttemptState::try_from(state)
-        .map(|s| s.as_str_name().trim_start_matches("ATTEMPT_STATE_").to_lowercase())
-        .unwrap_or_default()
+fn attempt_state(state: i32) -> &'static str {
+    db::wire_name(state, db::AttemptState::from_wire, db::AttemptState::as_str)
 }
 
 impl Web {
@@ -159,10 +153,10 @@ pub(crate) fn jobs_html(jobs: &[v1::Job], now: i64) -> String {
              <td class=\"num\">{size}</td><td class=\"num\">{age}</td></tr>",
             id = Esc(&job.id),
             name = Esc(name),
-            badge = badge(&state),
+            badge = badge(state),
             progress = progress(job.frames_done, job.frames_total, "frames done"),
             fps = fps_text(job),
-            eta = eta_text(job, &state),
+            eta = eta_text(job, state),
             priority = job.spec.as_ref().map_or(0, |s| s.priority),
             age = html::ago(now, job.created_unix_ms),
         );
@@ -280,7 +274,7 @@ pub(crate) fn summary_html(job: &v1::Job, now: i64) -> String {
     let _ = write!(
         out,
         "<p class=\"state\">{} <span class=\"id\">{}</span></p>{}<dl class=\"facts\">",
-        badge(&state),
+        badge(state),
         Esc(&job.id),
         progress(job.frames_done, job.frames_total, "frames done")
     );
@@ -294,7 +288,7 @@ pub(crate) fn summary_html(job: &v1::Job, now: i64) -> String {
     let length = if job.segment_frames_measured { " (sized from the measured pace)" } else { "" };
     fact("Segment length", format!("{} frames{length}", job.segment_frames));
     fact("fps", fps_text(job));
-    fact("ETA", eta_text(job, &state));
+    fact("ETA", eta_text(job, state));
     fact("Submitted", html::ago(now, job.created_unix_ms));
     if job.finished_unix_ms > 0 {
         fact("Took", html::duration(job.finished_unix_ms - job.created_unix_ms));
@@ -322,8 +316,8 @@ fn actions_html(job: &v1::Job, token: &str) -> String {
 
 /// The forms inside the actions' box (what live updates replace).
 pub(crate) fn actions_inner(job: &v1::Job, token: &str) -> String {
-    let state = state_name(job.state);
-    let ended = db::JobState::parse(&state).is_final();
+    let state = db::JobState::from_wire(job.state);
+    let ended = state.is_some_and(db::JobState::is_final);
     let mut out = String::new();
     let id = html::url_segment(&job.id);
     let mut form = |action: &str, label: &str, confirm: String, danger: bool| {
@@ -339,7 +333,7 @@ pub(crate) fn actions_inner(job: &v1::Job, token: &str) -> String {
     if !ended {
         form("cancel", "Cancel", format!("Cancel {}? Its unfinished frames are thrown away.", job.id), true);
     }
-    if state == "failed" {
+    if state == Some(db::JobState::Failed) {
         form("retry", "Retry", format!("Retry {} from its last finished segment?", job.id), false);
     }
     if ended {
@@ -358,14 +352,14 @@ pub(crate) fn segments_html(job: &v1::Job, now: i64) -> String {
             s.index,
             s.start_frame,
             s.end_frame,
-            badge(&segment_state(s.state))
+            badge(segment_state(s.state))
         );
         for a in &s.attempts {
             let end = if a.ended_unix_ms > 0 { a.ended_unix_ms } else { now };
             let _ = write!(
                 out,
                 "<li>{} <span class=\"num\">attempt {} · {} · started {} · {}</span>",
-                badge(&attempt_state(a.state)),
+                badge(attempt_state(a.state)),
                 a.id,
                 Esc(&a.worker_id),
                 html::ago(now, a.started_unix_ms),
