@@ -4,6 +4,7 @@
 //! This crate must stay free of libtorch and ffmpeg: the coordinator links it.
 
 pub mod auth;
+pub mod handoff;
 pub mod limits;
 pub mod network;
 pub mod params;

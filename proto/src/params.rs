@@ -5,8 +5,9 @@
 
 use crate::limits::{quoted_prefix, MAX_FPS_DEN, MAX_LAYERS};
 pub use crate::network::{LayerSpec, Network};
-use sha2::{Digest, Sha256};
 use std::path::Path;
+
+mod fingerprint;
 
 pub const MIN_SIDE: u32 = 32;
 pub const MAX_SIDE: u32 = 7680;
@@ -317,44 +318,6 @@ impl RenderParams {
             self.optimizer.name(),
             self.seed
         )
-    }
-
-    /// Identifies everything that determines the frame sequence except its length, so that a
-    /// hand-off state is only ever resumed by a render that would have produced it. The frame
-    /// count is left out on purpose: a movie can be extended from its last state.
-    pub fn fingerprint(&self, style_digest: &str, weights_digest: &str) -> String {
-        let canon = format!(
-            "v1|{}x{}|{}/{}|{:?}|{}|{}|{}|{}|{:?}|{}|{}|{:?}|{}|{}",
-            self.width,
-            self.height,
-            self.fps.num,
-            self.fps.den,
-            self.zoom,
-            self.iters,
-            self.warmup,
-            self.seed,
-            self.optimizer.name(),
-            self.learning_rate(),
-            // A number prints as it always did, so fingerprints of earlier renders still hold.
-            match self.style_scale {
-                StyleScale::Times(k) => format!("{k:?}"),
-                StyleScale::Auto => "auto".into(),
-            },
-            self.network.name(),
-            self.layers,
-            style_digest,
-            weights_digest,
-        );
-        // Only what fp32 renders never had: their fingerprints (and stored states) still hold.
-        let canon = match self.precision {
-            Precision::Fp32 => canon,
-            p => format!("{canon}|{}", p.name()),
-        };
-        let canon = match self.loss {
-            LossKind::Gram => canon,
-            l => format!("{canon}|loss={}", l.name()),
-        };
-        hex(&Sha256::digest(canon.as_bytes()))
     }
 }
 

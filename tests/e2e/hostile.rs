@@ -234,7 +234,12 @@ fn uploads_are_checked_for_content_not_only_checksums() {
         ("garbage chunk", b"not a video at all", good_state.clone(), "chunk: not an MP4 file"),
         ("a frame short", &one, good_state.clone(), "chunk: the video holds 1 frames, the segment has 2"),
         ("garbage state", &two, b"not a state".to_vec(), "state: not a hand-off state"),
-        ("a state that resumes elsewhere", &two, state_bytes(3, (64, 48)), "state: the state resumes at frame Some(3)"),
+        (
+            "a state that resumes elsewhere",
+            &two,
+            state_bytes(3, (64, 48)),
+            "state: the state resumes at frame 3, the segment ends at 2",
+        ),
         ("a state of another size", &two, state_bytes(2, (48, 64)), "state: tensor"),
         ("an empty state", &two, Vec::new(), "state: not a hand-off state"),
     ];

@@ -1,0 +1,105 @@
+//! The render fingerprint: what a hand-off state carries so that only the render that made it
+//! resumes it. Its text form is fixed forever (states in stores were made with it), so it is
+//! spelled out here field by field, and the tests pin the digests of a few parameter sets: any
+//! change to this text, or to how Rust prints a float, fails them before it strands a state.
+
+use super::{hex, LossKind, Precision, RenderParams, StyleScale};
+use sha2::{Digest, Sha256};
+
+/// A number as the fingerprint has always written it: Rust's `Debug` form of an f64 (the
+/// shortest that reads back exactly, `.0` on whole numbers, an exponent when very small or
+/// large: `2.0`, `0.5`, `1e-5`). The tests pin it.
+fn number(x: f64) -> String {
+    format!("{x:?}")
+}
+
+impl RenderParams {
+    /// Identifies everything that determines the frame sequence except its length, so that a
+    /// hand-off state is only ever resumed by a render that would have produced it. The frame
+    /// count is left out on purpose: a movie can be extended from its last state.
+    pub fn fingerprint(&self, style_digest: &str, weights_digest: &str) -> String {
+        // The layers as they were first written (a Rust list of tuples): `[("conv1_1", 1.0)]`.
+        let layers: Vec<String> = self.layers.iter().map(|(name, w)| format!("({name:?}, {})", number(*w))).collect();
+        let style_scale = match self.style_scale {
+            StyleScale::Times(k) => number(k),
+            StyleScale::Auto => "auto".into(),
+        };
+        let canon = format!(
+            "v1|{}x{}|{}/{}|{}|{}|{}|{}|{}|{}|{}|{}|[{}]|{}|{}",
+            self.width,
+            self.height,
+            self.fps.num,
+            self.fps.den,
+            number(self.zoom),
+            self.iters,
+            self.warmup,
+            self.seed,
+            self.optimizer.name(),
+            number(self.learning_rate()),
+            style_scale,
+            self.network.name(),
+            layers.join(", "),
+            style_digest,
+            weights_digest,
+        );
+        // Only what fp32 renders never had: their fingerprints (and stored states) still hold.
+        let canon = match self.precision {
+            Precision::Fp32 => canon,
+            p => format!("{canon}|{}", p.name()),
+        };
+        let canon = match self.loss {
+            LossKind::Gram => canon,
+            l => format!("{canon}|loss={}", l.name()),
+        };
+        hex(&Sha256::digest(canon.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::Network;
+    use crate::params::{Fps, OptimizerKind};
+
+    /// Fingerprints of states already in stores: these digests must never change.
+    #[test]
+    fn fingerprints_of_stored_states_never_change() {
+        let default = RenderParams::default();
+        let every_field = RenderParams {
+            width: 1920,
+            height: 1080,
+            frames: 7,
+            fps: Fps { num: 30000, den: 1001 },
+            zoom: 1.25,
+            iters: 6,
+            warmup: 300,
+            seed: 42,
+            optimizer: OptimizerKind::Lbfgs,
+            learning_rate: Some(0.5),
+            style_scale: StyleScale::Times(1.5),
+            network: Network::Vgg19,
+            layers: vec![("conv1_1".into(), 1.0), ("conv3_1".into(), 0.25)],
+            precision: Precision::Bf16,
+            loss: LossKind::Swd,
+        };
+        let small_numbers = RenderParams {
+            learning_rate: Some(1e-5),
+            style_scale: StyleScale::Times(0.05),
+            zoom: 3.0,
+            ..RenderParams::default()
+        };
+        for (what, params, want) in [
+            ("default", &default, "0081adc531eb46c552356f6403bc72bd97e021d58f2c9f13d712a2294e0d3740"),
+            ("every field set", &every_field, "1d4e4513837312e15b24d0425e2ee4a07dea2b6039de697a4b075cc4cf5a799e"),
+            ("small numbers", &small_numbers, "0d7adfed96f31af3712df175264e7c53c6542042fc05e7c13ed2ada626579846"),
+        ] {
+            assert_eq!(params.fingerprint("style", "weights"), want, "{what}");
+        }
+        let longer = RenderParams { frames: 9000, ..default.clone() };
+        assert_eq!(
+            longer.fingerprint("style", "weights"),
+            default.fingerprint("style", "weights"),
+            "length is left out"
+        );
+    }
+}
