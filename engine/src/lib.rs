@@ -39,7 +39,7 @@ pub mod zoom;
 pub use proto::params;
 
 pub use device::DeviceThread;
-pub use error::{EngineError, ParamError};
+pub use error::{EngineError, ParamError, Stage};
 pub use handoff::State;
 pub use params::RenderParams;
 pub use segment::{Engine, Frame, Progress};

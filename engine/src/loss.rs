@@ -9,77 +9,83 @@ use crate::swd;
 use crate::vgg::Vgg;
 use tch::{Kind, Tensor};
 
-/// What the image is compared with at each layer.
-enum Targets {
-    /// The style's Gram matrices.
-    Gram(Vec<Tensor>),
-    /// A sample of the style's feature vectors per layer, (C, M) each.
-    Swd(Vec<Tensor>),
+/// One layer of the loss: its weight, and what the image's features there are compared with
+/// (the style's Gram matrix, or a sample of its feature vectors, (C, M)).
+struct Layer {
+    weight: f64,
+    target: Tensor,
 }
 
-/// The sliced distance's random directions for one draw, a (C, K) matrix per layer (none for
-/// a Gram loss). Drawn once and used for every iteration that shares the draw.
+/// The sliced distance's random directions for one draw, a (C, K) matrix per layer of the loss.
+/// Drawn once and used for every iteration that shares the draw.
 pub struct Directions(Vec<Tensor>);
 
 pub struct StyleTarget {
-    pub layers: Vec<usize>,
-    pub weights: Vec<f64>,
-    targets: Targets,
+    kind: LossKind,
+    layers: Vec<Layer>,
+    /// The feature layer of each of `layers`, in order.
+    indexes: Vec<usize>,
 }
 
 impl StyleTarget {
-    /// `seed` picks the style's feature sample for the sliced distance (the render's seed, so
-    /// a render is a function of its parameters alone).
-    pub fn new(net: &Vgg, style: &Tensor, layers: Vec<usize>, weights: Vec<f64>, loss: LossKind, seed: u64) -> Self {
-        let targets = tch::no_grad(|| {
-            let feats = net.features(style, &layers);
-            match loss {
-                LossKind::Gram => Targets::Gram(feats.iter().map(gram).collect()),
-                LossKind::Swd => Targets::Swd(
-                    feats
-                        .iter()
-                        .zip(&layers)
-                        .map(|(f, &l)| swd::samples(f, &mut Stream::new(seed, l as u64, Purpose::Samples)))
-                        .collect(),
-                ),
-            }
+    /// `layers` are (feature layer, weight) pairs. `seed` picks the style's feature sample for
+    /// the sliced distance (the render's seed, so a render is a function of its parameters alone).
+    pub fn new(net: &Vgg, style: &Tensor, layers: &[(usize, f64)], kind: LossKind, seed: u64) -> Self {
+        let indexes: Vec<usize> = layers.iter().map(|l| l.0).collect();
+        let layers = tch::no_grad(|| {
+            let feats = net.features(style, &indexes);
+            assert_eq!(feats.len(), layers.len(), "one feature map per layer asked for");
+            feats
+                .iter()
+                .zip(layers)
+                .map(|(f, &(index, weight))| {
+                    let target = match kind {
+                        LossKind::Gram => gram(f),
+                        LossKind::Swd => swd::samples(f, &mut Stream::new(seed, index as u64, Purpose::Samples)),
+                    };
+                    Layer { weight, target }
+                })
+                .collect()
         });
-        Self { layers, weights, targets }
+        Self { kind, layers, indexes }
     }
 
-    /// The directions of the next draw from `draws` (a gram loss draws nothing). The caller
-    /// keys the stream by frame, so a frame's draws do not depend on its segment.
-    pub fn directions(&self, draws: &mut Stream) -> Directions {
-        match &self.targets {
-            Targets::Gram(_) => Directions(Vec::new()),
-            Targets::Swd(samples) => {
-                let channels: Vec<i64> = samples.iter().map(|s| s.size()[0]).collect();
-                let device = samples.first().map_or(tch::Device::Cpu, Tensor::device);
+    /// The directions of the next draw from `draws`, or `None` for a Gram loss (which draws
+    /// nothing). The caller keys the stream by frame, so a frame's draws do not depend on its
+    /// segment.
+    pub fn directions(&self, draws: &mut Stream) -> Option<Directions> {
+        match self.kind {
+            LossKind::Gram => None,
+            LossKind::Swd => {
+                let channels: Vec<i64> = self.layers.iter().map(|l| l.target.size()[0]).collect();
+                let device = self.layers.first().map_or(tch::Device::Cpu, |l| l.target.device());
                 let dirs = swd::directions(&channels, draws, device);
-                Directions(dirs.iter().zip(samples).map(|(d, s)| d.to_kind(s.kind())).collect())
+                Some(Directions(dirs.iter().zip(&self.layers).map(|(d, l)| d.to_kind(l.target.kind())).collect()))
             }
         }
     }
 
     /// The style loss of `image` (1x3xHxW in [0, 1]) as a scalar that keeps the graph, with
-    /// `dirs` from `directions` for a sliced distance.
-    pub fn loss(&self, net: &Vgg, image: &Tensor, dirs: &Directions) -> Tensor {
-        let feats = net.features(image, &self.layers);
+    /// `dirs` from `directions` (required by a sliced distance).
+    pub fn loss(&self, net: &Vgg, image: &Tensor, dirs: Option<&Directions>) -> Tensor {
+        let feats = net.features(image, &self.indexes);
         // fp32 at least (bf16 features are widened); fp64 stays fp64 for the gradient checks.
         let kind = if image.kind() == Kind::Double { Kind::Double } else { Kind::Float };
         let mut total = Tensor::zeros([], (kind, image.device()));
-        match &self.targets {
-            Targets::Gram(grams) => {
-                for ((f, gs), w) in feats.iter().zip(grams).zip(&self.weights) {
+        match (self.kind, dirs) {
+            (LossKind::Gram, _) => {
+                for (f, layer) in feats.iter().zip(&self.layers) {
                     let c = f.size()[1] as f64;
-                    total += (gram(f) - gs).square().sum(kind) * (w / (c * c));
+                    total += (gram(f) - &layer.target).square().sum(kind) * (layer.weight / (c * c));
                 }
             }
-            Targets::Swd(samples) => {
-                for (((f, s), d), w) in feats.iter().zip(samples).zip(&dirs.0).zip(&self.weights) {
-                    total += swd::distance(f, s, d) * *w;
+            (LossKind::Swd, Some(Directions(dirs))) => {
+                assert_eq!(dirs.len(), self.layers.len(), "one direction matrix per layer");
+                for ((f, layer), d) in feats.iter().zip(&self.layers).zip(dirs) {
+                    total += swd::distance(f, &layer.target, d) * layer.weight;
                 }
             }
+            (LossKind::Swd, None) => panic!("a sliced distance needs its directions"),
         }
         total
     }
@@ -100,9 +106,9 @@ mod tests {
     fn loss_gradient_matches_finite_differences() {
         let net = Vgg::random(crate::vgg::Network::Vgg16, Device::Cpu).to_kind(Kind::Double);
         let style = Tensor::rand([1, 3, 24, 24], (Kind::Double, Device::Cpu));
-        let target = StyleTarget::new(&net, &style, vec![0, 2, 4], vec![1.0, 0.5, 2.0], LossKind::Gram, 0);
+        let target = StyleTarget::new(&net, &style, &[(0, 1.0), (2, 0.5), (4, 2.0)], LossKind::Gram, 0);
         let x = Tensor::rand([1, 3, 16, 16], (Kind::Double, Device::Cpu)).set_requires_grad(true);
-        let loss = target.loss(&net, &x, &target.directions(&mut draws()));
+        let loss = target.loss(&net, &x, target.directions(&mut draws()).as_ref());
         loss.backward();
         let grad = x.grad();
         let eps = 1e-6;
@@ -111,7 +117,7 @@ mod tests {
                 tch::no_grad(|| {
                     let y = x.detach().copy();
                     let _ = y.get(0).get(c).get(i).get(j).g_add_scalar_(d);
-                    target.loss(&net, &y, &target.directions(&mut draws())).double_value(&[])
+                    target.loss(&net, &y, target.directions(&mut draws()).as_ref()).double_value(&[])
                 })
             };
             let fd = (bump(eps) - bump(-eps)) / (2.0 * eps);
@@ -137,9 +143,9 @@ mod tests {
         let (style, x) = (rand(40, 1), rand(32, 2));
         for (loss, min_cosine) in [(LossKind::Gram, 0.98), (LossKind::Swd, 0.95)] {
             let run = |net: &Vgg| {
-                let target = StyleTarget::new(net, &style, vec![0, 2, 4, 7], vec![1.0; 4], loss, 0);
+                let target = StyleTarget::new(net, &style, &[(0, 1.0), (2, 1.0), (4, 1.0), (7, 1.0)], loss, 0);
                 let x = x.detach().set_requires_grad(true);
-                let l = target.loss(net, &x, &target.directions(&mut draws()));
+                let l = target.loss(net, &x, target.directions(&mut draws()).as_ref());
                 l.backward();
                 (l.double_value(&[]), x.grad())
             };

@@ -8,7 +8,7 @@
 //! rendering [0, k) then [k, n) from a serialised state give bit-identical frames on the CPU.
 
 use crate::colour::{ColourSpace, Preconditioner};
-use crate::error::{EngineError, Result};
+use crate::error::{EngineError, Result, Stage};
 use crate::handoff::State;
 use crate::loss::{Directions, StyleTarget};
 use crate::optim::OptimState;
@@ -66,19 +66,23 @@ impl Frame {
     }
 }
 
-/// What the engine reports after every optimiser iteration and after every finished frame.
+/// What the engine reports as it goes, on the render thread.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Progress {
+    /// A warm-up iteration done, of `total`; with the loss when it was read back (every
+    /// `WARMUP_CHECK_EVERY` iterations and at each stage's end: a read waits for the device).
+    Warmup { done: u32, total: u32, loss: Option<f64> },
+    /// An iteration of a frame done; `frames_done` of this call's `frames_total` are finished.
+    Iteration { frames_done: u32, frames_total: u32 },
+    /// A frame finished, with its last iteration's loss.
+    Frame { frames_done: u32, frames_total: u32, loss: f64 },
+}
 
-#[derive(Debug, Clone, Copy)]
-pub struct Progress {
-    /// Frames finished in this call, and how many the call renders.
-    pub frames_done: u32,
-    pub frames_total: u32,
-    /// Warm-up iterations done and planned (zero when the call starts from a state).
-    pub warmup_done: u32,
-    pub warmup_total: u32,
-    pub loss: f64,
-    /// True when this report follows an optimiser iteration, false when it announces a frame.
-    pub iteration: bool,
+impl Progress {
+    /// Whether an optimiser iteration just ran (a finished frame reports after its last one).
+    pub fn is_iteration(&self) -> bool {
+        !matches!(self, Self::Frame { .. })
+    }
 }
 
 pub struct Engine {
@@ -100,15 +104,6 @@ impl Engine {
     pub fn new(params: RenderParams, style: Style, net: Vgg, device: Device) -> Result<Self> {
         params.validate()?;
         let fingerprint = params.fingerprint(&style.digest, &net.origin.digest());
-        if device.is_cuda() {
-            // cuDNN times its convolution algorithms once per shape and keeps the fastest. The
-            // choice can differ between runs, so GPU frames are exact only within one process
-            // (as they already were only within one kind of GPU).
-            tch::Cuda::cudnn_set_benchmark(true);
-        }
-        // Tensor cores for fp32 maths only when asked (libtorch's default lets cuDNN use TF32
-        // for convolutions but not cuBLAS for the Gram products; fp32 means fp32 here).
-        crate::tf32::allow(params.precision != crate::params::Precision::Fp32);
         let net = match params.precision {
             crate::params::Precision::Fp32 | crate::params::Precision::Tf32 => net,
             crate::params::Precision::Bf16 => net.to_kind(tch::Kind::BFloat16).channels_last(),
@@ -177,8 +172,24 @@ impl Engine {
         out
     }
 
+    /// Sets libtorch's process-wide GPU switches for this render, as it starts (not when the
+    /// engine is built: a worker builds the next job's engine while another renders). A CPU
+    /// render touches none of them. A process renders on the GPU one job at a time.
+    fn configure_device(&self) {
+        if self.device.is_cuda() {
+            // cuDNN times its convolution algorithms once per shape and keeps the fastest. The
+            // choice can differ between runs, so GPU frames are exact only within one process
+            // (as they already were only within one kind of GPU).
+            tch::Cuda::cudnn_set_benchmark(true);
+            // Tensor cores for fp32 maths only when asked (libtorch's default lets cuDNN use
+            // TF32 for convolutions but not cuBLAS for the Gram products; fp32 means fp32 here).
+            crate::tf32::allow(self.params.precision != crate::params::Precision::Fp32);
+        }
+    }
+
     /// The state before frame 0: noise grown through the warm-up stages.
     pub fn initial_state(&self, progress: &mut dyn FnMut(Progress)) -> Result<State> {
+        self.configure_device();
         let _turn = self.share.as_ref().map(CpuShare::enter);
         let p = &self.params;
         let stages = self.stages();
@@ -218,19 +229,13 @@ impl Engine {
                 if k % run == 0 {
                     shift = (rolls.below(sh as u64) as i64, rolls.below(sw as u64) as i64);
                 }
-                let loss = self.iterate(target, &mut image, &mut optim, shift, &target.directions(&mut draws))?;
+                let dirs = target.directions(&mut draws);
+                let loss = self.iterate(target, &mut image, &mut optim, shift, dirs.as_ref())?;
                 done += 1;
                 // The loss is read back (a device sync) only now and then, not every iteration.
                 let checked = k + 1 == n || done.is_multiple_of(WARMUP_CHECK_EVERY);
-                let loss = if checked { finite(&loss, u32::MAX)? } else { f64::NAN };
-                progress(Progress {
-                    frames_done: 0,
-                    frames_total: 0,
-                    warmup_done: done,
-                    warmup_total: p.warmup,
-                    loss,
-                    iteration: true,
-                });
+                let loss = if checked { Some(finite(&loss, Stage::Warmup { iteration: done })?) } else { None };
+                progress(Progress::Warmup { done, total: p.warmup, loss });
             }
         }
         Ok(State { next_frame: 0, image, optim, fingerprint: self.fingerprint.clone(), made_by: self.params.summary() })
@@ -253,15 +258,15 @@ impl Engine {
             } else {
                 format!("it was made by a render with other settings ({:?}), this render is {mine}", state.made_by)
             };
-            return Err(EngineError::State { path: "<state>".into(), reason });
+            return Err(EngineError::StateMismatch { reason });
         }
         let (h, w) = (self.params.height as i64, self.params.width as i64);
         if state.image.size() != [1, 3, h, w] {
-            return Err(EngineError::State {
-                path: "<state>".into(),
-                reason: format!("image is {:?}, the render needs [1, 3, {h}, {w}]", state.image.size()),
+            return Err(EngineError::StateMismatch {
+                reason: format!("its image is {:?}, the render needs [1, 3, {h}, {w}]", state.image.size()),
             });
         }
+        self.configure_device();
         let _turn = self.share.as_ref().map(CpuShare::enter);
         let (start, total) = (state.next_frame, end.saturating_sub(state.next_frame));
         let roll_every = match self.params.optimizer {
@@ -286,33 +291,19 @@ impl Engine {
                 if k % roll_every == 0 {
                     shift = (rolls.below(h as u64) as i64, rolls.below(w as u64) as i64);
                 }
-                last = Some(self.iterate(&self.target, &mut state.image, &mut state.optim, shift, &dirs)?);
-                progress(Progress {
-                    frames_done: i - start,
-                    frames_total: total,
-                    warmup_done: 0,
-                    warmup_total: 0,
-                    loss: f64::NAN,
-                    iteration: true,
-                });
+                last = Some(self.iterate(&self.target, &mut state.image, &mut state.optim, shift, dirs.as_ref())?);
+                progress(Progress::Iteration { frames_done: i - start, frames_total: total });
             }
             // One read-back of the loss per frame (the frame itself is read back next anyway):
             // a sync every iteration kept a GPU from running ahead of the host. A loss gone
             // non-finite in any iteration of the frame is non-finite here too.
             let loss = match &last {
-                Some(l) => finite(l, i)?,
+                Some(l) => finite(l, Stage::Frame(i))?,
                 None => 0.0,
             };
             on_frame(Frame::from_tensor(i, &state.image))?;
             state.next_frame += 1;
-            progress(Progress {
-                frames_done: i + 1 - start,
-                frames_total: total,
-                warmup_done: 0,
-                warmup_total: 0,
-                loss,
-                iteration: false,
-            });
+            progress(Progress::Frame { frames_done: i + 1 - start, frames_total: total, loss });
             if self.finish.load(Ordering::Relaxed) {
                 break;
             }
@@ -329,7 +320,7 @@ impl Engine {
         image: &mut Tensor,
         optim: &mut OptimState,
         shift: (i64, i64),
-        dirs: &Directions,
+        dirs: Option<&Directions>,
     ) -> Result<Tensor> {
         if self.cancel.load(Ordering::Relaxed) {
             return Err(EngineError::Cancelled);
@@ -350,19 +341,18 @@ impl Engine {
 fn style_target(p: &RenderParams, style: &Style, net: &Vgg, device: Device, factor: f64) -> Result<StyleTarget> {
     let short = ((p.width.min(p.height) as f64) * factor).round() as u32;
     let size = style.scaled_size(short, p.style_scale)?;
-    let (layers, weights) = p.loss_layers().into_iter().unzip();
-    Ok(StyleTarget::new(net, &style.tensor(size, device), layers, weights, p.loss, p.seed))
+    Ok(StyleTarget::new(net, &style.tensor(size, device), &p.loss_layers(), p.loss, p.seed))
 }
 
 /// Warm-up iterations between checks of the loss (each check waits for the device).
 const WARMUP_CHECK_EVERY: u32 = 16;
 
 /// The loss's value, or `Diverged` when it is not finite. Waits for the device.
-fn finite(loss: &Tensor, frame: u32) -> Result<f64> {
+fn finite(loss: &Tensor, at: Stage) -> Result<f64> {
     let value = loss.double_value(&[]);
     if value.is_finite() {
         Ok(value)
     } else {
-        Err(EngineError::Diverged { frame, loss: value })
+        Err(EngineError::Diverged { at, loss: value })
     }
 }

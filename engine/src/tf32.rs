@@ -6,7 +6,8 @@
 //! `at::Context` that PyTorch's `torch.backends.{cuda.matmul,cudnn}.allow_tf32` call. They are
 //! exported C++ member functions, declared here by their Itanium-ABI names (`this` is the first
 //! argument); a libtorch without them fails at link time, not at run time. The flags are
-//! process-wide: a process renders one job at a time, and `Engine::new` sets them for its job.
+//! process-wide: a process renders on the GPU one job at a time, and each render sets them as it
+//! starts (`Engine::configure_device`).
 #![allow(unsafe_code)]
 
 use std::ffi::c_void;

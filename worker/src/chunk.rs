@@ -55,18 +55,20 @@ pub(crate) fn render_segment(
     // Time between iterations: a frame's output is charged to the iteration after it.
     let mut last = Instant::now();
     let mut report = |pr: Progress| {
-        if pr.iteration {
+        if pr.is_iteration() {
             let now = Instant::now();
             metrics.iteration_seconds.observe(now.duration_since(last).as_secs_f64());
             metrics.health.progressed(now);
             last = now;
-        }
-        progress.frames.store(pr.frames_done, Ordering::Relaxed);
-        progress.warmup_done.store(pr.warmup_done, Ordering::Relaxed);
-        progress.warmup_total.store(pr.warmup_total, Ordering::Relaxed);
-        if pr.iteration {
             progress.iterations.fetch_add(1, Ordering::Relaxed);
         }
+        let (frames, warmup_done, warmup_total) = match pr {
+            Progress::Warmup { done, total, .. } => (0, done, total),
+            Progress::Iteration { frames_done, .. } | Progress::Frame { frames_done, .. } => (frames_done, 0, 0),
+        };
+        progress.frames.store(frames, Ordering::Relaxed);
+        progress.warmup_done.store(warmup_done, Ordering::Relaxed);
+        progress.warmup_total.store(warmup_total, Ordering::Relaxed);
     };
     let mut state = match start {
         Some(s) => s,
