@@ -26,6 +26,9 @@ pub enum EngineError {
     Diverged { at: Stage, loss: f64 },
     #[error("cancelled")]
     Cancelled,
+    /// The caller's frame callback could not take a frame (its encoder failed).
+    #[error("{0}")]
+    FrameSink(String),
 }
 
 /// Where in a render something happened.

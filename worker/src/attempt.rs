@@ -1,7 +1,7 @@
 //! One assignment, from set-up to upload: heartbeats start first (setting up an engine or
 //! fetching a 1080p state can outlast a short lease), then the engine and start state, the
 //! render on the torch thread, and the upload. Whatever happens, the attempt comes to one
-//! `Outcome`, which the node's loop reports to the coordinator.
+//! `Outcome` (decided in `control`), which the node's loop reports to the coordinator.
 //!
 //! **Rendering ahead.** A node that keeps its end states does not let its device idle while it
 //! uploads: once segment k is rendered, it starts rendering segment k+1's frames from k's end
@@ -10,8 +10,9 @@
 //! exactly k's attempt adopts the frames rendered ahead. Any other outcome (k's upload refused,
 //! its lease lost, other work granted, shutdown) drops them.
 
-use crate::chunk::{render_segment, ChunkOut};
-use crate::heartbeat::{heartbeat_loop, AbortOnDrop, Counters, StopSlot};
+use crate::chunk::{render_segment, ChunkError, ChunkOut};
+use crate::control::{outcome, Control, Failure, Flags, Outcome};
+use crate::heartbeat::{heartbeat_loop, AbortOnDrop, Counters};
 use crate::node::Node;
 use engine::device::Pending;
 use engine::{Engine, State};
@@ -22,18 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tonic::Code;
 
-/// What one attempt came to.
-pub(crate) enum Outcome {
-    Completed,
-    /// The coordinator no longer wants it (lease lost, job cancelled): drop it silently.
-    Superseded(String),
-    Released,
-    Failed(String),
-    /// The start state could not be loaded and looks bad itself (see `inputs::Unloadable`).
-    BadStartState(String),
-}
-
-type Rendered = (Engine, Result<(State, Vec<u8>), String>);
+type Rendered = (Engine, Result<(State, Vec<u8>), ChunkError>);
 
 /// The next segment's frames, being rendered from this node's end state while it uploads.
 pub(crate) struct Ahead {
@@ -89,7 +79,22 @@ impl Node {
         tracing::info!(job = %ahead.job, frames, %why, "dropped the frames rendered ahead");
     }
 
+    /// Runs one assignment to its outcome; `ahead`: frames this node rendered ahead, used when
+    /// they fit. The engine comes back to the node on every path (it is in `run_attempt`'s result).
     pub(crate) async fn attempt(&mut self, a: v1::Assignment, ahead: Option<Ahead>) -> (Outcome, Option<Ahead>) {
+        let job = a.job_id.clone();
+        let (outcome, engine, ahead) = self.run_attempt(a, ahead).await;
+        if let Some(engine) = engine {
+            self.engine = Some((job, engine));
+        }
+        (outcome, ahead)
+    }
+
+    async fn run_attempt(
+        &mut self,
+        a: v1::Assignment,
+        ahead: Option<Ahead>,
+    ) -> (Outcome, Option<Engine>, Option<Ahead>) {
         let started = Instant::now();
         tracing::info!(attempt = a.attempt_id, job = %a.job_id, segment = a.segment_index, frames = %format!("{}..{}", a.start_frame, a.end_frame), "segment started");
         let (ahead, other) = match ahead {
@@ -105,95 +110,73 @@ impl Node {
                 if let Some(x) = ahead {
                     self.drop_ahead(x, "a bad assignment").await;
                 }
-                return (Outcome::Failed(e.to_string()), None);
+                return (outcome(Failure::Setup(e.to_string()), None), None, None);
             }
         };
         // Heartbeats start now: setting up an engine or fetching a 1080p state can take longer
         // than a short lease.
         let progress =
             ahead.as_ref().map_or_else(|| Arc::new(Counters::new(self.config.preview_every)), |x| x.progress.clone());
-        let lost = Arc::new(std::sync::Mutex::new(None::<String>));
-        let stop: StopSlot = Arc::default();
+        let control = Control::default();
         let _heartbeats = AbortOnDrop(tokio::spawn(heartbeat_loop(
             self.client.clone(),
             a.attempt_id,
             self.heartbeat,
             progress.clone(),
-            stop.clone(),
-            lost.clone(),
+            control.clone(),
         )));
-        let superseded = || lost.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let (render, cancel, finish) = match ahead {
+        let render = match ahead {
             Some(x) => {
                 tracing::info!(
                     attempt = a.attempt_id,
                     frames_done = x.progress.frames.load(Ordering::Relaxed),
                     "continuing with the frames rendered ahead"
                 );
-                (x.render, x.cancel, x.finish)
+                // Already running, started without a control: stops heard since reach it now.
+                control.attach(Flags { cancel: x.cancel, finish: x.finish });
+                x.render
             }
             None => {
                 let engine = match self.engine_for(&a).await {
                     Ok(e) => e,
-                    Err(e) => return (superseded().map_or(Outcome::Failed(e), Outcome::Superseded), None),
+                    Err(e) => return (outcome(Failure::Setup(e), control.reason()), None, None),
                 };
                 let start = match self.start_state(&a).await {
                     Ok(s) => s,
                     Err(e) => {
-                        self.engine = Some((a.job_id.clone(), engine));
-                        let failed = if e.bad { Outcome::BadStartState(e.reason) } else { Outcome::Failed(e.reason) };
-                        return (superseded().map_or(failed, Outcome::Superseded), None);
+                        let failure = Failure::StartState { reason: e.reason, bad: e.bad };
+                        return (outcome(failure, control.reason()), Some(engine), None);
                     }
                 };
-                let (cancel, finish) = (engine.cancel_flag(), engine.finish_flag());
-                cancel.store(false, Ordering::SeqCst);
-                finish.store(false, Ordering::SeqCst);
+                // Before the render starts: the flags may still be set from the last render.
+                control.attach(Flags { cancel: engine.cancel_flag(), finish: engine.finish_flag() });
                 let out = ChunkOut {
                     kind,
                     path: chunk_path(&format!("attempt-{}", a.attempt_id), kind),
                     frames_dir: self.config.frames_dir.clone(),
                 };
-                (self.start_render(engine, start, a.end_frame, out, progress.clone()), cancel, finish)
+                self.start_render(engine, start, a.end_frame, out, progress.clone())
             }
         };
-        *stop.lock().unwrap_or_else(|e| e.into_inner()) = Some(cancel.clone());
-        if superseded().is_some() {
-            cancel.store(true, Ordering::SeqCst); // lost while setting up: the render stops at once
-        }
-        let released = Arc::new(AtomicBool::new(false));
         let mut shutdown = self.shutdown.clone();
         // On shutdown (SIGTERM: a drain, a spot reclaim, a scale-down) the render ends after the
         // frame in hand and what it finished is handed over; before its first frame (set-up,
         // warm-up) it stops at once and the segment is released.
         let _watcher = {
-            let (cancel, finish, released, progress) =
-                (cancel.clone(), finish.clone(), released.clone(), progress.clone());
+            let (control, progress) = (control.clone(), progress.clone());
             AbortOnDrop(tokio::spawn(async move {
                 if shutdown.wait_for(|s| *s).await.is_ok() {
-                    released.store(true, Ordering::SeqCst);
-                    finish.store(true, Ordering::SeqCst);
-                    if progress.frames.load(Ordering::SeqCst) == 0 {
-                        cancel.store(true, Ordering::SeqCst);
-                    }
+                    control.release(progress.frames.load(Ordering::SeqCst));
                 }
             }))
         };
         let (engine, result) = render.wait().await;
-        // From here on the engine's cancel flag belongs to the next render, not to this attempt's
+        // From here on the engine's flags belong to the next render, not to this attempt's
         // heartbeats (which may hear "already completed" once the upload lands).
-        *stop.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        control.detach();
         let (state, chunk) = match result {
             Ok(r) => r,
-            Err(e) => {
-                self.engine = Some((a.job_id.clone(), engine));
-                if let Some(why) = superseded() {
-                    return (Outcome::Superseded(why), None);
-                }
-                if released.load(Ordering::SeqCst) {
-                    return (Outcome::Released, None);
-                }
-                return (Outcome::Failed(e), None);
-            }
+            Err(e) => return (outcome(Failure::Render(e), control.reason()), Some(engine), None),
         };
         // The wire form of the end state (read off the device on the torch thread), then the
         // next segment's frames from the state itself while the upload runs.
@@ -220,7 +203,7 @@ impl Node {
             && self.config.reuse_state
             && self.config.render_ahead
             && !*self.shutdown.borrow();
-        let ahead = if ahead {
+        let (engine, ahead) = if ahead {
             let (cancel, finish) = (engine.cancel_flag(), engine.finish_flag());
             cancel.store(false, Ordering::SeqCst);
             finish.store(false, Ordering::SeqCst);
@@ -231,7 +214,7 @@ impl Node {
                 frames_dir: self.config.frames_dir.clone(),
             };
             let render = self.start_render(engine, Some(state), a.next_end_frame, out, progress.clone());
-            Some(Ahead {
+            let ahead = Ahead {
                 job: a.job_id.clone(),
                 from_attempt: a.attempt_id,
                 start: a.end_frame,
@@ -240,13 +223,13 @@ impl Node {
                 cancel,
                 finish,
                 render,
-            })
+            };
+            (None, Some(ahead))
         } else {
-            self.engine = Some((a.job_id.clone(), engine));
             if self.config.reuse_state {
                 self.held = Some((a.attempt_id, state));
             }
-            None
+            (Some(engine), None)
         };
         let handed = if preempted { finished - a.start_frame } else { 0 };
         let frame_seconds = progress.frame_micros.load(Ordering::Relaxed) as f64 / 1e6;
@@ -269,7 +252,7 @@ impl Node {
                     rendering_ahead = ahead.is_some(),
                     "segment completed"
                 );
-                return (Outcome::Completed, ahead);
+                return (Outcome::Completed, engine, ahead);
             }
             Err(s) if s.code() == Code::FailedPrecondition => Outcome::Superseded(s.message().to_string()),
             Err(s) => Outcome::Failed(format!("upload: {}", s.message())),
@@ -279,6 +262,6 @@ impl Node {
         if let Some(x) = ahead {
             self.drop_ahead(x, "its start state was not accepted").await;
         }
-        (outcome, None)
+        (outcome, engine, None)
     }
 }

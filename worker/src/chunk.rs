@@ -10,6 +10,29 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+/// Why a segment's render did not produce its chunk.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ChunkError {
+    /// The engine failed or was cancelled.
+    #[error(transparent)]
+    Engine(EngineError),
+    /// The encoder (or the PNG dump) could not take the frames.
+    #[error("encoding the chunk: {0}")]
+    Encode(String),
+    /// The chunk's temporary file.
+    #[error("the chunk's file: {0}")]
+    File(String),
+}
+
+impl From<EngineError> for ChunkError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::FrameSink(reason) => Self::Encode(reason),
+            e => Self::Engine(e),
+        }
+    }
+}
+
 /// Frames rendered but not yet encoded, at most.
 const FRAME_QUEUE: usize = 2;
 
@@ -28,12 +51,13 @@ pub(crate) fn render_segment(
     out: ChunkOut,
     progress: &Counters,
     metrics: &WorkerMetrics,
-) -> Result<(State, Vec<u8>), String> {
+) -> Result<(State, Vec<u8>), ChunkError> {
     let ChunkOut { kind, path: chunk_path, frames_dir } = out;
     let chunk_path = chunk_path.as_path();
     let p = engine.params();
-    let file = PartialFile::create(chunk_path).map_err(|e| e.to_string())?;
-    let dump = frames_dir.map(|dir| FramesDir::create(&dir)).transpose().map_err(|e| e.to_string())?;
+    let file = PartialFile::create(chunk_path).map_err(|e| ChunkError::File(e.to_string()))?;
+    let dump =
+        frames_dir.map(|dir| FramesDir::create(&dir)).transpose().map_err(|e| ChunkError::Encode(e.to_string()))?;
     let (width, height, fps) = (p.width, p.height, p.fps);
     // Encoding (and the PNG dump) on a thread of its own, overlapped with the next frame's
     // iterations; at most FRAME_QUEUE frames wait in between.
@@ -48,7 +72,7 @@ pub(crate) fn render_segment(
             },
             FRAME_QUEUE,
         )
-        .map_err(|e| e.to_string())?,
+        .map_err(|e| ChunkError::Encode(e.to_string()))?,
     );
     // Called on this (the render) thread: the counters move only while the render does, so a
     // hung device call shows in the heartbeats as progress that stopped.
@@ -72,24 +96,18 @@ pub(crate) fn render_segment(
     };
     let mut state = match start {
         Some(s) => s,
-        None => engine.initial_state(&mut report).map_err(|e| e.to_string())?,
+        None => engine.initial_state(&mut report)?,
     };
     let frames_began = Instant::now();
-    let mut encode_error = None;
     let mut on_frame = |f: Frame| {
         metrics.frames_rendered.inc();
         progress.previews.offer(&f, f.index + 1 == end);
-        sink.push_owned(f).map_err(|e| {
-            encode_error = Some(e.to_string());
-            EngineError::Cancelled
-        })
+        sink.push_owned(f).map_err(|e| EngineError::FrameSink(e.to_string()))
     };
-    engine
-        .render(&mut state, end, &mut on_frame, &mut report)
-        .map_err(|e| encode_error.take().unwrap_or(e.to_string()))?;
-    sink.finish().map_err(|e| e.to_string())?;
+    engine.render(&mut state, end, &mut on_frame, &mut report)?;
+    sink.finish().map_err(|e| ChunkError::Encode(e.to_string()))?;
     progress.frame_micros.store(frames_began.elapsed().as_micros() as u64, Ordering::Relaxed);
-    let chunk = std::fs::read(chunk_path).map_err(|e| format!("reading the chunk: {e}"))?;
+    let chunk = std::fs::read(chunk_path).map_err(|e| ChunkError::File(format!("reading it back: {e}")))?;
     let _ = std::fs::remove_file(chunk_path);
     Ok((state, chunk))
 }

@@ -2,7 +2,7 @@
 //! the attempt is no longer current (lease lost, job cancelled) they stop the render.
 
 use proto::v1;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::Code;
@@ -28,9 +28,6 @@ impl Counters {
     }
 }
 
-/// The render's cancel flag, once there is a render to cancel.
-pub(crate) type StopSlot = Arc<std::sync::Mutex<Option<Arc<AtomicBool>>>>;
-
 /// Aborts a background task when the attempt that started it ends, on every path.
 pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
@@ -47,8 +44,7 @@ pub(crate) async fn heartbeat_loop(
     attempt: u64,
     every: Duration,
     progress: Arc<Counters>,
-    stop: StopSlot,
-    lost: Arc<std::sync::Mutex<Option<String>>>,
+    control: crate::control::Control,
 ) {
     loop {
         tokio::time::sleep(every).await;
@@ -65,10 +61,7 @@ pub(crate) async fn heartbeat_loop(
             Ok(_) => {}
             Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::NotFound) => {
                 tracing::warn!(attempt, reason = %s.message(), "coordinator ended this attempt; stopping");
-                *lost.lock().unwrap_or_else(|e| e.into_inner()) = Some(s.message().to_string());
-                if let Some(cancel) = stop.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-                    cancel.store(true, Ordering::SeqCst);
-                }
+                control.supersede(s.message().to_string());
                 return;
             }
             Err(s) => tracing::warn!(attempt, error = %s.message(), "heartbeat failed; retrying"),

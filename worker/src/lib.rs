@@ -3,7 +3,8 @@
 //! uploads the encoded chunk and end state, and releases its work when asked to stop.
 //!
 //! - `node`: the node's life: connect, register, the acquire loop, leave.
-//! - `attempt`: one assignment from set-up to upload, and what it came to.
+//! - `attempt`: one assignment from set-up to upload.
+//! - `control`: what stops an attempt (the coordinator, a shutdown, a failure) and what it came to.
 //! - `inputs`: what an attempt needs from the coordinator: the style (engine) and start state.
 //! - `chunk`: rendering a segment into an encoded chunk, on the torch thread.
 //! - `upload`: CompleteSegment: the chunk and end state in pieces, retried across restarts.
@@ -12,6 +13,7 @@
 
 mod attempt;
 mod chunk;
+mod control;
 mod heartbeat;
 mod inputs;
 pub mod metrics;

@@ -9,7 +9,7 @@
 //! released, so the coordinator requeues it at once without charging it a retry; a worker that
 //! dies instead loses its lease and the segment is requeued when the lease runs out.
 
-use crate::attempt::Outcome;
+use crate::control::Outcome;
 use engine::{Device, DeviceThread, Engine, State};
 use proto::auth::Credentials;
 use proto::v1;
