@@ -59,6 +59,12 @@ impl Principal {
     pub fn owns(&self, owner: &str) -> bool {
         self.role == Role::Admin || self.name == owner
     }
+
+    /// Whose jobs this principal sees: its own, or everyone's (`None`) for an admin (and for
+    /// everyone on an open coordinator, where every caller is an admin).
+    pub fn job_owner_filter(&self) -> Option<&str> {
+        (self.role != Role::Admin).then_some(self.name.as_str())
+    }
 }
 
 /// Shortest token accepted in an `--auth` file: guessing 20 random characters is hopeless.

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod cli;
+mod completion;
 mod config;
 pub mod data_lock;
 pub mod db;
@@ -14,6 +15,7 @@ pub mod error;
 mod http;
 pub mod inspect;
 pub mod lease;
+mod listing;
 pub mod metrics;
 pub mod preview;
 pub mod reserve;

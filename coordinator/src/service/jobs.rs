@@ -139,9 +139,7 @@ impl JobService for Api {
 
     async fn list_jobs(&self, request: Request<v1::ListJobsRequest>) -> Result<Response<v1::ListJobsResponse>, Status> {
         let principal = caller(&request)?;
-        // Users see their own jobs; admins (and everyone on an open coordinator) see all.
-        let owner = (principal.role != crate::auth::Role::Admin).then_some(principal.name);
-        let jobs = self.0.db(move |c| db::list(c, owner.as_deref())).await?;
+        let jobs = self.0.jobs_for(&principal, Default::default()).await?;
         Ok(Response::new(v1::ListJobsResponse { jobs }))
     }
 
@@ -151,9 +149,7 @@ impl JobService for Api {
     ) -> Result<Response<v1::ListWorkersResponse>, Status> {
         // Any user may look at the farm: names, devices and health, no one's jobs' contents.
         caller(&request)?;
-        let after = self.0.policy.quarantine_after;
-        let workers = self.0.db(move |c| db::workers(c, after, now_ms())).await?;
-        Ok(Response::new(v1::ListWorkersResponse { workers }))
+        Ok(Response::new(v1::ListWorkersResponse { workers: self.0.workers().await? }))
     }
 
     type WatchJobStream = BoxStream<v1::Job>;

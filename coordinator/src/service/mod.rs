@@ -9,6 +9,7 @@
 
 mod jobs;
 pub(crate) mod transfer;
+pub(crate) use transfer::{unique_name, Incoming};
 mod workers;
 
 use crate::auth::{self, Gate, Principal, Role};
@@ -83,20 +84,7 @@ where
 
 impl Api {
     pub(crate) async fn job_view(&self, seq: i64, include_segments: bool) -> Result<v1::Job> {
-        let mut job = self.0.db(move |c| db::job(c, seq, include_segments)).await?;
-        self.apply_live(seq, &mut job);
-        Ok(job)
-    }
-
-    /// Adds what only heartbeats know (warm-up, pace) to a job read from the database.
-    pub(crate) fn apply_live(&self, seq: i64, job: &mut v1::Job) {
-        if let Some(live) = self.0.live.lock().unwrap_or_else(|e| e.into_inner()).get(&seq) {
-            job.warmup_done = live.warmup_done;
-            job.warmup_total = live.warmup_total;
-            if job.state == v1::JobState::Running as i32 {
-                job.fps = live.pace.fps;
-            }
-        }
+        self.0.job_view(seq, include_segments).await
     }
 
     async fn assignment(&self, g: lease::Grant) -> Result<v1::Assignment> {

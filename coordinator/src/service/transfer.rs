@@ -14,7 +14,7 @@ use tonic::Status;
 
 /// `prefix` made unique within this coordinator's life, for scratch files of requests that may
 /// run at once (the same style submitted twice, an upload retried while the first still runs).
-pub(super) fn unique_name(prefix: &str) -> String {
+pub(crate) fn unique_name(prefix: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     format!("{prefix}.{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
@@ -61,8 +61,8 @@ pub(super) fn stream_file(path: PathBuf, sha256: String) -> BoxStream<v1::Blob> 
 /// and writes them while the next ones arrive (hashing 75 MB inline, and a `tokio::fs` round
 /// trip per piece, held a 1080p upload to about 90 MB/s on loopback). Removed on drop unless
 /// it was handed to the store.
-pub(super) struct Incoming {
-    pub(super) path: PathBuf,
+pub(crate) struct Incoming {
+    pub(crate) path: PathBuf,
     pieces: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
     writer: Option<tokio::task::JoinHandle<std::io::Result<(u64, String)>>>,
     /// What errors call the upload (`chunk of job 7`).
@@ -113,7 +113,7 @@ impl Incoming {
 
     /// Waits for the last piece to be written, then checks size and checksum against what the
     /// sender declared.
-    pub(super) async fn finish(&mut self, field: &'static str, size: u64, sha256: &str) -> Result<()> {
+    pub(crate) async fn finish(&mut self, field: &'static str, size: u64, sha256: &str) -> Result<()> {
         let (received, actual) = self.written().await?;
         if received != size || actual != sha256 {
             return Err(Error::invalid(

@@ -4,7 +4,6 @@
 
 use super::html::{self, badge, progress, Esc, Nav, Who};
 use super::{refused, Viewer, Web};
-use crate::auth::Role;
 use crate::{db, now_ms};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -34,15 +33,8 @@ impl Web {
 
     /// The newest jobs `viewer` may see, matching `state` (one of `db::STATE_FILTERS`).
     pub(crate) async fn jobs(&self, viewer: &Viewer, state: Option<String>) -> crate::Result<Vec<v1::Job>> {
-        let owner = (viewer.principal.role != Role::Admin).then(|| viewer.principal.name.clone());
-        let mut jobs =
-            self.coordinator().db(move |c| db::recent(c, owner.as_deref(), state.as_deref(), MAX_LISTED_JOBS)).await?;
-        for job in &mut jobs {
-            if let Ok(seq) = db::job_seq(&job.id) {
-                self.api.apply_live(seq, job);
-            }
-        }
-        Ok(jobs)
+        let query = crate::listing::JobQuery { state, newest: Some(MAX_LISTED_JOBS) };
+        self.coordinator().jobs_for(&viewer.principal, query).await
     }
 }
 
@@ -402,8 +394,7 @@ pub(crate) async fn workers_page(State(web): State<Web>, headers: HeaderMap) -> 
 impl Web {
     /// The rows of the workers table, as of now.
     pub(crate) async fn workers_html(&self) -> crate::Result<String> {
-        let after = self.coordinator().policy.quarantine_after;
-        let workers = self.coordinator().db(move |c| db::workers(c, after, now_ms())).await?;
+        let workers = self.coordinator().workers().await?;
         let now = now_ms();
         let mut out = String::new();
         for w in &workers {

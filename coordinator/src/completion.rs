@@ -1,0 +1,252 @@
+//! A segment's end, as the coordinator decides it: a completed upload checked, stored and
+//! recorded (and the job stitched when it was the last segment), or a failure recorded and
+//! blamed. The gRPC handlers (`service::workers`) only authorise the caller and move the bytes;
+//! everything that touches the store, the leases, the watchdog, the metrics and the previews
+//! happens here, in one place whichever front end asks.
+
+use crate::error::{Error, Result};
+use crate::service::Incoming;
+use crate::store::keys;
+use crate::{db, inspect, lease, now_ms, Coordinator};
+use proto::v1;
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// An upload that has arrived: the worker's header, and the chunk and state in scratch files
+/// (not yet checked against what the header declares).
+pub(crate) struct Received {
+    pub header: v1::CompleteHeader,
+    pub chunk: Incoming,
+    pub state: Incoming,
+    /// When the upload began, for the log of where its time went.
+    pub begun: Instant,
+}
+
+impl Coordinator {
+    /// The attempt's segment if the attempt is still current (the fencing check).
+    pub(crate) async fn current_attempt(&self, attempt: u64) -> Result<lease::Current> {
+        let policy = self.policy;
+        self.db(move |c| lease::check(c, attempt, policy, now_ms())).await
+    }
+
+    /// Completes `cur`'s segment with an upload: sizes, checksums and contents checked (a bad
+    /// upload fails the attempt), files stored, the completion recorded in the attempt's own
+    /// transaction (a superseded attempt's files are removed again), then previews, metrics and,
+    /// after the last segment, the stitch.
+    pub(crate) async fn complete_segment(self: &Arc<Self>, cur: lease::Current, received: Received) -> Result<()> {
+        let Received { header, mut chunk, mut state, begun } = received;
+        let attempt = header.attempt_id;
+        let policy = self.policy;
+        let received = begun.elapsed();
+        let verified = async {
+            chunk.finish("chunk_sha256", header.chunk_size, &header.chunk_sha256).await?;
+            state.finish("state_sha256", header.state_size, &header.state_sha256).await?;
+            self.inspect(&cur, header.frames_done, chunk.path.clone(), state.path.clone()).await
+        }
+        .await;
+        let fingerprint = match verified {
+            Ok(f) => f,
+            Err(e) => {
+                // A corrupt upload fails this attempt; the segment is retried (elsewhere, maybe).
+                let reason = e.to_string();
+                tracing::warn!(attempt, job = %db::job_id(cur.job), segment = cur.idx, %reason, "upload rejected");
+                let _ = self.db(move |c| lease::fail(c, attempt, &reason, false, policy, now_ms())).await;
+                self.segments_may_be_ready();
+                return Err(e);
+            }
+        };
+        let checked = begun.elapsed();
+        let (chunk_key, state_key) = (keys::chunk(cur.job, attempt), keys::state(cur.job, attempt));
+        {
+            let store = self.store.clone();
+            let (ck, sk, cp, sp) = (chunk_key.clone(), state_key.clone(), chunk.path.clone(), state.path.clone());
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                store.put_file(&ck, &cp).map_err(Error::store(format!("storing {ck}")))?;
+                store.put_file(&sk, &sp).map_err(Error::store(format!("storing {sk}")))?;
+                Ok(())
+            })
+            .await
+            .expect("store task panicked")?;
+        }
+        let stored = begun.elapsed();
+        let (cs, ss, frames, frame_seconds) =
+            (header.chunk_sha256.clone(), header.state_sha256.clone(), header.frames_done, header.frame_seconds);
+        let done = self
+            .db(move |c| {
+                let up = lease::Upload {
+                    chunk_sha256: &cs,
+                    state_sha256: &ss,
+                    fingerprint: &fingerprint,
+                    frames: (frames > 0).then_some(frames),
+                    frame_seconds,
+                };
+                lease::complete(c, attempt, &up, policy, now_ms())
+            })
+            .await;
+        let (cur, last) = match done {
+            Ok(v) => v,
+            Err(e) => {
+                // Superseded while uploading: its files must not linger under live keys.
+                let _ = self.store.delete(&chunk_key);
+                let _ = self.store.delete(&state_key);
+                self.segments_may_be_ready();
+                return Err(e);
+            }
+        };
+        self.watchdog.forget(attempt);
+        self.metrics.observe_upload(begun.elapsed().as_secs_f64());
+        self.metrics.segment_seconds.observe((now_ms() - cur.started_ms).max(0) as f64 / 1000.0);
+        // Where an upload's time goes: receiving (and hashing), the content checks, the store
+        // (one fsync per file, then a rename), the database.
+        let ms = |d: Duration| d.as_millis() as u64;
+        tracing::info!(attempt, job = %db::job_id(cur.job), segment = cur.idx, worker = %cur.worker, chunk_bytes = header.chunk_size, state_bytes = header.state_size,
+            receive_ms = ms(received), check_ms = ms(checked - received), store_ms = ms(stored - checked), record_ms = ms(begun.elapsed() - stored), "segment completed");
+        self.segments_may_be_ready();
+        if let Some(p) = header.poster {
+            self.keep_preview(cur.job, p, last).await;
+        }
+        if last {
+            self.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&cur.job);
+            tokio::spawn(self.clone().stitch(cur.job));
+        }
+        Ok(())
+    }
+
+    /// Records that `attempt` ended without an upload: released (a worker shutting down, no
+    /// retry spent), failed, or failed for want of a loadable start state, in which case the
+    /// coordinator checks its own copy and, if that is bad too, renders its segment again and
+    /// does not charge the loader.
+    pub(crate) async fn fail_segment(
+        &self,
+        attempt: u64,
+        given: &str,
+        released: bool,
+        bad_start_state: bool,
+    ) -> Result<()> {
+        let policy = self.policy;
+        // A reason goes into the segment's history for good: kept to a sane length.
+        let mut reason = proto::limits::cut(given, proto::limits::MAX_REASON_LEN);
+        if bad_start_state && !released {
+            let cur = self.db(move |c| lease::check(c, attempt, policy, now_ms())).await?;
+            if cur.start_attempt != 0 {
+                match self.recheck_state(cur.job, cur.start_attempt).await? {
+                    Some(why) => {
+                        let loader = reason.clone();
+                        let d = self
+                            .db(move |c| lease::blame::disown_start(c, attempt, &loader, &why, policy, now_ms()))
+                            .await?;
+                        // Its chunk is not used either: the segment is rendered again from scratch.
+                        let _ = self.store.delete(&keys::state(d.job, d.attempt));
+                        let _ = self.store.delete(&keys::chunk(d.job, d.attempt));
+                        self.watchdog.forget(attempt);
+                        self.segments_may_be_ready();
+                        return Ok(());
+                    }
+                    None => {
+                        reason = proto::limits::cut(
+                            &format!("could not load its start state, which checks out on the coordinator: {reason}"),
+                            proto::limits::MAX_REASON_LEN,
+                        )
+                    }
+                }
+            }
+        }
+        let stored = reason.clone();
+        self.db(move |c| lease::fail(c, attempt, &stored, released, policy, now_ms())).await?;
+        self.watchdog.forget(attempt);
+        tracing::warn!(attempt, reason = %proto::limits::quoted_prefix(given), released, "worker gave a segment back");
+        self.segments_may_be_ready();
+        Ok(())
+    }
+
+    /// Keeps a worker's preview of `job` once it checks out; `poster`: also stores it as the
+    /// finished movie's poster. A bad preview is dropped with a warning: the heartbeat or upload
+    /// that carried it still counts (a preview is never worth a segment).
+    pub(crate) async fn keep_preview(&self, job: i64, preview: v1::Preview, poster: bool) {
+        let store = self.store.clone();
+        let checked = tokio::task::spawn_blocking(move || -> Result<_> {
+            let size = crate::preview::check(&preview)?;
+            if poster {
+                let tmp = store.scratch_dir().join(crate::service::unique_name(&format!("poster-{job}")));
+                let key = keys::poster(job);
+                let placed = std::fs::write(&tmp, &preview.jpeg).and_then(|()| store.put_file(&key, &tmp));
+                let _ = std::fs::remove_file(&tmp);
+                placed.map_err(Error::store(format!("storing the poster {key}")))?;
+            }
+            Ok((preview, size))
+        })
+        .await
+        .expect("preview check panicked");
+        match checked {
+            Ok((p, size)) => {
+                self.previews.put(job, p.jpeg, p.frame, size);
+                self.job_changed(job);
+            }
+            Err(e) => tracing::warn!(job = %db::job_id(job), error = %e, "preview dropped"),
+        }
+    }
+
+    /// What segment `idx` of `job` must hold, for `inspect`.
+    async fn expected(&self, job: i64, idx: u32) -> Result<inspect::Expected> {
+        let (spec, (start_frame, end_frame)) =
+            self.db(move |c| Ok((db::spec(c, job)?, db::segment_span(c, job, idx)?))).await?;
+        let params = crate::check_spec(&spec)?;
+        Ok(inspect::Expected {
+            kind: proto::wire::output_from_wire(spec.output)?,
+            width: params.width,
+            height: params.height,
+            start_frame,
+            end_frame,
+        })
+    }
+
+    /// The content checks of `inspect`, against what the attempt's segment must hold (its first
+    /// `frames` frames, for a preempted worker); the state must carry the fingerprint of the state
+    /// it started from. Returns the state's fingerprint.
+    async fn inspect(&self, cur: &lease::Current, frames: u32, chunk: PathBuf, state: PathBuf) -> Result<String> {
+        let mut want = self.expected(cur.job, cur.idx).await?;
+        if frames > 0 && frames < want.end_frame - want.start_frame {
+            want.end_frame = want.start_frame + frames;
+        }
+        let start = cur.start_attempt;
+        let start = self.db(move |c| db::stored_state(c, start)).await?;
+        tokio::task::spawn_blocking(move || {
+            inspect::chunk(&chunk, &want).map_err(|e| Error::invalid("chunk", e))?;
+            let fingerprint = start.map(|s| s.fingerprint).filter(|f| !f.is_empty());
+            inspect::state(&state, &want, fingerprint.as_deref()).map_err(|e| Error::invalid("state", e))
+        })
+        .await
+        .expect("inspection panicked")
+    }
+
+    /// Checks the coordinator's own copy of the state `producer` stored, after a worker could
+    /// not load it: still there, still the bytes that were accepted, still a state its segment
+    /// should end with. Returns what is wrong with it, `None` when it checks out.
+    async fn recheck_state(&self, job: i64, producer: u64) -> Result<Option<String>> {
+        let Some(stored) = self.db(move |c| db::stored_state(c, producer)).await? else {
+            return Ok(Some(format!("attempt {producer} is not on record")));
+        };
+        let want = self.expected(job, stored.idx).await?;
+        let path = match self.store.local_path(&keys::state(job, producer)) {
+            Ok(p) => p,
+            Err(e) => return Ok(Some(e.to_string())),
+        };
+        let verdict = tokio::task::spawn_blocking(move || {
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(e) => return Some(format!("unreadable: {e}")),
+            };
+            let sha = proto::params::hex(&Sha256::digest(&bytes));
+            if sha != stored.sha256 {
+                return Some(format!("its sha256 is now {sha}, {} was stored", stored.sha256));
+            }
+            let fingerprint = Some(stored.fingerprint.as_str()).filter(|f| !f.is_empty());
+            inspect::state(&path, &want, fingerprint).err()
+        })
+        .await
+        .expect("state check panicked");
+        Ok(verdict)
+    }
+}
