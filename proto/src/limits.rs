@@ -22,6 +22,10 @@ pub const MAX_PREVIEW_BYTES: usize = 64 << 10;
 pub const MAX_PREVIEW_SIDE: u32 = 640;
 /// Entries of `--layers` (VGG19 has 16 conv layers).
 pub const MAX_LAYERS: usize = 16;
+/// A layer's weight in the style loss. Weights only matter relative to each other, and 10,000
+/// to 1 is past any design; a weight like 1e300 overflows the loss to infinity and every render
+/// of the job diverges, on every worker it is sent to.
+pub const MAX_LAYER_WEIGHT: f64 = 10_000.0;
 /// Denominator of a frame rate: `--fps` takes at most three decimals (29.97 is 2997/100).
 pub const MAX_FPS_DEN: u32 = 1000;
 /// A failure reason as stored in a segment's history; longer ones are cut.

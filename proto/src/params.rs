@@ -3,7 +3,7 @@
 //! The same struct travels from the CLI to the engine and over gRPC (see `wire`), so validation
 //! lives here, in the one crate both the coordinator and the worker link, and not in the CLI.
 
-use crate::limits::{quoted_prefix, MAX_FPS_DEN, MAX_LAYERS};
+use crate::limits::{quoted_prefix, MAX_FPS_DEN, MAX_LAYERS, MAX_LAYER_WEIGHT};
 pub use crate::network::{LayerSpec, Network};
 use std::path::Path;
 
@@ -269,12 +269,18 @@ impl RenderParams {
                     ),
                 ));
             }
-            if !(w.is_finite() && *w >= 0.0) {
+            if !(w.is_finite() && (0.0..=MAX_LAYER_WEIGHT).contains(w)) {
                 return Err(ParamError::new(
                     "--layers",
-                    format!("weight of {name} must be a non-negative number, got {w}"),
+                    format!("weight of {name} must be a number from 0 to {MAX_LAYER_WEIGHT}, got {w}"),
                 ));
             }
+        }
+        if !self.layers.is_empty() && self.layers.iter().all(|(_, w)| *w == 0.0) {
+            return Err(ParamError::new(
+                "--layers",
+                "at least one layer needs a weight above 0: with none the loss is 0 and nothing renders",
+            ));
         }
         if let Some(lr) = self.learning_rate {
             if !(lr.is_finite() && lr > 0.0 && lr <= 100.0) {
@@ -473,13 +479,19 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         type Mutation = fn(&mut RenderParams);
-        let cases: [(Mutation, &str); 6] = [
+        let cases: [(Mutation, &str); 10] = [
             (|p| p.width = 0, "--size"),
             (|p| p.height = 9000, "--size"),
             (|p| p.frames = 0, "--frames"),
             (|p| p.zoom = 0.5, "--zoom"),
             (|p| p.iters = 0, "--iters"),
             (|p| p.style_scale = StyleScale::Times(0.0), "--style-scale"),
+            // A weight that overflows the loss: every render of the job would diverge, and each
+            // divergence would be charged to the worker that tried it.
+            (|p| p.layers = vec![("conv1_1".into(), 1e300)], "--layers"),
+            (|p| p.layers = vec![("conv1_1".into(), 10_000.5)], "--layers"),
+            (|p| p.layers = vec![("conv1_1".into(), 0.0), ("conv2_1".into(), 0.0)], "--layers"),
+            (|p| p.learning_rate = Some(f64::INFINITY), "--lr"),
         ];
         for (mutate, field) in cases {
             let mut p = RenderParams::default();
@@ -487,5 +499,8 @@ mod tests {
             assert_eq!(p.validate().unwrap_err().field, field);
         }
         RenderParams::default().validate().unwrap();
+        let heavy =
+            RenderParams { layers: vec![("conv1_1".into(), 10_000.0), ("conv2_1".into(), 0.0)], ..Default::default() };
+        heavy.validate().expect("the largest weight, beside a zero one, is allowed");
     }
 }
