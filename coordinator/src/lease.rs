@@ -236,15 +236,26 @@ fn fenced(conn: &mut Connection, attempt: u64, policy: Policy, now: i64) -> Resu
     }
 }
 
-pub fn heartbeat(conn: &mut Connection, attempt: u64, frames_done: u32, policy: Policy, now: i64) -> Result<Current> {
+/// Extends the lease of a current attempt and records its progress. A worker's count is
+/// believed only up to the segment's length (a forged count made a job show all its frames
+/// done at billions of frames a second); the count kept is returned with the attempt.
+pub fn heartbeat(
+    conn: &mut Connection,
+    attempt: u64,
+    frames_done: u32,
+    policy: Policy,
+    now: i64,
+) -> Result<(Current, u32)> {
     let (tx, cur) = fenced(conn, attempt, policy, now)?;
+    let (start, end) = db::segment_span(&tx, cur.job, cur.idx)?;
+    let frames_done = frames_done.min(end.saturating_sub(start));
     tx.execute(
         "UPDATE attempts SET lease_until_ms = ?2, frames_done = ?3 WHERE id = ?1",
         params![attempt as i64, now + policy.lease_ms, frames_done],
     )?;
     tx.execute("UPDATE workers SET last_seen_ms = ?2 WHERE seq = ?1", params![cur.worker, now])?;
     tx.commit()?;
-    Ok(cur)
+    Ok((cur, frames_done))
 }
 
 /// Checks that `attempt` may still read its inputs.

@@ -332,3 +332,17 @@ fn a_job_that_leaves_its_segment_length_open_is_cut_by_the_first_segments_pace()
         db::cancel(&mut c, job, 5_003).unwrap();
     }
 }
+
+/// A worker's frame count is believed up to its segment's length: a forged count cannot make
+/// a job look done (segments of 2 frames here, a job of 6).
+#[test]
+fn heartbeat_progress_is_clamped_to_the_segment() {
+    let (mut c, jobs) = setup(&[(0, 6)]);
+    let (_, _, a) = take(&mut c, WorkerId(1), 0).unwrap();
+    let (_, kept) = heartbeat(&mut c, a, u32::MAX, POLICY, 10).unwrap();
+    assert_eq!(kept, 2);
+    let job = db::job(&c, jobs[0], true).unwrap();
+    assert_eq!((job.frames_done, job.frames_total), (2, 6), "{job:?}");
+    assert_eq!(job.segments[0].attempts[0].frames_done, 2);
+    assert_eq!(heartbeat(&mut c, a, 1, POLICY, 20).unwrap().1, 1, "an honest count is kept as it is");
+}

@@ -105,8 +105,8 @@ impl WorkerService for Api {
             return Err(Error::StaleAttempt { id: attempt, reason }.into());
         }
         let result = self.0.db(move |c| lease::heartbeat(c, attempt, frames, policy, now_ms())).await;
-        let cur = match result {
-            Ok(cur) => cur,
+        let (cur, frames) = match result {
+            Ok(v) => v,
             Err(e) => {
                 self.0.segments_may_be_ready();
                 return Err(e.into());
@@ -121,7 +121,10 @@ impl WorkerService for Api {
             }
             let entry = live.entry(cur.job).or_default();
             if cur.idx == 0 && r.warmup_total > 0 {
-                (entry.warmup_done, entry.warmup_total) = (r.warmup_done, r.warmup_total);
+                // Believed within the bounds a render has: no more done than planned, no more
+                // planned than any job may ask for.
+                let total = r.warmup_total.min(proto::params::MAX_WARMUP);
+                (entry.warmup_done, entry.warmup_total) = (r.warmup_done.min(total), total);
             }
             entry.pace.observe(attempt, frames, now_ms());
         }
