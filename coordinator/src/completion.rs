@@ -4,6 +4,7 @@
 //! everything that touches the store, the leases, the watchdog, the metrics and the previews
 //! happens here, in one place whichever front end asks.
 
+use crate::db::{AttemptId, JobId};
 use crate::error::{Error, Result};
 use crate::service::Incoming;
 use crate::store::keys;
@@ -26,7 +27,7 @@ pub(crate) struct Received {
 
 impl Coordinator {
     /// The attempt's segment if the attempt is still current (the fencing check).
-    pub(crate) async fn current_attempt(&self, attempt: u64) -> Result<lease::Current> {
+    pub(crate) async fn current_attempt(&self, attempt: AttemptId) -> Result<lease::Current> {
         let policy = self.policy;
         self.db(move |c| lease::check(c, attempt, policy, now_ms())).await
     }
@@ -37,7 +38,7 @@ impl Coordinator {
     /// after the last segment, the stitch.
     pub(crate) async fn complete_segment(self: &Arc<Self>, cur: lease::Current, received: Received) -> Result<()> {
         let Received { header, mut chunk, mut state, begun } = received;
-        let attempt = header.attempt_id;
+        let attempt = AttemptId(header.attempt_id);
         let policy = self.policy;
         let received = begun.elapsed();
         let verified = async {
@@ -51,7 +52,7 @@ impl Coordinator {
             Err(e) => {
                 // A corrupt upload fails this attempt; the segment is retried (elsewhere, maybe).
                 let reason = e.to_string();
-                tracing::warn!(attempt, job = %db::job_id(cur.job), segment = cur.idx, %reason, "upload rejected");
+                tracing::warn!(%attempt, job = %cur.job, segment = cur.idx, %reason, "upload rejected");
                 let _ = self.db(move |c| lease::fail(c, attempt, &reason, false, policy, now_ms())).await;
                 self.segments_may_be_ready();
                 return Err(e);
@@ -101,7 +102,7 @@ impl Coordinator {
         // Where an upload's time goes: receiving (and hashing), the content checks, the store
         // (one fsync per file, then a rename), the database.
         let ms = |d: Duration| d.as_millis() as u64;
-        tracing::info!(attempt, job = %db::job_id(cur.job), segment = cur.idx, worker = %cur.worker, chunk_bytes = header.chunk_size, state_bytes = header.state_size,
+        tracing::info!(%attempt, job = %cur.job, segment = cur.idx, worker = %cur.worker, chunk_bytes = header.chunk_size, state_bytes = header.state_size,
             receive_ms = ms(received), check_ms = ms(checked - received), store_ms = ms(stored - checked), record_ms = ms(begun.elapsed() - stored), "segment completed");
         self.segments_may_be_ready();
         if let Some(p) = header.poster {
@@ -120,7 +121,7 @@ impl Coordinator {
     /// does not charge the loader.
     pub(crate) async fn fail_segment(
         &self,
-        attempt: u64,
+        attempt: AttemptId,
         given: &str,
         released: bool,
         bad_start_state: bool,
@@ -130,7 +131,7 @@ impl Coordinator {
         let mut reason = proto::limits::cut(given, proto::limits::MAX_REASON_LEN);
         if bad_start_state && !released {
             let cur = self.db(move |c| lease::check(c, attempt, policy, now_ms())).await?;
-            if cur.start_attempt != 0 {
+            if cur.start_attempt != AttemptId(0) {
                 match self.recheck_state(cur.job, cur.start_attempt).await? {
                     Some(why) => {
                         let loader = reason.clone();
@@ -156,7 +157,7 @@ impl Coordinator {
         let stored = reason.clone();
         self.db(move |c| lease::fail(c, attempt, &stored, released, policy, now_ms())).await?;
         self.watchdog.forget(attempt);
-        tracing::warn!(attempt, reason = %proto::limits::quoted_prefix(given), released, "worker gave a segment back");
+        tracing::warn!(%attempt, reason = %proto::limits::quoted_prefix(given), released, "worker gave a segment back");
         self.segments_may_be_ready();
         Ok(())
     }
@@ -164,7 +165,7 @@ impl Coordinator {
     /// Keeps a worker's preview of `job` once it checks out; `poster`: also stores it as the
     /// finished movie's poster. A bad preview is dropped with a warning: the heartbeat or upload
     /// that carried it still counts (a preview is never worth a segment).
-    pub(crate) async fn keep_preview(&self, job: i64, preview: v1::Preview, poster: bool) {
+    pub(crate) async fn keep_preview(&self, job: JobId, preview: v1::Preview, poster: bool) {
         let store = self.store.clone();
         let checked = tokio::task::spawn_blocking(move || -> Result<_> {
             let size = crate::preview::check(&preview)?;
@@ -184,12 +185,12 @@ impl Coordinator {
                 self.previews.put(job, p.jpeg, p.frame, size);
                 self.job_changed(job);
             }
-            Err(e) => tracing::warn!(job = %db::job_id(job), error = %e, "preview dropped"),
+            Err(e) => tracing::warn!(job = %job, error = %e, "preview dropped"),
         }
     }
 
     /// What segment `idx` of `job` must hold, for `inspect`.
-    async fn expected(&self, job: i64, idx: u32) -> Result<inspect::Expected> {
+    async fn expected(&self, job: JobId, idx: u32) -> Result<inspect::Expected> {
         let (spec, (start_frame, end_frame)) =
             self.db(move |c| Ok((db::spec(c, job)?, db::segment_span(c, job, idx)?))).await?;
         let params = crate::check_spec(&spec)?;
@@ -224,7 +225,7 @@ impl Coordinator {
     /// Checks the coordinator's own copy of the state `producer` stored, after a worker could
     /// not load it: still there, still the bytes that were accepted, still a state its segment
     /// should end with. Returns what is wrong with it, `None` when it checks out.
-    async fn recheck_state(&self, job: i64, producer: u64) -> Result<Option<String>> {
+    async fn recheck_state(&self, job: JobId, producer: AttemptId) -> Result<Option<String>> {
         let Some(stored) = self.db(move |c| db::stored_state(c, producer)).await? else {
             return Ok(Some(format!("attempt {producer} is not on record")));
         };

@@ -229,16 +229,12 @@ fn migrate(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-pub fn job_id(seq: i64) -> String {
-    format!("job-{seq}")
-}
-
 /// `job-7` -> 7; anything else is an unknown job.
-pub fn job_seq(id: &str) -> Result<i64> {
-    parse_id(id, "job-").ok_or_else(|| Error::JobNotFound(crate::error::quoted_prefix(id)))
+pub fn job_seq(id: &str) -> Result<JobId> {
+    JobId::parse(id).ok_or_else(|| Error::JobNotFound(crate::error::quoted_prefix(id)))
 }
 
-/// The number in an id written exactly as `job_id` and `WorkerId` write it: decimal digits, no
+/// The number in an id written exactly as `JobId` and `WorkerId` write it: decimal digits, no
 /// sign, no leading zero, no spaces. `job-01` and `job-+1` are not other spellings of job-1 (a
 /// `delete job-+2` once deleted job-2): they name nothing.
 pub fn parse_id(id: &str, prefix: &str) -> Option<i64> {
@@ -252,33 +248,74 @@ pub fn parse_id(id: &str, prefix: &str) -> Option<i64> {
     }
 }
 
-/// A registered worker: its row in `workers`, which `attempts.worker` and
-/// `segments.preferred_worker` reference. Written `worker-N` only where people and the API see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct WorkerId(pub i64);
+/// An id: the row of a table, written `<prefix>-N` only where people and the API see it.
+macro_rules! row_id {
+    ($(#[$meta:meta])* $name:ident, $prefix:literal) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub i64);
 
-impl WorkerId {
-    /// `worker-7` -> 7, spelled exactly as `Display` writes it (see `parse_id`).
-    pub fn parse(id: &str) -> Option<Self> {
-        parse_id(id, "worker-").map(Self)
-    }
+        impl $name {
+            /// The id as the API writes it, spelled exactly as `Display` writes it (see
+            /// `parse_id`); anything else names nothing.
+            pub fn parse(id: &str) -> Option<Self> {
+                parse_id(id, concat!($prefix, "-")).map(Self)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, concat!($prefix, "-{}"), self.0)
+            }
+        }
+
+        impl rusqlite::ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                self.0.to_sql()
+            }
+        }
+
+        impl rusqlite::types::FromSql for $name {
+            fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+                i64::column_result(value).map(Self)
+            }
+        }
+    };
 }
 
-impl std::fmt::Display for WorkerId {
+row_id! {
+    /// A registered worker: its row in `workers`, which `attempts.worker` and
+    /// `segments.preferred_worker` reference.
+    WorkerId, "worker"
+}
+
+row_id! {
+    /// A job: its row in `jobs`.
+    JobId, "job"
+}
+
+/// An attempt: its row in `attempts`, and the fencing token a worker names it by (a plain
+/// number on the wire, so it is written as one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct AttemptId(pub u64);
+
+impl std::fmt::Display for AttemptId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "worker-{}", self.0)
+        write!(f, "{}", self.0)
     }
 }
 
-impl rusqlite::ToSql for WorkerId {
+impl rusqlite::ToSql for AttemptId {
     fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        self.0.to_sql()
+        // Rows count from 1 and stay below 2^63; a larger number from the wire names no row.
+        Ok(rusqlite::types::ToSqlOutput::from(i64::try_from(self.0).unwrap_or(-1)))
     }
 }
 
-impl rusqlite::types::FromSql for WorkerId {
+impl rusqlite::types::FromSql for AttemptId {
     fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
-        i64::column_result(value).map(Self)
+        let n = i64::column_result(value)?;
+        u64::try_from(n).map(Self).map_err(|_| rusqlite::types::FromSqlError::OutOfRange(n))
     }
 }
 
@@ -291,7 +328,7 @@ pub fn submit(
     style_sha256: &str,
     owner: &str,
     now: i64,
-) -> Result<i64> {
+) -> Result<JobId> {
     use prost::Message;
     let tx = conn.transaction()?;
     let network = spec.params.as_ref().map(|p| p.network.as_str()).unwrap_or_default();
@@ -300,7 +337,7 @@ pub fn submit(
          VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8)",
         params![spec.encode_to_vec(), spec.priority, frames, style_sha256, now, owner, network, segment_frames],
     )?;
-    let seq = tx.last_insert_rowid();
+    let seq = JobId(tx.last_insert_rowid());
     cut_segments(&tx, seq, 0, 0, frames, segment_frames, now)?;
     tx.commit()?;
     Ok(seq)
@@ -310,7 +347,7 @@ pub fn submit(
 /// `segment_frames`; the first is ready when it is segment 0, the others wait.
 pub fn cut_segments(
     tx: &Transaction,
-    job: i64,
+    job: JobId,
     from_idx: u32,
     mut start: u32,
     frames: u32,
@@ -331,18 +368,18 @@ pub fn cut_segments(
     Ok(())
 }
 
-pub fn job_state(tx: &Transaction, seq: i64) -> Result<JobState> {
+pub fn job_state(tx: &Transaction, seq: JobId) -> Result<JobState> {
     tx.query_row("SELECT state FROM jobs WHERE seq = ?1", [seq], |r| r.get(0))
         .optional()?
-        .ok_or_else(|| Error::JobNotFound(job_id(seq)))
+        .ok_or_else(|| Error::JobNotFound(seq.to_string()))
 }
 
 /// Cancels a job that has not ended: its unfinished segments and running attempts too.
-pub fn cancel(conn: &mut Connection, seq: i64, now: i64) -> Result<()> {
+pub fn cancel(conn: &mut Connection, seq: JobId, now: i64) -> Result<()> {
     let tx = conn.transaction()?;
     let state = job_state(&tx, seq)?;
     if state.is_final() {
-        return Err(Error::JobEnded { id: job_id(seq), state: state.described() });
+        return Err(Error::JobEnded { id: seq.to_string(), state: state.described() });
     }
     tx.execute(
         "UPDATE jobs SET state = 'cancelled', error = 'cancelled by request', finished_ms = ?2 WHERE seq = ?1",
@@ -359,11 +396,11 @@ pub fn cancel(conn: &mut Connection, seq: i64, now: i64) -> Result<()> {
 
 /// Forgets an ended job: its attempts, segments and record. Returns its style's hash and
 /// whether another job still uses that style (styles are stored once per content).
-pub fn delete(conn: &mut Connection, seq: i64) -> Result<(String, bool)> {
+pub fn delete(conn: &mut Connection, seq: JobId) -> Result<(String, bool)> {
     let tx = conn.transaction()?;
     let state = job_state(&tx, seq)?;
     if !state.is_final() {
-        return Err(Error::JobNotEnded { id: job_id(seq), state: state.described() });
+        return Err(Error::JobNotEnded { id: seq.to_string(), state: state.described() });
     }
     let style: String = tx.query_row("SELECT style_sha256 FROM jobs WHERE seq = ?1", [seq], |r| r.get(0))?;
     tx.execute("DELETE FROM attempts WHERE job = ?1", [seq])?;
@@ -383,11 +420,11 @@ pub fn delete(conn: &mut Connection, seq: i64) -> Result<(String, bool)> {
 
 /// Resumes a failed job from its last done segment (see RetryJob). Returns whether every
 /// segment is done, so that only stitching is left.
-pub fn retry(conn: &mut Connection, seq: i64, now: i64) -> Result<bool> {
+pub fn retry(conn: &mut Connection, seq: JobId, now: i64) -> Result<bool> {
     let tx = conn.transaction()?;
     let state = job_state(&tx, seq)?;
     if state != JobState::Failed {
-        return Err(Error::JobNotFailed { id: job_id(seq), state: state.described() });
+        return Err(Error::JobNotFailed { id: seq.to_string(), state: state.described() });
     }
     let last_attempt: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) FROM attempts", [], |r| r.get(0))?;
     tx.execute(
@@ -418,7 +455,7 @@ pub fn retry(conn: &mut Connection, seq: i64, now: i64) -> Result<bool> {
 }
 
 /// Marks a job failed (stitching errors and the like) unless it already ended.
-pub fn fail_job(tx: &Transaction, seq: i64, reason: &str, now: i64) -> Result<()> {
+pub fn fail_job(tx: &Transaction, seq: JobId, reason: &str, now: i64) -> Result<()> {
     tx.execute(
         "UPDATE jobs SET state = 'failed', error = ?2, finished_ms = ?3 WHERE seq = ?1 AND state NOT IN ('succeeded', 'failed', 'cancelled')",
         params![seq, reason, now],
@@ -431,7 +468,7 @@ pub fn fail_job(tx: &Transaction, seq: i64, reason: &str, now: i64) -> Result<()
     Ok(())
 }
 
-pub fn finish_stitch(conn: &mut Connection, seq: i64, size: u64, sha256: &str, now: i64) -> Result<bool> {
+pub fn finish_stitch(conn: &mut Connection, seq: JobId, size: u64, sha256: &str, now: i64) -> Result<bool> {
     let n = conn.execute(
         "UPDATE jobs SET state = 'succeeded', output_size = ?2, output_sha256 = ?3, finished_ms = ?4 WHERE seq = ?1 AND state = 'stitching'",
         params![seq, size as i64, sha256, now],
@@ -439,25 +476,25 @@ pub fn finish_stitch(conn: &mut Connection, seq: i64, size: u64, sha256: &str, n
     Ok(n == 1)
 }
 
-pub fn jobs_in_state(conn: &Connection, state: JobState) -> Result<Vec<i64>> {
+pub fn jobs_in_state(conn: &Connection, state: JobState) -> Result<Vec<JobId>> {
     let mut stmt = conn.prepare("SELECT seq FROM jobs WHERE state = ?1 ORDER BY seq")?;
     let rows = stmt.query_map([state], |r| r.get(0))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// What the stitcher needs: each done segment's chunk attempt and frame range, in order.
-pub fn done_chunks(conn: &Connection, seq: i64) -> Result<Vec<(u64, u32, u32)>> {
+pub fn done_chunks(conn: &Connection, seq: JobId) -> Result<Vec<(AttemptId, u32, u32)>> {
     let mut stmt = conn.prepare(
         "SELECT done_attempt, start_frame, end_frame FROM segments WHERE job = ?1 AND state = 'done' ORDER BY idx",
     )?;
-    let rows = stmt.query_map([seq], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?)))?;
+    let rows = stmt.query_map([seq], |r| Ok((r.get::<_, AttemptId>(0)?, r.get(1)?, r.get(2)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// Attempts of a job whose chunk and end state are in the store.
-pub fn stored_attempts(conn: &Connection, seq: i64) -> Result<Vec<u64>> {
+pub fn stored_attempts(conn: &Connection, seq: JobId) -> Result<Vec<AttemptId>> {
     let mut stmt = conn.prepare("SELECT id FROM attempts WHERE job = ?1 AND state = 'succeeded'")?;
-    let rows = stmt.query_map([seq], |r| Ok(r.get::<_, i64>(0)? as u64))?;
+    let rows = stmt.query_map([seq], |r| Ok(r.get::<_, AttemptId>(0)?))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
@@ -512,8 +549,8 @@ pub fn session_worker(conn: &Connection, session_sha256: &str) -> Result<Option<
 }
 
 /// The worker an attempt was granted to, if the attempt exists.
-pub fn attempt_worker(conn: &Connection, attempt: u64) -> Result<Option<WorkerId>> {
-    Ok(conn.query_row("SELECT worker FROM attempts WHERE id = ?1", [attempt as i64], |r| r.get(0)).optional()?)
+pub fn attempt_worker(conn: &Connection, attempt: AttemptId) -> Result<Option<WorkerId>> {
+    Ok(conn.query_row("SELECT worker FROM attempts WHERE id = ?1", [attempt], |r| r.get(0)).optional()?)
 }
 
 #[cfg(test)]
@@ -528,9 +565,9 @@ pub struct StoredState {
     pub fingerprint: String,
 }
 
-pub fn stored_state(conn: &Connection, attempt: u64) -> Result<Option<StoredState>> {
+pub fn stored_state(conn: &Connection, attempt: AttemptId) -> Result<Option<StoredState>> {
     Ok(conn
-        .query_row("SELECT idx, state_sha256, fingerprint FROM attempts WHERE id = ?1", [attempt as i64], |r| {
+        .query_row("SELECT idx, state_sha256, fingerprint FROM attempts WHERE id = ?1", [attempt], |r| {
             Ok(StoredState { idx: r.get(0)?, sha256: r.get(1)?, fingerprint: r.get(2)? })
         })
         .optional()?)

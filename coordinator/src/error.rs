@@ -15,7 +15,7 @@ pub enum Error {
     WorkerNotFound(String),
     /// The fencing check: the attempt's lease expired, or it was cancelled or already ended.
     #[error("attempt {id} is no longer current: {reason}")]
-    StaleAttempt { id: u64, reason: String },
+    StaleAttempt { id: crate::db::AttemptId, reason: String },
     #[error("job {id} has already ended: it {state}")]
     JobEnded { id: String, state: &'static str },
     #[error("job {id} has no output: it {state}")]

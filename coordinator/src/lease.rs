@@ -3,20 +3,20 @@
 //! anything later sent for a superseded attempt is rejected here, in the same transaction that
 //! would have used it.
 
-use crate::db::{self, job_id, AttemptState, WorkerId};
+use crate::db::{self, AttemptId, AttemptState, JobId, WorkerId};
 use crate::error::{Error, Result};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 /// What a worker is told to do.
 #[derive(Debug, Clone)]
 pub struct Grant {
-    pub attempt: u64,
-    pub job: i64,
+    pub attempt: AttemptId,
+    pub job: JobId,
     pub idx: u32,
     pub segment_count: u32,
     pub start_frame: u32,
     pub end_frame: u32,
-    pub start_attempt: u64,
+    pub start_attempt: AttemptId,
     pub start_state_sha256: String,
     pub style_sha256: String,
     /// The worker already held this attempt but had not received it.
@@ -80,14 +80,11 @@ pub fn acquire(conn: &mut Connection, worker: WorkerId, policy: Policy, now: i64
         .query_row(
             "SELECT id, job, idx FROM attempts WHERE worker = ?1 AND state = 'running' ORDER BY id LIMIT 1",
             [worker],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?, r.get::<_, u32>(2)?)),
+            |r| Ok((r.get::<_, AttemptId>(0)?, r.get::<_, JobId>(1)?, r.get::<_, u32>(2)?)),
         )
         .optional()?;
     if let Some((attempt, job, idx)) = held {
-        tx.execute(
-            "UPDATE attempts SET lease_until_ms = ?2 WHERE id = ?1",
-            params![attempt as i64, now + policy.lease_ms],
-        )?;
+        tx.execute("UPDATE attempts SET lease_until_ms = ?2 WHERE id = ?1", params![attempt, now + policy.lease_ms])?;
         let grant = grant(&tx, attempt, job, idx, true)?;
         tx.commit()?;
         return Ok(Some(grant));
@@ -120,7 +117,7 @@ pub fn acquire(conn: &mut Connection, worker: WorkerId, policy: Policy, now: i64
              ORDER BY j.priority DESC, (s.preferred_worker IS ?1) DESC, j.seq ASC
              LIMIT 1",
             params![worker, now - policy.affinity_grace_ms, now - AVAILABLE_MS, now],
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, u32>(1)?)),
+            |r| Ok((r.get::<_, JobId>(0)?, r.get::<_, u32>(1)?)),
         )
         .optional()?;
     let Some((job, idx)) = row else {
@@ -131,7 +128,7 @@ pub fn acquire(conn: &mut Connection, worker: WorkerId, policy: Policy, now: i64
         "INSERT INTO attempts (job, idx, worker, state, lease_until_ms, started_ms) VALUES (?1, ?2, ?3, 'running', ?4, ?5)",
         params![job, idx, worker, now + policy.lease_ms, now],
     )?;
-    let attempt = tx.last_insert_rowid() as u64;
+    let attempt = AttemptId(tx.last_insert_rowid() as u64);
     tx.execute("UPDATE segments SET state = 'running' WHERE job = ?1 AND idx = ?2", params![job, idx])?;
     tx.execute("UPDATE jobs SET state = 'running' WHERE seq = ?1 AND state = 'queued'", [job])?;
     let grant = grant(&tx, attempt, job, idx, false)?;
@@ -140,12 +137,12 @@ pub fn acquire(conn: &mut Connection, worker: WorkerId, policy: Policy, now: i64
 }
 
 /// What a worker needs to know to run `attempt` on segment `idx` of `job`.
-fn grant(tx: &Transaction, attempt: u64, job: i64, idx: u32, redelivered: bool) -> Result<Grant> {
+fn grant(tx: &Transaction, attempt: AttemptId, job: JobId, idx: u32, redelivered: bool) -> Result<Grant> {
     let (start_frame, end_frame, start_attempt, style_sha256) = tx.query_row(
         "SELECT s.start_frame, s.end_frame, s.start_attempt, j.style_sha256
          FROM segments s JOIN jobs j ON j.seq = s.job WHERE s.job = ?1 AND s.idx = ?2",
         params![job, idx],
-        |r| Ok((r.get::<_, u32>(0)?, r.get::<_, u32>(1)?, r.get::<_, i64>(2)? as u64, r.get::<_, String>(3)?)),
+        |r| Ok((r.get::<_, u32>(0)?, r.get::<_, u32>(1)?, r.get::<_, AttemptId>(2)?, r.get::<_, String>(3)?)),
     )?;
     let segment_count: u32 = tx.query_row("SELECT COUNT(*) FROM segments WHERE job = ?1", [job], |r| r.get(0))?;
     let next_end_frame: u32 = tx
@@ -153,7 +150,7 @@ fn grant(tx: &Transaction, attempt: u64, job: i64, idx: u32, redelivered: bool) 
         .optional()?
         .unwrap_or(0);
     let start_state_sha256: String = tx
-        .query_row("SELECT state_sha256 FROM attempts WHERE id = ?1", [start_attempt as i64], |r| r.get(0))
+        .query_row("SELECT state_sha256 FROM attempts WHERE id = ?1", [start_attempt], |r| r.get(0))
         .optional()?
         .unwrap_or_default();
     Ok(Grant {
@@ -174,10 +171,10 @@ fn grant(tx: &Transaction, attempt: u64, job: i64, idx: u32, redelivered: bool) 
 /// The segment an attempt works on, if the attempt is still current.
 #[derive(Debug, Clone)]
 pub struct Current {
-    pub job: i64,
+    pub job: JobId,
     pub idx: u32,
     pub worker: WorkerId,
-    pub start_attempt: u64,
+    pub start_attempt: AttemptId,
     /// When the attempt was granted.
     pub started_ms: i64,
 }
@@ -185,21 +182,21 @@ pub struct Current {
 /// The fencing check. An attempt is current while it runs and its lease has not run out; a
 /// lease found expired here is expired on the spot, so a late call can never win a race with
 /// the sweeper.
-pub fn current(tx: &Transaction, attempt: u64, policy: Policy, now: i64) -> Result<Current> {
+pub fn current(tx: &Transaction, attempt: AttemptId, policy: Policy, now: i64) -> Result<Current> {
     let row = tx
         .query_row(
             "SELECT a.job, a.idx, a.worker, a.state, a.reason, a.lease_until_ms, s.start_attempt, a.started_ms
              FROM attempts a JOIN segments s ON s.job = a.job AND s.idx = a.idx WHERE a.id = ?1",
-            [attempt as i64],
+            [attempt],
             |r| {
                 Ok((
-                    r.get::<_, i64>(0)?,
+                    r.get::<_, JobId>(0)?,
                     r.get::<_, u32>(1)?,
                     r.get::<_, WorkerId>(2)?,
                     r.get::<_, AttemptState>(3)?,
                     r.get::<_, String>(4)?,
                     r.get::<_, i64>(5)?,
-                    r.get::<_, i64>(6)? as u64,
+                    r.get::<_, AttemptId>(6)?,
                     r.get::<_, i64>(7)?,
                 ))
             },
@@ -225,7 +222,7 @@ pub fn current(tx: &Transaction, attempt: u64, policy: Policy, now: i64) -> Resu
 /// Extends the lease of a current attempt and records its progress.
 /// Opens a transaction for a current attempt. A stale one is an error, committed first so that
 /// an on-the-spot expiry is kept.
-fn fenced(conn: &mut Connection, attempt: u64, policy: Policy, now: i64) -> Result<(Transaction<'_>, Current)> {
+fn fenced(conn: &mut Connection, attempt: AttemptId, policy: Policy, now: i64) -> Result<(Transaction<'_>, Current)> {
     let tx = conn.transaction()?;
     match current(&tx, attempt, policy, now) {
         Ok(cur) => Ok((tx, cur)),
@@ -241,7 +238,7 @@ fn fenced(conn: &mut Connection, attempt: u64, policy: Policy, now: i64) -> Resu
 /// done at billions of frames a second); the count kept is returned with the attempt.
 pub fn heartbeat(
     conn: &mut Connection,
-    attempt: u64,
+    attempt: AttemptId,
     frames_done: u32,
     policy: Policy,
     now: i64,
@@ -251,7 +248,7 @@ pub fn heartbeat(
     let frames_done = frames_done.min(end.saturating_sub(start));
     tx.execute(
         "UPDATE attempts SET lease_until_ms = ?2, frames_done = ?3 WHERE id = ?1",
-        params![attempt as i64, now + policy.lease_ms, frames_done],
+        params![attempt, now + policy.lease_ms, frames_done],
     )?;
     tx.execute("UPDATE workers SET last_seen_ms = ?2 WHERE seq = ?1", params![cur.worker, now])?;
     tx.commit()?;
@@ -259,7 +256,7 @@ pub fn heartbeat(
 }
 
 /// Checks that `attempt` may still read its inputs.
-pub fn check(conn: &mut Connection, attempt: u64, policy: Policy, now: i64) -> Result<Current> {
+pub fn check(conn: &mut Connection, attempt: AttemptId, policy: Policy, now: i64) -> Result<Current> {
     let (tx, cur) = fenced(conn, attempt, policy, now)?;
     tx.commit()?;
     Ok(cur)
@@ -284,7 +281,13 @@ pub struct Upload<'a> {
 /// A preempted worker hands over the first `frames` frames only: the segment is cut there and
 /// the rest becomes a new segment right after it, ready at once from this attempt's state (and
 /// for anyone: its producer is going away). Later segments move up one index.
-pub fn complete(conn: &mut Connection, attempt: u64, up: &Upload, policy: Policy, now: i64) -> Result<(Current, bool)> {
+pub fn complete(
+    conn: &mut Connection,
+    attempt: AttemptId,
+    up: &Upload,
+    policy: Policy,
+    now: i64,
+) -> Result<(Current, bool)> {
     let (tx, cur) = fenced(conn, attempt, policy, now)?;
     let (start, end) = db::segment_span(&tx, cur.job, cur.idx)?;
     let mut frames = end - start;
@@ -299,17 +302,17 @@ pub fn complete(conn: &mut Connection, attempt: u64, up: &Upload, policy: Policy
             start + done,
             cur.idx + 1
         );
-        tracing::info!(attempt, job = %job_id(cur.job), segment = cur.idx, done, of = frames, "segment split: a preempted worker handed over what it finished");
+        tracing::info!(%attempt, job = %cur.job, segment = cur.idx, done, of = frames, "segment split: a preempted worker handed over what it finished");
         frames = done;
     }
     tx.execute(
         "UPDATE attempts SET state = 'succeeded', ended_ms = ?2, frames_done = ?3, chunk_sha256 = ?4,
                              state_sha256 = ?5, fingerprint = ?6, reason = ?7 WHERE id = ?1",
-        params![attempt as i64, now, frames, up.chunk_sha256, up.state_sha256, up.fingerprint, reason],
+        params![attempt, now, frames, up.chunk_sha256, up.state_sha256, up.fingerprint, reason],
     )?;
     tx.execute(
         "UPDATE segments SET state = 'done', done_attempt = ?3 WHERE job = ?1 AND idx = ?2",
-        params![cur.job, cur.idx, attempt as i64],
+        params![cur.job, cur.idx, attempt],
     )?;
     if cur.idx == 0 && reason.is_empty() {
         reshape::resize(&tx, &cur, frames, up.frame_seconds, policy, now)?;
@@ -318,7 +321,7 @@ pub fn complete(conn: &mut Connection, attempt: u64, up: &Upload, policy: Policy
     let next = tx.execute(
         "UPDATE segments SET state = 'ready', ready_ms = ?3, preferred_worker = ?4, start_attempt = ?5
          WHERE job = ?1 AND idx = ?2 AND state = 'waiting'",
-        params![cur.job, cur.idx + 1, now, preferred, attempt as i64],
+        params![cur.job, cur.idx + 1, now, preferred, attempt],
     )?;
     // The weights this segment was rendered with are the job's from now on: a state resumes only
     // on the same weights, so a worker with others is never offered the rest (nor charged).
@@ -338,12 +341,19 @@ pub fn complete(conn: &mut Connection, attempt: u64, up: &Upload, policy: Policy
 
 /// A worker gave up on its attempt (or sent a corrupt upload): retry, or fail the job. A
 /// released attempt (worker shutting down) is cancelled instead and costs no retry.
-pub fn fail(conn: &mut Connection, attempt: u64, reason: &str, released: bool, policy: Policy, now: i64) -> Result<()> {
+pub fn fail(
+    conn: &mut Connection,
+    attempt: AttemptId,
+    reason: &str,
+    released: bool,
+    policy: Policy,
+    now: i64,
+) -> Result<()> {
     let (tx, cur) = fenced(conn, attempt, policy, now)?;
     let state = if released { AttemptState::Cancelled } else { AttemptState::Failed };
     tx.execute(
         "UPDATE attempts SET state = ?4, reason = ?2, ended_ms = ?3 WHERE id = ?1",
-        params![attempt as i64, reason, now, state],
+        params![attempt, reason, now, state],
     )?;
     if !released {
         blame::after_failure(&tx, attempt, cur.worker, policy, now)?;
@@ -355,12 +365,12 @@ pub fn fail(conn: &mut Connection, attempt: u64, reason: &str, released: bool, p
 
 /// Ends an attempt whose render stopped making progress while its worker still heartbeats (a
 /// hung device call): expired like a lost lease, and the segment retried.
-pub fn stall(conn: &mut Connection, attempt: u64, reason: &str, policy: Policy, now: i64) -> Result<()> {
+pub fn stall(conn: &mut Connection, attempt: AttemptId, reason: &str, policy: Policy, now: i64) -> Result<()> {
     let (tx, cur) = fenced(conn, attempt, policy, now)?;
-    tracing::warn!(attempt, job = %job_id(cur.job), segment = cur.idx, worker = %cur.worker, %reason, "render stalled");
+    tracing::warn!(%attempt, job = %cur.job, segment = cur.idx, worker = %cur.worker, %reason, "render stalled");
     tx.execute(
         "UPDATE attempts SET state = 'expired', reason = ?2, ended_ms = ?3 WHERE id = ?1",
-        params![attempt as i64, reason, now],
+        params![attempt, reason, now],
     )?;
     blame::after_failure(&tx, attempt, cur.worker, policy, now)?;
     retry_or_fail(&tx, cur.job, cur.idx, cur.worker, reason, policy, now)?;
@@ -370,12 +380,12 @@ pub fn stall(conn: &mut Connection, attempt: u64, reason: &str, policy: Policy, 
 
 /// A worker stopping for good releases whatever the coordinator still counts as its own: at most
 /// an attempt whose grant crossed the worker's shutdown. Released attempts cost no retry.
-pub fn leave(conn: &mut Connection, worker: WorkerId, policy: Policy, now: i64) -> Result<Vec<u64>> {
+pub fn leave(conn: &mut Connection, worker: WorkerId, policy: Policy, now: i64) -> Result<Vec<AttemptId>> {
     known(conn, worker)?;
-    let held: Vec<u64> = conn
+    let held: Vec<AttemptId> = conn
         .prepare("SELECT id FROM attempts WHERE worker = ?1 AND state = 'running' ORDER BY id")?
         .query_map([worker], |r| r.get::<_, i64>(0))?
-        .map(|id| id.map(|id| id as u64))
+        .map(|id| id.map(|id| AttemptId(id as u64)))
         .collect::<rusqlite::Result<_>>()?;
     let mut released = Vec::new();
     for attempt in held {
@@ -397,10 +407,10 @@ pub fn expire(conn: &mut Connection, policy: Policy, now: i64) -> Result<usize> 
 }
 
 fn expire_in(tx: &Transaction, policy: Policy, now: i64) -> Result<usize> {
-    let expired: Vec<(u64, i64, u32, WorkerId)> = {
+    let expired: Vec<(AttemptId, JobId, u32, WorkerId)> = {
         let mut stmt =
             tx.prepare("SELECT id, job, idx, worker FROM attempts WHERE state = 'running' AND lease_until_ms < ?1")?;
-        let rows = stmt.query_map([now], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        let rows = stmt.query_map([now], |r| Ok((r.get::<_, AttemptId>(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
     for (attempt, job, idx, worker) in &expired {
@@ -411,18 +421,18 @@ fn expire_in(tx: &Transaction, policy: Policy, now: i64) -> Result<usize> {
 
 fn expire_one(
     tx: &Transaction,
-    attempt: u64,
-    job: i64,
+    attempt: AttemptId,
+    job: JobId,
     idx: u32,
     worker: WorkerId,
     policy: Policy,
     now: i64,
 ) -> Result<()> {
     let reason = format!("lease expired: no heartbeat from {worker} for {:.1} s", policy.lease_ms as f64 / 1000.0);
-    tracing::warn!(attempt, job = %job_id(job), segment = idx, %worker, "lease expired");
+    tracing::warn!(%attempt, job = %job, segment = idx, %worker, "lease expired");
     tx.execute(
         "UPDATE attempts SET state = 'expired', reason = ?2, ended_ms = ?3 WHERE id = ?1",
-        params![attempt as i64, reason, now],
+        params![attempt, reason, now],
     )?;
     blame::after_failure(tx, attempt, worker, policy, now)?;
     retry_or_fail(tx, job, idx, worker, &reason, policy, now)
@@ -434,7 +444,7 @@ fn expire_one(
 /// state) ends with it: a worker that just failed must not keep others waiting.
 fn retry_or_fail(
     tx: &Transaction,
-    job: i64,
+    job: JobId,
     idx: u32,
     worker: WorkerId,
     reason: &str,
@@ -459,7 +469,7 @@ fn retry_or_fail(
     }
     tx.execute("UPDATE segments SET state = 'failed' WHERE job = ?1 AND idx = ?2", params![job, idx])?;
     let message = format!("segment {idx} failed {attempts} attempts; last: {reason}");
-    tracing::error!(job = %job_id(job), segment = idx, %message, "job failed");
+    tracing::error!(job = %job, segment = idx, %message, "job failed");
     db::fail_job(tx, job, &message, now)
 }
 

@@ -28,6 +28,7 @@ mod web;
 
 pub use error::{Error, Result};
 
+use crate::db::{AttemptId, JobId};
 use data_lock::DataLock;
 use lease::Policy;
 use proto::v1;
@@ -71,7 +72,7 @@ const MAX_LIVE_JOBS: usize = 4096;
 /// frame the attempt reports (set-up and warm-up excluded) over a window of about half a minute.
 #[derive(Debug, Clone, Copy, Default)]
 struct Pace {
-    attempt: u64,
+    attempt: AttemptId,
     frames: u32,
     /// When the window began, and the frames done then.
     since: Option<(i64, u32)>,
@@ -80,7 +81,7 @@ struct Pace {
 }
 
 impl Pace {
-    fn observe(&mut self, attempt: u64, frames: u32, now: i64) {
+    fn observe(&mut self, attempt: AttemptId, frames: u32, now: i64) {
         self.last_ms = now;
         if attempt != self.attempt || frames < self.frames {
             // A new segment: the clock starts at its first frame; the last pace stands until then.
@@ -135,7 +136,7 @@ pub struct Coordinator {
     /// True once shutdown began: watch streams end and long polls return, so the server's
     /// graceful shutdown does not wait on them.
     closing: watch::Sender<bool>,
-    live: Mutex<HashMap<i64, Live>>,
+    live: Mutex<HashMap<JobId, Live>>,
     watchdog: watchdog::Watchdog,
     reserve: reserve::Reserve,
     metrics: metrics::Metrics,
@@ -226,7 +227,7 @@ impl Coordinator {
     }
 
     /// Wakes the watchers of `job`, if it has any.
-    fn job_changed(&self, job: i64) {
+    fn job_changed(&self, job: JobId) {
         self.watchers.changed(job);
     }
 
@@ -255,12 +256,12 @@ impl Coordinator {
     /// Retries with backoff while the failure can pass (`Error::is_transient`: a full disk, where
     /// freeing space is enough), and fails the job, naming the chunk, when it cannot (a chunk
     /// missing or unusable, a muxer that refuses its packets).
-    async fn stitch(self: Arc<Self>, job: i64) {
+    async fn stitch(self: Arc<Self>, job: JobId) {
         let mut backoff = Duration::from_secs(5);
         loop {
             match self.clone().stitch_once(job).await {
                 Err(e) if e.is_transient() && !*self.closing.borrow() => {
-                    tracing::warn!(job = %db::job_id(job), error = %e, retry_in_s = backoff.as_secs(), "stitching failed for a transient reason; retrying");
+                    tracing::warn!(job = %job, error = %e, retry_in_s = backoff.as_secs(), "stitching failed for a transient reason; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(300));
                     let state = self.db(move |c| {
@@ -274,7 +275,7 @@ impl Coordinator {
                 Err(e) if e.is_transient() => return, // shutting down: a restart stitches again
                 Err(e) => {
                     let reason = e.to_string();
-                    tracing::error!(job = %db::job_id(job), error = %reason, "stitching failed");
+                    tracing::error!(job = %job, error = %reason, "stitching failed");
                     let now = now_ms();
                     let _ = self
                         .db(move |c| {
@@ -293,7 +294,7 @@ impl Coordinator {
     }
 
     /// One try at stitching `job`; records the output when it succeeds.
-    async fn stitch_once(self: Arc<Self>, job: i64) -> Result<()> {
+    async fn stitch_once(self: Arc<Self>, job: JobId) -> Result<()> {
         let store = self.store.clone();
         let conn = self.conn.clone();
         let started = std::time::Instant::now();
@@ -347,7 +348,7 @@ impl Coordinator {
                 let done = self.db(move |c| db::finish_stitch(c, job, size, &sha, now)).await;
                 match done {
                     Ok(true) => {
-                        tracing::info!(job = %db::job_id(job), bytes = size, elapsed_ms = started.elapsed().as_millis() as u64, "output stitched");
+                        tracing::info!(job = %job, bytes = size, elapsed_ms = started.elapsed().as_millis() as u64, "output stitched");
                         let store = self.store.clone();
                         tokio::task::spawn_blocking(move || {
                             for key in garbage {
@@ -356,7 +357,7 @@ impl Coordinator {
                         });
                     }
                     Ok(false) => {}
-                    Err(e) => tracing::error!(job = %db::job_id(job), error = %e, "recording the output failed"),
+                    Err(e) => tracing::error!(job = %job, error = %e, "recording the output failed"),
                 }
             }
             Err(e) => return Err(e),

@@ -3,6 +3,7 @@
 //! workers. The rule of who sees which job lives in `Principal::job_owner_filter`.
 
 use crate::auth::Principal;
+use crate::db::JobId;
 use crate::error::Result;
 use crate::{db, now_ms, Coordinator};
 use proto::v1;
@@ -39,7 +40,7 @@ impl Coordinator {
     }
 
     /// One job as users see it.
-    pub(crate) async fn job_view(&self, seq: i64, include_segments: bool) -> Result<v1::Job> {
+    pub(crate) async fn job_view(&self, seq: JobId, include_segments: bool) -> Result<v1::Job> {
         let mut job = self.db(move |c| db::job(c, seq, include_segments)).await?;
         self.apply_live(seq, &mut job);
         Ok(job)
@@ -52,7 +53,7 @@ impl Coordinator {
     }
 
     /// Adds what only heartbeats know (warm-up, pace) to a job read from the database.
-    fn apply_live(&self, seq: i64, job: &mut v1::Job) {
+    fn apply_live(&self, seq: JobId, job: &mut v1::Job) {
         if let Some(live) = self.live.lock().unwrap_or_else(|e| e.into_inner()).get(&seq) {
             job.warmup_done = live.warmup_done;
             job.warmup_total = live.warmup_total;

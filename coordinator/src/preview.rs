@@ -6,6 +6,7 @@
 //! A preview comes from a worker: it is decoded before it is kept, so the dashboard never hands
 //! a browser bytes that are not a small JPEG.
 
+use crate::db::JobId;
 use crate::error::{Error, Result};
 use proto::limits::{MAX_PREVIEW_BYTES, MAX_PREVIEW_SIDE};
 use proto::v1;
@@ -34,13 +35,13 @@ pub struct Previews {
 
 #[derive(Default)]
 struct Inner {
-    jobs: HashMap<i64, Preview>,
+    jobs: HashMap<JobId, Preview>,
     version: u64,
 }
 
 impl Previews {
     /// Keeps `preview` as `job`'s latest, forgetting the stalest job's when over the bound.
-    pub fn put(&self, job: i64, jpeg: Vec<u8>, frame: u32, (width, height): (u32, u32)) {
+    pub fn put(&self, job: JobId, jpeg: Vec<u8>, frame: u32, (width, height): (u32, u32)) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.version += 1;
         let version = inner.version;
@@ -51,11 +52,11 @@ impl Previews {
         }
     }
 
-    pub fn get(&self, job: i64) -> Option<Preview> {
+    pub fn get(&self, job: JobId) -> Option<Preview> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).jobs.get(&job).cloned()
     }
 
-    pub fn remove(&self, job: i64) {
+    pub fn remove(&self, job: JobId) {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).jobs.remove(&job);
     }
 
@@ -98,21 +99,21 @@ mod tests {
         let previews = Previews::default();
         let big = vec![0u8; MAX_PREVIEW_BYTES];
         for job in 0..(MAX_PREVIEWED_JOBS as i64 * 4) {
-            previews.put(job, big.clone(), 1, (320, 180));
-            previews.put(job, big.clone(), 2, (320, 180)); // a newer one replaces, never adds
+            previews.put(JobId(job), big.clone(), 1, (320, 180));
+            previews.put(JobId(job), big.clone(), 2, (320, 180)); // a newer one replaces, never adds
         }
         assert!(previews.bytes() <= MAX_PREVIEWED_JOBS * MAX_PREVIEW_BYTES, "{} bytes", previews.bytes());
         let last = MAX_PREVIEWED_JOBS as i64 * 4 - 1;
-        assert_eq!(previews.get(last).map(|p| p.frame), Some(2), "the latest job's newest preview is kept");
-        assert!(previews.get(0).is_none(), "the stalest job's preview was dropped");
+        assert_eq!(previews.get(JobId(last)).map(|p| p.frame), Some(2), "the latest job's newest preview is kept");
+        assert!(previews.get(JobId(0)).is_none(), "the stalest job's preview was dropped");
         // A job that keeps sending stays, however many others arrive after it.
-        previews.put(0, jpeg(8, 8), 9, (8, 8));
+        previews.put(JobId(0), jpeg(8, 8), 9, (8, 8));
         for job in 10_000..10_000 + MAX_PREVIEWED_JOBS as i64 - 1 {
-            previews.put(job, jpeg(8, 8), 1, (8, 8));
+            previews.put(JobId(job), jpeg(8, 8), 1, (8, 8));
         }
-        assert_eq!(previews.get(0).map(|p| p.frame), Some(9));
-        previews.remove(0);
-        assert!(previews.get(0).is_none());
+        assert_eq!(previews.get(JobId(0)).map(|p| p.frame), Some(9));
+        previews.remove(JobId(0));
+        assert!(previews.get(JobId(0)).is_none());
     }
 
     #[test]

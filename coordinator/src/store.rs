@@ -94,25 +94,27 @@ impl ArtifactStore for FsStore {
 
 /// Where each artifact of a job lives.
 pub mod keys {
+    use crate::db::{AttemptId, JobId};
+
     /// Style images are stored by content, before their job exists.
     pub fn style(sha256: &str) -> String {
         format!("styles/{sha256}")
     }
-    pub fn state(job: i64, attempt: u64) -> String {
-        format!("jobs/{job}/attempt-{attempt}.state")
+    pub fn state(job: JobId, attempt: AttemptId) -> String {
+        format!("jobs/{}/attempt-{attempt}.state", job.0)
     }
-    pub fn chunk(job: i64, attempt: u64) -> String {
-        format!("jobs/{job}/attempt-{attempt}.chunk")
+    pub fn chunk(job: JobId, attempt: AttemptId) -> String {
+        format!("jobs/{}/attempt-{attempt}.chunk", job.0)
     }
-    pub fn output(job: i64, ext: &str) -> String {
-        format!("jobs/{job}/output.{ext}")
+    pub fn output(job: JobId, ext: &str) -> String {
+        format!("jobs/{}/output.{ext}", job.0)
     }
     /// The movie's last frame as a small JPEG, for the dashboard.
-    pub fn poster(job: i64) -> String {
-        format!("jobs/{job}/poster.jpg")
+    pub fn poster(job: JobId) -> String {
+        format!("jobs/{}/poster.jpg", job.0)
     }
     /// Everything stored for a job.
-    pub fn job(job: i64) -> String {
-        format!("jobs/{job}")
+    pub fn job(job: JobId) -> String {
+        format!("jobs/{}", job.0)
     }
 }

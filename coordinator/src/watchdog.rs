@@ -9,6 +9,7 @@
 //! to count) is not watched: the lease covers a worker that is gone, and set-up has no
 //! iterations to measure a pace by. State lives in memory; after a restart it starts afresh.
 
+use crate::db::AttemptId;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -22,7 +23,7 @@ struct Seen {
 pub struct Watchdog {
     floor_ms: i64,
     factor: f64,
-    seen: Mutex<HashMap<u64, Seen>>,
+    seen: Mutex<HashMap<AttemptId, Seen>>,
 }
 
 impl Watchdog {
@@ -32,7 +33,7 @@ impl Watchdog {
 
     /// Records a heartbeat's iteration count; returns why the attempt counts as stalled, if it
     /// does.
-    pub fn observe(&self, attempt: u64, iterations: u64, now: i64) -> Option<String> {
+    pub fn observe(&self, attempt: AttemptId, iterations: u64, now: i64) -> Option<String> {
         if iterations == 0 {
             return None;
         }
@@ -59,7 +60,7 @@ impl Watchdog {
     }
 
     /// The attempt ended; stop watching it.
-    pub fn forget(&self, attempt: u64) {
+    pub fn forget(&self, attempt: AttemptId) {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).remove(&attempt);
     }
 }
@@ -71,24 +72,24 @@ mod tests {
     #[test]
     fn a_count_that_stops_moving_is_stalled_after_the_larger_of_floor_and_factor_times_pace() {
         let w = Watchdog::new(Duration::from_millis(1000), 10.0);
-        assert_eq!(w.observe(1, 0, 0), None, "set-up is not watched");
-        assert_eq!(w.observe(1, 0, 1_000_000), None);
+        assert_eq!(w.observe(AttemptId(1), 0, 0), None, "set-up is not watched");
+        assert_eq!(w.observe(AttemptId(1), 0, 1_000_000), None);
         // Iterations every 50 ms: ten times that is under the floor (1 s), which rules.
         for (i, t) in [(1, 0), (2, 50), (3, 100)] {
-            assert_eq!(w.observe(1, i, t), None);
+            assert_eq!(w.observe(AttemptId(1), i, t), None);
         }
-        assert_eq!(w.observe(1, 3, 1100), None, "quiet for exactly the floor");
-        let why = w.observe(1, 3, 1101).expect("stalled");
+        assert_eq!(w.observe(AttemptId(1), 3, 1100), None, "quiet for exactly the floor");
+        let why = w.observe(AttemptId(1), 3, 1101).expect("stalled");
         assert!(why.starts_with("no progress for 1.0 s after 3 iterations (allowed 1.0 s)"), "{why}");
         // A slow render (an iteration every 500 ms, so 5 s allowed) is not mistaken for a hung one.
         for (i, t) in [(1, 0), (2, 500), (3, 1000)] {
-            assert_eq!(w.observe(2, i, t), None);
+            assert_eq!(w.observe(AttemptId(2), i, t), None);
         }
-        assert_eq!(w.observe(2, 3, 6000), None);
-        assert!(w.observe(2, 3, 6001).is_some());
+        assert_eq!(w.observe(AttemptId(2), 3, 6000), None);
+        assert!(w.observe(AttemptId(2), 3, 6001).is_some());
         // A finished attempt is forgotten: a later count starts afresh.
-        w.observe(3, 5, 0);
-        w.forget(3);
-        assert_eq!(w.observe(3, 5, 10_000), None);
+        w.observe(AttemptId(3), 5, 0);
+        w.forget(AttemptId(3));
+        assert_eq!(w.observe(AttemptId(3), 5, 10_000), None);
     }
 }

@@ -3,11 +3,12 @@
 //! watchers of idle jobs cost 80-85% of a core at 50 heartbeats a second, against 6-7% with a
 //! channel per watched job (`gramzoom bench --cluster`).
 
+use crate::db::JobId;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
-type Senders = Arc<Mutex<HashMap<i64, watch::Sender<u64>>>>;
+type Senders = Arc<Mutex<HashMap<JobId, watch::Sender<u64>>>>;
 
 /// A change channel per watched job; a job nobody watches has none. Plus one channel that any
 /// job's change bumps, for views of many jobs (the dashboard's lists).
@@ -21,7 +22,7 @@ impl Default for Watchers {
 
 impl Watchers {
     /// Wakes the watchers of `job`, if it has any, and those of every job.
-    pub fn changed(&self, job: i64) {
+    pub fn changed(&self, job: JobId) {
         if let Some(tx) = lock(&self.0).get(&job) {
             tx.send_modify(|v| *v += 1);
         }
@@ -34,7 +35,7 @@ impl Watchers {
     }
 
     /// A subscription woken by every later [`Self::changed`] for `job`.
-    pub fn subscribe(&self, job: i64) -> JobWatch {
+    pub fn subscribe(&self, job: JobId) -> JobWatch {
         let rx = lock(&self.0).entry(job).or_insert_with(|| watch::channel(0).0).subscribe();
         JobWatch { senders: self.0.clone(), job, rx: Some(rx) }
     }
@@ -46,14 +47,14 @@ impl Watchers {
     }
 }
 
-fn lock(senders: &Senders) -> std::sync::MutexGuard<'_, HashMap<i64, watch::Sender<u64>>> {
+fn lock(senders: &Senders) -> std::sync::MutexGuard<'_, HashMap<JobId, watch::Sender<u64>>> {
     senders.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One watcher's subscription to one job; the last one to go removes the job's channel.
 pub struct JobWatch {
     senders: Senders,
-    job: i64,
+    job: JobId,
     rx: Option<watch::Receiver<u64>>,
 }
 
@@ -90,9 +91,10 @@ mod tests {
     #[tokio::test]
     async fn only_the_changed_jobs_watchers_wake_and_the_last_one_out_cleans_up() {
         let watchers = Watchers::default();
-        let (mut a1, mut a2, mut b) = (watchers.subscribe(1), watchers.subscribe(1), watchers.subscribe(2));
-        watchers.changed(1);
-        watchers.changed(3); // nobody watches job 3: nothing to wake, nothing created
+        let (mut a1, mut a2, mut b) =
+            (watchers.subscribe(JobId(1)), watchers.subscribe(JobId(1)), watchers.subscribe(JobId(2)));
+        watchers.changed(JobId(1));
+        watchers.changed(JobId(3)); // nobody watches job 3: nothing to wake, nothing created
         assert!(woken(&mut a1).await && woken(&mut a2).await);
         assert!(!woken(&mut b).await, "job 2's watcher woke for job 1");
         assert!(!woken(&mut a1).await, "a change wakes once");

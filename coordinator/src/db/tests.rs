@@ -107,7 +107,7 @@ fn an_older_database_is_migrated_and_then_holds_states_to_their_rules() {
         c.query_row("SELECT preferred_worker FROM segments WHERE idx = 1", [], |r| r.get(0)).unwrap();
     assert_eq!(preferred, Some(WorkerId(2)));
     let job = submit(&mut c, &v1::JobSpec::default(), 4, 2, "s", "", 0).unwrap();
-    assert_eq!(job, 3, "job-2 was deleted before the migration: its id is not reused");
+    assert_eq!(job, JobId(3), "job-2 was deleted before the migration: its id is not reused");
 
     let refused = |sql: &str| {
         let e = c.execute(sql, []).expect_err(sql).to_string();

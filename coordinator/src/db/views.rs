@@ -1,22 +1,22 @@
 //! What users and workers are shown of the durable state: a job with its segments and every
 //! attempt, listings, a job's spec, owner and segment spans.
 
-use super::{job_id, AttemptState, JobState, SegmentState, WorkerId};
+use super::{AttemptId, AttemptState, JobId, JobState, SegmentState, WorkerId};
 use crate::error::{Error, Result};
 use proto::v1;
 use rusqlite::{params, Connection, OptionalExtension};
 
-pub fn spec(conn: &Connection, seq: i64) -> Result<v1::JobSpec> {
+pub fn spec(conn: &Connection, seq: JobId) -> Result<v1::JobSpec> {
     use prost::Message;
     let blob: Vec<u8> = conn
         .query_row("SELECT spec FROM jobs WHERE seq = ?1", [seq], |r| r.get(0))
         .optional()?
-        .ok_or_else(|| Error::JobNotFound(job_id(seq)))?;
+        .ok_or_else(|| Error::JobNotFound(seq.to_string()))?;
     v1::JobSpec::decode(blob.as_slice()).map_err(|e| Error::Db(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
 }
 
 /// The job as users see it. `include_segments` adds every segment and attempt.
-pub fn job(conn: &Connection, seq: i64, include_segments: bool) -> Result<v1::Job> {
+pub fn job(conn: &Connection, seq: JobId, include_segments: bool) -> Result<v1::Job> {
     let spec = spec(conn, seq)?;
     type Row = (JobState, String, u32, i64, i64, i64, String, String);
     let (state, error, frames, created, finished, size, sha, owner): Row = conn.query_row(
@@ -40,7 +40,7 @@ pub fn job(conn: &Connection, seq: i64, include_segments: bool) -> Result<v1::Jo
             Ok((r.get(0)?, r.get(1)?))
         })?;
     let mut job = v1::Job {
-        id: job_id(seq),
+        id: seq.to_string(),
         spec: Some(spec),
         state: state.to_wire() as i32,
         error,
@@ -63,7 +63,7 @@ pub fn job(conn: &Connection, seq: i64, include_segments: bool) -> Result<v1::Jo
     Ok(job)
 }
 
-fn segments(conn: &Connection, seq: i64) -> Result<Vec<v1::Segment>> {
+fn segments(conn: &Connection, seq: JobId) -> Result<Vec<v1::Segment>> {
     let mut stmt =
         conn.prepare("SELECT idx, start_frame, end_frame, state FROM segments WHERE job = ?1 ORDER BY idx")?;
     let mut out: Vec<v1::Segment> = stmt
@@ -84,7 +84,7 @@ fn segments(conn: &Connection, seq: i64) -> Result<Vec<v1::Segment>> {
         Ok((
             r.get::<_, u32>(0)?,
             v1::Attempt {
-                id: r.get::<_, i64>(1)? as u64,
+                id: r.get::<_, AttemptId>(1)?.0,
                 worker_id: r.get::<_, WorkerId>(2)?.to_string(),
                 state: r.get::<_, AttemptState>(3)?.to_wire() as i32,
                 reason: r.get(4)?,
@@ -104,7 +104,7 @@ fn segments(conn: &Connection, seq: i64) -> Result<Vec<v1::Segment>> {
 }
 
 /// The frames `[start, end)` of segment `idx` of `job`.
-pub fn segment_span(conn: &Connection, job: i64, idx: u32) -> Result<(u32, u32)> {
+pub fn segment_span(conn: &Connection, job: JobId, idx: u32) -> Result<(u32, u32)> {
     Ok(conn.query_row(
         "SELECT start_frame, end_frame FROM segments WHERE job = ?1 AND idx = ?2",
         params![job, idx],
@@ -115,7 +115,7 @@ pub fn segment_span(conn: &Connection, job: i64, idx: u32) -> Result<(u32, u32)>
 /// Every job, or only `owner`'s.
 pub fn list(conn: &Connection, owner: Option<&str>) -> Result<Vec<v1::Job>> {
     let mut stmt = conn.prepare("SELECT seq FROM jobs WHERE ?1 IS NULL OR owner = ?1 ORDER BY seq")?;
-    let seqs: Vec<i64> = stmt.query_map([owner], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    let seqs: Vec<JobId> = stmt.query_map([owner], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
     seqs.into_iter().map(|s| job(conn, s, false)).collect()
 }
 
@@ -130,16 +130,16 @@ pub fn recent(conn: &Connection, owner: Option<&str>, state: Option<&str>, limit
            AND (?2 IS NULL OR state = ?2 OR (?2 = 'active' AND state IN ('queued', 'running', 'stitching')))
          ORDER BY seq DESC LIMIT ?3",
     )?;
-    let seqs: Vec<i64> =
+    let seqs: Vec<JobId> =
         stmt.query_map(params![owner, state, limit], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
     seqs.into_iter().map(|s| job(conn, s, false)).collect()
 }
 
 /// Who submitted a job; an unknown job is not found.
-pub fn owner(conn: &Connection, seq: i64) -> Result<String> {
+pub fn owner(conn: &Connection, seq: JobId) -> Result<String> {
     conn.query_row("SELECT owner FROM jobs WHERE seq = ?1", [seq], |r| r.get(0))
         .optional()?
-        .ok_or_else(|| Error::JobNotFound(job_id(seq)))
+        .ok_or_else(|| Error::JobNotFound(seq.to_string()))
 }
 
 /// Workers listed at most: every restart of a worker registers it anew, so a long-lived farm
@@ -174,7 +174,7 @@ pub fn workers(conn: &Connection, quarantine_after: u32, now: i64) -> Result<Vec
                 quarantined_until_unix_ms: r.get::<_, i64>(6)?.max(0),
                 segments_done: r.get(7)?,
                 running_attempt_id: r.get::<_, Option<i64>>(8)?.unwrap_or(0) as u64,
-                running_job_id: r.get::<_, Option<i64>>(9)?.map(job_id).unwrap_or_default(),
+                running_job_id: r.get::<_, Option<i64>>(9)?.map(|j| JobId(j).to_string()).unwrap_or_default(),
                 failures_in_a_row: 0,
                 weights: Vec::new(),
             },

@@ -9,7 +9,7 @@
 //!   too, [`disown_start`] renders the producing segment again and the loader is not charged.
 
 use super::{current, retry_or_fail, Policy};
-use crate::db::{job_id, AttemptState, WorkerId};
+use crate::db::{AttemptId, AttemptState, JobId, WorkerId};
 use crate::error::Result;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
@@ -40,7 +40,13 @@ pub fn failures_in_a_row(conn: &Connection, worker: WorkerId, cap: u32) -> Resul
 
 /// After `attempt` of `worker` failed or expired: quarantines the worker when that makes
 /// `quarantine_after` in a row, and notes it in the attempt's reason.
-pub(super) fn after_failure(tx: &Transaction, attempt: u64, worker: WorkerId, policy: Policy, now: i64) -> Result<()> {
+pub(super) fn after_failure(
+    tx: &Transaction,
+    attempt: AttemptId,
+    worker: WorkerId,
+    policy: Policy,
+    now: i64,
+) -> Result<()> {
     if policy.quarantine_after == 0 {
         return Ok(());
     }
@@ -57,7 +63,7 @@ pub(super) fn after_failure(tx: &Transaction, attempt: u64, worker: WorkerId, po
     tx.execute("UPDATE workers SET quarantined_until_ms = ?2 WHERE seq = ?1", params![worker, until])?;
     let note =
         format!("; {worker} quarantined for {:.0} s after {n} failures in a row", policy.quarantine_ms as f64 / 1000.0);
-    tx.execute("UPDATE attempts SET reason = reason || ?2 WHERE id = ?1", params![attempt as i64, note])?;
+    tx.execute("UPDATE attempts SET reason = reason || ?2 WHERE id = ?1", params![attempt, note])?;
     tracing::warn!(%worker, failures = n, quarantine_s = policy.quarantine_ms / 1000, "worker quarantined");
     Ok(())
 }
@@ -65,10 +71,10 @@ pub(super) fn after_failure(tx: &Transaction, attempt: u64, worker: WorkerId, po
 /// The attempt whose end state was found unusable, now to be rendered again.
 #[derive(Debug, Clone)]
 pub struct Disowned {
-    pub job: i64,
+    pub job: JobId,
     /// The segment that produced the state, and the attempt that did.
     pub idx: u32,
-    pub attempt: u64,
+    pub attempt: AttemptId,
 }
 
 /// `attempt` could not load its start state, and the coordinator's copy is bad too (`why`): the
@@ -77,7 +83,7 @@ pub struct Disowned {
 /// states still runs out of retries and fails the job, rather than looping).
 pub fn disown_start(
     conn: &mut Connection,
-    attempt: u64,
+    attempt: AttemptId,
     loader_reason: &str,
     why: &str,
     policy: Policy,
@@ -93,26 +99,24 @@ pub fn disown_start(
     };
     let producer = cur.start_attempt;
     let (idx, producer_worker): (u32, WorkerId) =
-        tx.query_row("SELECT idx, worker FROM attempts WHERE id = ?1", [producer as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
+        tx.query_row("SELECT idx, worker FROM attempts WHERE id = ?1", [producer], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let reason = format!("could not load its start state: {loader_reason}; the stored state is bad too, so segment {idx} is rendered again");
     tx.execute(
         "UPDATE attempts SET state = 'cancelled', reason = ?2, ended_ms = ?3 WHERE id = ?1",
-        params![attempt as i64, reason, now],
+        params![attempt, reason, now],
     )?;
     tx.execute(
         "UPDATE segments SET state = 'waiting', preferred_worker = NULL WHERE job = ?1 AND idx = ?2",
         params![cur.job, cur.idx],
     )?;
     let bad = format!("its end state is unusable: {why}");
-    tx.execute("UPDATE attempts SET state = 'failed', reason = ?2 WHERE id = ?1", params![producer as i64, bad])?;
+    tx.execute("UPDATE attempts SET state = 'failed', reason = ?2 WHERE id = ?1", params![producer, bad])?;
     tx.execute(
         "UPDATE segments SET done_attempt = 0, preferred_worker = NULL WHERE job = ?1 AND idx = ?2",
         params![cur.job, idx],
     )?;
     retry_or_fail(&tx, cur.job, idx, producer_worker, &bad, policy, now)?;
     tx.commit()?;
-    tracing::warn!(job = %job_id(cur.job), segment = idx, producer, loader = attempt, %why, "a stored state is bad: its segment is rendered again");
+    tracing::warn!(job = %cur.job, segment = idx, %producer, loader = %attempt, %why, "a stored state is bad: its segment is rendered again");
     Ok(Disowned { job: cur.job, idx, attempt: producer })
 }

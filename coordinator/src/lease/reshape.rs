@@ -3,7 +3,7 @@
 //! coordinator are cut anew from its first segment's measured pace (`resize`).
 
 use super::{Current, Policy};
-use crate::db::{self, job_id};
+use crate::db::{self, JobId};
 use crate::error::{Error, Result};
 use proto::v1;
 use rusqlite::{params, Transaction};
@@ -50,14 +50,14 @@ pub(super) fn resize(
         "UPDATE jobs SET segment_frames = ?2, segment_frames_measured = 1 WHERE seq = ?1",
         params![cur.job, len],
     )?;
-    tracing::info!(job = %job_id(cur.job), s_per_frame = per_frame, segment_frames = len, "segment length sized from the first segment");
+    tracing::info!(job = %cur.job, s_per_frame = per_frame, segment_frames = len, "segment length sized from the first segment");
     Ok(())
 }
 
 /// Cuts segment `idx` of `job` at frame `cut`: it keeps the frames before, a new waiting segment
 /// `idx + 1` gets the rest, and every later segment (with its attempts) moves up one index,
 /// through negative indexes so that no (job, idx) key collides on the way.
-pub(super) fn split(tx: &Transaction, job: i64, idx: u32, cut: u32) -> Result<()> {
+pub(super) fn split(tx: &Transaction, job: JobId, idx: u32, cut: u32) -> Result<()> {
     for table in ["segments", "attempts"] {
         tx.execute(&format!("UPDATE {table} SET idx = -idx - 1 WHERE job = ?1 AND idx > ?2"), params![job, idx])?;
         tx.execute(&format!("UPDATE {table} SET idx = -idx WHERE job = ?1 AND idx < 0"), [job])?;

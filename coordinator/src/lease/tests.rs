@@ -13,7 +13,7 @@ const POLICY: Policy = Policy {
     segment_secs: 0.0,
 };
 
-fn setup(jobs: &[(i32, u32)]) -> (Connection, Vec<i64>) {
+fn setup(jobs: &[(i32, u32)]) -> (Connection, Vec<JobId>) {
     let mut conn = db::open(std::path::Path::new(":memory:")).unwrap();
     let seqs = jobs
         .iter()
@@ -28,7 +28,7 @@ fn setup(jobs: &[(i32, u32)]) -> (Connection, Vec<i64>) {
     (conn, seqs)
 }
 
-fn take(conn: &mut Connection, worker: WorkerId, now: i64) -> Option<(i64, u32, u64)> {
+fn take(conn: &mut Connection, worker: WorkerId, now: i64) -> Option<(JobId, u32, AttemptId)> {
     acquire(conn, worker, POLICY, now).unwrap().map(|g| (g.job, g.idx, g.attempt))
 }
 
@@ -125,7 +125,7 @@ fn a_leaving_worker_releases_a_grant_it_never_saw() {
     assert!(stale(check(&mut c, lost, strict, 11)).contains("worker shut down"));
     // Requeued at once and not charged: a job allowed one attempt still runs.
     assert_eq!(take(&mut c, WorkerId(2), 12).map(|t| t.1), Some(0));
-    assert_eq!(leave(&mut c, WorkerId(1), strict, 13).unwrap(), Vec::<u64>::new());
+    assert_eq!(leave(&mut c, WorkerId(1), strict, 13).unwrap(), Vec::<AttemptId>::new());
     assert!(matches!(leave(&mut c, WorkerId(9), strict, 14), Err(Error::WorkerNotFound(_))));
 }
 
@@ -204,7 +204,7 @@ fn a_worker_failing_again_and_again_is_quarantined_across_jobs_then_let_back() {
             fail(&mut c, g.attempt, "cuda error", false, q, t + 5).unwrap();
         }
         let reason: String =
-            c.query_row("SELECT reason FROM attempts WHERE id = ?1", [g.attempt as i64], |r| r.get(0)).unwrap();
+            c.query_row("SELECT reason FROM attempts WHERE id = ?1", [g.attempt], |r| r.get(0)).unwrap();
         assert_eq!(reason.contains("quarantined"), i == 2, "attempt {i}: {reason}");
     }
     assert_eq!(failed_jobs, jobs[..3], "each failure was on another job");
@@ -228,8 +228,8 @@ fn a_worker_failing_again_and_again_is_quarantined_across_jobs_then_let_back() {
 fn a_bad_start_state_reruns_its_producer_and_costs_the_loader_nothing() {
     let (mut c, jobs) = setup(&[(0, 4)]);
     let job = jobs[0];
-    let attempt_state = |c: &Connection, id: u64| -> String {
-        c.query_row("SELECT state FROM attempts WHERE id = ?1", [id as i64], |r| r.get(0)).unwrap()
+    let attempt_state = |c: &Connection, id: AttemptId| -> String {
+        c.query_row("SELECT state FROM attempts WHERE id = ?1", [id], |r| r.get(0)).unwrap()
     };
     let mut producer = take(&mut c, WorkerId(1), 10).unwrap().2;
     complete(&mut c, producer, &UP, POLICY, 20).unwrap();
@@ -253,7 +253,7 @@ fn a_bad_start_state_reruns_its_producer_and_costs_the_loader_nothing() {
         }
         // Segment 0 is rendered again (by anyone), and segment 1 then starts from the new state.
         let rerun = acquire(&mut c, WorkerId(3), POLICY, t + 2).unwrap().unwrap();
-        assert_eq!((rerun.idx, rerun.start_attempt), (0, 0));
+        assert_eq!((rerun.idx, rerun.start_attempt), (0, AttemptId(0)));
         complete(&mut c, rerun.attempt, &UP, POLICY, t + 3).unwrap();
         producer = rerun.attempt;
         // The loader's cancelled attempt cost segment 1 nothing: it still has both its tries.
@@ -296,7 +296,7 @@ fn a_preempted_attempt_keeps_what_it_finished_and_the_rest_becomes_the_next_segm
     assert_eq!((next.idx, next.start_frame, next.end_frame, next.start_attempt), (2, 3, 4, g.attempt));
     assert_eq!(next.segment_count, 4);
     let (frames, reason): (u32, String) = c
-        .query_row("SELECT frames_done, reason FROM attempts WHERE id = ?1", [g.attempt as i64], |r| {
+        .query_row("SELECT frames_done, reason FROM attempts WHERE id = ?1", [g.attempt], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
         .unwrap();

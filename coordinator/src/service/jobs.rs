@@ -125,7 +125,7 @@ impl JobService for Api {
         let spec2 = spec.clone();
         let owner2 = owner.clone();
         let seq = self.0.db(move |c| db::submit(c, &spec2, frames, segment_frames, &sha, &owner2, now_ms())).await?;
-        tracing::info!(job = %db::job_id(seq), %owner, frames, segment_frames, priority = spec.priority, name = %spec.name, "job submitted");
+        tracing::info!(job = %seq, %owner, frames, segment_frames, priority = spec.priority, name = %spec.name, "job submitted");
         self.0.ready.notify_waiters();
         Ok(Response::new(self.job_view(seq, false).await?))
     }
@@ -161,7 +161,7 @@ impl JobService for Api {
         let mut mine = self.0.watchers.subscribe(seq);
         let mut changes = self.0.changes.subscribe();
         let first = self.job_view(seq, false).await?;
-        tracing::debug!(job = %db::job_id(seq), "watch started");
+        tracing::debug!(job = %seq, "watch started");
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let api = self.clone();
         let mut closing = self.0.closing.subscribe();
@@ -219,7 +219,7 @@ impl JobService for Api {
                 let _ = store.delete(&keys::state(seq, attempt));
             }
         });
-        tracing::info!(job = %db::job_id(seq), "job cancelled");
+        tracing::info!(job = %seq, "job cancelled");
         self.0.job_changed(seq);
         Ok(Response::new(self.job_view(seq, false).await?))
     }
@@ -248,7 +248,7 @@ impl JobService for Api {
         })
         .await
         .expect("artifact deletion panicked")?;
-        tracing::info!(job = %db::job_id(seq), bytes_freed = freed, "job deleted");
+        tracing::info!(job = %seq, bytes_freed = freed, "job deleted");
         self.0.restore_reserve();
         self.0.job_changed(seq);
         Ok(Response::new(v1::DeleteJobResponse { bytes_freed: freed }))
@@ -281,7 +281,7 @@ impl JobService for Api {
         let principal = caller(&request)?;
         let seq = self.owned_job(&principal, &request.into_inner().job_id).await?;
         let stitch = self.0.db(move |c| db::retry(c, seq, now_ms())).await?;
-        tracing::info!(job = %db::job_id(seq), by = %principal.name, stitch, "job retried");
+        tracing::info!(job = %seq, by = %principal.name, stitch, "job retried");
         if stitch {
             tokio::spawn(self.0.clone().stitch(seq));
         }

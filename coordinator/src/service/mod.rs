@@ -13,6 +13,7 @@ pub(crate) use transfer::{unique_name, Incoming};
 mod workers;
 
 use crate::auth::{self, Gate, Principal, Role};
+use crate::db::{AttemptId, JobId};
 use crate::error::{Error, Result};
 use crate::{db, lease, Coordinator};
 use proto::v1;
@@ -83,7 +84,7 @@ where
 }
 
 impl Api {
-    pub(crate) async fn job_view(&self, seq: i64, include_segments: bool) -> Result<v1::Job> {
+    pub(crate) async fn job_view(&self, seq: JobId, include_segments: bool) -> Result<v1::Job> {
         self.0.job_view(seq, include_segments).await
     }
 
@@ -91,8 +92,8 @@ impl Api {
         let job = g.job;
         let spec = self.0.db(move |c| db::spec(c, job)).await?;
         Ok(v1::Assignment {
-            attempt_id: g.attempt,
-            job_id: db::job_id(g.job),
+            attempt_id: g.attempt.0,
+            job_id: g.job.to_string(),
             segment_index: g.idx,
             segment_count: g.segment_count,
             start_frame: g.start_frame,
@@ -100,7 +101,7 @@ impl Api {
             params: spec.params,
             output: spec.output,
             style_sha256: g.style_sha256,
-            start_state_attempt_id: g.start_attempt,
+            start_state_attempt_id: g.start_attempt.0,
             start_state_sha256: g.start_state_sha256,
             lease_ms: self.0.policy.lease_ms as u32,
             next_end_frame: g.next_end_frame,
@@ -111,13 +112,13 @@ impl Api {
 impl Api {
     /// The job `id` if `principal` may act on it. Another user's job is not found: its id says
     /// nothing about whether it exists.
-    pub(crate) async fn owned_job(&self, principal: &Principal, id: &str) -> Result<i64> {
+    pub(crate) async fn owned_job(&self, principal: &Principal, id: &str) -> Result<JobId> {
         let seq = db::job_seq(id)?;
         let owner = self.0.db(move |c| db::owner(c, seq)).await?;
         if principal.owns(&owner) {
             Ok(seq)
         } else {
-            Err(Error::JobNotFound(db::job_id(seq)))
+            Err(Error::JobNotFound(seq.to_string()))
         }
     }
 
@@ -141,7 +142,7 @@ impl Api {
     /// Fails unless `attempt` was granted to the worker whose session hashes to `digest`. One
     /// database call: this runs on every heartbeat. (An unknown attempt passes here and is
     /// refused by the fencing check that follows.)
-    async fn holds(&self, digest: String, attempt: u64) -> Result<(), Status> {
+    async fn holds(&self, digest: String, attempt: AttemptId) -> Result<(), Status> {
         let (me, holder) =
             self.0.db(move |c| Ok((db::session_worker(c, &digest)?, db::attempt_worker(c, attempt)?))).await?;
         let me = me.ok_or_else(unknown_session)?;
@@ -154,7 +155,7 @@ impl Api {
     }
 
     /// Fails unless `attempt` was granted to the calling worker.
-    async fn caller_holds<T>(&self, request: &Request<T>, attempt: u64) -> Result<(), Status> {
+    async fn caller_holds<T>(&self, request: &Request<T>, attempt: AttemptId) -> Result<(), Status> {
         self.holds(session_digest(request)?, attempt).await
     }
 }

@@ -4,6 +4,7 @@
 use super::transfer::{stream_file, BoxStream, Incoming};
 use super::{caller, Api};
 use crate::completion::Received;
+use crate::db::AttemptId;
 use crate::error::{Error, Result};
 use crate::store::keys;
 use crate::{db, lease, now_ms};
@@ -70,7 +71,7 @@ impl WorkerService for Api {
                 } else {
                     "segment assigned"
                 };
-                tracing::info!(worker = %r.worker_id, job = %db::job_id(grant.job), segment = grant.idx, attempt = grant.attempt, frames = %format!("{}..{}", grant.start_frame, grant.end_frame), "{what}");
+                tracing::info!(worker = %r.worker_id, job = %grant.job, segment = grant.idx, attempt = %grant.attempt, frames = %format!("{}..{}", grant.start_frame, grant.end_frame), "{what}");
                 self.0.job_changed(grant.job);
                 let assignment = self.assignment(grant).await?;
                 return Ok(Response::new(v1::AcquireResponse { assignment: Some(assignment) }));
@@ -93,10 +94,10 @@ impl WorkerService for Api {
         &self,
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
-        self.caller_holds(&request, request.get_ref().attempt_id).await?;
+        self.caller_holds(&request, AttemptId(request.get_ref().attempt_id)).await?;
         let r = request.into_inner();
         let policy = self.0.policy;
-        let (attempt, frames) = (r.attempt_id, r.frames_done);
+        let (attempt, frames) = (AttemptId(r.attempt_id), r.frames_done);
         let preview = r.preview;
         if let Some(reason) = self.0.watchdog.observe(attempt, r.iterations, now_ms()) {
             let why = reason.clone();
@@ -141,7 +142,7 @@ impl WorkerService for Api {
         &self,
         request: Request<v1::FetchRequest>,
     ) -> Result<Response<Self::FetchStyleStream>, Status> {
-        let attempt = request.get_ref().attempt_id;
+        let attempt = AttemptId(request.get_ref().attempt_id);
         self.caller_holds(&request, attempt).await?;
         let policy = self.0.policy;
         let cur = self.0.db(move |c| lease::check(c, attempt, policy, now_ms())).await?;
@@ -161,18 +162,18 @@ impl WorkerService for Api {
         &self,
         request: Request<v1::FetchRequest>,
     ) -> Result<Response<Self::FetchStateStream>, Status> {
-        let attempt = request.get_ref().attempt_id;
+        let attempt = AttemptId(request.get_ref().attempt_id);
         self.caller_holds(&request, attempt).await?;
         let policy = self.0.policy;
         let cur = self.0.db(move |c| lease::check(c, attempt, policy, now_ms())).await?;
-        if cur.start_attempt == 0 {
+        if cur.start_attempt == AttemptId(0) {
             return Err(Error::invalid(
                 "attempt_id",
                 format!("attempt {attempt} starts from noise and has no start state"),
             )
             .into());
         }
-        let start = cur.start_attempt as i64;
+        let start = cur.start_attempt;
         let sha: String = self
             .0
             .db(move |c| Ok(c.query_row("SELECT state_sha256 FROM attempts WHERE id = ?1", [start], |r| r.get(0))?))
@@ -193,7 +194,7 @@ impl WorkerService for Api {
             Some(complete_segment_request::Part::Header(h)) => h,
             _ => return Err(Error::invalid("header", "the first message must carry the completion header").into()),
         };
-        let attempt = header.attempt_id;
+        let attempt = AttemptId(header.attempt_id);
         self.holds(digest, attempt).await?;
         // Fencing, early: a stale worker is turned away before it uploads anything big.
         let cur = self.0.current_attempt(attempt).await?;
@@ -215,9 +216,9 @@ impl WorkerService for Api {
         &self,
         request: Request<v1::FailSegmentRequest>,
     ) -> Result<Response<v1::FailSegmentResponse>, Status> {
-        self.caller_holds(&request, request.get_ref().attempt_id).await?;
+        self.caller_holds(&request, AttemptId(request.get_ref().attempt_id)).await?;
         let r = request.into_inner();
-        self.0.fail_segment(r.attempt_id, &r.reason, r.released, r.bad_start_state).await?;
+        self.0.fail_segment(AttemptId(r.attempt_id), &r.reason, r.released, r.bad_start_state).await?;
         Ok(Response::new(v1::FailSegmentResponse {}))
     }
 
@@ -229,6 +230,6 @@ impl WorkerService for Api {
         if !released.is_empty() {
             self.0.segments_may_be_ready();
         }
-        Ok(Response::new(v1::LeaveResponse { released_attempt_ids: released }))
+        Ok(Response::new(v1::LeaveResponse { released_attempt_ids: released.into_iter().map(|a| a.0).collect() }))
     }
 }

@@ -166,7 +166,7 @@ pub(crate) async fn job_page(State(web): State<Web>, headers: HeaderMap, Path(id
         Ok(j) => j.into_inner(),
         Err(s) => return refused(&s),
     };
-    let seq = db::job_seq(&job.id).unwrap_or_default();
+    let seq = db::job_seq(&job.id).unwrap_or(db::JobId(0));
     let preview = web.coordinator().previews.get(seq).map(|p| (p.version, p.frame));
     let has_poster = web.coordinator().store.exists(&crate::store::keys::poster(seq));
     let token = web.form_token(&viewer);

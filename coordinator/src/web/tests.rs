@@ -71,7 +71,7 @@ impl Farm {
         page[at..at + 32].to_string()
     }
 
-    fn state(&self, seq: i64) -> db::JobState {
+    fn state(&self, seq: db::JobId) -> db::JobState {
         let mut c = self.coordinator.conn.lock().unwrap();
         let tx = c.transaction().unwrap();
         db::job_state(&tx, seq).unwrap()
@@ -99,7 +99,7 @@ async fn a_user_sees_and_acts_on_her_own_jobs_only() {
         let status = farm.post(&format!("/jobs/job-2/{action}"), ALICE, &format!("csrf={mine}"), "same-origin").await;
         assert_eq!(status, StatusCode::NOT_FOUND, "alice could {action} bob's job");
     }
-    assert_eq!(farm.state(2), db::JobState::Queued);
+    assert_eq!(farm.state(db::JobId(2)), db::JobState::Queued);
 
     // Her own job: only with her form token, and only from the dashboard itself.
     let bobs = farm.csrf("job-2", BOB).await;
@@ -112,18 +112,18 @@ async fn a_user_sees_and_acts_on_her_own_jobs_only() {
     ] {
         let status = farm.post("/jobs/job-1/cancel", ALICE, &form, site).await;
         assert!(status.is_client_error(), "{form:?} from {site}: {status}");
-        assert_eq!(farm.state(1), db::JobState::Queued, "{form:?} from {site} cancelled the job");
+        assert_eq!(farm.state(db::JobId(1)), db::JobState::Queued, "{form:?} from {site} cancelled the job");
     }
     let status = farm.post("/jobs/job-1/cancel", ALICE, &format!("csrf={mine}"), "same-origin").await;
     assert_eq!(status, StatusCode::SEE_OTHER);
-    assert_eq!(farm.state(1), db::JobState::Cancelled);
+    assert_eq!(farm.state(db::JobId(1)), db::JobState::Cancelled);
     // An admin may act on anyone's job.
     let ops = farm.csrf("job-2", OPS).await;
     assert_eq!(
         farm.post("/jobs/job-2/cancel", OPS, &format!("csrf={ops}"), "same-origin").await,
         StatusCode::SEE_OTHER
     );
-    assert_eq!(farm.state(2), db::JobState::Cancelled);
+    assert_eq!(farm.state(db::JobId(2)), db::JobState::Cancelled);
 }
 
 #[tokio::test]
@@ -177,7 +177,7 @@ async fn a_preview_is_served_once_a_worker_sent_one_and_the_page_carries_no_inli
     let img = image::RgbImage::from_fn(32, 18, |x, _| image::Rgb([x as u8 * 8, 0, 0]));
     let mut jpeg = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80).encode_image(&img).unwrap();
-    farm.coordinator.previews.put(1, jpeg.clone(), 5, (32, 18));
+    farm.coordinator.previews.put(db::JobId(1), jpeg.clone(), 5, (32, 18));
     let r = Request::get("/jobs/job-1/preview.jpg").header(header::AUTHORIZATION, format!("Bearer {ALICE}"));
     let (status, headers, _) = farm.call(r.body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::OK);
