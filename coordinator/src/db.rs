@@ -494,7 +494,7 @@ pub fn done_chunks(conn: &Connection, seq: JobId) -> Result<Vec<(AttemptId, u32,
 /// Attempts of a job whose chunk and end state are in the store.
 pub fn stored_attempts(conn: &Connection, seq: JobId) -> Result<Vec<AttemptId>> {
     let mut stmt = conn.prepare("SELECT id FROM attempts WHERE job = ?1 AND state = 'succeeded'")?;
-    let rows = stmt.query_map([seq], |r| Ok(r.get::<_, AttemptId>(0)?))?;
+    let rows = stmt.query_map([seq], |r| r.get::<_, AttemptId>(0))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
