@@ -3,11 +3,11 @@
 //! The same struct travels from the CLI to the engine and over gRPC (see `wire`), so validation
 //! lives here, in the one crate both the coordinator and the worker link, and not in the CLI.
 
-use crate::limits::{quoted_prefix, MAX_FPS_DEN, MAX_LAYERS, MAX_LAYER_WEIGHT};
 pub use crate::network::{LayerSpec, Network};
 use std::path::Path;
 
 mod fingerprint;
+mod validate;
 
 pub const MIN_SIDE: u32 = 32;
 pub const MAX_SIDE: u32 = 7680;
@@ -207,89 +207,6 @@ impl Default for RenderParams {
 }
 
 impl RenderParams {
-    pub fn validate(&self) -> Result<(), ParamError> {
-        // The denominator is bounded too: 4294967295/4294967295 is 1 fps, and libx264 refuses
-        // its time base. Every value accepted here encodes (tested at the extremes).
-        if !(1..=MAX_FPS_DEN).contains(&self.fps.den) || !(1.0..=240.0).contains(&self.fps.as_f64()) {
-            return Err(ParamError::new(
-                "--fps",
-                format!(
-                    "must be between 1 and 240 frames per second with a denominator of at most {MAX_FPS_DEN}, got {}/{}",
-                    self.fps.num, self.fps.den
-                ),
-            ));
-        }
-        for (name, v) in [("width", self.width), ("height", self.height)] {
-            if !(MIN_SIDE..=MAX_SIDE).contains(&v) {
-                return Err(ParamError::new(
-                    "--size",
-                    format!("{name} must be between {MIN_SIDE} and {MAX_SIDE}, got {v}"),
-                ));
-            }
-        }
-        if !(1..=MAX_FRAMES).contains(&self.frames) {
-            return Err(ParamError::new(
-                "--frames",
-                format!("must be between 1 and {MAX_FRAMES}, got {}", self.frames),
-            ));
-        }
-        if !(self.zoom.is_finite() && (1.0..=16.0).contains(&self.zoom)) {
-            return Err(ParamError::new(
-                "--zoom",
-                format!("magnification per second must be between 1.0 and 16.0, got {}", self.zoom),
-            ));
-        }
-        if !(1..=MAX_ITERS).contains(&self.iters) {
-            return Err(ParamError::new("--iters", format!("must be between 1 and {MAX_ITERS}, got {}", self.iters)));
-        }
-        if self.warmup > MAX_WARMUP {
-            return Err(ParamError::new("--warmup", format!("must be at most {MAX_WARMUP}, got {}", self.warmup)));
-        }
-        if let StyleScale::Times(k) = self.style_scale {
-            if !(k.is_finite() && (0.05..=8.0).contains(&k)) {
-                return Err(ParamError::new(
-                    "--style-scale",
-                    format!("must be auto or a number between 0.05 and 8.0, got {k}"),
-                ));
-            }
-        }
-        let names: Vec<String> = self.network.layers().into_iter().map(|l| l.name).collect();
-        if self.layers.len() > MAX_LAYERS {
-            return Err(ParamError::new("--layers", format!("at most {MAX_LAYERS} layers, got {}", self.layers.len())));
-        }
-        for (name, w) in &self.layers {
-            if !names.contains(name) {
-                return Err(ParamError::new(
-                    "--layers",
-                    format!(
-                        "{} has no layer {:?}; it has {}",
-                        self.network.name(),
-                        quoted_prefix(name),
-                        names.join(",")
-                    ),
-                ));
-            }
-            if !(w.is_finite() && (0.0..=MAX_LAYER_WEIGHT).contains(w)) {
-                return Err(ParamError::new(
-                    "--layers",
-                    format!("weight of {name} must be a number from 0 to {MAX_LAYER_WEIGHT}, got {w}"),
-                ));
-            }
-        }
-        if !self.layers.is_empty() && self.layers.iter().all(|(_, w)| *w == 0.0) {
-            return Err(ParamError::new(
-                "--layers",
-                "at least one layer needs a weight above 0: with none the loss is 0 and nothing renders",
-            ));
-        }
-        if let Some(lr) = self.learning_rate {
-            if !(lr.is_finite() && lr > 0.0 && lr <= 100.0) {
-                return Err(ParamError::new("--lr", format!("must be above 0 and at most 100, got {lr}")));
-            }
-        }
-        Ok(())
-    }
-
     /// Zoom factor between consecutive frames.
     /// (layer index, weight) pairs for the style loss.
     pub fn loss_layers(&self) -> Vec<(usize, f64)> {
@@ -474,33 +391,5 @@ mod tests {
             let got = s.parse::<Fps>().ok().map(|f| (f.num, f.den));
             assert_eq!(got, want, "{s}");
         }
-    }
-
-    #[test]
-    fn validation_names_the_field() {
-        type Mutation = fn(&mut RenderParams);
-        let cases: [(Mutation, &str); 10] = [
-            (|p| p.width = 0, "--size"),
-            (|p| p.height = 9000, "--size"),
-            (|p| p.frames = 0, "--frames"),
-            (|p| p.zoom = 0.5, "--zoom"),
-            (|p| p.iters = 0, "--iters"),
-            (|p| p.style_scale = StyleScale::Times(0.0), "--style-scale"),
-            // A weight that overflows the loss: every render of the job would diverge, and each
-            // divergence would be charged to the worker that tried it.
-            (|p| p.layers = vec![("conv1_1".into(), 1e300)], "--layers"),
-            (|p| p.layers = vec![("conv1_1".into(), 10_000.5)], "--layers"),
-            (|p| p.layers = vec![("conv1_1".into(), 0.0), ("conv2_1".into(), 0.0)], "--layers"),
-            (|p| p.learning_rate = Some(f64::INFINITY), "--lr"),
-        ];
-        for (mutate, field) in cases {
-            let mut p = RenderParams::default();
-            mutate(&mut p);
-            assert_eq!(p.validate().unwrap_err().field, field);
-        }
-        RenderParams::default().validate().unwrap();
-        let heavy =
-            RenderParams { layers: vec![("conv1_1".into(), 10_000.0), ("conv2_1".into(), 0.0)], ..Default::default() };
-        heavy.validate().expect("the largest weight, beside a zero one, is allowed");
     }
 }
