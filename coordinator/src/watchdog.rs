@@ -60,6 +60,11 @@ impl Watchdog {
     }
 
     /// The attempt ended; stop watching it.
+    /// Attempts watched now.
+    pub fn watched(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     pub fn forget(&self, attempt: AttemptId) {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).remove(&attempt);
     }

@@ -3,13 +3,14 @@
 
 use crate::colour::Preconditioner;
 use crate::params::OptimizerKind;
+use proto::handoff::optimizer as names;
 use tch::{Kind, Tensor};
 
 const ADAM_BETA1: f64 = 0.9;
 const ADAM_BETA2: f64 = 0.999;
 const ADAM_EPS: f64 = 1e-8;
-/// L-BFGS history length (PyTorch's default).
-const LBFGS_HISTORY: usize = 10;
+/// L-BFGS history length (PyTorch's default; the most a hand-off state may hold).
+const LBFGS_HISTORY: usize = names::MAX_LBFGS_HISTORY;
 /// No pixel moves more than this in one L-BFGS step: there is no line search, and right after a
 /// zoom the curvature pairs are only approximate.
 const LBFGS_MAX_STEP: f64 = 0.25;
@@ -92,22 +93,22 @@ impl OptimState {
     pub fn to_parts(&self) -> (NamedTensors, Scalars) {
         match self {
             Self::Adam(st) => (
-                vec![("adam.m".into(), st.m.shallow_clone()), ("adam.v".into(), st.v.shallow_clone())],
-                vec![("optimizer".into(), "adam".into()), ("adam.step".into(), st.step.to_string())],
+                vec![(names::ADAM_M.into(), st.m.shallow_clone()), (names::ADAM_V.into(), st.v.shallow_clone())],
+                vec![(names::KIND.into(), "adam".into()), (names::ADAM_STEP.into(), st.step.to_string())],
             ),
             Self::Lbfgs(st) => {
                 let mut t = Vec::new();
                 for (i, (s, y)) in st.s.iter().zip(&st.y).enumerate() {
-                    t.push((format!("lbfgs.s.{i}"), s.shallow_clone()));
-                    t.push((format!("lbfgs.y.{i}"), y.shallow_clone()));
+                    t.push((names::lbfgs_s(i), s.shallow_clone()));
+                    t.push((names::lbfgs_y(i), y.shallow_clone()));
                 }
                 if let Some(g) = &st.prev_grad {
-                    t.push(("lbfgs.prev_grad".into(), g.shallow_clone()));
+                    t.push((names::LBFGS_PREV_GRAD.into(), g.shallow_clone()));
                 }
                 if let Some(d) = &st.prev_step {
-                    t.push(("lbfgs.prev_step".into(), d.shallow_clone()));
+                    t.push((names::LBFGS_PREV_STEP.into(), d.shallow_clone()));
                 }
-                (t, vec![("optimizer".into(), "lbfgs".into()), ("lbfgs.history".into(), st.s.len().to_string())])
+                (t, vec![(names::KIND.into(), "lbfgs".into()), (names::LBFGS_HISTORY.into(), st.s.len().to_string())])
             }
         }
     }
@@ -118,24 +119,24 @@ impl OptimState {
     ) -> Result<Self, String> {
         let mut take = |k: &str| tensors.remove(k).ok_or_else(|| format!("missing tensor {k}"));
         let scalar = |k: &str| scalars.get(k).ok_or_else(|| format!("missing field {k}"));
-        match scalar("optimizer")?.as_str() {
+        match scalar(names::KIND)?.as_str() {
             "adam" => {
-                let step = scalar("adam.step")?.parse().map_err(|_| "adam.step is not an integer".to_string())?;
-                Ok(Self::Adam(AdamState { m: take("adam.m")?, v: take("adam.v")?, step }))
+                let step = scalar(names::ADAM_STEP)?.parse().map_err(|_| "adam.step is not an integer".to_string())?;
+                Ok(Self::Adam(AdamState { m: take(names::ADAM_M)?, v: take(names::ADAM_V)?, step }))
             }
             "lbfgs" => {
                 let n: usize =
-                    scalar("lbfgs.history")?.parse().map_err(|_| "lbfgs.history is not an integer".to_string())?;
+                    scalar(names::LBFGS_HISTORY)?.parse().map_err(|_| "lbfgs.history is not an integer".to_string())?;
                 if n > LBFGS_HISTORY {
                     return Err(format!("lbfgs.history is {n}, at most {LBFGS_HISTORY} allowed"));
                 }
                 let mut st = LbfgsState::default();
                 for i in 0..n {
-                    st.s.push(take(&format!("lbfgs.s.{i}"))?);
-                    st.y.push(take(&format!("lbfgs.y.{i}"))?);
+                    st.s.push(take(&names::lbfgs_s(i))?);
+                    st.y.push(take(&names::lbfgs_y(i))?);
                 }
-                st.prev_grad = take("lbfgs.prev_grad").ok();
-                st.prev_step = take("lbfgs.prev_step").ok();
+                st.prev_grad = take(names::LBFGS_PREV_GRAD).ok();
+                st.prev_step = take(names::LBFGS_PREV_STEP).ok();
                 Ok(Self::Lbfgs(st))
             }
             other => Err(format!("unknown optimizer {other:?}")),

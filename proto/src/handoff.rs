@@ -17,6 +17,30 @@ pub const IMAGE: &str = "image";
 /// Longest `made_by` a state may carry.
 pub const MAX_MADE_BY: usize = 512;
 
+/// The optimiser's part of a state: the scalar that names it, and its tensors by name. The
+/// engine writes them under these names and `parse` accepts no others.
+pub mod optimizer {
+    /// The scalar naming the optimiser: `adam` or `lbfgs`.
+    pub const KIND: &str = "optimizer";
+    pub const ADAM_STEP: &str = "adam.step";
+    pub const ADAM_M: &str = "adam.m";
+    pub const ADAM_V: &str = "adam.v";
+    /// How many (s, y) pairs an L-BFGS state holds.
+    pub const LBFGS_HISTORY: &str = "lbfgs.history";
+    /// The most pairs a state may hold (PyTorch's default history).
+    pub const MAX_LBFGS_HISTORY: usize = 10;
+    pub const LBFGS_PREV_GRAD: &str = "lbfgs.prev_grad";
+    pub const LBFGS_PREV_STEP: &str = "lbfgs.prev_step";
+
+    pub fn lbfgs_s(i: usize) -> String {
+        format!("lbfgs.s.{i}")
+    }
+
+    pub fn lbfgs_y(i: usize) -> String {
+        format!("lbfgs.y.{i}")
+    }
+}
+
 /// The metadata keys the format owns; any other key is an optimiser scalar.
 mod key {
     pub const FORMAT: &str = "format";
@@ -43,6 +67,12 @@ pub enum HandoffError {
     Checksum,
     #[error("missing tensor {IMAGE}")]
     NoImage,
+    #[error("the optimiser state is not one the engine writes: {0}")]
+    Optimizer(String),
+    #[error("tensor {0} is not part of a {1} state")]
+    UnknownTensor(String, &'static str),
+    #[error("tensor {0} holds a value that is not finite")]
+    NotFinite(String),
 }
 
 /// What a state says of itself, besides its tensors.
@@ -136,7 +166,40 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed<'_>, HandoffError> {
         return Err(HandoffError::MadeByTooLong);
     }
     meta.retain(|k, _| !key::ALL.contains(&k.as_str()));
-    Ok(Parsed { header: Header { next_frame, fingerprint, made_by, scalars: meta }, tensors })
+    let parsed = Parsed { header: Header { next_frame, fingerprint, made_by, scalars: meta }, tensors };
+    check_contents(&parsed)?;
+    Ok(parsed)
+}
+
+/// The tensors are exactly the image and what the named optimiser keeps, and every value is
+/// finite: a state with a tensor nobody reads, or with NaN in it, would be taken by the next
+/// worker and fail there (charged to that worker).
+fn check_contents(parsed: &Parsed<'_>) -> Result<(), HandoffError> {
+    use optimizer::*;
+    let scalar = |k: &str| parsed.header.scalars.get(k).map(String::as_str);
+    let (kind, mut allowed): (&'static str, Vec<String>) = match scalar(KIND) {
+        Some("adam") => ("adam", vec![ADAM_M.into(), ADAM_V.into()]),
+        Some("lbfgs") => {
+            let n: usize = scalar(LBFGS_HISTORY)
+                .and_then(|n| n.parse().ok())
+                .filter(|&n| n <= MAX_LBFGS_HISTORY)
+                .ok_or_else(|| HandoffError::Optimizer(format!("{LBFGS_HISTORY} must be 0 to {MAX_LBFGS_HISTORY}")))?;
+            let mut names: Vec<String> = (0..n).flat_map(|i| [lbfgs_s(i), lbfgs_y(i)]).collect();
+            names.extend([LBFGS_PREV_GRAD.into(), LBFGS_PREV_STEP.into()]);
+            ("lbfgs", names)
+        }
+        other => return Err(HandoffError::Optimizer(format!("unknown optimizer {other:?}"))),
+    };
+    allowed.push(IMAGE.into());
+    for (name, _, bytes) in &parsed.tensors {
+        if !allowed.contains(name) {
+            return Err(HandoffError::UnknownTensor(crate::limits::quoted_prefix(name), kind));
+        }
+        if bytes.chunks_exact(4).any(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite()) {
+            return Err(HandoffError::NotFinite(name.clone()));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -153,9 +216,20 @@ mod tests {
             next_frame: 17,
             fingerprint: "abc".into(),
             made_by: "4x2, vgg16".into(),
-            scalars: HashMap::from([("step".to_string(), "3".to_string())]),
+            scalars: HashMap::from([
+                ("optimizer".to_string(), "adam".to_string()),
+                ("adam.step".to_string(), "3".to_string()),
+            ]),
         };
-        serialize(&header, &[(IMAGE.into(), vec![1, 3, 2, 4], &image), ("adam.m".into(), vec![1, 3, 2, 4], &m)])
+        let v = floats(24, 2.0);
+        serialize(
+            &header,
+            &[
+                (IMAGE.into(), vec![1, 3, 2, 4], &image),
+                ("adam.m".into(), vec![1, 3, 2, 4], &m),
+                ("adam.v".into(), vec![1, 3, 2, 4], &v),
+            ],
+        )
     }
 
     #[test]
@@ -165,7 +239,7 @@ mod tests {
         assert_eq!(parsed.header.next_frame, 17);
         assert_eq!(parsed.header.fingerprint, "abc");
         assert_eq!(parsed.header.made_by, "4x2, vgg16");
-        assert_eq!(parsed.header.scalars, HashMap::from([("step".to_string(), "3".to_string())]));
+        assert_eq!(parsed.header.scalars["adam.step"], "3");
         assert_eq!(parsed.image_shape(), [1, 3, 2, 4]);
 
         let mut flipped = bytes.clone();
@@ -175,6 +249,39 @@ mod tests {
         assert!(matches!(parse(&bytes[..bytes.len() / 2]), Err(HandoffError::NotSafetensors(_))));
         let no_image = serialize(&Header::default(), &[("adam.m".into(), vec![2], &floats(2, 1.0))]);
         assert_eq!(parse(&no_image).unwrap_err(), HandoffError::NoImage);
+        // What the next worker would choke on, refused here: a NaN, a tensor nobody reads, an
+        // optimiser the engine does not have.
+        let adam = parse(&bytes).unwrap().header;
+        let mut nan = floats(24, 0.5);
+        nan[8..12].copy_from_slice(&f32::NAN.to_le_bytes());
+        let image = floats(24, 0.5);
+        let cases: Vec<(Header, Vec<Entry>, HandoffError)> = vec![
+            (adam.clone(), vec![(IMAGE.into(), vec![24], &nan)], HandoffError::NotFinite(IMAGE.into())),
+            (
+                adam.clone(),
+                vec![(IMAGE.into(), vec![24], &image), ("payload".into(), vec![24], &image)],
+                HandoffError::UnknownTensor("payload".into(), "adam"),
+            ),
+            (
+                Header { scalars: HashMap::from([("optimizer".into(), "sgd".into())]), ..adam.clone() },
+                vec![(IMAGE.into(), vec![24], &image)],
+                HandoffError::Optimizer("unknown optimizer Some(\"sgd\")".into()),
+            ),
+            (
+                Header {
+                    scalars: HashMap::from([
+                        ("optimizer".into(), "lbfgs".into()),
+                        ("lbfgs.history".into(), "11".into()),
+                    ]),
+                    ..adam.clone()
+                },
+                vec![(IMAGE.into(), vec![24], &image)],
+                HandoffError::Optimizer("lbfgs.history must be 0 to 10".into()),
+            ),
+        ];
+        for (header, tensors, want) in cases {
+            assert_eq!(parse(&serialize(&header, &tensors)).unwrap_err(), want);
+        }
         let mut other = bytes.clone();
         let at = other.windows(FORMAT.len()).position(|w| w == FORMAT.as_bytes()).unwrap();
         other[at + FORMAT.len() - 1] = b'9';

@@ -230,7 +230,13 @@ fn uploads_are_checked_for_content_not_only_checksums() {
     let mut w = FakeWorker::register(&c);
     let (two, one) = (mp4_chunk(dir, 2), mp4_chunk(dir, 1));
     let good_state = state_bytes(2, (64, 48));
-    let cases: [(&str, &[u8], Vec<u8>, &str); 6] = [
+    // Well formed, right size, right checksum, and poison for whoever resumes it.
+    let nan_state = {
+        let image = tch::Tensor::full([1, 3, 48, 64], f64::NAN, (tch::Kind::Float, tch::Device::Cpu));
+        let optim = engine::optim::OptimState::new(proto::params::OptimizerKind::Adam, &image.zeros_like());
+        engine::State { next_frame: 2, image, optim, fingerprint: "test".into(), made_by: String::new() }.to_bytes()
+    };
+    let cases: [(&str, &[u8], Vec<u8>, &str); 7] = [
         ("garbage chunk", b"not a video at all", good_state.clone(), "chunk: not an MP4 file"),
         ("a frame short", &one, good_state.clone(), "chunk: the video holds 1 frames, the segment has 2"),
         ("garbage state", &two, b"not a state".to_vec(), "state: not a hand-off state"),
@@ -242,6 +248,12 @@ fn uploads_are_checked_for_content_not_only_checksums() {
         ),
         ("a state of another size", &two, state_bytes(2, (48, 64)), "state: tensor"),
         ("an empty state", &two, Vec::new(), "state: not a hand-off state"),
+        (
+            "a state holding NaN",
+            &two,
+            nan_state,
+            "state: not a hand-off state: tensor image holds a value that is not finite",
+        ),
     ];
     for (i, (what, chunk, state, want)) in cases.into_iter().enumerate() {
         let a = w.acquire(&c);

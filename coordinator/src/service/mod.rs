@@ -178,3 +178,34 @@ fn unknown_session() -> Status {
 fn caller<T>(request: &Request<T>) -> Result<Principal, Status> {
     auth::principal(request)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::v1::worker_service_server::WorkerService;
+
+    fn as_worker<T>(session: &str, message: T) -> Request<T> {
+        let mut request = as_principal(&Principal::open(), message);
+        request.metadata_mut().insert(proto::auth::SESSION, session.parse().unwrap());
+        request
+    }
+
+    /// Heartbeats naming attempts that do not exist, or that have ended, are refused and leave
+    /// nothing behind (the watchdog once kept an entry for every id it was sent).
+    #[tokio::test]
+    async fn heartbeats_for_attempts_that_are_not_current_leave_no_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = Api(Coordinator::open(crate::Config::new(dir.path().to_path_buf())).unwrap());
+        let registered = api
+            .register(as_principal(&Principal::open(), v1::RegisterRequest { name: "w".into(), ..Default::default() }))
+            .await
+            .unwrap()
+            .into_inner();
+        for id in [7, 8, 9, u64::MAX] {
+            let beat = v1::HeartbeatRequest { attempt_id: id, iterations: 5, ..Default::default() };
+            let status = api.heartbeat(as_worker(&registered.session, beat)).await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+        }
+        assert_eq!(api.0.watchdog.watched(), 0);
+    }
+}

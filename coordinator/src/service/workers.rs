@@ -99,20 +99,24 @@ impl WorkerService for Api {
         let policy = self.0.policy;
         let (attempt, frames) = (AttemptId(r.attempt_id), r.frames_done);
         let preview = r.preview;
-        if let Some(reason) = self.0.watchdog.observe(attempt, r.iterations, now_ms()) {
-            let why = reason.clone();
-            self.0.db(move |c| lease::stall(c, attempt, &why, policy, now_ms())).await?;
-            self.0.segments_may_be_ready();
-            return Err(Error::StaleAttempt { id: attempt, reason }.into());
-        }
+        // Fenced first: only a current attempt is watched (heartbeats naming attempts that do
+        // not exist, or ended, once grew the watchdog without bound).
         let result = self.0.db(move |c| lease::heartbeat(c, attempt, frames, policy, now_ms())).await;
         let (cur, frames) = match result {
             Ok(v) => v,
             Err(e) => {
+                self.0.watchdog.forget(attempt);
                 self.0.segments_may_be_ready();
                 return Err(e.into());
             }
         };
+        if let Some(reason) = self.0.watchdog.observe(attempt, r.iterations, now_ms()) {
+            let why = reason.clone();
+            self.0.db(move |c| lease::stall(c, attempt, &why, policy, now_ms())).await?;
+            self.0.watchdog.forget(attempt);
+            self.0.segments_may_be_ready();
+            return Err(Error::StaleAttempt { id: attempt, reason }.into());
+        }
         {
             let mut live = self.0.live.lock().unwrap_or_else(|e| e.into_inner());
             if live.len() >= crate::MAX_LIVE_JOBS && !live.contains_key(&cur.job) {
