@@ -73,6 +73,9 @@ pub struct ServeArgs {
     /// --segment-frames). `gramzoom status` shows the length chosen.
     #[arg(long, default_value_t = crate::config::DEFAULT_SEGMENT_SECS)]
     pub segment_secs: f64,
+    /// The highest --priority a user may submit at; admins are not limited.
+    #[arg(long, default_value_t = crate::config::DEFAULT_MAX_USER_PRIORITY)]
+    pub max_user_priority: i32,
 }
 
 impl ServeArgs {
@@ -129,6 +132,7 @@ impl ServeArgs {
         config.stall_floor = Duration::from_secs_f64(self.stall_secs.clamp(0.5, 86_400.0));
         config.stall_factor = self.stall_factor.clamp(1.0, 1000.0);
         config.quarantine_after = self.quarantine_after;
+        config.max_user_priority = self.max_user_priority;
         config.quarantine = Duration::from_secs_f64(self.quarantine_secs.clamp(0.0, 7.0 * 86_400.0));
         config.reserve_bytes = self.disk_reserve_mib.min(1 << 20) << 20;
         Ok(config)

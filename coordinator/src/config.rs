@@ -45,7 +45,13 @@ pub struct Config {
     /// Work per segment, for jobs that leave the segment length to the coordinator: sized from
     /// the first segment's seconds per frame. Zero keeps `segment_frames`.
     pub segment_secs: f64,
+    /// The highest priority a user may give a job (admins are not limited): one tenant's
+    /// priority 2147483647 would otherwise put every other tenant's work behind its own.
+    pub max_user_priority: i32,
 }
+
+/// Default of `serve --max-user-priority`.
+pub const DEFAULT_MAX_USER_PRIORITY: i32 = 10;
 
 /// The coordinator's certificate and key, and the CA its clients' certificates must chain to
 /// when client certificates are required (mTLS); all PEM.
@@ -80,6 +86,7 @@ impl Config {
             quarantine_after: 3,
             quarantine: Duration::from_secs(600),
             segment_secs: DEFAULT_SEGMENT_SECS,
+            max_user_priority: DEFAULT_MAX_USER_PRIORITY,
         }
     }
 

@@ -71,6 +71,19 @@ fn users_see_and_touch_only_their_own_jobs_and_roles_keep_to_their_api() {
     let mut root = c.jobs_as(Some(ROOT));
     rt.block_on(root.cancel_job(v1::CancelJobRequest { job_id: bobs })).expect("an admin cancels any job");
 
+    // A user cannot put her job ahead of every other tenant's: priority is capped for users
+    // (`serve --max-user-priority`, 10 by default); an admin may go higher.
+    let style = std::fs::read(crate::helpers::example("wheatfield.jpg")).unwrap();
+    let urgent = |priority| v1::JobSpec { priority, ..tiny_spec() };
+    let mut alice = c.jobs_as(Some(ALICE));
+    let refused = rt.block_on(cli::client::submit(&mut alice, urgent(i32::MAX), &style, "style")).unwrap_err();
+    assert!(refused.to_string().contains("priority: at most 10 for a user, got 2147483647"), "{refused}");
+    let allowed = rt.block_on(cli::client::submit(&mut alice, urgent(10), &style, "style")).expect("the cap itself");
+    rt.block_on(alice.cancel_job(v1::CancelJobRequest { job_id: allowed.id })).unwrap();
+    let high =
+        rt.block_on(cli::client::submit(&mut root, urgent(1000), &style, "style")).expect("an admin goes higher");
+    rt.block_on(root.cancel_job(v1::CancelJobRequest { job_id: high.id })).unwrap();
+
     // A worker token cannot use the job API; a user token cannot act as a worker.
     let mut as_worker = c.jobs_as(Some(WORKER));
     let denied = rt.block_on(as_worker.list_jobs(v1::ListJobsRequest {})).unwrap_err();

@@ -14,13 +14,22 @@ use tonic::{Request, Response, Status, Streaming};
 #[tonic::async_trait]
 impl JobService for Api {
     async fn submit_job(&self, request: Request<Streaming<v1::SubmitJobRequest>>) -> Result<Response<v1::Job>, Status> {
-        let owner = caller(&request)?.name;
+        let principal = caller(&request)?;
+        let owner = principal.name.clone();
         let mut stream = request.into_inner();
         let header = match stream.message().await?.and_then(|m| m.part) {
             Some(submit_job_request::Part::Header(h)) => h,
             _ => return Err(Error::invalid("header", "the first message must carry the job header").into()),
         };
         let spec = header.spec.ok_or_else(|| Error::invalid("spec", "missing"))?;
+        let most = self.0.config.max_user_priority;
+        if principal.role != crate::auth::Role::Admin && spec.priority > most {
+            return Err(Error::invalid(
+                "priority",
+                format!("at most {most} for a user, got {}; an admin may submit higher", spec.priority),
+            )
+            .into());
+        }
         proto::limits::check_len("style_name", &header.style_name, proto::limits::MAX_NAME_LEN).map_err(Error::from)?;
         let params = check_spec(&spec)?;
         let segment_frames = match spec.segment_frames {
