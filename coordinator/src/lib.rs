@@ -149,12 +149,22 @@ impl Coordinator {
     /// previous coordinator stopped: running leases get a fresh term, unfinished stitches rerun.
     pub fn open(config: Config) -> Result<Arc<Self>> {
         let data = || Error::io(format!("opening the data directory {}", config.data.display()));
-        std::fs::create_dir_all(&config.data).map_err(data())?;
+        store::private_dir(&config.data).map_err(data())?;
+        if let Ok(meta) = std::fs::metadata(&config.data) {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(data = %config.data.display(), mode = %format!("{mode:o}"), "the data directory is open to other users (its jobs, styles and outputs are tenants' data); chmod 700 it");
+            }
+        }
         // Before anything under `--data` is touched: a second coordinator would wipe scratch.
         let lock = DataLock::acquire(&config.data)?;
         let db_path = config.data.join("gramzoom.db");
         refuse_lost_database(&db_path, &config.data.join("artifacts"))?;
         let conn = db::open(&db_path)?;
+        for file in ["gramzoom.db", "gramzoom.db-wal", "gramzoom.db-shm"] {
+            let _ = store::make_private(&config.data.join(file));
+        }
         let store: Arc<dyn ArtifactStore> = Arc::new(FsStore::open(&config.data).map_err(data())?);
         let policy = config.policy();
         let resumed = lease::resume(&conn, policy, now_ms())?;
@@ -497,6 +507,29 @@ mod tests {
             let err = Coordinator::open(config.clone()).err().expect("started on a lost database").to_string();
             assert!(err.contains("gramzoom.db is missing or empty, but"), "{err}");
             assert!(err.contains("restore the database"), "{err}");
+        }
+    }
+
+    /// Everything under `--data` is tenants' data: the directory it creates is the user's
+    /// alone, and so are the database and every stored artifact.
+    #[tokio::test]
+    async fn the_data_directory_and_its_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("a/data");
+        let c = Coordinator::open(Config::new(data.clone())).unwrap();
+        let scratch = c.store.scratch_dir().join("upload");
+        std::fs::write(&scratch, b"chunk").unwrap();
+        c.store.put_file("jobs/1/attempt-1.chunk", &scratch).unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        for (path, want) in [
+            (data.clone(), 0o700),
+            (data.join("artifacts"), 0o700),
+            (data.join("artifacts/jobs/1"), 0o700),
+            (data.join("gramzoom.db"), 0o600),
+            (data.join("artifacts/jobs/1/attempt-1.chunk"), 0o600),
+        ] {
+            assert_eq!(mode(&path), want, "{}", path.display());
         }
     }
 }

@@ -6,7 +6,19 @@
 //! either absent or complete, never half written.
 
 use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+/// Creates `dir` (and its parents) readable by this user only, as everything under `--data`
+/// is tenants' data; an existing directory is left as it is.
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Makes `file` readable and writable by this user only.
+pub fn make_private(file: &Path) -> io::Result<()> {
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+}
 
 pub trait ArtifactStore: Send + Sync + 'static {
     /// Moves a finished local file into the store under `key`, atomically.
@@ -32,9 +44,9 @@ impl FsStore {
     pub fn open(data: &Path) -> io::Result<Self> {
         let root = data.join("artifacts");
         let scratch = data.join("scratch");
-        std::fs::create_dir_all(&root)?;
+        private_dir(&root)?;
         let _ = std::fs::remove_dir_all(&scratch);
-        std::fs::create_dir_all(&scratch)?;
+        private_dir(&scratch)?;
         Ok(Self { root, scratch })
     }
 
@@ -50,8 +62,9 @@ impl ArtifactStore for FsStore {
     fn put_file(&self, key: &str, file: &Path) -> io::Result<()> {
         let dest = self.path(key)?;
         if let Some(dir) = dest.parent() {
-            std::fs::create_dir_all(dir)?;
+            private_dir(dir)?;
         }
+        make_private(file)?;
         std::fs::File::open(file)?.sync_all()?;
         std::fs::rename(file, &dest)
     }
