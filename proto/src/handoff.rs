@@ -71,7 +71,7 @@ pub enum HandoffError {
     Optimizer(String),
     #[error("tensor {0} is not part of a {1} state")]
     UnknownTensor(String, &'static str),
-    #[error("tensor {0} holds a value that is not finite")]
+    #[error("tensor {0} holds a value that is not finite (NaN, or an infinite pixel)")]
     NotFinite(String),
 }
 
@@ -195,7 +195,11 @@ fn check_contents(parsed: &Parsed<'_>) -> Result<(), HandoffError> {
         if !allowed.contains(name) {
             return Err(HandoffError::UnknownTensor(crate::limits::quoted_prefix(name), kind));
         }
-        if bytes.chunks_exact(4).any(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite()) {
+        // The image must be finite. The optimiser's tensors must not be NaN; an infinity can be
+        // honest there (Adam's second moment overflows under huge gradients, and only stops
+        // the pixels it covers from moving).
+        let bad = |x: f32| if name == IMAGE { !x.is_finite() } else { x.is_nan() };
+        if bytes.chunks_exact(4).any(|c| bad(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))) {
             return Err(HandoffError::NotFinite(name.clone()));
         }
     }
@@ -282,6 +286,14 @@ mod tests {
         for (header, tensors, want) in cases {
             assert_eq!(parse(&serialize(&header, &tensors)).unwrap_err(), want);
         }
+        let mut inf = floats(24, 1.0);
+        inf[0..4].copy_from_slice(&f32::INFINITY.to_le_bytes());
+        let shape = vec![1, 3, 2, 4];
+        let honest = [(IMAGE.into(), shape.clone(), &image[..]), ("adam.m".into(), shape.clone(), &image[..])];
+        let with_v =
+            |v: &[u8]| serialize(&adam, &[honest[0].clone(), honest[1].clone(), ("adam.v".into(), shape.clone(), v)]);
+        parse(&with_v(&inf)).expect("an overflowed second moment is honest");
+        assert_eq!(parse(&with_v(&nan)).unwrap_err(), HandoffError::NotFinite("adam.v".into()));
         let mut other = bytes.clone();
         let at = other.windows(FORMAT.len()).position(|w| w == FORMAT.as_bytes()).unwrap();
         other[at + FORMAT.len() - 1] = b'9';
