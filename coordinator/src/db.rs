@@ -98,6 +98,17 @@ pub fn open(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// The counters for /metrics that survive restarts and deletes, kept by a trigger so that no
+/// code path can miss one (made in migration 4, and again when 6 makes `attempts` anew).
+const ATTEMPT_ENDED: &str = "CREATE TRIGGER attempt_ended AFTER UPDATE OF state ON attempts
+     WHEN NEW.state != OLD.state AND NEW.state != 'running'
+     BEGIN
+         INSERT INTO counters (name, value) VALUES ('attempts_' || NEW.state, 1)
+             ON CONFLICT(name) DO UPDATE SET value = value + 1;
+         INSERT INTO counters (name, value) SELECT 'frames_rendered', NEW.frames_done WHERE NEW.state = 'succeeded'
+             ON CONFLICT(name) DO UPDATE SET value = value + excluded.value;
+     END;";
+
 /// Changes to the schema since its first version, in order; `PRAGMA user_version` counts the
 /// ones applied, so a database from an older coordinator is brought up to date on open.
 const MIGRATIONS: &[&str] = &[
@@ -125,14 +136,7 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE jobs ADD COLUMN network TEXT NOT NULL DEFAULT '';
      ALTER TABLE jobs ADD COLUMN weights_digest TEXT NOT NULL DEFAULT '';
      CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-     CREATE TRIGGER attempt_ended AFTER UPDATE OF state ON attempts
-     WHEN NEW.state != OLD.state AND NEW.state != 'running'
-     BEGIN
-         INSERT INTO counters (name, value) VALUES ('attempts_' || NEW.state, 1)
-             ON CONFLICT(name) DO UPDATE SET value = value + 1;
-         INSERT INTO counters (name, value) SELECT 'frames_rendered', NEW.frames_done WHERE NEW.state = 'succeeded'
-             ON CONFLICT(name) DO UPDATE SET value = value + excluded.value;
-     END;",
+     {ATTEMPT_ENDED}",
     // 5: the segment length a job uses, and whether it was sized from a measurement (jobs that
     // left it to the coordinator have spec.segment_frames = 0).
     "ALTER TABLE jobs ADD COLUMN segment_frames INTEGER NOT NULL DEFAULT 0;
@@ -204,14 +208,7 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX attempts_by_segment ON attempts(job, idx);
      CREATE INDEX attempts_by_state ON attempts(state);
      CREATE INDEX attempts_by_worker ON attempts(worker, id);
-     CREATE TRIGGER attempt_ended AFTER UPDATE OF state ON attempts
-     WHEN NEW.state != OLD.state AND NEW.state != 'running'
-     BEGIN
-         INSERT INTO counters (name, value) VALUES ('attempts_' || NEW.state, 1)
-             ON CONFLICT(name) DO UPDATE SET value = value + 1;
-         INSERT INTO counters (name, value) SELECT 'frames_rendered', NEW.frames_done WHERE NEW.state = 'succeeded'
-             ON CONFLICT(name) DO UPDATE SET value = value + excluded.value;
-     END;
+     {ATTEMPT_ENDED}
      DELETE FROM sqlite_sequence WHERE name IN ('jobs', 'attempts');
      INSERT INTO sqlite_sequence (name, seq) SELECT name, seq FROM saved_sequence;
      DROP TABLE saved_sequence;",
@@ -219,14 +216,20 @@ const MIGRATIONS: &[&str] = &[
 
 fn migrate(conn: &Connection) -> Result<()> {
     let applied: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
-        let sql = sql
-            .replace("{JOBS}", &state::job_check())
-            .replace("{SEGMENTS}", &state::segment_check())
-            .replace("{ATTEMPTS}", &state::attempt_check());
-        conn.execute_batch(&format!("BEGIN; {sql} PRAGMA user_version = {}; COMMIT;", i + 1))?;
+    for i in applied..MIGRATIONS.len() {
+        apply_migration(conn, i)?;
     }
     Ok(())
+}
+
+/// Applies migration `i` (from 0) in one transaction, with the placeholders filled.
+fn apply_migration(conn: &Connection, i: usize) -> rusqlite::Result<()> {
+    let sql = MIGRATIONS[i]
+        .replace("{JOBS}", &state::job_check())
+        .replace("{SEGMENTS}", &state::segment_check())
+        .replace("{ATTEMPTS}", &state::attempt_check())
+        .replace("{ATTEMPT_ENDED}", ATTEMPT_ENDED);
+    conn.execute_batch(&format!("BEGIN; {sql} PRAGMA user_version = {}; COMMIT;", i + 1))
 }
 
 /// `job-7` -> 7; anything else is an unknown job.

@@ -79,8 +79,8 @@ fn an_older_database_is_migrated_and_then_holds_states_to_their_rules() {
     {
         let old = Connection::open(&path).unwrap();
         old.execute_batch(SCHEMA).unwrap();
-        for (i, sql) in MIGRATIONS[..5].iter().enumerate() {
-            old.execute_batch(&format!("BEGIN; {sql} PRAGMA user_version = {}; COMMIT;", i + 1)).unwrap();
+        for i in 0..5 {
+            apply_migration(&old, i).unwrap();
         }
         old.execute_batch(
             "INSERT INTO workers (name, device, registered_ms, last_seen_ms) VALUES ('a', 'cpu', 0, 0), ('b', 'cpu', 0, 0);
