@@ -214,6 +214,17 @@ impl Coordinator {
         }
     }
 
+    /// Whether the disk reserve is in place, making it anew if there is room now. New work is
+    /// taken only then: a job accepted without it could not be cancelled or deleted on the
+    /// next full disk.
+    pub(crate) async fn reserve_ready(self: &Arc<Self>) -> bool {
+        if self.reserve.is_whole() {
+            return true;
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.reserve.ensure().is_ok()).await.unwrap_or(false)
+    }
+
     /// Makes the reserve anew, once there is room again (after a delete).
     fn restore_reserve(self: &Arc<Self>) {
         let this = self.clone();

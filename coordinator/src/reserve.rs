@@ -42,6 +42,11 @@ impl Reserve {
         written
     }
 
+    /// Whether the reserve is there, whole (or none is kept).
+    pub fn is_whole(&self) -> bool {
+        self.bytes == 0 || std::fs::metadata(&self.path).is_ok_and(|m| m.len() == self.bytes)
+    }
+
     /// Gives the reserve up; true when there was one.
     pub fn release(&self) -> bool {
         std::fs::remove_file(&self.path).is_ok()

@@ -417,6 +417,23 @@ fn on_a_full_disk_submits_are_refused_clearly_and_cancel_and_delete_still_free_s
     }
     let out = c.run(&["status", &first, "--coordinator", &c.url()]);
     assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
+    // With the reserve given up and no room to make it again (here: 1 MiB free, the reserve is
+    // 4), there is room for a small job but a job taken now could not be cancelled on the next
+    // full disk: none is taken until the reserve is back.
+    disk.fill("filler2");
+    let _ = std::fs::remove_file(c.data.join("reserve"));
+    disk.fill("filler3");
+    let filler = disk.0.join("filler3");
+    let len = std::fs::metadata(&filler).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&filler).unwrap().set_len(len.saturating_sub(1 << 20)).unwrap();
+    let gravel = crate::helpers::example("gravel.png");
+    let small = ["--size", "64x48", "--frames", "2", "--coordinator", &c.url()];
+    let out = c.run(&[&["submit", gravel.to_str().unwrap()][..], &small].concat());
+    assert!(!out.status.success(), "a job was taken without a disk reserve");
+    assert!(stderr(&out).contains("reserve"), "{}", stderr(&out));
+    for f in ["filler2", "filler3"] {
+        std::fs::remove_file(disk.0.join(f)).unwrap();
+    }
     // Once there is room again, the farm takes work.
     std::fs::remove_file(disk.0.join("filler")).unwrap();
     let next = c.submit(&["--size", "64x48", "--frames", "2"]);

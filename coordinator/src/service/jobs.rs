@@ -16,6 +16,11 @@ impl JobService for Api {
     async fn submit_job(&self, request: Request<Streaming<v1::SubmitJobRequest>>) -> Result<Response<v1::Job>, Status> {
         let principal = caller(&request)?;
         let owner = principal.name.clone();
+        if !self.0.reserve_ready().await {
+            return Err(Status::resource_exhausted(
+                "the coordinator's disk filled up and its reserve (what lets cancel and delete work on a full disk) cannot be made again; delete ended jobs to free space, then submit",
+            ));
+        }
         let mut stream = request.into_inner();
         let header = match stream.message().await?.and_then(|m| m.part) {
             Some(submit_job_request::Part::Header(h)) => h,
