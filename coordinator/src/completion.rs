@@ -8,9 +8,10 @@ use crate::db::{AttemptId, JobId};
 use crate::error::{Error, Result};
 use crate::service::Incoming;
 use crate::store::keys;
-use crate::{db, inspect, lease, now_ms, Coordinator};
+use crate::{db, inspect, lease, now_ms, stitch, Coordinator};
 use proto::v1;
 use sha2::{Digest, Sha256};
+use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -249,5 +250,120 @@ impl Coordinator {
         .await
         .expect("state check panicked");
         Ok(verdict)
+    }
+
+    /// Joins the chunks of a job whose last segment is stored, then drops what is no longer
+    /// needed (chunks, intermediate states; the last state stays so the movie can be extended).
+    /// Retries with backoff while the failure can pass (`Error::is_transient`: a full disk, where
+    /// freeing space is enough), and fails the job, naming the chunk, when it cannot (a chunk
+    /// missing or unusable, a muxer that refuses its packets).
+    pub(crate) async fn stitch(self: Arc<Self>, job: JobId) {
+        let mut backoff = Duration::from_secs(5);
+        loop {
+            match self.clone().stitch_once(job).await {
+                Err(e) if e.is_transient() && !*self.closing.borrow() => {
+                    tracing::warn!(job = %job, error = %e, retry_in_s = backoff.as_secs(), "stitching failed for a transient reason; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(300));
+                    let state = self.db(move |c| {
+                        let tx = c.transaction()?;
+                        db::job_state(&tx, job)
+                    });
+                    if !matches!(state.await, Ok(db::JobState::Stitching)) {
+                        return; // cancelled or deleted meanwhile
+                    }
+                }
+                Err(e) if e.is_transient() => return, // shutting down: a restart stitches again
+                Err(e) => {
+                    let reason = e.to_string();
+                    tracing::error!(job = %job, error = %reason, "stitching failed");
+                    let now = now_ms();
+                    let _ = self
+                        .db(move |c| {
+                            let tx = c.transaction()?;
+                            db::fail_job(&tx, job, &reason, now)?;
+                            tx.commit()?;
+                            Ok(())
+                        })
+                        .await;
+                    self.job_changed(job);
+                    return;
+                }
+                Ok(()) => return,
+            }
+        }
+    }
+
+    /// One try at stitching `job`; records the output when it succeeds.
+    async fn stitch_once(self: Arc<Self>, job: JobId) -> Result<()> {
+        let store = self.store.clone();
+        let conn = self.conn.clone();
+        let started = std::time::Instant::now();
+        let result = tokio::task::spawn_blocking(move || -> Result<(u64, String, Vec<String>)> {
+            let (spec, chunks) = {
+                let c = conn.lock().unwrap_or_else(|e| e.into_inner());
+                (db::spec(&c, job)?, db::done_chunks(&c, job)?)
+            };
+            let kind = proto::wire::output_from_wire(spec.output)?;
+            let params = proto::wire::params_from_wire(spec.params.as_ref().unwrap_or(&Default::default()))?;
+            let mut parts = Vec::new();
+            let mut garbage = Vec::new();
+            for (i, &(attempt, start, end)) in chunks.iter().enumerate() {
+                let key = keys::chunk(job, attempt);
+                let path = store
+                    .local_path(&key)
+                    .map_err(Error::store(format!("the chunk of frames {start}..{end} ({key})")))?;
+                parts.push(stitch::Chunk { path, start_frame: start, end_frame: end });
+                garbage.push(keys::chunk(job, attempt));
+                if i + 1 < chunks.len() {
+                    garbage.push(keys::state(job, attempt));
+                }
+            }
+            let tmp = store.scratch_dir().join(format!("output-{job}.{}", kind.extension()));
+            let result = stitch::stitch(kind, &parts, params.fps, &tmp).and_then(|()| {
+                let read = || Error::io("reading the stitched output");
+                let mut hasher = Sha256::new();
+                let mut file = std::fs::File::open(&tmp).map_err(read())?;
+                let mut buf = vec![0u8; 1 << 20];
+                let mut size = 0u64;
+                loop {
+                    let n = file.read(&mut buf).map_err(read())?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                    size += n as u64;
+                }
+                let key = keys::output(job, kind.extension());
+                store.put_file(&key, &tmp).map_err(Error::store(format!("storing the output as {key}")))?;
+                Ok((size, proto::params::hex(&hasher.finalize()), garbage))
+            });
+            let _ = std::fs::remove_file(&tmp);
+            result
+        })
+        .await
+        .expect("stitch task panicked");
+        let now = now_ms();
+        match result {
+            Ok((size, sha, garbage)) => {
+                let done = self.db(move |c| db::finish_stitch(c, job, size, &sha, now)).await;
+                match done {
+                    Ok(true) => {
+                        tracing::info!(job = %job, bytes = size, elapsed_ms = started.elapsed().as_millis() as u64, "output stitched");
+                        let store = self.store.clone();
+                        tokio::task::spawn_blocking(move || {
+                            for key in garbage {
+                                let _ = store.delete(&key);
+                            }
+                        });
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(job = %job, error = %e, "recording the output failed"),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        self.job_changed(job);
+        Ok(())
     }
 }

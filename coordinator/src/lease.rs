@@ -174,6 +174,8 @@ pub struct Current {
     pub job: JobId,
     pub idx: u32,
     pub worker: WorkerId,
+    /// The segment's frames `[start, end)`, as they stand in this transaction.
+    pub span: (u32, u32),
     pub start_attempt: AttemptId,
     /// When the attempt was granted.
     pub started_ms: i64,
@@ -185,7 +187,8 @@ pub struct Current {
 pub fn current(tx: &Transaction, attempt: AttemptId, policy: Policy, now: i64) -> Result<Current> {
     let row = tx
         .query_row(
-            "SELECT a.job, a.idx, a.worker, a.state, a.reason, a.lease_until_ms, s.start_attempt, a.started_ms
+            "SELECT a.job, a.idx, a.worker, a.state, a.reason, a.lease_until_ms, s.start_attempt, a.started_ms,
+                    s.start_frame, s.end_frame
              FROM attempts a JOIN segments s ON s.job = a.job AND s.idx = a.idx WHERE a.id = ?1",
             [attempt],
             |r| {
@@ -198,11 +201,12 @@ pub fn current(tx: &Transaction, attempt: AttemptId, policy: Policy, now: i64) -
                     r.get::<_, i64>(5)?,
                     r.get::<_, AttemptId>(6)?,
                     r.get::<_, i64>(7)?,
+                    (r.get::<_, u32>(8)?, r.get::<_, u32>(9)?),
                 ))
             },
         )
         .optional()?;
-    let Some((job, idx, worker, state, reason, lease_until, start_attempt, started_ms)) = row else {
+    let Some((job, idx, worker, state, reason, lease_until, start_attempt, started_ms, span)) = row else {
         return Err(Error::StaleAttempt { id: attempt, reason: "no such attempt".into() });
     };
     if state == AttemptState::Running && lease_until < now {
@@ -210,7 +214,7 @@ pub fn current(tx: &Transaction, attempt: AttemptId, policy: Policy, now: i64) -
         return Err(Error::StaleAttempt { id: attempt, reason: "its lease expired".into() });
     }
     let reason = match state {
-        AttemptState::Running => return Ok(Current { job, idx, worker, start_attempt, started_ms }),
+        AttemptState::Running => return Ok(Current { job, idx, worker, span, start_attempt, started_ms }),
         AttemptState::Expired => "its lease expired".into(),
         AttemptState::Succeeded => "it already completed".into(),
         AttemptState::Cancelled => format!("it was cancelled ({reason})"),
@@ -244,7 +248,7 @@ pub fn heartbeat(
     now: i64,
 ) -> Result<(Current, u32)> {
     let (tx, cur) = fenced(conn, attempt, policy, now)?;
-    let (start, end) = db::segment_span(&tx, cur.job, cur.idx)?;
+    let (start, end) = cur.span;
     let frames_done = frames_done.min(end.saturating_sub(start));
     tx.execute(
         "UPDATE attempts SET lease_until_ms = ?2, frames_done = ?3 WHERE id = ?1",
@@ -289,7 +293,7 @@ pub fn complete(
     now: i64,
 ) -> Result<(Current, bool)> {
     let (tx, cur) = fenced(conn, attempt, policy, now)?;
-    let (start, end) = db::segment_span(&tx, cur.job, cur.idx)?;
+    let (start, end) = cur.span;
     let mut frames = end - start;
     let mut reason = String::new();
     if let Some(done) = up.frames.filter(|&f| f < end - start) {

@@ -10,11 +10,13 @@ use proto::v1;
 
 /// Which jobs to list.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct JobQuery {
-    /// One of `db::STATE_FILTERS` (checked by the caller), or all.
-    pub state: Option<String>,
-    /// The newest this many, newest first; `None`: all of them, oldest first.
-    pub newest: Option<u32>,
+pub(crate) enum JobQuery {
+    /// All of them, oldest first (`ListJobs`).
+    #[default]
+    All,
+    /// The newest `limit`, newest first, matching `state` (one of `db::STATE_FILTERS`, checked
+    /// by the caller) when given (the dashboard).
+    Newest { state: Option<String>, limit: u32 },
 }
 
 impl Coordinator {
@@ -22,13 +24,9 @@ impl Coordinator {
     pub(crate) async fn jobs_for(&self, principal: &Principal, query: JobQuery) -> Result<Vec<v1::Job>> {
         let owner = principal.job_owner_filter().map(str::to_string);
         let mut jobs = self
-            .db(move |c| match query.newest {
-                Some(limit) => db::recent(c, owner.as_deref(), query.state.as_deref(), limit),
-                None if query.state.is_none() => db::list(c, owner.as_deref()),
-                None => db::recent(c, owner.as_deref(), query.state.as_deref(), u32::MAX).map(|mut j| {
-                    j.reverse();
-                    j
-                }),
+            .db(move |c| match query {
+                JobQuery::All => db::list(c, owner.as_deref()),
+                JobQuery::Newest { state, limit } => db::recent(c, owner.as_deref(), state.as_deref(), limit),
             })
             .await?;
         for job in &mut jobs {

@@ -34,6 +34,12 @@ macro_rules! states {
                     _ => None,
                 }
             }
+
+            /// A wire value back; `None` for an unspecified or unknown one, which is no state
+            /// at all (neither final nor unfinished).
+            pub fn from_wire(value: i32) -> Option<Self> {
+                Self::ALL.iter().copied().find(|s| s.to_wire() as i32 == value)
+            }
         }
 
         impl std::fmt::Display for $name {
@@ -146,12 +152,6 @@ impl JobState {
             Self::Cancelled => v1::JobState::Cancelled,
         }
     }
-
-    /// A wire value back; `None` for an unspecified or unknown one, which is no state at all
-    /// (it is neither final nor unfinished).
-    pub fn from_wire(value: i32) -> Option<Self> {
-        Self::ALL.iter().copied().find(|s| s.to_wire() as i32 == value)
-    }
 }
 
 impl SegmentState {
@@ -175,10 +175,6 @@ impl SegmentState {
         ]
     };
 
-    pub fn from_wire(value: i32) -> Option<Self> {
-        Self::ALL.iter().copied().find(|s| s.to_wire() as i32 == value)
-    }
-
     pub fn to_wire(self) -> v1::SegmentState {
         match self {
             Self::Waiting => v1::SegmentState::Waiting,
@@ -196,10 +192,6 @@ impl AttemptState {
         use AttemptState::*;
         &[(Running, Succeeded), (Running, Failed), (Running, Expired), (Running, Cancelled), (Succeeded, Failed)]
     };
-
-    pub fn from_wire(value: i32) -> Option<Self> {
-        Self::ALL.iter().copied().find(|s| s.to_wire() as i32 == value)
-    }
 
     pub fn to_wire(self) -> v1::AttemptState {
         match self {

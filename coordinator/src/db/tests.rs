@@ -1,5 +1,6 @@
 //! Job-level transitions, ids and space, on real SQLite files and in memory.
 
+use super::schema::apply_migration;
 use super::*;
 
 #[test]

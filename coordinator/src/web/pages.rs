@@ -33,7 +33,7 @@ impl Web {
 
     /// The newest jobs `viewer` may see, matching `state` (one of `db::STATE_FILTERS`).
     pub(crate) async fn jobs(&self, viewer: &Viewer, state: Option<String>) -> crate::Result<Vec<v1::Job>> {
-        let query = crate::listing::JobQuery { state, newest: Some(MAX_LISTED_JOBS) };
+        let query = crate::listing::JobQuery::Newest { state, limit: MAX_LISTED_JOBS };
         self.coordinator().jobs_for(&viewer.principal, query).await
     }
 }
