@@ -118,8 +118,8 @@ impl Coordinator {
 
     /// Records that `attempt` ended without an upload: released (a worker shutting down, no
     /// retry spent), failed, or failed for want of a loadable start state, in which case the
-    /// coordinator checks its own copy and, if that is bad too, renders its segment again and
-    /// does not charge the loader.
+    /// coordinator checks its own copy, renders the state's segment again elsewhere and does not
+    /// charge the loader (see [`lease::blame::disown_start`]).
     pub(crate) async fn fail_segment(
         &self,
         attempt: AttemptId,
@@ -129,30 +129,24 @@ impl Coordinator {
     ) -> Result<()> {
         let policy = self.policy;
         // A reason goes into the segment's history for good: kept to a sane length.
-        let mut reason = proto::limits::cut(given, proto::limits::MAX_REASON_LEN);
+        let reason = proto::limits::cut(given, proto::limits::MAX_REASON_LEN);
         if bad_start_state && !released {
             let cur = self.db(move |c| lease::check(c, attempt, policy, now_ms())).await?;
             if cur.start_attempt != AttemptId(0) {
-                match self.recheck_state(cur.job, cur.start_attempt).await? {
-                    Some(why) => {
-                        let loader = reason.clone();
-                        let d = self
-                            .db(move |c| lease::blame::disown_start(c, attempt, &loader, &why, policy, now_ms()))
-                            .await?;
-                        // Its chunk is not used either: the segment is rendered again from scratch.
-                        let _ = self.store.delete(&keys::state(d.job, d.attempt));
-                        let _ = self.store.delete(&keys::chunk(d.job, d.attempt));
-                        self.watchdog.forget(attempt);
-                        self.segments_may_be_ready();
-                        return Ok(());
-                    }
-                    None => {
-                        reason = proto::limits::cut(
-                            &format!("could not load its start state, which checks out on the coordinator: {reason}"),
-                            proto::limits::MAX_REASON_LEN,
-                        )
-                    }
-                }
+                let recheck = match self.recheck_state(cur.job, cur.start_attempt).await? {
+                    Some(why) => lease::blame::Recheck::Bad(why),
+                    None => lease::blame::Recheck::Passes,
+                };
+                let loader = reason.clone();
+                let d = self
+                    .db(move |c| lease::blame::disown_start(c, attempt, &loader, &recheck, policy, now_ms()))
+                    .await?;
+                // Its chunk is not used either: the segment is rendered again from scratch.
+                let _ = self.store.delete(&keys::state(d.job, d.attempt));
+                let _ = self.store.delete(&keys::chunk(d.job, d.attempt));
+                self.watchdog.forget(attempt);
+                self.segments_may_be_ready();
+                return Ok(());
             }
         }
         let stored = reason.clone();
@@ -190,17 +184,22 @@ impl Coordinator {
         }
     }
 
-    /// What segment `idx` of `job` must hold, for `inspect`.
-    async fn expected(&self, job: JobId, idx: u32) -> Result<inspect::Expected> {
+    /// What segment `idx` of `job` must hold, for `inspect`, when rendered by `worker` (or, on
+    /// a re-check, with the weights the job was rendered with).
+    async fn expected(&self, job: JobId, idx: u32, worker: Option<db::WorkerId>) -> Result<inspect::Expected> {
         let (spec, (start_frame, end_frame)) =
             self.db(move |c| Ok((db::spec(c, job)?, db::segment_span(c, job, idx)?))).await?;
         let params = crate::check_spec(&spec)?;
+        let network = params.network.name();
+        let (style, weights) = self.db(move |c| db::fingerprint_inputs(c, job, worker, network)).await?;
         Ok(inspect::Expected {
             kind: proto::wire::output_from_wire(spec.output)?,
             width: params.width,
             height: params.height,
             start_frame,
             end_frame,
+            optimizer: params.optimizer.name(),
+            fingerprint: weights.map(|w| params.fingerprint(&style, &w)),
         })
     }
 
@@ -208,7 +207,7 @@ impl Coordinator {
     /// `frames` frames, for a preempted worker); the state must carry the fingerprint of the state
     /// it started from. Returns the state's fingerprint.
     async fn inspect(&self, cur: &lease::Current, frames: u32, chunk: PathBuf, state: PathBuf) -> Result<String> {
-        let mut want = self.expected(cur.job, cur.idx).await?;
+        let mut want = self.expected(cur.job, cur.idx, Some(cur.worker)).await?;
         if frames > 0 && frames < want.end_frame - want.start_frame {
             want.end_frame = want.start_frame + frames;
         }
@@ -230,7 +229,7 @@ impl Coordinator {
         let Some(stored) = self.db(move |c| db::stored_state(c, producer)).await? else {
             return Ok(Some(format!("attempt {producer} is not on record")));
         };
-        let want = self.expected(job, stored.idx).await?;
+        let want = self.expected(job, stored.idx, None).await?;
         let path = match self.store.local_path(&keys::state(job, producer)) {
             Ok(p) => p,
             Err(e) => return Ok(Some(e.to_string())),

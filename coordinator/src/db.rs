@@ -299,6 +299,33 @@ pub struct StoredState {
     pub fingerprint: String,
 }
 
+/// What a job's render fingerprint is made of besides its parameters: the style's SHA-256 and
+/// the weights `network` is rendered with, as `worker` registered them (or, without a worker,
+/// the weights the job's first segment was rendered with). `None` for the weights when they are
+/// not known: a worker that registered none for this network.
+pub fn fingerprint_inputs(
+    conn: &Connection,
+    job: JobId,
+    worker: Option<WorkerId>,
+    network: &str,
+) -> Result<(String, Option<String>)> {
+    let (style, job_weights): (String, String) =
+        conn.query_row("SELECT style_sha256, weights_digest FROM jobs WHERE seq = ?1", [job], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let weights = match worker {
+        Some(w) => conn
+            .query_row(
+                "SELECT digest FROM worker_weights WHERE worker = ?1 AND network = ?2",
+                params![w, network],
+                |r| r.get(0),
+            )
+            .optional()?,
+        None => Some(job_weights).filter(|d| !d.is_empty()),
+    };
+    Ok((style, weights))
+}
+
 pub fn stored_state(conn: &Connection, attempt: AttemptId) -> Result<Option<StoredState>> {
     Ok(conn
         .query_row("SELECT idx, state_sha256, fingerprint FROM attempts WHERE id = ?1", [attempt], |r| {

@@ -24,6 +24,9 @@ pub enum Error {
     JobNotEnded { id: String, state: &'static str },
     #[error("job {id} has not failed: it {state}; only a failed job can be retried")]
     JobNotFailed { id: String, state: &'static str },
+    /// A client opened more long-lived streams than it may.
+    #[error("{0}")]
+    TooManyStreams(#[from] crate::streams::Refused),
     #[error("database: {0}")]
     Db(#[from] rusqlite::Error),
     /// The artifact store failed at `op` (which names the key or the chunk).
@@ -115,6 +118,7 @@ impl From<Error> for tonic::Status {
         match e {
             Error::Param(_) | Error::Invalid { .. } => Status::invalid_argument(message),
             Error::JobNotFound(_) | Error::WorkerNotFound(_) => Status::not_found(message),
+            Error::TooManyStreams(_) => Status::resource_exhausted(message),
             Error::StaleAttempt { .. }
             | Error::JobEnded { .. }
             | Error::NoOutput { .. }

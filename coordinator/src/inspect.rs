@@ -11,13 +11,20 @@ use proto::params::OutputKind;
 use std::path::Path;
 
 /// What a segment's upload must hold.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Expected {
     pub kind: OutputKind,
     pub width: u32,
     pub height: u32,
     pub start_frame: u32,
     pub end_frame: u32,
+    /// The optimiser the job renders with (`OptimizerKind::name`).
+    pub optimizer: &'static str,
+    /// The render fingerprint every state of the job carries, computed by the coordinator
+    /// from the job's parameters, its style and the weights the producing worker registered
+    /// (`None` when that worker registered no weights for the job's network: then only the
+    /// agreement with the start state's fingerprint is checked).
+    pub fingerprint: Option<String>,
 }
 
 /// Checks an encoded chunk; the error says what is wrong with it.
@@ -98,12 +105,13 @@ fn still(path: &Path, want: &Expected) -> Result<(), String> {
     size_check("the image", (image.width(), image.height()), want)
 }
 
-/// Checks a hand-off state: its format, that it ends where the segment ends, that every tensor
-/// (image and optimiser state) has the job's shape, and, for a segment that started from a
-/// state, that it carries that state's render fingerprint (the coordinator cannot compute one:
-/// it never sees the network weights, but a job's states must all agree). Returns the
-/// fingerprint, which the coordinator keeps with the attempt for the next segment's check.
-pub fn state(path: &Path, want: &Expected, fingerprint: Option<&str>) -> Result<String, String> {
+/// Checks a hand-off state as the next worker's loader will: its format and contents
+/// (`proto::handoff::parse`: checksum, the optimiser's tensors and scalars, finite values, no
+/// unknown tensors), the job's optimiser and shape, that it ends where the segment ends, and
+/// that it carries the job's render fingerprint (computed here, so segment 0's state is checked
+/// too) and that of the state it started from. Returns the fingerprint, which the coordinator
+/// keeps with the attempt.
+pub fn state(path: &Path, want: &Expected, start_fingerprint: Option<&str>) -> Result<String, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     let parsed = proto::handoff::parse(&bytes).map_err(|e| format!("not a hand-off state: {e}"))?;
     let header = &parsed.header;
@@ -111,11 +119,20 @@ pub fn state(path: &Path, want: &Expected, fingerprint: Option<&str>) -> Result<
     if found.is_empty() {
         return Err("the state has no render fingerprint".into());
     }
-    if let Some(f) = fingerprint.filter(|f| *f != found) {
+    for f in [want.fingerprint.as_deref(), start_fingerprint].into_iter().flatten() {
+        if f != found {
+            return Err(format!(
+                "the state was made by another render (fingerprint {}), this job's is {}",
+                proto::limits::quoted_prefix(found),
+                proto::limits::quoted_prefix(f)
+            ));
+        }
+    }
+    if parsed.optimizer() != want.optimizer {
         return Err(format!(
-            "the state was made by another render (fingerprint {}), this job's is {}",
-            proto::limits::quoted_prefix(found),
-            proto::limits::quoted_prefix(f)
+            "the state is for the {} optimiser, the job renders with {}",
+            proto::limits::quoted_prefix(parsed.optimizer()),
+            want.optimizer
         ));
     }
     if header.next_frame != want.end_frame {

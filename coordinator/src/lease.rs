@@ -359,10 +359,15 @@ pub fn fail(
         "UPDATE attempts SET state = ?4, reason = ?2, ended_ms = ?3 WHERE id = ?1",
         params![attempt, reason, now, state],
     )?;
-    if !released {
+    if released {
+        retry_or_fail(&tx, cur.job, cur.idx, cur.worker, reason, policy, now)?;
+    } else if let Some(message) = blame::follows_the_job(&tx, attempt, &cur, reason, policy)? {
+        tx.execute("UPDATE segments SET state = 'failed' WHERE job = ?1 AND idx = ?2", params![cur.job, cur.idx])?;
+        db::fail_job(&tx, cur.job, &message, now)?;
+    } else {
         blame::after_failure(&tx, attempt, cur.worker, policy, now)?;
+        retry_or_fail(&tx, cur.job, cur.idx, cur.worker, reason, policy, now)?;
     }
-    retry_or_fail(&tx, cur.job, cur.idx, cur.worker, reason, policy, now)?;
     tx.commit()?;
     Ok(())
 }

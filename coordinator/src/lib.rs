@@ -22,6 +22,7 @@ pub mod reserve;
 mod service;
 pub mod stitch;
 pub mod store;
+pub mod streams;
 pub mod watchdog;
 mod watchers;
 mod web;
@@ -141,6 +142,10 @@ pub struct Coordinator {
     metrics: metrics::Metrics,
     /// Each job's latest frame as a small JPEG, for the dashboard (memory only, bounded).
     previews: preview::Previews,
+    /// The dashboard's live pages open at once.
+    live_pages: streams::StreamLimit,
+    /// `WatchJob` streams open at once.
+    watches: streams::StreamLimit,
 }
 
 impl Coordinator {
@@ -189,6 +194,8 @@ impl Coordinator {
             reserve,
             metrics: metrics::Metrics::default(),
             previews: preview::Previews::default(),
+            live_pages: streams::StreamLimit::new(streams::MAX_LIVE_PAGES, streams::MAX_LIVE_PAGES_EACH),
+            watches: streams::StreamLimit::new(streams::MAX_WATCHES, streams::MAX_WATCHES_EACH),
         });
         for job in stitching {
             tokio::spawn(this.clone().stitch(job));

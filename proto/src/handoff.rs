@@ -73,6 +73,8 @@ pub enum HandoffError {
     UnknownTensor(String, &'static str),
     #[error("tensor {0} holds a value that is not finite (NaN, or an infinite pixel)")]
     NotFinite(String),
+    #[error("tensor {name} is {found:?}, the image is {image:?}: every tensor has the image's shape")]
+    Shape { name: String, found: Vec<usize>, image: Vec<usize> },
 }
 
 /// What a state says of itself, besides its tensors.
@@ -102,6 +104,11 @@ impl Parsed<'_> {
     /// The image tensor's shape.
     pub fn image_shape(&self) -> &[usize] {
         self.tensors.iter().find(|t| t.0 == IMAGE).map(|t| t.1.as_slice()).expect("parse checks it is there")
+    }
+
+    /// The optimiser the state is for (`adam`, `lbfgs`), as `OptimizerKind::name` spells it.
+    pub fn optimizer(&self) -> &str {
+        self.header.scalars.get(optimizer::KIND).map(String::as_str).expect("parse checks it is there")
     }
 }
 
@@ -171,29 +178,40 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed<'_>, HandoffError> {
     Ok(parsed)
 }
 
-/// The tensors are exactly the image and what the named optimiser keeps, and every value is
-/// finite: a state with a tensor nobody reads, or with NaN in it, would be taken by the next
-/// worker and fail there (charged to that worker).
+/// The tensors are exactly the image and what the named optimiser keeps, all of the image's
+/// shape, with the scalars the engine reads, and every value is finite: what the engine's
+/// loader (`OptimState::from_parts`) would refuse is refused here too, so that the coordinator,
+/// which checks uploads with this, never accepts a state the next worker then cannot load
+/// (that worker would be charged for it).
 fn check_contents(parsed: &Parsed<'_>) -> Result<(), HandoffError> {
     use optimizer::*;
     let scalar = |k: &str| parsed.header.scalars.get(k).map(String::as_str);
-    let (kind, mut allowed): (&'static str, Vec<String>) = match scalar(KIND) {
-        Some("adam") => ("adam", vec![ADAM_M.into(), ADAM_V.into()]),
+    // What the optimiser needs, and what it may also keep.
+    let (kind, required, optional): (&'static str, Vec<String>, Vec<String>) = match scalar(KIND) {
+        Some("adam") => {
+            if scalar(ADAM_STEP).and_then(|s| s.parse::<u64>().ok()).is_none() {
+                return Err(HandoffError::Optimizer(format!("{ADAM_STEP} is not a whole number")));
+            }
+            ("adam", vec![ADAM_M.into(), ADAM_V.into()], vec![])
+        }
         Some("lbfgs") => {
             let n: usize = scalar(LBFGS_HISTORY)
                 .and_then(|n| n.parse().ok())
                 .filter(|&n| n <= MAX_LBFGS_HISTORY)
                 .ok_or_else(|| HandoffError::Optimizer(format!("{LBFGS_HISTORY} must be 0 to {MAX_LBFGS_HISTORY}")))?;
-            let mut names: Vec<String> = (0..n).flat_map(|i| [lbfgs_s(i), lbfgs_y(i)]).collect();
-            names.extend([LBFGS_PREV_GRAD.into(), LBFGS_PREV_STEP.into()]);
-            ("lbfgs", names)
+            let names: Vec<String> = (0..n).flat_map(|i| [lbfgs_s(i), lbfgs_y(i)]).collect();
+            ("lbfgs", names, vec![LBFGS_PREV_GRAD.into(), LBFGS_PREV_STEP.into()])
         }
         other => return Err(HandoffError::Optimizer(format!("unknown optimizer {other:?}"))),
     };
-    allowed.push(IMAGE.into());
-    for (name, _, bytes) in &parsed.tensors {
-        if !allowed.contains(name) {
+    let image = parsed.image_shape().to_vec();
+    for (name, shape, bytes) in &parsed.tensors {
+        if name != IMAGE && !required.contains(name) && !optional.contains(name) {
             return Err(HandoffError::UnknownTensor(crate::limits::quoted_prefix(name), kind));
+        }
+        if *shape != image {
+            let name = crate::limits::quoted_prefix(name);
+            return Err(HandoffError::Shape { name, found: shape.clone(), image });
         }
         // The image must be finite. The optimiser's tensors must not be NaN; an infinity can be
         // honest there (Adam's second moment overflows under huge gradients, and only stops
@@ -202,6 +220,9 @@ fn check_contents(parsed: &Parsed<'_>) -> Result<(), HandoffError> {
         if bytes.chunks_exact(4).any(|c| bad(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))) {
             return Err(HandoffError::NotFinite(name.clone()));
         }
+    }
+    if let Some(missing) = required.iter().find(|r| !parsed.tensors.iter().any(|t| &t.0 == *r)) {
+        return Err(HandoffError::Optimizer(format!("missing tensor {missing}")));
     }
     Ok(())
 }
@@ -281,6 +302,26 @@ mod tests {
                 },
                 vec![(IMAGE.into(), vec![24], &image)],
                 HandoffError::Optimizer("lbfgs.history must be 0 to 10".into()),
+            ),
+            // What the engine's loader would refuse: a missing moment, a step that is not a
+            // count, a tensor of another shape than the image.
+            (
+                adam.clone(),
+                vec![(IMAGE.into(), vec![24], &image), ("adam.m".into(), vec![24], &image)],
+                HandoffError::Optimizer("missing tensor adam.v".into()),
+            ),
+            (
+                Header {
+                    scalars: HashMap::from([("optimizer".into(), "adam".into()), ("adam.step".into(), "-1".into())]),
+                    ..adam.clone()
+                },
+                vec![(IMAGE.into(), vec![24], &image)],
+                HandoffError::Optimizer("adam.step is not a whole number".into()),
+            ),
+            (
+                adam.clone(),
+                vec![(IMAGE.into(), vec![24], &image), ("adam.m".into(), vec![4, 6], &image)],
+                HandoffError::Shape { name: "adam.m".into(), found: vec![4, 6], image: vec![24] },
             ),
         ];
         for (header, tensors, want) in cases {

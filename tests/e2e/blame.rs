@@ -52,8 +52,10 @@ fn a_start_state_gone_bad_in_the_store_is_rendered_again_and_the_loader_is_not_b
     let job = c.wait(&id, 240, "segment 0", |j| j.segments_done == 1);
     let producer = job.segments[0].attempts[0].id;
 
-    // A worker that claims the state is bad while the coordinator's copy checks out is charged.
-    // It says it has the real worker's weights, or it would not be offered segment 1 at all.
+    // A worker claims the state is bad while the coordinator's copy passes the loader's own
+    // checks: one of the two workers lies, nobody can tell which, so neither is charged and
+    // segment 0 is rendered again by another worker (the producer is the suspect). It says it
+    // has the real worker's weights, or it would not be offered segment 1 at all.
     let workers = c.runtime.block_on(c.jobs().list_workers(v1::ListWorkersRequest {})).unwrap().into_inner();
     let weights: Vec<(String, String)> =
         workers.workers[0].weights.iter().map(|w| (w.network.clone(), w.digest.clone())).collect();
@@ -62,16 +64,30 @@ fn a_start_state_gone_bad_in_the_store_is_rendered_again_and_the_loader_is_not_b
     let a = liar.acquire(&c);
     assert_eq!((a.segment_index, a.start_state_attempt_id), (1, producer));
     fail(&c, &mut liar, a.attempt_id, "not a safetensors file", true);
-    let attempt = c.job(&id).segments[1].attempts[0].clone();
-    assert_eq!(attempt.state, v1::AttemptState::Failed as i32);
+    let job = c.job(&id);
+    let claimed = &job.segments[1].attempts[0];
+    assert_eq!(claimed.state, v1::AttemptState::Cancelled as i32, "{job:#?}");
     assert!(
-        attempt.reason.starts_with("could not load its start state, which checks out on the coordinator"),
+        claimed.reason.contains("the coordinator's check passes the stored state, so its producer is suspect"),
         "{}",
-        attempt.reason
+        claimed.reason
     );
+    let suspect = &job.segments[0].attempts[0];
+    assert_eq!(suspect.state, v1::AttemptState::Failed as i32);
+    assert!(
+        suspect.reason.contains("could not load it, though it passes the coordinator's check"),
+        "{}",
+        suspect.reason
+    );
+    let workers = c.runtime.block_on(c.jobs().list_workers(v1::ListWorkersRequest {})).unwrap().into_inner();
+    assert!(workers.workers.iter().all(|w| w.failures_in_a_row == 0), "somebody was charged: {workers:#?}");
 
-    // Then the stored state rots (same size, other bytes): the next worker cannot load it, the
-    // coordinator finds its copy bad too, and segment 0 is rendered again.
+    // Segment 0 is rendered again; then its stored state rots (same size, other bytes): the next
+    // worker cannot load it, the coordinator finds its copy bad too, and segment 0 is rendered
+    // once more, charged to nobody but that state's producer.
+    c.worker("b", &["--max-segments", "1"]);
+    let job = c.wait(&id, 240, "segment 0 again", |j| j.segments_done == 1);
+    let producer = job.segments[0].attempts[1].id;
     let path =
         c.data.join("artifacts/jobs").join(id.trim_start_matches("job-")).join(format!("attempt-{producer}.state"));
     let mut bytes = std::fs::read(&path).expect("the stored state");
@@ -80,14 +96,14 @@ fn a_start_state_gone_bad_in_the_store_is_rendered_again_and_the_loader_is_not_b
         *b ^= 0x5a;
     }
     std::fs::write(&path, &bytes).unwrap();
-    c.worker("b", &[]);
+    c.worker("c", &[]);
     let job = c.wait_done(&id);
     let states = |s: &v1::Segment| s.attempts.iter().map(|a| a.state).collect::<Vec<_>>();
     use v1::AttemptState::{Cancelled, Failed, Succeeded};
-    assert_eq!(states(&job.segments[0]), [Failed as i32, Succeeded as i32], "{job:#?}");
-    let rotted = &job.segments[0].attempts[0].reason;
+    assert_eq!(states(&job.segments[0]), [Failed as i32, Failed as i32, Succeeded as i32], "{job:#?}");
+    let rotted = &job.segments[0].attempts[1].reason;
     assert!(rotted.starts_with("its end state is unusable: its sha256 is now"), "{rotted}");
-    assert_eq!(states(&job.segments[1]), [Failed as i32, Cancelled as i32, Succeeded as i32], "{job:#?}");
+    assert_eq!(states(&job.segments[1]), [Cancelled as i32, Cancelled as i32, Succeeded as i32], "{job:#?}");
     let loader = &job.segments[1].attempts[1].reason;
     assert!(loader.starts_with("could not load its start state: the start state arrived corrupt"), "{loader}");
     assert!(loader.ends_with("segment 0 is rendered again"), "{loader}");
@@ -104,7 +120,8 @@ fn a_worker_with_other_weights_never_gets_the_rest_of_a_job_and_is_never_charged
     let weights = |digest| [("vgg16", digest), ("vgg19", "other")];
     let mut first = FakeWorker::register_with(&c, WORKER, &weights("aaaa")).unwrap();
     let a = first.acquire(&c);
-    first.complete_with(&c, a.attempt_id, &mp4_chunk(dir, 2), &state_bytes(2, (64, 48))).unwrap();
+    let fingerprint = c.fingerprint(&id, "aaaa");
+    first.complete_with(&c, a.attempt_id, &mp4_chunk(dir, 2), &state_bytes(&fingerprint, 2, (64, 48))).unwrap();
     // Segment 1 must resume on the weights segment 0 was rendered with.
     let mut stranger = FakeWorker::register_with(&c, WORKER, &weights("bbbb")).unwrap();
     let ask = v1::AcquireRequest { worker_id: stranger.id.clone(), wait_ms: 3_000 };

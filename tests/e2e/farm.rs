@@ -182,6 +182,17 @@ impl Cluster {
         self.runtime.block_on(cli::client::connect(&self.url(), token)).unwrap()
     }
 
+    /// The render fingerprint a state of job `id` (submitted by [`Self::submit`]) carries when
+    /// rendered with weights of digest `weights`: the coordinator computes it too, and refuses
+    /// states that carry another.
+    pub(crate) fn fingerprint(&self, id: &str, weights: &str) -> String {
+        use sha2::Digest;
+        let spec = self.job(id).spec.expect("a job has its spec");
+        let params = proto::wire::params_from_wire(&spec.params.expect("a spec has params")).unwrap();
+        let style = std::fs::read(example("wheatfield.jpg")).unwrap();
+        params.fingerprint(&proto::params::hex(&sha2::Sha256::digest(&style)), weights)
+    }
+
     pub(crate) fn job(&self, id: &str) -> v1::Job {
         let mut c = self.jobs();
         let r = v1::GetJobRequest { job_id: id.into(), include_segments: true };
@@ -238,8 +249,9 @@ impl FakeWorker {
         Self::register_as(c, WORKER).unwrap()
     }
 
+    /// Registers saying it renders every network with weights of digest [`FAKE_WEIGHTS`].
     pub(crate) fn register_as(c: &Cluster, token: &str) -> Result<Self, tonic::Status> {
-        Self::register_with(c, token, &[])
+        Self::register_with(c, token, &[("vgg16", FAKE_WEIGHTS), ("vgg19", FAKE_WEIGHTS)])
     }
 
     /// Registers saying it renders `vgg16` with weights of digest `vgg16` and so on.
@@ -322,10 +334,15 @@ pub(crate) fn mp4_chunk(dir: &Path, frames: u32) -> Vec<u8> {
 }
 
 /// A hand-off state of a 64x48 Adam render that resumes at `next_frame`.
-pub(crate) fn state_bytes(next_frame: u32, (w, h): (i64, i64)) -> Vec<u8> {
+/// The weights digest [`FakeWorker::register`] declares for every network.
+pub(crate) const FAKE_WEIGHTS: &str = "fake-weights";
+
+/// A well-formed Adam state of `(w, h)` pixels resuming at `next_frame`, carrying `fingerprint`
+/// (see [`Cluster::fingerprint`]).
+pub(crate) fn state_bytes(fingerprint: &str, next_frame: u32, (w, h): (i64, i64)) -> Vec<u8> {
     let image = tch::Tensor::rand([1, 3, h, w], (tch::Kind::Float, tch::Device::Cpu));
     let optim = engine::optim::OptimState::new(proto::params::OptimizerKind::Adam, &image);
-    engine::State { next_frame, image, optim, fingerprint: "test".into(), made_by: String::new() }.to_bytes()
+    engine::State { next_frame, image, optim, fingerprint: fingerprint.into(), made_by: String::new() }.to_bytes()
 }
 
 /// `GET url` with an optional bearer token: the status and the body, whatever the status.

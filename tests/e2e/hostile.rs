@@ -2,7 +2,7 @@
 //! coordinator on the same data directory, ids that are almost ids, inputs of megabytes where a
 //! few bytes belong, garbage uploads with matching checksums, a hung render, a full disk.
 
-use crate::farm::{mp4_chunk, state_bytes, Cluster, FakeWorker, Proc, ALICE, BOB};
+use crate::farm::{mp4_chunk, state_bytes, Cluster, FakeWorker, Proc, ALICE, BOB, FAKE_WEIGHTS};
 use crate::helpers::{code, stderr, tempdir, tiny_spec};
 use proto::v1;
 use std::path::Path;
@@ -221,6 +221,13 @@ fn every_frame_rate_validation_accepts_encodes() {
     }
 }
 
+/// A well-formed L-BFGS state of a 64x48 job's segment 0 that claims the job's fingerprint.
+fn lbfgs_state(fingerprint: &str) -> Vec<u8> {
+    let image = tch::Tensor::rand([1, 3, 48, 64], (tch::Kind::Float, tch::Device::Cpu));
+    let optim = engine::optim::OptimState::new(proto::params::OptimizerKind::Lbfgs, &image);
+    engine::State { next_frame: 2, image, optim, fingerprint: fingerprint.into(), made_by: String::new() }.to_bytes()
+}
+
 #[test]
 fn uploads_are_checked_for_content_not_only_checksums() {
     // One worker uploads six bad segments in a row here: no quarantine, to see every check.
@@ -229,24 +236,39 @@ fn uploads_are_checked_for_content_not_only_checksums() {
     let id = c.submit(&["--size", "64x48", "--frames", "4", "--segment-frames", "2"]);
     let mut w = FakeWorker::register(&c);
     let (two, one) = (mp4_chunk(dir, 2), mp4_chunk(dir, 1));
-    let good_state = state_bytes(2, (64, 48));
+    let fingerprint = c.fingerprint(&id, FAKE_WEIGHTS);
+    let good_state = state_bytes(&fingerprint, 2, (64, 48));
     // Well formed, right size, right checksum, and poison for whoever resumes it.
     let nan_state = {
         let image = tch::Tensor::full([1, 3, 48, 64], f64::NAN, (tch::Kind::Float, tch::Device::Cpu));
         let optim = engine::optim::OptimState::new(proto::params::OptimizerKind::Adam, &image.zeros_like());
         engine::State { next_frame: 2, image, optim, fingerprint: "test".into(), made_by: String::new() }.to_bytes()
     };
-    let cases: [(&str, &[u8], Vec<u8>, &str); 7] = [
+    let cases: [(&str, &[u8], Vec<u8>, &str); 9] = [
         ("garbage chunk", b"not a video at all", good_state.clone(), "chunk: not an MP4 file"),
         ("a frame short", &one, good_state.clone(), "chunk: the video holds 1 frames, the segment has 2"),
         ("garbage state", &two, b"not a state".to_vec(), "state: not a hand-off state"),
         (
             "a state that resumes elsewhere",
             &two,
-            state_bytes(3, (64, 48)),
+            state_bytes(&fingerprint, 3, (64, 48)),
             "state: the state resumes at frame 3, the segment ends at 2",
         ),
-        ("a state of another size", &two, state_bytes(2, (48, 64)), "state: tensor"),
+        ("a state of another size", &two, state_bytes(&fingerprint, 2, (48, 64)), "state: tensor"),
+        // Segment 0's state once went unchecked here (nothing before it to agree with), and the
+        // next, honest worker was charged for refusing it.
+        (
+            "a state of another render",
+            &two,
+            state_bytes("forged", 2, (64, 48)),
+            "state: the state was made by another render",
+        ),
+        (
+            "a state for another optimiser",
+            &two,
+            lbfgs_state(&fingerprint),
+            "state: the state is for the lbfgs optimiser",
+        ),
         ("an empty state", &two, Vec::new(), "state: not a hand-off state"),
         (
             "a state holding NaN",
@@ -322,7 +344,8 @@ fn a_failed_job_is_retried_from_its_last_done_segment_by_its_owner() {
     let id = c.submit(&["--size", "64x48", "--frames", "4", "--segment-frames", "2"]);
     let mut w = FakeWorker::register(&c);
     let first = w.acquire(&c);
-    w.complete_with(&c, first.attempt_id, &mp4_chunk(dir, 2), &state_bytes(2, (64, 48))).unwrap();
+    let fingerprint = c.fingerprint(&id, FAKE_WEIGHTS);
+    w.complete_with(&c, first.attempt_id, &mp4_chunk(dir, 2), &state_bytes(&fingerprint, 2, (64, 48))).unwrap();
     let second = w.acquire(&c);
     assert_eq!(second.segment_index, 1);
     let fail =
@@ -349,7 +372,7 @@ fn a_failed_job_is_retried_from_its_last_done_segment_by_its_owner() {
     // Segment 0 is not redone: segment 1 starts from its end state, with a fresh attempt.
     let again = w.acquire(&c);
     assert_eq!((again.segment_index, again.start_state_attempt_id), (1, first.attempt_id));
-    w.complete_with(&c, again.attempt_id, &mp4_chunk(dir, 2), &state_bytes(4, (64, 48))).unwrap();
+    w.complete_with(&c, again.attempt_id, &mp4_chunk(dir, 2), &state_bytes(&fingerprint, 4, (64, 48))).unwrap();
     let job = c.wait_done(&id);
     let history: Vec<i32> = job.segments[1].attempts.iter().map(|a| a.state).collect();
     assert_eq!(history, [v1::AttemptState::Failed as i32, v1::AttemptState::Succeeded as i32]);

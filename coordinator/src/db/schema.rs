@@ -172,6 +172,14 @@ pub(super) const MIGRATIONS: &[&str] = &[
      DELETE FROM sqlite_sequence WHERE name IN ('jobs', 'attempts');
      INSERT INTO sqlite_sequence (name, seq) SELECT name, seq FROM saved_sequence;
      DROP TABLE saved_sequence;",
+    // 7: whether an ended attempt counts against its worker (a failure that followed its job
+    // across workers is the job's fault); the container and codec parameters of a job's first
+    // chunk, which every later chunk must share to be joined; a worker's identity across
+    // registrations (its principal and name), so a quarantine follows it.
+    "ALTER TABLE attempts ADD COLUMN charged INTEGER NOT NULL DEFAULT 1;
+     ALTER TABLE jobs ADD COLUMN chunk_format TEXT NOT NULL DEFAULT '';
+     CREATE INDEX workers_by_identity ON workers(principal, name);
+     CREATE INDEX workers_by_last_seen ON workers(last_seen_ms);",
 ];
 
 pub(super) fn migrate(conn: &Connection) -> Result<()> {

@@ -4,9 +4,15 @@
 //!   would spend every job's retries, one segment after another. After `quarantine_after`
 //!   failures in a row, across jobs, it is offered no work for a while; the attempt that tipped
 //!   it over says so in its reason, and `ListWorkers` shows the quarantine.
+//! - A job that fails everywhere (parameters that cannot render, a style that crashes the
+//!   decoder) would otherwise quarantine every honest worker it reaches. When a segment fails
+//!   for the same reason on two different workers, [`follows_the_job`] says so: the job fails,
+//!   saying why, and none of those failures counts against a worker.
 //! - A worker that cannot load its start state may be the victim, not the culprit: the state in
-//!   the store can be bad (bit rot, a lost file). When the coordinator's own copy fails its check
-//!   too, [`disown_start`] renders the producing segment again and the loader is not charged.
+//!   the store can be bad (bit rot, a lost file), or forged in a way no check caught. The
+//!   coordinator checks its own copy as the loader does; whatever it finds, [`disown_start`]
+//!   renders the producing segment again and the loader is not charged: the producer is the
+//!   suspect.
 
 use super::{current, retry_or_fail, Policy};
 use crate::db::{AttemptId, AttemptState, JobId, WorkerId};
@@ -24,7 +30,7 @@ pub(super) fn quarantined(tx: &Transaction, worker: WorkerId, now: i64) -> Resul
 /// attempts back.
 pub fn failures_in_a_row(conn: &Connection, worker: WorkerId, cap: u32) -> Result<u32> {
     let mut stmt = conn.prepare_cached(
-        "SELECT state FROM attempts WHERE worker = ?1 AND state IN ('succeeded', 'failed', 'expired')
+        "SELECT state FROM attempts WHERE worker = ?1 AND state IN ('succeeded', 'failed', 'expired') AND charged = 1
          ORDER BY id DESC LIMIT ?2",
     )?;
     let states = stmt.query_map(params![worker, cap], |r| r.get::<_, AttemptState>(0))?;
@@ -68,6 +74,72 @@ pub(super) fn after_failure(
     Ok(())
 }
 
+/// A reason with its numbers masked: the same failure on two machines differs in timings,
+/// addresses and iteration counts, not in words.
+fn shape_of(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len());
+    for c in reason.chars() {
+        match c {
+            '0'..='9' if out.ends_with('#') => {}
+            '0'..='9' => out.push('#'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// After `attempt` of `worker` failed with `reason`: if the same segment (since the job's last
+/// retry) has already failed for the same reason on another worker, the failure follows the
+/// job, not the machines. Those attempts stop counting against their workers (a quarantine
+/// they tipped is lifted) and the job's failure message is returned, for the caller to fail
+/// the job with.
+pub(super) fn follows_the_job(
+    tx: &Transaction,
+    attempt: AttemptId,
+    cur: &super::Current,
+    reason: &str,
+    policy: Policy,
+) -> Result<Option<String>> {
+    let shape = shape_of(reason);
+    // An earlier reason may carry a note added since (the quarantine it tipped).
+    let noted = format!("{shape}; ");
+    let same_shape = |r: &str| {
+        let r = shape_of(r);
+        r == shape || r.starts_with(&noted)
+    };
+    let earlier: Vec<(AttemptId, WorkerId, String)> = tx
+        .prepare_cached(
+            "SELECT a.id, a.worker, a.reason FROM attempts a JOIN segments s ON s.job = a.job AND s.idx = a.idx
+             WHERE a.job = ?1 AND a.idx = ?2 AND a.state = 'failed' AND a.id > s.attempts_after AND a.id != ?3",
+        )?
+        .query_map(params![cur.job, cur.idx, attempt], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let same: Vec<(AttemptId, WorkerId)> =
+        earlier.into_iter().filter(|(_, _, r)| same_shape(r)).map(|(a, w, _)| (a, w)).collect();
+    let Some(&(_, other)) = same.iter().find(|(_, w)| *w != cur.worker) else {
+        return Ok(None);
+    };
+    let mut workers = vec![cur.worker];
+    for &(a, w) in same.iter().chain([(attempt, cur.worker)].iter()) {
+        tx.execute("UPDATE attempts SET charged = 0 WHERE id = ?1", [a])?;
+        if !workers.contains(&w) {
+            workers.push(w);
+        }
+    }
+    // A quarantine these failures tipped no longer stands.
+    for &w in &workers {
+        if policy.quarantine_after > 0 && failures_in_a_row(tx, w, policy.quarantine_after)? < policy.quarantine_after {
+            tx.execute("UPDATE workers SET quarantined_until_ms = 0 WHERE seq = ?1", [w])?;
+        }
+    }
+    let idx = cur.idx;
+    tracing::warn!(job = %cur.job, segment = idx, first = %other, then = %cur.worker, "a failure follows its job across workers: failing the job, charging no worker");
+    Ok(Some(format!(
+        "segment {idx} failed the same way on {other} and on {}, so the job cannot render as submitted (no worker is charged): {reason}",
+        cur.worker
+    )))
+}
+
 /// The attempt whose end state was found unusable, now to be rendered again.
 #[derive(Debug, Clone)]
 pub struct Disowned {
@@ -77,15 +149,27 @@ pub struct Disowned {
     pub attempt: AttemptId,
 }
 
-/// `attempt` could not load its start state, and the coordinator's copy is bad too (`why`): the
-/// loader's attempt is cancelled at no cost, its segment waits again, and the producing segment
-/// goes back to the queue as if its attempt had failed (so a producer that keeps making bad
-/// states still runs out of retries and fails the job, rather than looping).
+/// What the coordinator found when it checked its own copy of a state a worker could not load.
+#[derive(Debug, Clone)]
+pub enum Recheck {
+    /// The copy is bad too (the reason): the producer is charged.
+    Bad(String),
+    /// The copy passes the loader's own checks: loader and coordinator disagree, and nobody can
+    /// tell which worker lies, so neither is charged.
+    Passes,
+}
+
+/// `attempt` could not load its start state: the loader's attempt is cancelled at no cost, its
+/// segment waits again, and the producing segment goes back to the queue as if its attempt had
+/// failed (so a producer that keeps making bad states still runs out of retries and fails the
+/// job, rather than looping), to be rendered by another worker while there is one. The
+/// producer is charged only when the coordinator's copy is bad too: a loader that merely
+/// claims a good state is bad must not get honest producers quarantined.
 pub fn disown_start(
     conn: &mut Connection,
     attempt: AttemptId,
     loader_reason: &str,
-    why: &str,
+    recheck: &Recheck,
     policy: Policy,
     now: i64,
 ) -> Result<Disowned> {
@@ -100,7 +184,15 @@ pub fn disown_start(
     let producer = cur.start_attempt;
     let (idx, producer_worker): (u32, WorkerId) =
         tx.query_row("SELECT idx, worker FROM attempts WHERE id = ?1", [producer], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let reason = format!("could not load its start state: {loader_reason}; the stored state is bad too, so segment {idx} is rendered again");
+    let (found, why) = match recheck {
+        Recheck::Bad(why) => ("the stored state is bad too", why.clone()),
+        Recheck::Passes => (
+            "the coordinator's check passes the stored state, so its producer is suspect",
+            format!("{} could not load it, though it passes the coordinator's check", cur.worker),
+        ),
+    };
+    let reason =
+        format!("could not load its start state: {loader_reason}; {found}, so segment {idx} is rendered again");
     tx.execute(
         "UPDATE attempts SET state = 'cancelled', reason = ?2, ended_ms = ?3 WHERE id = ?1",
         params![attempt, reason, now],
@@ -110,7 +202,11 @@ pub fn disown_start(
         params![cur.job, cur.idx],
     )?;
     let bad = format!("its end state is unusable: {why}");
-    tx.execute("UPDATE attempts SET state = 'failed', reason = ?2 WHERE id = ?1", params![producer, bad])?;
+    let charged = matches!(recheck, Recheck::Bad(_));
+    tx.execute(
+        "UPDATE attempts SET state = 'failed', reason = ?2, charged = ?3 WHERE id = ?1",
+        params![producer, bad, charged],
+    )?;
     tx.execute(
         "UPDATE segments SET done_attempt = 0, preferred_worker = NULL WHERE job = ?1 AND idx = ?2",
         params![cur.job, idx],

@@ -225,6 +225,51 @@ fn a_worker_failing_again_and_again_is_quarantined_across_jobs_then_let_back() {
 }
 
 #[test]
+fn a_failure_that_follows_its_job_across_workers_fails_the_job_and_charges_no_worker() {
+    let (mut c, jobs) = setup(&[(5, 2), (0, 2), (0, 2)]);
+    let (a, b, other) = (jobs[0], jobs[1], jobs[2]);
+    let q = Policy { max_attempts: 5, quarantine_after: 2, quarantine_ms: 60_000, ..POLICY };
+    let job_of = |c: &Connection, attempt: AttemptId| -> JobId {
+        c.query_row("SELECT job FROM attempts WHERE id = ?1", [attempt], |r| r.get(0)).unwrap()
+    };
+    // worker-1 fails job a (its own trouble), then job b's first segment: two in a row.
+    let g = acquire(&mut c, WorkerId(1), q, 10).unwrap().unwrap();
+    assert_eq!(job_of(&c, g.attempt), a);
+    fail(&mut c, g.attempt, "cuda error 700", false, q, 11).unwrap();
+    let _busy = acquire(&mut c, WorkerId(3), q, 12).unwrap().unwrap(); // takes a's retry
+    let g = acquire(&mut c, WorkerId(1), q, 20).unwrap().unwrap();
+    assert_eq!(job_of(&c, g.attempt), b);
+    fail(&mut c, g.attempt, "optimisation diverged at frame 3: loss is NaN", false, q, 21).unwrap();
+    assert!(blame::quarantined(&c.transaction().unwrap(), WorkerId(1), 22).unwrap());
+    // Another reason on another worker is that worker's own failure: b is retried.
+    let g = acquire(&mut c, WorkerId(2), q, 30).unwrap().unwrap();
+    assert_eq!(job_of(&c, g.attempt), b);
+    fail(&mut c, g.attempt, "out of memory", false, q, 31).unwrap();
+    assert_eq!(db::job_state(&c.transaction().unwrap(), b).unwrap(), db::JobState::Running);
+    // The same failure on a second worker: the job's fault.
+    let g = acquire(&mut c, WorkerId(4), q, 40).unwrap().unwrap();
+    assert_eq!(job_of(&c, g.attempt), b);
+    fail(&mut c, g.attempt, "optimisation diverged at frame 17: loss is NaN", false, q, 41).unwrap();
+    let (state, error): (db::JobState, String) =
+        c.query_row("SELECT state, error FROM jobs WHERE seq = ?1", [b], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    assert_eq!(state, db::JobState::Failed);
+    assert!(
+        error.contains("failed the same way on worker-1 and on worker-4") && error.contains("no worker is charged"),
+        "{error}"
+    );
+    assert_eq!(blame::failures_in_a_row(&c, WorkerId(4), 10).unwrap(), 0);
+    assert_eq!(blame::failures_in_a_row(&c, WorkerId(1), 10).unwrap(), 1, "only its own failure counts");
+    assert!(
+        !blame::quarantined(&c.transaction().unwrap(), WorkerId(1), 50).unwrap(),
+        "the quarantine it tipped is lifted"
+    );
+    assert_eq!(blame::failures_in_a_row(&c, WorkerId(2), 10).unwrap(), 1, "its other failure still counts");
+    // The farm goes on: the next job is offered to the worker that was wrongly quarantined.
+    let g = acquire(&mut c, WorkerId(1), q, 60).unwrap().unwrap();
+    assert_eq!(job_of(&c, g.attempt), other);
+}
+
+#[test]
 fn a_bad_start_state_reruns_its_producer_and_costs_the_loader_nothing() {
     let (mut c, jobs) = setup(&[(0, 4)]);
     let job = jobs[0];
@@ -237,11 +282,24 @@ fn a_bad_start_state_reruns_its_producer_and_costs_the_loader_nothing() {
         let t = 1_000 * (round + 1); // past the producer's affinity grace
         let loader = acquire(&mut c, WorkerId(2), POLICY, t).unwrap().unwrap();
         assert_eq!((loader.idx, loader.start_attempt), (1, producer));
-        let d = blame::disown_start(&mut c, loader.attempt, "not a safetensors file", "sha256 changed", POLICY, t + 1)
-            .unwrap();
+        // First the loader and the coordinator disagree (nobody can tell who lies: nobody is
+        // charged), then the coordinator's copy is bad too (the producer is charged).
+        let recheck = match round {
+            0 => blame::Recheck::Passes,
+            _ => blame::Recheck::Bad("sha256 changed".into()),
+        };
+        let producer_worker: WorkerId =
+            c.query_row("SELECT worker FROM attempts WHERE id = ?1", [producer], |r| r.get(0)).unwrap();
+        let d = blame::disown_start(&mut c, loader.attempt, "not a safetensors file", &recheck, POLICY, t + 1).unwrap();
         assert_eq!((d.job, d.idx, d.attempt), (job, 0, producer));
         assert_eq!(attempt_state(&c, loader.attempt), "cancelled");
         assert_eq!(attempt_state(&c, producer), "failed");
+        let charged = blame::failures_in_a_row(&c, producer_worker, 10).unwrap();
+        assert_eq!(
+            (charged, blame::failures_in_a_row(&c, WorkerId(2), 10).unwrap()),
+            (round as u32, 0),
+            "round {round}"
+        );
         if round == 1 {
             // A producer that keeps making bad states runs out of retries: no endless loop.
             let (state, error): (String, String) = c

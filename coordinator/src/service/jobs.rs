@@ -11,6 +11,10 @@ use std::time::Duration;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+/// How often a watch re-reads its job when nothing signalled a change (every change of the job
+/// and every lease expiry signal; this only bounds what a missed signal could cost).
+const WATCH_REFRESH: Duration = Duration::from_secs(5);
+
 #[tonic::async_trait]
 impl JobService for Api {
     async fn submit_job(&self, request: Request<Streaming<v1::SubmitJobRequest>>) -> Result<Response<v1::Job>, Status> {
@@ -171,6 +175,8 @@ impl JobService for Api {
     async fn watch_job(&self, request: Request<v1::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
         let principal = caller(&request)?;
         let seq = self.owned_job(&principal, &request.into_inner().job_id).await?;
+        // Held by the stream's task, so the slot is taken until the client goes.
+        let permit = self.0.watches.try_open(&principal.name).map_err(Error::from)?;
         // Subscribe before the first look, so a change in between still wakes us.
         let mut mine = self.0.watchers.subscribe(seq);
         let mut changes = self.0.changes.subscribe();
@@ -180,6 +186,7 @@ impl JobService for Api {
         let api = self.clone();
         let mut closing = self.0.closing.subscribe();
         tokio::spawn(async move {
+            let _permit = permit;
             let mut last = first;
             if tx.send(Ok(last.clone())).await.is_err() {
                 return;
@@ -189,9 +196,15 @@ impl JobService for Api {
                 if db::JobState::from_wire(last.state).is_none_or(db::JobState::is_final) {
                     return;
                 }
+                // Woken by a change, or now and then for what changes without a signal; and
+                // ended as soon as the client goes, not at the job's next change.
                 tokio::select! {
-                    _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()) => {}
+                    _ = tokio::time::timeout(WATCH_REFRESH, changes.changed()) => {}
                     _ = mine.changed() => {}
+                    _ = tx.closed() => {
+                        tracing::debug!(job = %seq, "watcher gone");
+                        return;
+                    }
                     _ = async { closing.wait_for(|c| *c).await.is_ok() } => {
                         let _ = tx.send(Err(Status::unavailable("the coordinator is shutting down"))).await;
                         return;

@@ -208,4 +208,47 @@ mod tests {
         }
         assert_eq!(api.0.watchdog.watched(), 0);
     }
+
+    /// Watches end when their clients go, not at the job's next change, and one user cannot
+    /// open more than its share (3,000 abandoned watches of a queued job once kept the
+    /// coordinator busy re-reading it).
+    #[tokio::test]
+    async fn watches_end_with_their_clients_and_are_bounded_per_user() {
+        use crate::streams::MAX_WATCHES_EACH;
+        use proto::v1::job_service_server::JobService;
+        use tokio_stream::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let api = Api(Coordinator::open(crate::Config::new(dir.path().to_path_buf())).unwrap());
+        {
+            let mut c = api.0.conn.lock().unwrap();
+            let spec = v1::JobSpec { name: "queued".into(), ..Default::default() };
+            db::submit(&mut c, &spec, 4, 2, "style", "alice", 0).unwrap();
+        }
+        let alice = Principal { role: crate::auth::Role::User, name: "alice".into() };
+        let watch = |who: &Principal| {
+            let request = as_principal(who, v1::WatchJobRequest { job_id: "job-1".into() });
+            let api = api.clone();
+            async move { api.watch_job(request).await }
+        };
+        let mut streams = Vec::new();
+        for _ in 0..MAX_WATCHES_EACH {
+            let mut stream = watch(&alice).await.unwrap().into_inner();
+            assert_eq!(stream.next().await.unwrap().unwrap().id, "job-1");
+            streams.push(stream);
+        }
+        let refused = watch(&alice).await.err().expect("a watch past the per-user limit");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+        assert!(refused.message().contains("limit per user"), "{refused:?}");
+        assert_eq!(api.0.watches.open(), MAX_WATCHES_EACH);
+        // The clients go; the job does not change. Their tasks end anyway.
+        drop(streams);
+        for _ in 0..100 {
+            if api.0.watches.open() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(api.0.watches.open(), 0, "watches outlived their clients");
+        assert!(watch(&alice).await.is_ok());
+    }
 }

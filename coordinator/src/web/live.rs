@@ -16,13 +16,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-
-/// Live streams open at once, over all viewers: each holds a task and re-reads the database on
-/// changes, so their number is bounded like everything else a client can open.
-pub const MAX_LIVE_STREAMS: usize = 256;
+use tokio::sync::mpsc;
 /// Changes of one job closer together than this are sent as one update.
 const COALESCE: Duration = Duration::from_millis(300);
 /// The same for the lists, which every heartbeat of every worker wakes and which read up to
@@ -30,12 +25,6 @@ const COALESCE: Duration = Duration::from_millis(300);
 const COALESCE_LISTS: Duration = Duration::from_secs(1);
 /// Ages ("12 s ago") are refreshed this often even when nothing changes.
 const REFRESH: Duration = Duration::from_secs(10);
-
-/// The bound on one coordinator's live streams (each coordinator its own: tests and `render`
-/// run several in one process).
-pub(crate) fn streams() -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(MAX_LIVE_STREAMS))
-}
 
 type Tx = mpsc::Sender<Result<Event, Infallible>>;
 
@@ -60,20 +49,24 @@ impl Sent {
     }
 }
 
-/// Opens a stream fed by `feed`, or refuses when too many are open.
-fn open<F, Fut>(web: &Web, feed: F) -> Response
+/// Opens a stream for `viewer` fed by `feed`, or refuses when too many are open
+/// ([`crate::streams::MAX_LIVE_PAGES`] in all, fewer per user). The permit lives in the stream's
+/// task, so the slot is taken for as long as the page stays open.
+fn open<F, Fut>(web: &Web, viewer: &Viewer, feed: F) -> Response
 where
-    F: FnOnce(Tx, OwnedSemaphorePermit) -> Fut,
+    F: FnOnce(Tx) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let Ok(permit) = web.streams.clone().try_acquire_owned() else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "too many live pages are open; try again later\n").into_response();
+    let permit = match web.coordinator().live_pages.try_open(&viewer.principal.name) {
+        Ok(permit) => permit,
+        Err(why) => return (StatusCode::SERVICE_UNAVAILABLE, format!("no live page: {why}\n")).into_response(),
     };
     let (tx, rx) = mpsc::channel(16);
     let mut closing = web.coordinator().closing.subscribe();
     let closed = tx.clone();
-    let task = feed(tx, permit);
+    let task = feed(tx);
     tokio::spawn(async move {
+        let _permit = permit;
         tokio::select! {
             _ = task => {}
             _ = closed.closed() => {}
@@ -94,14 +87,14 @@ type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send
 
 /// A list (the jobs, the workers) kept live in the element `target`: rendered anew by `render`
 /// when any job changes or the coordinator's state does; a failed render ends the stream.
-fn live_list<F>(web: &Web, target: &'static str, render: F) -> Response
+fn live_list<F>(web: &Web, viewer: &Viewer, target: &'static str, render: F) -> Response
 where
     F: Fn(Web) -> BoxFuture<Option<String>> + Send + 'static,
 {
     let mut any = web.coordinator().watchers.subscribe_any();
     let mut changes = web.coordinator().changes.subscribe();
     let web2 = web.clone();
-    open(web, move |tx, _permit| async move {
+    open(web, viewer, move |tx| async move {
         let mut sent = Sent::default();
         loop {
             let Some(html) = render(web2.clone()).await else { return };
@@ -125,7 +118,7 @@ pub(crate) async fn jobs_events(State(web): State<Web>, headers: HeaderMap, Quer
         Err(_) => return StatusCode::UNAUTHORIZED.into_response(),
     };
     let state = filter.state();
-    live_list(&web, "jobs-body", move |web| {
+    live_list(&web, &viewer.clone(), "jobs-body", move |web| {
         let (viewer, state) = (viewer.clone(), state.clone());
         Box::pin(async move { web.jobs(&viewer, state).await.ok().map(|jobs| pages::jobs_html(&jobs, now_ms())) })
     })
@@ -144,7 +137,7 @@ pub(crate) async fn job_events(State(web): State<Web>, headers: HeaderMap, Path(
     let mut mine = web.coordinator().watchers.subscribe(seq);
     let token = web.form_token(&viewer);
     let web2 = web.clone();
-    open(&web, move |tx, _permit| async move {
+    open(&web, &viewer, move |tx| async move {
         let mut sent = Sent::default();
         loop {
             let job = match web2.api.job_view(seq, true).await {
@@ -175,8 +168,8 @@ pub(crate) async fn job_events(State(web): State<Web>, headers: HeaderMap, Path(
 }
 
 pub(crate) async fn workers_events(State(web): State<Web>, headers: HeaderMap) -> Response {
-    if web.viewer(&headers).is_err() {
+    let Ok(viewer) = web.viewer(&headers) else {
         return StatusCode::UNAUTHORIZED.into_response();
-    }
-    live_list(&web, "workers-body", |web| Box::pin(async move { web.workers_html().await.ok() }))
+    };
+    live_list(&web, &viewer, "workers-body", |web| Box::pin(async move { web.workers_html().await.ok() }))
 }

@@ -35,8 +35,6 @@ const COOKIE_MAX_AGE: u64 = 12 * 3600;
 pub(crate) struct Web {
     api: Api,
     secret: Arc<[u8; 32]>,
-    /// Permits for live streams (`live::MAX_LIVE_STREAMS`).
-    streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl Web {
@@ -48,7 +46,7 @@ impl Web {
 pub(crate) fn router(coordinator: Arc<Coordinator>) -> axum::Router {
     let mut secret = [0u8; 32];
     getrandom::getrandom(&mut secret).expect("the system random source failed");
-    let web = Web { api: Api(coordinator), secret: Arc::new(secret), streams: live::streams() };
+    let web = Web { api: Api(coordinator), secret: Arc::new(secret) };
     axum::Router::new()
         .route("/", get(|| async { Redirect::to("/jobs") }))
         .route("/login", get(pages::login_page).post(login))

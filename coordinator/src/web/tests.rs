@@ -212,3 +212,39 @@ async fn an_open_dashboard_answers_only_to_ip_addresses_against_dns_rebinding() 
         assert_eq!(status, want, "{host:?}");
     }
 }
+
+#[tokio::test]
+async fn live_pages_hold_their_slot_while_open_and_one_user_cannot_take_them_all() {
+    use crate::streams::MAX_LIVE_PAGES_EACH;
+    let farm = Farm::new();
+    let open = |token: &'static str| {
+        let app = farm.app.clone();
+        async move {
+            let r = Request::get("/jobs/events").header(header::AUTHORIZATION, format!("Bearer {token}"));
+            app.oneshot(r.body(Body::empty()).unwrap()).await.unwrap()
+        }
+    };
+    let mut alices = Vec::new();
+    for _ in 0..MAX_LIVE_PAGES_EACH {
+        let page = open(ALICE).await;
+        assert_eq!(page.status(), StatusCode::OK);
+        alices.push(page);
+    }
+    // The handlers have returned; the streams are still open and still counted.
+    assert_eq!(farm.coordinator.live_pages.open(), MAX_LIVE_PAGES_EACH);
+    let refused = open(ALICE).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = axum::body::to_bytes(refused.into_body(), 1 << 16).await.unwrap();
+    assert!(String::from_utf8_lossy(&body).contains("the limit per user"), "{body:?}");
+    assert_eq!(open(BOB).await.status(), StatusCode::OK, "another user still gets a live page");
+    // Closed pages give their slots back.
+    drop(alices);
+    for _ in 0..100 {
+        if farm.coordinator.live_pages.open() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(farm.coordinator.live_pages.open(), 0);
+    assert_eq!(open(ALICE).await.status(), StatusCode::OK);
+}
