@@ -76,6 +76,10 @@ pub struct ServeArgs {
     /// The highest --priority a user may submit at; admins are not limited.
     #[arg(long, default_value_t = crate::config::DEFAULT_MAX_USER_PRIORITY)]
     pub max_user_priority: i32,
+    /// MiB of style uploads the coordinator holds in memory at once (each is checked whole);
+    /// a submit beyond it waits a while for room, then is refused. At least one style (64).
+    #[arg(long, default_value_t = crate::budget::DEFAULT_UPLOAD_BUDGET >> 20)]
+    pub upload_budget_mib: u64,
 }
 
 impl ServeArgs {
@@ -133,6 +137,7 @@ impl ServeArgs {
         config.stall_factor = self.stall_factor.clamp(1.0, 1000.0);
         config.quarantine_after = self.quarantine_after;
         config.max_user_priority = self.max_user_priority;
+        config.upload_budget = self.upload_budget_mib.clamp(proto::limits::MAX_STYLE_BYTES >> 20, 1 << 20) << 20;
         config.quarantine = Duration::from_secs_f64(self.quarantine_secs.clamp(0.0, 7.0 * 86_400.0));
         config.reserve_bytes = self.disk_reserve_mib.min(1 << 20) << 20;
         Ok(config)

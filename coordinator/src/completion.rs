@@ -88,7 +88,17 @@ impl Coordinator {
             })
             .await;
         let (cur, last) = match done {
-            Ok(v) => v,
+            Ok((cur, lease::Completed::Released(reason))) => {
+                // A hand-over too short to split off: nothing of it is kept.
+                tracing::info!(%attempt, job = %cur.job, segment = cur.idx, %reason, "partial upload not kept");
+                let _ = self.store.delete(&chunk_key);
+                let _ = self.store.delete(&state_key);
+                self.watchdog.forget(attempt);
+                self.segments_may_be_ready();
+                self.job_changed(cur.job);
+                return Ok(());
+            }
+            Ok((cur, done)) => (cur, done == lease::Completed::Last),
             Err(e) => {
                 // Superseded while uploading: its files must not linger under live keys.
                 let _ = self.store.delete(&chunk_key);

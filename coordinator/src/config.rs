@@ -48,6 +48,8 @@ pub struct Config {
     /// The highest priority a user may give a job (admins are not limited): one tenant's
     /// priority 2147483647 would otherwise put every other tenant's work behind its own.
     pub max_user_priority: i32,
+    /// Bytes of style uploads held in memory at once (see `budget`).
+    pub upload_budget: u64,
 }
 
 /// Default of `serve --max-user-priority`.
@@ -87,6 +89,7 @@ impl Config {
             quarantine: Duration::from_secs(600),
             segment_secs: DEFAULT_SEGMENT_SECS,
             max_user_priority: DEFAULT_MAX_USER_PRIORITY,
+            upload_budget: crate::budget::DEFAULT_UPLOAD_BUDGET,
         }
     }
 

@@ -27,6 +27,9 @@ pub enum Error {
     /// A client opened more long-lived streams than it may.
     #[error("{0}")]
     TooManyStreams(#[from] crate::streams::Refused),
+    /// An upload found no room in the budget of bytes in flight.
+    #[error("{0}")]
+    NoRoom(#[from] crate::budget::NoRoom),
     #[error("database: {0}")]
     Db(#[from] rusqlite::Error),
     /// The artifact store failed at `op` (which names the key or the chunk).
@@ -118,7 +121,7 @@ impl From<Error> for tonic::Status {
         match e {
             Error::Param(_) | Error::Invalid { .. } => Status::invalid_argument(message),
             Error::JobNotFound(_) | Error::WorkerNotFound(_) => Status::not_found(message),
-            Error::TooManyStreams(_) => Status::resource_exhausted(message),
+            Error::TooManyStreams(_) | Error::NoRoom(_) => Status::resource_exhausted(message),
             Error::StaleAttempt { .. }
             | Error::JobEnded { .. }
             | Error::NoOutput { .. }

@@ -291,7 +291,7 @@ pub fn complete(
     up: &Upload,
     policy: Policy,
     now: i64,
-) -> Result<(Current, bool)> {
+) -> Result<(Current, Completed)> {
     let (tx, cur) = fenced(conn, attempt, policy, now)?;
     let (start, end) = cur.span;
     let mut frames = end - start;
@@ -299,6 +299,18 @@ pub fn complete(
     if let Some(done) = up.frames.filter(|&f| f < end - start) {
         if done == 0 {
             return Err(Error::invalid("frames_done", "a preempted attempt hands over at least one frame"));
+        }
+        if let Err(why) = reshape::may_split(&tx, cur.job, done)? {
+            // Released, as a worker that stops without handing over: nobody is charged, the
+            // segment is rendered again whole.
+            let reason = format!("preempted after {done} of {frames} frames, not split off: {why}");
+            tx.execute(
+                "UPDATE attempts SET state = 'cancelled', reason = ?2, ended_ms = ?3 WHERE id = ?1",
+                params![attempt, reason, now],
+            )?;
+            retry_or_fail(&tx, cur.job, cur.idx, cur.worker, &reason, policy, now)?;
+            tx.commit()?;
+            return Ok((cur, Completed::Released(reason)));
         }
         reshape::split(&tx, cur.job, cur.idx, start + done)?;
         reason = format!(
@@ -340,7 +352,19 @@ pub fn complete(
         tx.execute("UPDATE jobs SET state = 'stitching' WHERE seq = ?1 AND state = 'running'", [cur.job])?;
     }
     tx.commit()?;
-    Ok((cur, last))
+    Ok((cur, if last { Completed::Last } else { Completed::More }))
+}
+
+/// What a completion recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completed {
+    /// The segment is done and another follows.
+    More,
+    /// The segment is done and was the job's last: the job is stitching.
+    Last,
+    /// A preempted attempt's partial hand-over was not split off (too short, or the job has
+    /// been split too often, the reason says): the attempt is released and nothing is kept.
+    Released(String),
 }
 
 /// A worker gave up on its attempt (or sent a corrupt upload): retry, or fail the job. A

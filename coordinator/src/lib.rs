@@ -6,6 +6,7 @@
 //! until `shutdown` resolves; tests and `gramzoom render` start it in-process on port 0.
 
 pub mod auth;
+pub mod budget;
 pub mod cli;
 mod completion;
 mod config;
@@ -146,6 +147,8 @@ pub struct Coordinator {
     live_pages: streams::StreamLimit,
     /// `WatchJob` streams open at once.
     watches: streams::StreamLimit,
+    /// Bytes of style uploads held at once.
+    uploads: budget::UploadBudget,
 }
 
 impl Coordinator {
@@ -179,6 +182,7 @@ impl Coordinator {
         if let Err(e) = reserve.ensure() {
             tracing::warn!(error = %e, "could not keep a disk reserve: on a full disk, cancel and delete may fail");
         }
+        let uploads = budget::UploadBudget::new(config.upload_budget, budget::UPLOAD_WAIT);
         let this = Arc::new(Self {
             _lock: lock,
             config,
@@ -196,6 +200,7 @@ impl Coordinator {
             previews: preview::Previews::default(),
             live_pages: streams::StreamLimit::new(streams::MAX_LIVE_PAGES, streams::MAX_LIVE_PAGES_EACH),
             watches: streams::StreamLimit::new(streams::MAX_WATCHES, streams::MAX_WATCHES_EACH),
+            uploads,
         });
         for job in stitching {
             tokio::spawn(this.clone().stitch(job));

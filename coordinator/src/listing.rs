@@ -39,7 +39,12 @@ impl Coordinator {
 
     /// One job as users see it.
     pub(crate) async fn job_view(&self, seq: JobId, include_segments: bool) -> Result<v1::Job> {
-        let mut job = self.db(move |c| db::job(c, seq, include_segments)).await?;
+        self.job_view_page(seq, include_segments.then_some(db::SegmentPage::FIRST)).await
+    }
+
+    /// The job with a page of its segments.
+    pub(crate) async fn job_view_page(&self, seq: JobId, page: Option<db::SegmentPage>) -> Result<v1::Job> {
+        let mut job = self.db(move |c| db::job_page(c, seq, page)).await?;
         self.apply_live(seq, &mut job);
         Ok(job)
     }

@@ -27,7 +27,7 @@ fn users_see_and_touch_only_their_own_jobs_and_roles_keep_to_their_api() {
     let c = Cluster::start("30", &[]);
     let id = c.submit(&["--size", "64x48", "--frames", "2"]); // alice's
     let rt = &c.runtime;
-    let get = |job: &str| v1::GetJobRequest { job_id: job.into(), include_segments: false };
+    let get = |job: &str| v1::GetJobRequest { job_id: job.into(), include_segments: false, ..Default::default() };
 
     // Strangers: no token, a wrong token.
     for token in [None, Some("not-a-token-0123456789xyz")] {

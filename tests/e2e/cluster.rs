@@ -244,7 +244,11 @@ fn bad_requests_get_the_right_status_with_the_field_named() {
     // Unknown jobs: NOT_FOUND.
     let mut jobs = c.jobs();
     for id in ["job-999", "nonsense"] {
-        let status = c.runtime.block_on(jobs.get_job(v1::GetJobRequest { job_id: id.into(), include_segments: false }));
+        let status = c.runtime.block_on(jobs.get_job(v1::GetJobRequest {
+            job_id: id.into(),
+            include_segments: false,
+            ..Default::default()
+        }));
         assert_eq!(status.unwrap_err().code(), Code::NotFound);
     }
 

@@ -195,7 +195,7 @@ impl Cluster {
 
     pub(crate) fn job(&self, id: &str) -> v1::Job {
         let mut c = self.jobs();
-        let r = v1::GetJobRequest { job_id: id.into(), include_segments: true };
+        let r = v1::GetJobRequest { job_id: id.into(), include_segments: true, ..Default::default() };
         self.runtime.block_on(c.get_job(r)).unwrap().into_inner()
     }
 

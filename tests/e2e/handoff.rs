@@ -58,7 +58,7 @@ fn a_preempted_worker_hands_over_what_it_finished_and_the_rest_is_split_off() {
     let a = c.worker("a", &[]);
     let id = c.submit(LONG);
     c.wait(&id, 120, "a few frames into the segment", |j| {
-        j.segments[0].attempts.first().is_some_and(|x| x.frames_done >= 3)
+        j.segments[0].attempts.first().is_some_and(|x| x.frames_done >= 4)
     });
     let signalled = Instant::now();
     c.workers[a].signal("-TERM");

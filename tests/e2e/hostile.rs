@@ -53,7 +53,7 @@ fn job_ids_are_taken_only_as_written_and_bad_ones_are_quoted_short() {
     assert_eq!(id, "job-1");
     let mut jobs = c.jobs();
     let get = |jobs: &mut cli::client::Client, id: &str| {
-        let r = v1::GetJobRequest { job_id: id.into(), include_segments: false };
+        let r = v1::GetJobRequest { job_id: id.into(), include_segments: false, ..Default::default() };
         c.runtime.block_on(jobs.get_job(r))
     };
     assert_eq!(get(&mut jobs, "job-1").unwrap().into_inner().id, "job-1");
@@ -231,7 +231,7 @@ fn lbfgs_state(fingerprint: &str) -> Vec<u8> {
 #[test]
 fn uploads_are_checked_for_content_not_only_checksums() {
     // One worker uploads six bad segments in a row here: no quarantine, to see every check.
-    let c = Cluster::start("30", &["--max-attempts", "9", "--quarantine-after", "0"]);
+    let c = Cluster::start("30", &["--max-attempts", "12", "--quarantine-after", "0"]);
     let dir = c.dir.path();
     let id = c.submit(&["--size", "64x48", "--frames", "4", "--segment-frames", "2"]);
     let mut w = FakeWorker::register(&c);

@@ -147,7 +147,11 @@ pub fn status(args: Status) -> Result<()> {
             }
             Some(id) => {
                 let job = c
-                    .get_job(v1::GetJobRequest { job_id: id.clone(), include_segments: args.segments })
+                    .get_job(v1::GetJobRequest {
+                        job_id: id.clone(),
+                        include_segments: args.segments,
+                        ..Default::default()
+                    })
                     .await
                     .map_err(client::ClientError::from)?
                     .into_inner();

@@ -174,10 +174,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
      DROP TABLE saved_sequence;",
     // 7: whether an ended attempt counts against its worker (a failure that followed its job
     // across workers is the job's fault); the container and codec parameters of a job's first
-    // chunk, which every later chunk must share to be joined; a worker's identity across
+    // chunk, which every later chunk must share to be joined; how often a job was split by
+    // preemption (bounded); a worker's identity across
     // registrations (its principal and name), so a quarantine follows it.
     "ALTER TABLE attempts ADD COLUMN charged INTEGER NOT NULL DEFAULT 1;
      ALTER TABLE jobs ADD COLUMN chunk_format TEXT NOT NULL DEFAULT '';
+     ALTER TABLE jobs ADD COLUMN splits INTEGER NOT NULL DEFAULT 0;
      CREATE INDEX workers_by_identity ON workers(principal, name);
      CREATE INDEX workers_by_last_seen ON workers(last_seen_ms);",
 ];

@@ -121,3 +121,20 @@ fn an_older_database_is_migrated_and_then_holds_states_to_their_rules() {
     refused("UPDATE attempts SET worker = 9 WHERE id = 1");
     c.execute("UPDATE jobs SET state = 'stitching' WHERE seq = 1", []).expect("a change the coordinator makes");
 }
+
+#[test]
+fn a_job_with_many_segments_is_shown_a_page_at_a_time() {
+    use prost::Message;
+    let mut c = open(std::path::Path::new(":memory:")).unwrap();
+    let job = submit(&mut c, &v1::JobSpec::default(), 40_000, 1, "style", "", 0).unwrap();
+    // All 40,000 in one answer would be over gRPC's 4 MiB once they have attempts.
+    let first = job_page(&c, job, Some(SegmentPage::asked(0, 0))).unwrap();
+    assert_eq!((first.segments.len() as u32, first.segments_total), (MAX_SEGMENT_PAGE, 40_000));
+    assert!(first.encoded_len() < 1 << 20, "{} bytes", first.encoded_len());
+    let later = job_page(&c, job, Some(SegmentPage::asked(39_990, 100_000))).unwrap();
+    let indexes: Vec<u32> = later.segments.iter().map(|s| s.index).collect();
+    assert_eq!(indexes, (39_990..40_000).collect::<Vec<_>>());
+    let beyond = job_page(&c, job, Some(SegmentPage::asked(u32::MAX, u32::MAX))).unwrap();
+    assert!(beyond.segments.is_empty());
+    assert!(job_page(&c, job, None).unwrap().segments.is_empty());
+}

@@ -15,30 +15,74 @@ pub fn spec(conn: &Connection, seq: JobId) -> Result<v1::JobSpec> {
     v1::JobSpec::decode(blob.as_slice()).map_err(|e| Error::Db(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
 }
 
-/// The job as users see it. `include_segments` adds every segment and attempt.
+/// Segments a job view carries at most: a job may have 100,000, and GetJob's answer must stay
+/// well under gRPC's 4 MiB (each segment with its attempts is a few hundred bytes).
+pub const MAX_SEGMENT_PAGE: u32 = 1000;
+
+/// Which of a job's segments a view carries: `limit` of them from index `from`.
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentPage {
+    pub from: u32,
+    pub limit: u32,
+}
+
+impl SegmentPage {
+    /// The first page.
+    pub const FIRST: Self = Self { from: 0, limit: MAX_SEGMENT_PAGE };
+
+    /// A page as a client asks for it: 0 for the default size, at most [`MAX_SEGMENT_PAGE`].
+    pub fn asked(from: u32, limit: u32) -> Self {
+        let limit = if limit == 0 { MAX_SEGMENT_PAGE } else { limit.min(MAX_SEGMENT_PAGE) };
+        Self { from, limit }
+    }
+}
+
+/// The job as users see it. `include_segments` adds the first page of its segments with their
+/// attempts.
 pub fn job(conn: &Connection, seq: JobId, include_segments: bool) -> Result<v1::Job> {
-    let spec = spec(conn, seq)?;
-    type Row = (JobState, String, u32, i64, i64, i64, String, String);
-    let (state, error, frames, created, finished, size, sha, owner): Row = conn.query_row(
-        "SELECT state, error, frames, created_ms, finished_ms, output_size, output_sha256, owner FROM jobs WHERE seq = ?1",
-        [seq],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)),
-    )?;
-    let (done_frames, segments_done, segments_total): (u32, u32, u32) = conn.query_row(
+    job_page(conn, seq, include_segments.then_some(SegmentPage::FIRST))
+}
+
+/// The job as users see it, with a page of its segments and their attempts. The job row is
+/// read once.
+pub fn job_page(conn: &Connection, seq: JobId, page: Option<SegmentPage>) -> Result<v1::Job> {
+    use prost::Message;
+    type Row = (Vec<u8>, JobState, String, u32, i64, i64, i64, String, String, u32, bool);
+    let row: Option<Row> = conn
+        .query_row(
+            "SELECT spec, state, error, frames, created_ms, finished_ms, output_size, output_sha256, owner,
+                    segment_frames, segment_frames_measured
+             FROM jobs WHERE seq = ?1",
+            [seq],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                    r.get(10)?,
+                ))
+            },
+        )
+        .optional()?;
+    let (spec, state, error, frames, created, finished, size, sha, owner, segment_frames, measured) =
+        row.ok_or_else(|| Error::JobNotFound(seq.to_string()))?;
+    let spec = v1::JobSpec::decode(spec.as_slice())
+        .map_err(|e| Error::Db(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+    let (done_frames, segments_done, segments_total, running): (u32, u32, u32, u32) = conn.query_row(
         "SELECT COALESCE(SUM(CASE WHEN state = 'done' THEN end_frame - start_frame ELSE 0 END), 0),
-                COALESCE(SUM(state = 'done'), 0), COUNT(*) FROM segments WHERE job = ?1",
+                COALESCE(SUM(state = 'done'), 0), COUNT(*),
+                (SELECT COALESCE(SUM(frames_done), 0) FROM attempts WHERE job = ?1 AND state = 'running')
+         FROM segments WHERE job = ?1",
         [seq],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
     )?;
-    let running: u32 = conn.query_row(
-        "SELECT COALESCE(SUM(frames_done), 0) FROM attempts WHERE job = ?1 AND state = 'running'",
-        [seq],
-        |r| r.get(0),
-    )?;
-    let (segment_frames, measured): (u32, bool) =
-        conn.query_row("SELECT segment_frames, segment_frames_measured FROM jobs WHERE seq = ?1", [seq], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
     let mut job = v1::Job {
         id: seq.to_string(),
         spec: Some(spec),
@@ -57,17 +101,19 @@ pub fn job(conn: &Connection, seq: JobId, include_segments: bool) -> Result<v1::
         segment_frames_measured: measured,
         ..Default::default()
     };
-    if include_segments {
-        job.segments = segments(conn, seq)?;
+    if let Some(page) = page {
+        job.segments = segments(conn, seq, page)?;
     }
     Ok(job)
 }
 
-fn segments(conn: &Connection, seq: JobId) -> Result<Vec<v1::Segment>> {
-    let mut stmt =
-        conn.prepare("SELECT idx, start_frame, end_frame, state FROM segments WHERE job = ?1 ORDER BY idx")?;
+fn segments(conn: &Connection, seq: JobId, page: SegmentPage) -> Result<Vec<v1::Segment>> {
+    let end = page.from.saturating_add(page.limit);
+    let mut stmt = conn.prepare_cached(
+        "SELECT idx, start_frame, end_frame, state FROM segments WHERE job = ?1 AND idx >= ?2 AND idx < ?3 ORDER BY idx",
+    )?;
     let mut out: Vec<v1::Segment> = stmt
-        .query_map([seq], |r| {
+        .query_map(params![seq, page.from, end], |r| {
             Ok(v1::Segment {
                 index: r.get(0)?,
                 start_frame: r.get(1)?,
@@ -77,10 +123,11 @@ fn segments(conn: &Connection, seq: JobId) -> Result<Vec<v1::Segment>> {
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
-    let mut stmt = conn.prepare(
-        "SELECT idx, id, worker, state, reason, started_ms, ended_ms, frames_done FROM attempts WHERE job = ?1 ORDER BY id",
+    let mut stmt = conn.prepare_cached(
+        "SELECT idx, id, worker, state, reason, started_ms, ended_ms, frames_done FROM attempts
+         WHERE job = ?1 AND idx >= ?2 AND idx < ?3 ORDER BY id",
     )?;
-    let rows = stmt.query_map([seq], |r| {
+    let rows = stmt.query_map(params![seq, page.from, end], |r| {
         Ok((
             r.get::<_, u32>(0)?,
             v1::Attempt {
@@ -96,7 +143,7 @@ fn segments(conn: &Connection, seq: JobId) -> Result<Vec<v1::Segment>> {
     })?;
     for row in rows {
         let (idx, attempt) = row?;
-        if let Some(s) = out.get_mut(idx as usize) {
+        if let Some(s) = out.get_mut((idx - page.from) as usize) {
             s.attempts.push(attempt);
         }
     }

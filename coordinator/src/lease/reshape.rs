@@ -54,6 +54,29 @@ pub(super) fn resize(
     Ok(())
 }
 
+/// The fewest frames a preempted worker's hand-over must hold to be split off: a worker that
+/// handed over one frame at a time once cut a job into 2,304 one-frame segments in 30 s.
+pub const MIN_SPLIT_FRAMES: u32 = 4;
+/// Splits one job may have: each adds a segment, a hand-off and a key frame.
+pub const MAX_SPLITS_PER_JOB: u32 = 64;
+
+/// Whether a preempted attempt of `job` that finished `done` frames may be split off; the
+/// reason when not.
+pub(super) fn may_split(tx: &Transaction, job: JobId, done: u32) -> Result<std::result::Result<(), String>> {
+    if done < MIN_SPLIT_FRAMES {
+        return Ok(Err(format!("a hand-over needs at least {MIN_SPLIT_FRAMES} frames")));
+    }
+    let splits: u32 = tx.query_row("SELECT splits FROM jobs WHERE seq = ?1", [job], |r| r.get(0))?;
+    if splits >= MAX_SPLITS_PER_JOB {
+        return Ok(Err(format!("the job has been split {splits} times, the most allowed")));
+    }
+    let segments: u32 = tx.query_row("SELECT COUNT(*) FROM segments WHERE job = ?1", [job], |r| r.get(0))?;
+    if segments >= crate::MAX_SEGMENTS {
+        return Ok(Err(format!("the job has {segments} segments, the most allowed")));
+    }
+    Ok(Ok(()))
+}
+
 /// Cuts segment `idx` of `job` at frame `cut`: it keeps the frames before, a new waiting segment
 /// `idx + 1` gets the rest, and every later segment (with its attempts) moves up one index,
 /// through negative indexes so that no (job, idx) key collides on the way.
@@ -69,5 +92,6 @@ pub(super) fn split(tx: &Transaction, job: JobId, idx: u32, cut: u32) -> Result<
         "INSERT INTO segments (job, idx, start_frame, end_frame, state, ready_ms) VALUES (?1, ?2, ?3, ?4, 'waiting', 0)",
         params![job, idx + 1, cut, end],
     )?;
+    tx.execute("UPDATE jobs SET splits = splits + 1 WHERE seq = ?1", [job])?;
     Ok(())
 }

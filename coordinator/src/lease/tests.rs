@@ -153,12 +153,12 @@ fn cancelling_fences_running_attempts_and_cannot_repeat() {
 fn the_last_segment_hands_the_job_to_stitching_and_a_restart_renews_leases() {
     let (mut c, jobs) = setup(&[(0, 3)]);
     let (_, _, a) = take(&mut c, WorkerId(1), 0).unwrap();
-    assert!(!complete(&mut c, a, &UP, POLICY, 10).unwrap().1);
+    assert_eq!(complete(&mut c, a, &UP, POLICY, 10).unwrap().1, Completed::More);
     let g = acquire(&mut c, WorkerId(1), POLICY, 20).unwrap().unwrap();
     assert_eq!((g.start_frame, g.end_frame, g.start_attempt, g.start_state_sha256.as_str()), (2, 3, a, "s"));
     assert_eq!(resume(&c, POLICY, 5000).unwrap(), 1);
     heartbeat(&mut c, g.attempt, 1, POLICY, 5500).unwrap(); // would have expired at 1020
-    assert!(complete(&mut c, g.attempt, &UP, POLICY, 5600).unwrap().1);
+    assert_eq!(complete(&mut c, g.attempt, &UP, POLICY, 5600).unwrap().1, Completed::Last);
     assert_eq!(db::jobs_in_state(&c, db::JobState::Stitching).unwrap(), vec![jobs[0]]);
     assert_eq!(db::done_chunks(&c, jobs[0]).unwrap(), vec![(a, 0, 2), (g.attempt, 2, 3)]);
 }
@@ -328,39 +328,55 @@ fn a_bad_start_state_reruns_its_producer_and_costs_the_loader_nothing() {
 
 #[test]
 fn a_preempted_attempt_keeps_what_it_finished_and_the_rest_becomes_the_next_segment() {
-    let (mut c, jobs) = setup(&[(0, 6)]); // segments [0, 2) [2, 4) [4, 6)
-    let job = jobs[0];
+    let (mut c, _) = setup(&[]);
+    let job = db::submit(&mut c, &v1::JobSpec::default(), 30, 10, "style", "", 0).unwrap(); // [0, 10) [10, 20) [20, 30)
     let first = take(&mut c, WorkerId(1), 0).unwrap().2;
     complete(&mut c, first, &UP, POLICY, 10).unwrap();
     let g = acquire(&mut c, WorkerId(1), POLICY, 20).unwrap().unwrap();
-    assert_eq!((g.idx, g.start_frame, g.end_frame), (1, 2, 4));
+    assert_eq!((g.idx, g.start_frame, g.end_frame), (1, 10, 20));
     // Nothing finished is nothing to hand over.
     let none = Upload { frames: Some(0), ..UP };
     assert!(matches!(complete(&mut c, g.attempt, &none, POLICY, 25), Err(Error::Invalid { field: "frames_done", .. })));
-    let one = Upload { frames: Some(1), ..UP };
-    let (_, last) = complete(&mut c, g.attempt, &one, POLICY, 30).unwrap();
-    assert!(!last);
-    let spans: Vec<(u32, u32, String)> = c
-        .prepare("SELECT start_frame, end_frame, state FROM segments WHERE job = ?1 ORDER BY idx")
-        .unwrap()
-        .query_map([job], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .collect::<rusqlite::Result<_>>()
-        .unwrap();
-    let want = [(0, 2, "done"), (2, 3, "done"), (3, 4, "ready"), (4, 6, "waiting")];
-    assert_eq!(spans, want.map(|(a, b, s)| (a, b, s.to_string())));
+    // Too little to split off: released, nobody charged, the segment rendered again whole (a
+    // worker handing over one frame at a time once cut a job into thousands of segments).
+    let short = Upload { frames: Some(reshape::MIN_SPLIT_FRAMES - 1), ..UP };
+    let (_, done) = complete(&mut c, g.attempt, &short, POLICY, 26).unwrap();
+    assert!(matches!(&done, Completed::Released(r) if r.contains("needs at least 4 frames")), "{done:?}");
+    let spans = |c: &Connection| -> Vec<(u32, u32, String)> {
+        c.prepare("SELECT start_frame, end_frame, state FROM segments WHERE job = ?1 ORDER BY idx")
+            .unwrap()
+            .query_map([job], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    };
+    let want = |w: &[(u32, u32, &str)]| w.iter().map(|&(a, b, s)| (a, b, s.to_string())).collect::<Vec<_>>();
+    assert_eq!(spans(&c), want(&[(0, 10, "done"), (10, 20, "ready"), (20, 30, "waiting")]));
+    assert_eq!(blame::failures_in_a_row(&c, WorkerId(1), 10).unwrap(), 0);
+
+    let g = acquire(&mut c, WorkerId(2), POLICY, 30).unwrap().unwrap();
+    assert_eq!((g.idx, g.start_frame), (1, 10));
+    let four = Upload { frames: Some(4), ..UP };
+    assert_eq!(complete(&mut c, g.attempt, &four, POLICY, 31).unwrap().1, Completed::More);
+    assert_eq!(spans(&c), want(&[(0, 10, "done"), (10, 14, "done"), (14, 20, "ready"), (20, 30, "waiting")]));
     // The rest starts from the preempted attempt's state, for anyone (its worker is leaving).
-    let next = acquire(&mut c, WorkerId(2), POLICY, 31).unwrap().unwrap();
-    assert_eq!((next.idx, next.start_frame, next.end_frame, next.start_attempt), (2, 3, 4, g.attempt));
+    let next = acquire(&mut c, WorkerId(3), POLICY, 32).unwrap().unwrap();
+    assert_eq!((next.idx, next.start_frame, next.end_frame, next.start_attempt), (2, 14, 20, g.attempt));
     assert_eq!(next.segment_count, 4);
     let (frames, reason): (u32, String) = c
         .query_row("SELECT frames_done, reason FROM attempts WHERE id = ?1", [g.attempt], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
         .unwrap();
-    assert_eq!((frames, reason.as_str()), (1, "preempted after 1 of 2 frames: frames 3..4 are segment 2 now"));
+    assert_eq!((frames, reason.as_str()), (4, "preempted after 4 of 10 frames: frames 14..20 are segment 2 now"));
     // The first attempt's history moved with nothing: it is still segment 0's.
-    assert_eq!(db::done_chunks(&c, job).unwrap(), vec![(first, 0, 2), (g.attempt, 2, 3)]);
+    assert_eq!(db::done_chunks(&c, job).unwrap(), vec![(first, 0, 10), (g.attempt, 10, 14)]);
+
+    // A job split as often as allowed is split no more.
+    c.execute("UPDATE jobs SET splits = ?2 WHERE seq = ?1", params![job, reshape::MAX_SPLITS_PER_JOB]).unwrap();
+    let (_, done) = complete(&mut c, next.attempt, &four, POLICY, 33).unwrap();
+    assert!(matches!(&done, Completed::Released(r) if r.contains("split 64 times")), "{done:?}");
+    assert_eq!(spans(&c).len(), 4);
 }
 
 #[test]

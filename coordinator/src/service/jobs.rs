@@ -57,19 +57,25 @@ impl JobService for Api {
         }
         let mut style = Vec::new();
         let mut declared: Option<(u64, String)> = None;
+        // Held until the style is checked and stored: its bytes are in memory until then.
+        let mut _room = None;
         while let Some(message) = stream.message().await? {
             let Some(submit_job_request::Part::Style(blob)) = message.part else {
                 return Err(Error::invalid("header", "only the first message may carry the header").into());
             };
             if declared.is_none() {
-                declared = Some((blob.total_size, blob.sha256));
+                let size = blob.total_size;
+                if size > MAX_STYLE_BYTES {
+                    let message = format!("style image is larger than {} MiB", MAX_STYLE_BYTES >> 20);
+                    return Err(Error::invalid("style", message).into());
+                }
+                _room = Some(self.0.uploads.reserve(size).await.map_err(Error::from)?);
+                declared = Some((size, blob.sha256));
             }
-            if (style.len() + blob.data.len()) as u64 > MAX_STYLE_BYTES {
-                return Err(Error::invalid(
-                    "style",
-                    format!("style image is larger than {} MiB", MAX_STYLE_BYTES >> 20),
-                )
-                .into());
+            let size = declared.as_ref().map_or(0, |d| d.0);
+            if (style.len() + blob.data.len()) as u64 > size {
+                let message = format!("more bytes arrived than the {size} the first piece declared");
+                return Err(Error::invalid("style", message).into());
             }
             style.extend_from_slice(&blob.data);
         }
@@ -152,7 +158,8 @@ impl JobService for Api {
         let principal = caller(&request)?;
         let r = request.into_inner();
         let seq = self.owned_job(&principal, &r.job_id).await?;
-        Ok(Response::new(self.job_view(seq, r.include_segments).await?))
+        let page = r.include_segments.then(|| db::SegmentPage::asked(r.segments_from, r.segments_limit));
+        Ok(Response::new(self.0.job_view_page(seq, page).await?))
     }
 
     async fn list_jobs(&self, request: Request<v1::ListJobsRequest>) -> Result<Response<v1::ListJobsResponse>, Status> {

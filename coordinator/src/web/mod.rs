@@ -345,7 +345,7 @@ async fn output(State(web): State<Web>, headers: HeaderMap, Path(id): Path<Strin
         Err(d) => return d.into_response(),
     };
     let request =
-        as_principal(&viewer.principal, proto::v1::GetJobRequest { job_id: id.clone(), include_segments: false });
+        as_principal(&viewer.principal, proto::v1::GetJobRequest { job_id: id.clone(), ..Default::default() });
     let job = match web.api.get_job(request).await {
         Ok(j) => j.into_inner(),
         Err(s) => return refused(&s),

@@ -161,7 +161,10 @@ pub(crate) async fn job_page(State(web): State<Web>, headers: HeaderMap, Path(id
         Ok(v) => v,
         Err(d) => return d.into_response(),
     };
-    let request = super::as_principal(&viewer.principal, v1::GetJobRequest { job_id: id, include_segments: true });
+    let request = super::as_principal(
+        &viewer.principal,
+        v1::GetJobRequest { job_id: id, include_segments: true, ..Default::default() },
+    );
     let job = match web.api.get_job(request).await {
         Ok(j) => j.into_inner(),
         Err(s) => return refused(&s),
