@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// a submit beyond it waits a while for room, then is refused. At least one style (64).
     #[arg(long, default_value_t = crate::budget::DEFAULT_UPLOAD_BUDGET >> 20)]
     pub upload_budget_mib: u64,
+    /// Worker registrations one token may hold at once (counted while heard from in the last
+    /// minute); registrations never used are deleted after an hour.
+    #[arg(long, default_value_t = crate::config::DEFAULT_MAX_WORKERS_PER_TOKEN)]
+    pub max_workers_per_token: u32,
 }
 
 impl ServeArgs {
@@ -137,6 +141,7 @@ impl ServeArgs {
         config.stall_factor = self.stall_factor.clamp(1.0, 1000.0);
         config.quarantine_after = self.quarantine_after;
         config.max_user_priority = self.max_user_priority;
+        config.max_workers_per_token = self.max_workers_per_token.max(1);
         config.upload_budget = self.upload_budget_mib.clamp(proto::limits::MAX_STYLE_BYTES >> 20, 1 << 20) << 20;
         config.quarantine = Duration::from_secs_f64(self.quarantine_secs.clamp(0.0, 7.0 * 86_400.0));
         config.reserve_bytes = self.disk_reserve_mib.min(1 << 20) << 20;

@@ -50,7 +50,12 @@ pub struct Config {
     pub max_user_priority: i32,
     /// Bytes of style uploads held in memory at once (see `budget`).
     pub upload_budget: u64,
+    /// Live worker registrations one principal (one token) may hold.
+    pub max_workers_per_token: u32,
 }
+
+/// Default of `serve --max-workers-per-token`: a farm shares one worker token across its nodes.
+pub const DEFAULT_MAX_WORKERS_PER_TOKEN: u32 = 4096;
 
 /// Default of `serve --max-user-priority`.
 pub const DEFAULT_MAX_USER_PRIORITY: i32 = 10;
@@ -90,6 +95,7 @@ impl Config {
             segment_secs: DEFAULT_SEGMENT_SECS,
             max_user_priority: DEFAULT_MAX_USER_PRIORITY,
             upload_budget: crate::budget::DEFAULT_UPLOAD_BUDGET,
+            max_workers_per_token: DEFAULT_MAX_WORKERS_PER_TOKEN,
         }
     }
 

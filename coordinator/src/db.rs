@@ -243,9 +243,12 @@ pub fn register_worker(
     now: i64,
 ) -> Result<WorkerId> {
     let tx = conn.unchecked_transaction()?;
+    // A quarantine follows the worker's identity (its principal and name), not its row: a
+    // worker that registers again is still quarantined.
     tx.execute(
-        "INSERT INTO workers (name, device, registered_ms, last_seen_ms, principal, session_sha256)
-         VALUES (?1, ?2, ?3, ?3, ?4, ?5)",
+        "INSERT INTO workers (name, device, registered_ms, last_seen_ms, principal, session_sha256, quarantined_until_ms)
+         VALUES (?1, ?2, ?3, ?3, ?4, ?5,
+                 (SELECT COALESCE(MAX(quarantined_until_ms), 0) FROM workers WHERE principal = ?4 AND name = ?1))",
         params![name, device, now, principal, session_sha256],
     )?;
     let seq = tx.last_insert_rowid();
@@ -257,6 +260,40 @@ pub fn register_worker(
     }
     tx.commit()?;
     Ok(WorkerId(seq))
+}
+
+/// A registration not heard from for this long no longer counts against its principal's limit.
+pub const LIVE_WORKER_MS: i64 = 60_000;
+/// Registrations not heard from for this long, that never took work, are deleted.
+pub const PRUNE_WORKER_MS: i64 = 3_600_000;
+
+/// Refuses a new registration for `principal` when it already has `limit` live ones (heard
+/// from within [`LIVE_WORKER_MS`]): 10,000 registrations in six seconds once filled the
+/// farm's listings and metrics with idle workers nobody ran.
+pub fn admit_worker(conn: &Connection, principal: &str, limit: u32, now: i64) -> Result<()> {
+    let live: u32 = conn.query_row(
+        "SELECT COUNT(*) FROM workers WHERE principal = ?1 AND last_seen_ms >= ?2",
+        params![principal, now - LIVE_WORKER_MS],
+        |r| r.get(0),
+    )?;
+    if live >= limit {
+        return Err(Error::TooManyWorkers { principal: principal.to_string(), live, limit });
+    }
+    Ok(())
+}
+
+/// Deletes registrations not heard from since `before` that hold no history (no attempt, no
+/// reservation) and no quarantine; returns how many. Workers that rendered stay: their
+/// attempts name them.
+pub fn prune_workers(conn: &Connection, before: i64, now: i64) -> Result<usize> {
+    let stale = "SELECT seq FROM workers w WHERE w.last_seen_ms < ?1 AND w.quarantined_until_ms <= ?2
+                   AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.worker = w.seq)
+                   AND NOT EXISTS (SELECT 1 FROM segments s WHERE s.preferred_worker = w.seq)";
+    let tx = conn.unchecked_transaction()?;
+    tx.execute(&format!("DELETE FROM worker_weights WHERE worker IN ({stale})"), params![before, now])?;
+    let n = tx.execute(&format!("DELETE FROM workers WHERE seq IN ({stale})"), params![before, now])?;
+    tx.commit()?;
+    Ok(n)
 }
 
 /// The weights a worker renders each network with, as it registered them.

@@ -27,6 +27,8 @@ pub enum Error {
     /// A client opened more long-lived streams than it may.
     #[error("{0}")]
     TooManyStreams(#[from] crate::streams::Refused),
+    #[error("{principal:?} has {live} workers registered and heard from in the last minute, its limit is {limit}; stop some, or give the rest a token of their own")]
+    TooManyWorkers { principal: String, live: u32, limit: u32 },
     /// An upload found no room in the budget of bytes in flight.
     #[error("{0}")]
     NoRoom(#[from] crate::budget::NoRoom),
@@ -121,7 +123,9 @@ impl From<Error> for tonic::Status {
         match e {
             Error::Param(_) | Error::Invalid { .. } => Status::invalid_argument(message),
             Error::JobNotFound(_) | Error::WorkerNotFound(_) => Status::not_found(message),
-            Error::TooManyStreams(_) | Error::NoRoom(_) => Status::resource_exhausted(message),
+            Error::TooManyStreams(_) | Error::NoRoom(_) | Error::TooManyWorkers { .. } => {
+                Status::resource_exhausted(message)
+            }
             Error::StaleAttempt { .. }
             | Error::JobEnded { .. }
             | Error::NoOutput { .. }

@@ -272,8 +272,18 @@ impl Coordinator {
     /// other call comes in.
     async fn sweep(self: Arc<Self>) {
         let period = (self.config.lease / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut pruned = std::time::Instant::now();
         loop {
             tokio::time::sleep(period).await;
+            if pruned.elapsed() >= Duration::from_secs(60) {
+                pruned = std::time::Instant::now();
+                let now = now_ms();
+                match self.db(move |c| db::prune_workers(c, now - db::PRUNE_WORKER_MS, now)).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(workers = n, "stale registrations pruned"),
+                    Err(e) => tracing::error!(error = %e, "pruning registrations failed"),
+                }
+            }
             let policy = self.policy;
             match self.db(move |c| lease::expire(c, policy, now_ms())).await {
                 Ok(0) => {}

@@ -182,6 +182,7 @@ fn caller<T>(request: &Request<T>) -> Result<Principal, Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::now_ms;
     use proto::v1::worker_service_server::WorkerService;
 
     fn as_worker<T>(session: &str, message: T) -> Request<T> {
@@ -207,6 +208,58 @@ mod tests {
             assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
         }
         assert_eq!(api.0.watchdog.watched(), 0);
+    }
+
+    /// One token cannot register without bound, a quarantine follows a worker that registers
+    /// again under its name, and registrations never used are pruned.
+    #[tokio::test]
+    async fn registrations_are_bounded_per_token_and_a_quarantine_follows_the_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::Config::new(dir.path().to_path_buf());
+        config.max_workers_per_token = 3;
+        let api = Api(Coordinator::open(config).unwrap());
+        let gpu = Principal { role: crate::auth::Role::Worker, name: "gpu".into() };
+        let other = Principal { role: crate::auth::Role::Worker, name: "other".into() };
+        let register = |who: &Principal, name: &str| {
+            let request = as_principal(who, v1::RegisterRequest { name: name.into(), ..Default::default() });
+            let api = api.clone();
+            async move { api.register(request).await.map(|r| r.into_inner()) }
+        };
+        let first = register(&gpu, "node-1").await.unwrap();
+        for n in 2..=3 {
+            register(&gpu, &format!("node-{n}")).await.unwrap();
+        }
+        let refused = register(&gpu, "node-4").await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+        assert!(refused.message().contains("\"gpu\" has 3 workers registered"), "{}", refused.message());
+        register(&other, "node-1").await.expect("another token has its own limit");
+
+        // node-1 is quarantined, then registers again (after the others went quiet).
+        let until = now_ms() + 600_000;
+        let quarantined = |c: &rusqlite::Connection, id: &str| -> i64 {
+            let seq: i64 = id.trim_start_matches("worker-").parse().unwrap();
+            c.query_row("SELECT quarantined_until_ms FROM workers WHERE seq = ?1", [seq], |r| r.get(0)).unwrap()
+        };
+        {
+            let c = api.0.conn.lock().unwrap();
+            let seq: i64 = first.worker_id.trim_start_matches("worker-").parse().unwrap();
+            c.execute("UPDATE workers SET quarantined_until_ms = ?2 WHERE seq = ?1", [seq, until]).unwrap();
+            c.execute("UPDATE workers SET last_seen_ms = 0 WHERE principal = 'gpu'", []).unwrap();
+        }
+        let again = register(&gpu, "node-1").await.unwrap();
+        assert_ne!(again.worker_id, first.worker_id);
+        assert_eq!(quarantined(&api.0.conn.lock().unwrap(), &again.worker_id), until, "escaped its quarantine");
+        let fresh = register(&gpu, "node-9").await.unwrap();
+        assert_eq!(quarantined(&api.0.conn.lock().unwrap(), &fresh.worker_id), 0);
+
+        // An hour later the registrations that never took work are gone, the quarantined one
+        // stays until its quarantine ends.
+        let c = api.0.conn.lock().unwrap();
+        let later = now_ms() + db::PRUNE_WORKER_MS + 1;
+        let pruned = db::prune_workers(&c, later - db::PRUNE_WORKER_MS, now_ms()).unwrap();
+        assert_eq!(pruned, 4, "node-2, node-3, other's node-1 and node-9; both node-1 rows are quarantined");
+        let left: i64 = c.query_row("SELECT COUNT(*) FROM workers", [], |r| r.get(0)).unwrap();
+        assert_eq!(left, 2);
     }
 
     /// Watches end when their clients go, not at the job's next change, and one user cannot

@@ -43,7 +43,15 @@ impl WorkerService for Api {
         let session = proto::params::hex(&secret);
         let digest = proto::params::hex(&Sha256::digest(session.as_bytes()));
         let (name, device, p, weights) = (r.name.clone(), r.device.clone(), principal.clone(), r.weights.clone());
-        let id = self.0.db(move |c| db::register_worker(c, &name, &device, &p, &digest, &weights, now_ms())).await?;
+        let limit = self.0.config.max_workers_per_token;
+        let id = self
+            .0
+            .db(move |c| {
+                let now = now_ms();
+                db::admit_worker(c, &p, limit, now)?;
+                db::register_worker(c, &name, &device, &p, &digest, &weights, now)
+            })
+            .await?;
         let weights: Vec<String> = r.weights.iter().map(|w| format!("{}={}", w.network, w.digest)).collect();
         tracing::info!(worker = %id, name = %r.name, device = %r.device, %principal, weights = %weights.join(","), "worker registered");
         Ok(Response::new(v1::RegisterResponse {
