@@ -75,7 +75,21 @@ pub const MAX_NAME_LEN: usize = 64;
 /// The principals of an `--auth` file. Only tokens' SHA-256 digests are kept.
 pub struct Tokens {
     entries: Vec<([u8; 32], Principal)>,
+    /// Principals whose tokens are long enough but guessable (few distinct characters).
+    weak: Vec<String>,
 }
+
+/// Bits a token's characters could carry at most, by its length and the characters it uses;
+/// under [`WEAK_TOKEN_BITS`] it is guessable whatever its length (`aaaaaaaaaaaaaaaaaaaa`).
+fn token_bits(token: &str) -> f64 {
+    let mut distinct: Vec<char> = token.chars().collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    token.chars().count() as f64 * (distinct.len() as f64).log2()
+}
+
+/// What `openssl rand -hex 16` gives is 128 bits; below this a token is worth a warning.
+const WEAK_TOKEN_BITS: f64 = 64.0;
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -88,13 +102,15 @@ impl Tokens {
     /// Parses an `--auth` file. Errors name the line, never quote a token.
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut entries: Vec<([u8; 32], Principal)> = Vec::new();
+        let mut weak = Vec::new();
         for (i, line) in text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or("").trim();
-            if line.is_empty() {
+            // A comment starts a field: `#` inside a token is part of it (cutting the token
+            // there once left a shorter, weaker token in force without a word).
+            let fields: Vec<&str> = line.split_whitespace().take_while(|f| !f.starts_with('#')).collect();
+            if fields.is_empty() {
                 continue;
             }
             let at = |what: String| format!("line {}: {what}", i + 1);
-            let fields: Vec<&str> = line.split_whitespace().collect();
             let [role, name, token] = fields[..] else {
                 return Err(at(format!("expected ROLE NAME TOKEN, got {} fields", fields.len())));
             };
@@ -116,12 +132,20 @@ impl Tokens {
             if entries.iter().any(|(d, _)| *d == digest) {
                 return Err(at(format!("the token of {name} is already another line's token")));
             }
+            if token_bits(token) < WEAK_TOKEN_BITS {
+                weak.push(name.to_string());
+            }
             entries.push((digest, Principal { role, name: name.to_string() }));
         }
         if entries.is_empty() {
             return Err("names no principal: add lines of ROLE NAME TOKEN".into());
         }
-        Ok(Self { entries })
+        Ok(Self { entries, weak })
+    }
+
+    /// Principals whose tokens are guessable although long enough: `serve` warns of them.
+    pub fn weak(&self) -> &[String] {
+        &self.weak
     }
 
     /// The principal holding `token`. Every entry is compared, each in constant time, so the
@@ -228,11 +252,24 @@ mod tests {
                 "line 2: the token of bob is already another line's token",
             ),
             ("# nobody\n", "names no principal"),
+            ("user alice #x0123456789012345678901", "line 1: expected ROLE NAME TOKEN, got 2 fields"),
         ] {
             let err = Tokens::parse(text).unwrap_err();
             assert!(err.starts_with(want), "{text:?}: {err}");
             assert!(!err.contains("x0123456789"), "an error quotes a token: {err}");
         }
+        // A `#` inside a token is the token's: it once cut the token to what came before it.
+        let hashed = "abc#0123456789abcdefghij";
+        let t = Tokens::parse(&format!("user alice {hashed} # the rest is a comment")).unwrap();
+        assert!(t.authenticate(hashed).is_some());
+        assert!(t.authenticate("abc").is_none());
+        assert!(t.weak().is_empty());
+        // Long enough, and guessable: named, so `serve` can warn.
+        let t = Tokens::parse(
+            "user alice aaaaaaaaaaaaaaaaaaaa\nuser bob 01010101010101010101\nadmin ops 0f3a9c2e7b1d4f6a8e0c2b4d",
+        )
+        .unwrap();
+        assert_eq!(t.weak(), ["alice", "bob"]);
     }
 
     #[test]

@@ -97,6 +97,16 @@ impl ServeArgs {
                     .map_err(|e| Error::Startup(format!("--auth {}: {e}", path.display())))?;
                 let tokens =
                     Tokens::parse(&text).map_err(|e| Error::Startup(format!("--auth {}: {e}", path.display())))?;
+                for name in tokens.weak() {
+                    tracing::warn!(file = %path.display(), principal = %name, "this token is guessable (few distinct characters); make a new one with `openssl rand -hex 32`");
+                }
+                if let Ok(meta) = std::fs::metadata(path) {
+                    use std::os::unix::fs::PermissionsExt;
+                    let mode = meta.permissions().mode() & 0o777;
+                    if mode & 0o044 != 0 {
+                        tracing::warn!(file = %path.display(), mode = %format!("{mode:o}"), "the tokens file is readable by other users of this machine; chmod 600 it");
+                    }
+                }
                 Some(Arc::new(tokens))
             }
             None => None,

@@ -48,7 +48,7 @@ impl Coordinator {
             self.inspect(&cur, header.frames_done, chunk.path.clone(), state.path.clone()).await
         }
         .await;
-        let fingerprint = match verified {
+        let (fingerprint, chunk_format) = match verified {
             Ok(f) => f,
             Err(e) => {
                 // A corrupt upload fails this attempt; the segment is retried (elsewhere, maybe).
@@ -81,6 +81,7 @@ impl Coordinator {
                     chunk_sha256: &cs,
                     state_sha256: &ss,
                     fingerprint: &fingerprint,
+                    chunk_format: &chunk_format,
                     frames: (frames > 0).then_some(frames),
                     frame_seconds,
                 };
@@ -121,7 +122,7 @@ impl Coordinator {
         }
         if last {
             self.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&cur.job);
-            tokio::spawn(self.clone().stitch(cur.job));
+            self.clone().stitch_now(cur.job);
         }
         Ok(())
     }
@@ -214,19 +215,42 @@ impl Coordinator {
     }
 
     /// The content checks of `inspect`, against what the attempt's segment must hold (its first
-    /// `frames` frames, for a preempted worker); the state must carry the fingerprint of the state
-    /// it started from. Returns the state's fingerprint.
-    async fn inspect(&self, cur: &lease::Current, frames: u32, chunk: PathBuf, state: PathBuf) -> Result<String> {
+    /// `frames` frames, for a preempted worker): the chunk in the format of the job's first
+    /// chunk, the state with the job's fingerprint and that of the state it started from.
+    /// Returns the state's fingerprint and the chunk's format.
+    async fn inspect(
+        &self,
+        cur: &lease::Current,
+        frames: u32,
+        chunk: PathBuf,
+        state: PathBuf,
+    ) -> Result<(String, String)> {
         let mut want = self.expected(cur.job, cur.idx, Some(cur.worker)).await?;
+        if want.fingerprint.is_none() {
+            let message = format!(
+                "{} registered no weights for this job's network, so its state cannot be checked; a worker registers the weights it renders with",
+                cur.worker
+            );
+            return Err(Error::invalid("state", message));
+        }
         if frames > 0 && frames < want.end_frame - want.start_frame {
             want.end_frame = want.start_frame + frames;
         }
-        let start = cur.start_attempt;
-        let start = self.db(move |c| db::stored_state(c, start)).await?;
+        let (start, job) = (cur.start_attempt, cur.job);
+        let (start, first_format) =
+            self.db(move |c| Ok((db::stored_state(c, start)?, db::chunk_format(c, job)?))).await?;
         tokio::task::spawn_blocking(move || {
-            inspect::chunk(&chunk, &want).map_err(|e| Error::invalid("chunk", e))?;
+            let format = inspect::chunk(&chunk, &want).map_err(|e| Error::invalid("chunk", e))?;
+            if !first_format.is_empty() && format != first_format {
+                let message = format!(
+                    "its format ({format}) is not the job's first chunk's ({first_format}), so the two cannot be joined"
+                );
+                return Err(Error::invalid("chunk", message));
+            }
             let fingerprint = start.map(|s| s.fingerprint).filter(|f| !f.is_empty());
-            inspect::state(&state, &want, fingerprint.as_deref()).map_err(|e| Error::invalid("state", e))
+            let fingerprint =
+                inspect::state(&state, &want, fingerprint.as_deref()).map_err(|e| Error::invalid("state", e))?;
+            Ok((fingerprint, format))
         })
         .await
         .expect("inspection panicked")
@@ -266,13 +290,36 @@ impl Coordinator {
     /// Retries with backoff while the failure can pass (`Error::is_transient`: a full disk, where
     /// freeing space is enough), and fails the job, naming the chunk, when it cannot (a chunk
     /// missing or unusable, a muxer that refuses its packets).
-    pub(crate) async fn stitch(self: Arc<Self>, job: JobId) {
+    ///
+    /// One loop per job: a second call while it runs wakes it instead (an admin's retry skips
+    /// the backoff), so two stitches of one job never write the same output at once.
+    pub(crate) fn stitch_now(self: Arc<Self>, job: JobId) {
+        let wake = {
+            let mut stitching = self.stitching.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(wake) = stitching.get(&job) {
+                wake.notify_one();
+                return;
+            }
+            let wake = Arc::new(tokio::sync::Notify::new());
+            stitching.insert(job, wake.clone());
+            wake
+        };
+        tokio::spawn(async move {
+            self.clone().stitch(job, &wake).await;
+            self.stitching.lock().unwrap_or_else(|e| e.into_inner()).remove(&job);
+        });
+    }
+
+    async fn stitch(self: Arc<Self>, job: JobId, wake: &tokio::sync::Notify) {
         let mut backoff = Duration::from_secs(5);
         loop {
             match self.clone().stitch_once(job).await {
                 Err(e) if e.is_transient() && !*self.closing.borrow() => {
                     tracing::warn!(job = %job, error = %e, retry_in_s = backoff.as_secs(), "stitching failed for a transient reason; retrying");
-                    tokio::time::sleep(backoff).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = wake.notified() => tracing::info!(job = %job, "stitch woken early"),
+                    }
                     backoff = (backoff * 2).min(Duration::from_secs(300));
                     let state = self.db(move |c| {
                         let tx = c.transaction()?;

@@ -363,6 +363,11 @@ pub fn fingerprint_inputs(
     Ok((style, weights))
 }
 
+/// The format of the job's first stored chunk (`inspect::chunk`), empty before there is one.
+pub fn chunk_format(conn: &Connection, job: JobId) -> Result<String> {
+    Ok(conn.query_row("SELECT chunk_format FROM jobs WHERE seq = ?1", [job], |r| r.get(0))?)
+}
+
 pub fn stored_state(conn: &Connection, attempt: AttemptId) -> Result<Option<StoredState>> {
     Ok(conn
         .query_row("SELECT idx, state_sha256, fingerprint FROM attempts WHERE id = ?1", [attempt], |r| {

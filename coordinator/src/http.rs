@@ -30,6 +30,12 @@ fn allowed(coordinator: &Coordinator, headers: &HeaderMap) -> bool {
 }
 
 async fn metrics(State(coordinator): State<Arc<Coordinator>>, headers: HeaderMap) -> Response {
+    // Open, it answers only to an IP address or localhost, like the dashboard: a page of
+    // another site whose name was re-pointed at the listener (DNS rebinding) gets nothing.
+    if coordinator.config.auth.is_none() && !crate::web::addressed_by_ip(&headers) {
+        return (StatusCode::MISDIRECTED_REQUEST, "address this listener by its IP address, or serve it with --auth\n")
+            .into_response();
+    }
     if !allowed(&coordinator, &headers) {
         let challenge = [(header::WWW_AUTHENTICATE, "Bearer")];
         return (StatusCode::UNAUTHORIZED, challenge, "a metrics or admin token is required\n").into_response();

@@ -27,13 +27,15 @@ pub struct Expected {
     pub fingerprint: Option<String>,
 }
 
-/// Checks an encoded chunk; the error says what is wrong with it.
-pub fn chunk(path: &Path, want: &Expected) -> Result<(), String> {
+/// Checks an encoded chunk; the error says what is wrong with it. Returns its format: what
+/// every chunk of a job must share with the first to be joined without re-encoding (the
+/// container, the codec and its parameters); the caller compares it with the job's first.
+pub fn chunk(path: &Path, want: &Expected) -> Result<String, String> {
     let frames = want.end_frame - want.start_frame;
     match want.kind {
         OutputKind::Mp4 => mp4(path, want, frames),
-        OutputKind::Gif => gif(path, want, frames),
-        OutputKind::Png | OutputKind::Jpeg => still(path, want),
+        OutputKind::Gif => gif(path, want, frames).map(|()| format!("gif {}x{}", want.width, want.height)),
+        OutputKind::Png | OutputKind::Jpeg => still(path, want).map(|()| String::new()),
     }
 }
 
@@ -44,16 +46,32 @@ fn size_check(what: &str, (w, h): (u32, u32), want: &Expected) -> Result<(), Str
     Ok(())
 }
 
-fn mp4(path: &Path, want: &Expected, frames: u32) -> Result<(), String> {
+fn mp4(path: &Path, want: &Expected, frames: u32) -> Result<String, String> {
     ffmpeg::init().map_err(|e| format!("ffmpeg: {e}"))?;
     let mut input = ffmpeg::format::input(path).map_err(|e| format!("not an MP4 file: {e}"))?;
-    let (index, codec, size) = {
+    // FFmpeg probes the content, whatever the name: a raw H.264 stream (Annex B) demuxes too,
+    // but its packets cannot be copied into the MP4 the chunks are joined into.
+    let container = input.format().name().to_string();
+    if !container.split(',').any(|n| n == "mp4") {
+        return Err(format!("not an MP4 file: FFmpeg reads it as {}", proto::limits::quoted_prefix(&container)));
+    }
+    let (index, codec, size, format) = {
         let stream = input.streams().best(ffmpeg::media::Type::Video).ok_or("an MP4 without a video stream")?;
         let params = stream.parameters();
         let decoder = ffmpeg::codec::context::Context::from_parameters(params.clone())
             .and_then(|c| c.decoder().video())
             .map_err(|e| format!("unreadable video stream: {e}"))?;
-        (stream.index(), params.id(), (decoder.width(), decoder.height()))
+        let format = format!(
+            "mp4 {:?} profile {:?} {:?} {}x{} b-frames {} references {}",
+            params.id(),
+            decoder.profile(),
+            decoder.format(),
+            decoder.width(),
+            decoder.height(),
+            decoder.has_b_frames(),
+            decoder.references()
+        );
+        (stream.index(), params.id(), (decoder.width(), decoder.height()), format)
     };
     if codec != ffmpeg::codec::Id::H264 {
         return Err(format!("the video stream is {codec:?}, expected H264"));
@@ -72,7 +90,7 @@ fn mp4(path: &Path, want: &Expected, frames: u32) -> Result<(), String> {
     if packets != frames {
         return Err(format!("the video holds {packets} frames, the segment has {frames}"));
     }
-    Ok(())
+    Ok(format)
 }
 
 fn gif(path: &Path, want: &Expected, frames: u32) -> Result<(), String> {

@@ -274,6 +274,9 @@ pub struct Upload<'a> {
     pub chunk_sha256: &'a str,
     pub state_sha256: &'a str,
     pub fingerprint: &'a str,
+    /// The chunk's format (`inspect::chunk`): the job's first one is kept, for later chunks'
+    /// checks.
+    pub chunk_format: &'a str,
     pub frames: Option<u32>,
     /// Seconds the worker says it spent on the frames (0: not measured).
     pub frame_seconds: f64,
@@ -338,6 +341,10 @@ pub fn complete(
         "UPDATE segments SET state = 'ready', ready_ms = ?3, preferred_worker = ?4, start_attempt = ?5
          WHERE job = ?1 AND idx = ?2 AND state = 'waiting'",
         params![cur.job, cur.idx + 1, now, preferred, attempt],
+    )?;
+    tx.execute(
+        "UPDATE jobs SET chunk_format = ?2 WHERE seq = ?1 AND chunk_format = ''",
+        params![cur.job, up.chunk_format],
     )?;
     // The weights this segment was rendered with are the job's from now on: a state resumes only
     // on the same weights, so a worker with others is never offered the rest (nor charged).

@@ -149,6 +149,8 @@ pub struct Coordinator {
     watches: streams::StreamLimit,
     /// Bytes of style uploads held at once.
     uploads: budget::UploadBudget,
+    /// The jobs whose stitch loop runs, each with the signal that wakes it early.
+    stitching: Mutex<HashMap<JobId, Arc<tokio::sync::Notify>>>,
 }
 
 impl Coordinator {
@@ -201,9 +203,10 @@ impl Coordinator {
             live_pages: streams::StreamLimit::new(streams::MAX_LIVE_PAGES, streams::MAX_LIVE_PAGES_EACH),
             watches: streams::StreamLimit::new(streams::MAX_WATCHES, streams::MAX_WATCHES_EACH),
             uploads,
+            stitching: Mutex::new(HashMap::new()),
         });
         for job in stitching {
-            tokio::spawn(this.clone().stitch(job));
+            this.clone().stitch_now(job);
         }
         Ok(this)
     }
@@ -332,11 +335,19 @@ where
     let http = http.map(|listener| {
         let mut closed = coordinator.closing.subscribe();
         let app = http::router(coordinator.clone()).merge(web::router(coordinator.clone()));
+        let tls = coordinator.config.tls.clone();
         tokio::spawn(async move {
             let stop = async move {
                 let _ = closed.wait_for(|c| *c).await;
             };
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            let served = match tls {
+                Some(tls) => web::tls::serve(listener, app, &tls, stop).await,
+                None => {
+                    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+                    axum::serve(listener, app).with_graceful_shutdown(stop).await.map_err(|e| e.to_string())
+                }
+            };
+            if let Err(e) = served {
                 tracing::error!(error = %e, "the http listener failed");
             }
         })

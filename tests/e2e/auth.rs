@@ -167,8 +167,29 @@ fn tls_keeps_clients_honest_and_mutual_tls_turns_away_clients_without_a_certific
     let file = |name: &str| tls.join(name).to_str().unwrap().to_string();
     let (cert, key, ca) = (file("server.pem"), file("server.key"), file("ca.pem"));
 
-    let c = Cluster::start("30", &["--tls-cert", &cert, "--tls-key", &key]);
+    let c = Cluster::start("30", &["--tls-cert", &cert, "--tls-key", &key, "--http", "127.0.0.1:0"]);
     let https = c.url().replace("http://", "https://");
+    // The dashboard is served with the same certificate: a sign-in sends a token, a session
+    // cookie is as good as one, and neither may travel in the clear while gRPC is encrypted.
+    let http = c.coordinator.as_ref().unwrap().http_addr();
+    let roots = vec![ureq::tls::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap()];
+    let tls = ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(roots)));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(tls.build())
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into();
+    let login = agent.get(&format!("https://{http}/login")).call().expect("the dashboard over https");
+    assert_eq!(login.status().as_u16(), 200);
+    let signed_in = agent
+        .post(&format!("https://{http}/login"))
+        .header("sec-fetch-site", "same-origin")
+        .send_form([("token", ALICE)])
+        .expect("a sign-in over https");
+    let cookie = signed_in.headers().get("set-cookie").expect("a session cookie").to_str().unwrap().to_string();
+    assert!(cookie.starts_with("gramzoom_session=") && cookie.ends_with("; Secure"), "{cookie}");
+    assert!(agent.get(&format!("http://{http}/login")).call().is_err(), "the dashboard answered plain http");
     let out = c.run(&["status", "--coordinator", &https, "--ca", &ca]);
     assert!(out.status.success(), "a verified TLS client: {}", stderr(&out));
     let out = c.run(&["status", "--coordinator", &https]);

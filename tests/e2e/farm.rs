@@ -263,7 +263,10 @@ impl FakeWorker {
             let credentials = Credentials::new(Some(token)).unwrap();
             let channel = tonic::transport::Endpoint::from_shared(url).unwrap().connect().await.unwrap();
             let mut client = WorkerServiceClient::with_interceptor(channel, credentials.clone());
-            let r = v1::RegisterRequest { name: "fake".into(), device: "none".into(), weights };
+            // Each its own name, as a farm's nodes have: a quarantine follows a token and a name.
+            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let name = format!("fake-{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+            let r = v1::RegisterRequest { name, device: "none".into(), weights };
             let r = client.register(r).await?.into_inner();
             credentials.set_session(&r.session);
             Ok(Self { client, id: r.worker_id })
@@ -333,7 +336,6 @@ pub(crate) fn mp4_chunk(dir: &Path, frames: u32) -> Vec<u8> {
     std::fs::read(&path).unwrap()
 }
 
-/// A hand-off state of a 64x48 Adam render that resumes at `next_frame`.
 /// The weights digest [`FakeWorker::register`] declares for every network.
 pub(crate) const FAKE_WEIGHTS: &str = "fake-weights";
 

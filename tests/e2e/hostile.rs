@@ -221,6 +221,19 @@ fn every_frame_rate_validation_accepts_encodes() {
     }
 }
 
+/// A 64x48 grey chunk of `frames` frames made by the `ffmpeg` command with `args` (the
+/// encoder's profile, the container) into `name`.
+fn ffmpeg_chunk(dir: &Path, frames: u32, args: &[&str], name: &str) -> Vec<u8> {
+    let out = dir.join(name);
+    let n = frames.to_string();
+    let mut command = std::process::Command::new("ffmpeg");
+    command.args(["-v", "error", "-y", "-f", "lavfi", "-i", "color=c=gray:s=64x48:r=30", "-frames:v", &n]);
+    command.args(["-c:v", "libx264", "-pix_fmt", "yuv420p"]).args(args).arg(&out);
+    let status = command.status().expect("ffmpeg runs");
+    assert!(status.success(), "ffmpeg {args:?}");
+    std::fs::read(&out).unwrap()
+}
+
 /// A well-formed L-BFGS state of a 64x48 job's segment 0 that claims the job's fingerprint.
 fn lbfgs_state(fingerprint: &str) -> Vec<u8> {
     let image = tch::Tensor::rand([1, 3, 48, 64], (tch::Kind::Float, tch::Device::Cpu));
@@ -244,8 +257,12 @@ fn uploads_are_checked_for_content_not_only_checksums() {
         let optim = engine::optim::OptimState::new(proto::params::OptimizerKind::Adam, &image.zeros_like());
         engine::State { next_frame: 2, image, optim, fingerprint: "test".into(), made_by: String::new() }.to_bytes()
     };
-    let cases: [(&str, &[u8], Vec<u8>, &str); 9] = [
+    // H.264 with a key frame and the right frames, in no container: once accepted, and then
+    // the stitch failed with EINVAL for ever.
+    let annex_b = ffmpeg_chunk(dir, 2, &["-f", "h264"], "raw.h264");
+    let cases: [(&str, &[u8], Vec<u8>, &str); 10] = [
         ("garbage chunk", b"not a video at all", good_state.clone(), "chunk: not an MP4 file"),
+        ("a raw H.264 stream", &annex_b, good_state.clone(), "chunk: not an MP4 file: FFmpeg reads it as h264"),
         ("a frame short", &one, good_state.clone(), "chunk: the video holds 1 frames, the segment has 2"),
         ("garbage state", &two, b"not a state".to_vec(), "state: not a hand-off state"),
         (
@@ -295,6 +312,17 @@ fn uploads_are_checked_for_content_not_only_checksums() {
     w.complete_with(&c, a.attempt_id, &two, &good_state).expect("a good upload");
     let next = w.acquire(&c);
     assert_eq!((next.segment_index, next.start_state_attempt_id), (1, a.attempt_id));
+    // A chunk that is right on its own but cannot be joined to the first: once a movie of 16
+    // packets that decoded 10 frames with 35 errors.
+    let baseline = ffmpeg_chunk(dir, 2, &["-profile:v", "baseline", "-f", "mp4"], "baseline.mp4");
+    let status = w.complete_with(&c, next.attempt_id, &baseline, &state_bytes(&fingerprint, 4, (64, 48))).unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    let message = status.message();
+    assert!(
+        message.starts_with("chunk: its format (mp4 H264 profile H264(") && message.contains("Baseline)"),
+        "{message}"
+    );
+    assert!(message.contains("is not the job's first chunk's (mp4 H264 profile H264(High)"), "{message}");
 }
 
 #[test]

@@ -3,7 +3,14 @@
 use super::*;
 use proto::v1;
 
-const UP: Upload = Upload { chunk_sha256: "c", state_sha256: "s", fingerprint: "f", frames: None, frame_seconds: 0.0 };
+const UP: Upload = Upload {
+    chunk_sha256: "c",
+    state_sha256: "s",
+    fingerprint: "f",
+    chunk_format: "mp4",
+    frames: None,
+    frame_seconds: 0.0,
+};
 const POLICY: Policy = Policy {
     lease_ms: 1000,
     max_attempts: 2,

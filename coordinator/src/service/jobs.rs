@@ -314,10 +314,18 @@ impl JobService for Api {
     async fn retry_job(&self, request: Request<v1::RetryJobRequest>) -> Result<Response<v1::Job>, Status> {
         let principal = caller(&request)?;
         let seq = self.owned_job(&principal, &request.into_inner().job_id).await?;
+        // A job stuck stitching (a stitch that keeps failing for a reason that can pass, such as
+        // a full disk) is an operator's to push: its stitch is tried again now.
+        let state = self.0.db(move |c| db::job_state(&c.transaction()?, seq)).await?;
+        if state == db::JobState::Stitching && principal.role == crate::auth::Role::Admin {
+            tracing::info!(job = %seq, by = %principal.name, "stitch retried");
+            self.0.clone().stitch_now(seq);
+            return Ok(Response::new(self.job_view(seq, false).await?));
+        }
         let stitch = self.0.db(move |c| db::retry(c, seq, now_ms())).await?;
         tracing::info!(job = %seq, by = %principal.name, stitch, "job retried");
         if stitch {
-            tokio::spawn(self.0.clone().stitch(seq));
+            self.0.clone().stitch_now(seq);
         }
         self.0.segments_may_be_ready();
         self.0.job_changed(seq);

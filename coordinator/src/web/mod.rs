@@ -4,7 +4,8 @@
 //! JavaScript build: one small script swaps the fragments the events carry.
 //!
 //! Access is the gRPC API's: with `--auth` a user or admin token, sent as a bearer header or
-//! kept in an HttpOnly cookie after the login form; without it everyone is an admin, and the
+//! given once to the login form, which opens a server-side session (`session`) whose random id
+//! is kept in an HttpOnly cookie; without it everyone is an admin, and the
 //! listener is on loopback (or `--insecure`). Every action goes through the same handler as its
 //! gRPC call, with the viewer as the principal, so the page never has more rights than its user.
 //! Forms carry a token derived from a per-process secret and the viewer's credentials, and
@@ -13,6 +14,8 @@
 mod html;
 mod live;
 mod pages;
+mod session;
+pub(crate) mod tls;
 
 use crate::auth::{Principal, Role};
 use crate::service::{as_principal, Api};
@@ -25,16 +28,16 @@ use proto::v1::job_service_server::JobService;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
-/// The cookie that keeps a signed-in viewer's token.
-const COOKIE: &str = "gramzoom_token";
-/// How long a sign-in lasts, in seconds.
-const COOKIE_MAX_AGE: u64 = 12 * 3600;
+/// The cookie that keeps a signed-in viewer's session id.
+const COOKIE: &str = "gramzoom_session";
 
-/// The dashboard's state: the coordinator, and the secret its form tokens derive from.
+/// The dashboard's state: the coordinator, the secret its form tokens derive from, and its
+/// sessions.
 #[derive(Clone)]
 pub(crate) struct Web {
     api: Api,
     secret: Arc<[u8; 32]>,
+    sessions: Arc<session::Sessions>,
 }
 
 impl Web {
@@ -46,7 +49,7 @@ impl Web {
 pub(crate) fn router(coordinator: Arc<Coordinator>) -> axum::Router {
     let mut secret = [0u8; 32];
     getrandom::getrandom(&mut secret).expect("the system random source failed");
-    let web = Web { api: Api(coordinator), secret: Arc::new(secret) };
+    let web = Web { api: Api(coordinator), secret: Arc::new(secret), sessions: Arc::default() };
     axum::Router::new()
         .route("/", get(|| async { Redirect::to("/jobs") }))
         .route("/login", get(pages::login_page).post(login))
@@ -102,7 +105,7 @@ pub(crate) enum Denied {
 }
 
 impl Web {
-    /// The viewer of a request: a bearer header first, then the cookie.
+    /// The viewer of a request: a bearer token first, then the session cookie.
     fn viewer(&self, headers: &HeaderMap) -> Result<Viewer, Denied> {
         let Some(tokens) = &self.coordinator().config.auth else {
             if !addressed_by_ip(headers) {
@@ -110,13 +113,16 @@ impl Web {
             }
             return Ok(Viewer { principal: Principal::open(), credential: String::new() });
         };
-        let token = match crate::http::bearer(headers) {
-            Some(t) => t.to_string(),
-            None => cookie(headers, COOKIE).and_then(unhex).ok_or(Denied::SignIn)?,
+        let (principal, credential) = match crate::http::bearer(headers) {
+            Some(token) => (tokens.authenticate(token).ok_or(Denied::SignIn)?.clone(), token.to_string()),
+            None => {
+                let id = cookie(headers, COOKIE).ok_or(Denied::SignIn)?;
+                let principal = self.sessions.find(id, std::time::Instant::now()).ok_or(Denied::SignIn)?;
+                (principal, id.to_string())
+            }
         };
-        let principal = tokens.authenticate(&token).ok_or(Denied::SignIn)?;
         match principal.role {
-            Role::User | Role::Admin => Ok(Viewer { principal: principal.clone(), credential: token }),
+            Role::User | Role::Admin => Ok(Viewer { principal, credential }),
             role => Err(Denied::Role(role)),
         }
     }
@@ -172,7 +178,7 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// trusts whoever reaches it; a page of another site whose name was re-pointed at 127.0.0.1 (DNS
 /// rebinding) would reach it as its own origin and could read the form tokens, but it has to
 /// call the dashboard by that name.
-fn addressed_by_ip(headers: &HeaderMap) -> bool {
+pub(crate) fn addressed_by_ip(headers: &HeaderMap) -> bool {
     let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
         return false;
     };
@@ -181,16 +187,6 @@ fn addressed_by_ip(headers: &HeaderMap) -> bool {
         None => host.rsplit_once(':').map_or(host, |(name, _)| name),
     };
     name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
-}
-
-/// A cookie's hex back into the token; `None` for anything that is not hex of printable ASCII.
-fn unhex(s: &str) -> Option<String> {
-    if !s.len().is_multiple_of(2) || s.len() > 2 * proto::auth::MAX_TOKEN_LEN {
-        return None;
-    }
-    let bytes: Option<Vec<u8>> =
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect();
-    String::from_utf8(bytes?).ok().filter(|t| proto::auth::check_token(t).is_ok())
 }
 
 /// Refuses requests that another site's page made: browsers say so in `Sec-Fetch-Site` and
@@ -215,39 +211,70 @@ pub(crate) struct LoginForm {
     token: String,
 }
 
-async fn login(State(web): State<Web>, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+/// The address a request came from, for the sign-in limit ("unknown" where the listener does
+/// not say: in-process tests).
+fn client(extensions: &axum::http::Extensions) -> String {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or_else(|| "unknown".to_string(), |c| c.0.ip().to_string())
+}
+
+/// Whether the browser reached the dashboard over https (a TLS listener, or a TLS-terminating
+/// ingress that says so): then the cookie must never travel over plain http.
+fn over_https(headers: &HeaderMap, extensions: &axum::http::Extensions) -> bool {
+    extensions.get::<tls::Secure>().is_some()
+        || headers.get("x-forwarded-proto").is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"))
+}
+
+async fn login(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+    Form(form): Form<LoginForm>,
+) -> Response {
     if !same_site(&headers) {
         return (StatusCode::FORBIDDEN, "cross-site sign-in refused\n").into_response();
     }
     let Some(tokens) = &web.coordinator().config.auth else {
         return Redirect::to("/jobs").into_response();
     };
+    let (who, now) = (client(&extensions), std::time::Instant::now());
+    if !web.sessions.may_try(&who, now) {
+        let why = format!("too many failed sign-ins from this address; wait {} s", session::SIGN_IN_WINDOW.as_secs());
+        return (StatusCode::TOO_MANY_REQUESTS, pages::login_form(Some(&why))).into_response();
+    }
     let token = form.token.trim();
-    let role = proto::auth::check_token(token).ok().and_then(|()| tokens.authenticate(token)).map(|p| p.role);
-    match role {
-        Some(Role::User | Role::Admin) => {
-            // The token goes back only as a cookie scripts cannot read, sent to this site only;
-            // in hex, since a token may hold characters a cookie may not (`;`, `"`, `,`).
-            let token = proto::params::hex(token.as_bytes());
-            let mut cookie = format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={COOKIE_MAX_AGE}");
-            // Behind a TLS-terminating ingress the browser speaks https: then the cookie must
-            // never travel over plain http.
-            if headers.get("x-forwarded-proto").is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https")) {
+    let principal = proto::auth::check_token(token).ok().and_then(|()| tokens.authenticate(token));
+    match principal {
+        Some(p) if matches!(p.role, Role::User | Role::Admin) => {
+            // Only the session's random id goes back, as a cookie scripts cannot read, sent to
+            // this site only.
+            let id = web.sessions.open(p.clone(), now);
+            let max_age = session::SESSION_TTL.as_secs();
+            let mut cookie = format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}");
+            if over_https(&headers, &extensions) {
                 cookie.push_str("; Secure");
             }
             ([(header::SET_COOKIE, cookie)], Redirect::to("/jobs")).into_response()
         }
-        Some(role) => {
-            let why = format!("a {} token may not use the dashboard", format!("{role:?}").to_lowercase());
+        Some(p) => {
+            let why = format!("a {} token may not use the dashboard", format!("{:?}", p.role).to_lowercase());
             (StatusCode::FORBIDDEN, pages::login_form(Some(&why))).into_response()
         }
-        None => (StatusCode::UNAUTHORIZED, pages::login_form(Some("unknown token"))).into_response(),
+        None => {
+            web.sessions.failed(&who, now);
+            tracing::warn!(client = %who, "dashboard sign-in with an unknown token");
+            (StatusCode::UNAUTHORIZED, pages::login_form(Some("unknown token"))).into_response()
+        }
     }
 }
 
-async fn logout(headers: HeaderMap) -> Response {
+async fn logout(State(web): State<Web>, headers: HeaderMap) -> Response {
     if !same_site(&headers) {
         return (StatusCode::FORBIDDEN, "cross-site request refused\n").into_response();
+    }
+    if let Some(id) = cookie(&headers, COOKIE) {
+        web.sessions.end(id);
     }
     let gone = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
     ([(header::SET_COOKIE, gone)], Redirect::to("/login")).into_response()

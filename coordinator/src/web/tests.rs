@@ -162,12 +162,41 @@ async fn only_user_and_admin_tokens_sign_in_and_the_cookie_is_kept_from_scripts(
     let (_, headers, _) = farm.call(behind_tls).await;
     assert!(headers.get(header::SET_COOKIE).unwrap().to_str().unwrap().ends_with("; Secure"));
     let pair = cookie.split(';').next().unwrap().to_string();
-    let r = Request::get("/jobs").header(header::COOKIE, pair).body(Body::empty()).unwrap();
+    let r = Request::get("/jobs").header(header::COOKIE, pair.clone()).body(Body::empty()).unwrap();
     let (status, _, page) = farm.call(r).await;
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains("job-1") && !page.contains("job-2"), "{page}");
-    let r = Request::get("/jobs").header(header::COOKIE, "gramzoom_token=zz;").body(Body::empty()).unwrap();
+    let r = Request::get("/jobs").header(header::COOKIE, "gramzoom_session=zz;").body(Body::empty()).unwrap();
     assert_eq!(farm.call(r).await.0, StatusCode::SEE_OTHER, "a garbled cookie signs in nobody");
+    // The cookie holds a random session id, not the token, and signing out ends the session
+    // on the server: a copy of the cookie kept elsewhere is worth nothing after.
+    let id = pair.strip_prefix("gramzoom_session=").expect(&pair);
+    assert!(id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{pair}");
+    let out = Request::post("/logout").header(header::COOKIE, pair.clone()).header("sec-fetch-site", "same-origin");
+    assert_eq!(farm.call(out.body(Body::empty()).unwrap()).await.0, StatusCode::SEE_OTHER);
+    let r = Request::get("/jobs").header(header::COOKIE, pair).body(Body::empty()).unwrap();
+    assert_eq!(farm.call(r).await.0, StatusCode::SEE_OTHER, "a session outlived its sign-out");
+}
+
+#[tokio::test]
+async fn guessing_tokens_at_the_sign_in_form_is_held_back() {
+    let farm = Farm::new();
+    let login = |token: &str| {
+        Request::post("/login")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header("sec-fetch-site", "same-origin")
+            .body(Body::from(format!("token={token}")))
+            .unwrap()
+    };
+    for i in 0..super::session::MAX_FAILED_SIGN_INS {
+        let (status, _, _) = farm.call(login(&format!("guess-{i:016}-0123456789"))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    // Once held back, even the right token waits: the answer must not tell a guess from a hit.
+    let (status, _, body) = farm.call(login("guess-9999999999999999-0123456789")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(body.contains("too many failed sign-ins"), "{body}");
+    assert_eq!(farm.call(login(ALICE)).await.0, StatusCode::TOO_MANY_REQUESTS);
 }
 
 #[tokio::test]
@@ -191,10 +220,18 @@ async fn a_preview_is_served_once_a_worker_sent_one_and_the_page_carries_no_inli
 }
 
 #[tokio::test]
-async fn an_open_dashboard_answers_only_to_ip_addresses_against_dns_rebinding() {
+async fn an_open_dashboard_and_its_metrics_answer_only_to_ip_addresses_against_dns_rebinding() {
     let dir = tempfile::tempdir().unwrap();
     let coordinator = Coordinator::open(Config::new(dir.path().to_path_buf())).unwrap();
-    let app = router(coordinator);
+    let app = router(coordinator.clone()).merge(crate::http::router(coordinator));
+    for (path, host, want) in [
+        ("/metrics", Some("evil.example"), StatusCode::MISDIRECTED_REQUEST),
+        ("/metrics", Some("127.0.0.1:9090"), StatusCode::OK),
+    ] {
+        let r = Request::get(path).header(header::HOST, host.unwrap());
+        let status = app.clone().oneshot(r.body(Body::empty()).unwrap()).await.unwrap().status();
+        assert_eq!(status, want, "{path} {host:?}");
+    }
     for (host, want) in [
         (Some("127.0.0.1:9090"), StatusCode::OK),
         (Some("localhost:9090"), StatusCode::OK),
