@@ -28,6 +28,24 @@ pub const MAX_LAYERS: usize = 16;
 pub const MAX_LAYER_WEIGHT: f64 = 10_000.0;
 /// Denominator of a frame rate: `--fps` takes at most three decimals (29.97 is 2997/100).
 pub const MAX_FPS_DEN: u32 = 1000;
+/// A hand-off state of a `width`x`height` render, at most: the image and what the optimiser
+/// keeps (L-BFGS: ten pairs of history and two more tensors), as float32, plus its header. A
+/// state's size follows from its job; an upload or a download declaring more is refused before
+/// its bytes are taken.
+pub fn max_state_bytes(width: u32, height: u32) -> u64 {
+    let tensor = 3 * u64::from(width) * u64::from(height) * 4;
+    let tensors = 1 + 2 * crate::handoff::optimizer::MAX_LBFGS_HISTORY as u64 + 2;
+    tensors * tensor + (64 << 10)
+}
+
+/// An encoded chunk of `frames` frames of `width`x`height`, at most: no encoder we use writes
+/// more than the raw RGB frames (x264 at its highest quality stays well under), plus room for
+/// container headers and GIF palettes.
+pub fn max_chunk_bytes(width: u32, height: u32, frames: u32) -> u64 {
+    let frame = 3 * u64::from(width) * u64::from(height) + 1024;
+    u64::from(frames.max(1)) * frame + (1 << 20)
+}
+
 /// A failure reason as stored in a segment's history; longer ones are cut.
 pub const MAX_REASON_LEN: usize = 1024;
 /// How much of a bad value an error quotes.

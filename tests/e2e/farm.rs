@@ -301,6 +301,18 @@ impl FakeWorker {
         c.runtime.block_on(self.client.complete_segment(tokio_stream::iter(messages))).map(|_| ())
     }
 
+    /// Uploads `chunk` and `state` under `header` as given (sizes and checksums unchecked).
+    pub(crate) fn complete_declaring(
+        &mut self,
+        c: &Cluster,
+        header: v1::CompleteHeader,
+        chunk: &[u8],
+        state: &[u8],
+    ) -> Result<(), tonic::Status> {
+        let messages = worker::upload::piece_stream(header, chunk.to_vec().into(), state.to_vec().into());
+        c.runtime.block_on(self.client.complete_segment(messages)).map(|_| ())
+    }
+
     /// Uploads `chunk` and `state` with matching checksums.
     pub(crate) fn complete_with(
         &mut self,

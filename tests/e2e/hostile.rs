@@ -234,6 +234,51 @@ fn ffmpeg_chunk(dir: &Path, frames: u32, args: &[&str], name: &str) -> Vec<u8> {
     std::fs::read(&out).unwrap()
 }
 
+#[test]
+fn uploads_declaring_more_than_a_segment_can_hold_are_refused_before_their_bytes() {
+    let c = Cluster::start("30", &[]);
+    let id = c.submit(&["--size", "64x48", "--frames", "4", "--segment-frames", "2"]);
+    let mut w = FakeWorker::register(&c);
+    let a = w.acquire(&c);
+    let chunk = mp4_chunk(c.dir.path(), 2);
+    let state = state_bytes(&c.fingerprint(&id, FAKE_WEIGHTS), 2, (64, 48));
+    let honest = v1::CompleteHeader {
+        attempt_id: a.attempt_id,
+        chunk_size: chunk.len() as u64,
+        chunk_sha256: coordinator::sha256_hex(&chunk),
+        state_size: state.len() as u64,
+        state_sha256: coordinator::sha256_hex(&state),
+        ..Default::default()
+    };
+    // A 64x48 segment of two frames: a terabyte of chunk or state cannot be right, and once
+    // filled the coordinator's disk before any check ran.
+    let cases = [
+        (
+            "chunk_size",
+            v1::CompleteHeader { chunk_size: 1 << 40, ..honest.clone() },
+            "chunk_size: 1099511627776 bytes declared, at most",
+        ),
+        (
+            "state_size",
+            v1::CompleteHeader { state_size: 1 << 40, ..honest.clone() },
+            "state_size: 1099511627776 bytes declared, at most",
+        ),
+        (
+            "more than declared",
+            v1::CompleteHeader { chunk_size: 10, ..honest.clone() },
+            "upload: more than the declared 10 bytes arrived",
+        ),
+    ];
+    for (what, header, want) in cases {
+        let status = w.complete_declaring(&c, header, &chunk, &state).unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        assert!(status.message().starts_with(want), "{what}: {}", status.message());
+    }
+    let scratch = std::fs::read_dir(c.data.join("scratch")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(scratch, 0, "a refused upload left files in scratch");
+    w.complete_declaring(&c, honest, &chunk, &state).expect("the honest upload, after all that");
+}
+
 /// A well-formed L-BFGS state of a 64x48 job's segment 0 that claims the job's fingerprint.
 fn lbfgs_state(fingerprint: &str) -> Vec<u8> {
     let image = tch::Tensor::rand([1, 3, 48, 64], (tch::Kind::Float, tch::Device::Cpu));

@@ -39,12 +39,21 @@ async fn receive(
     mut stream: tonic::Streaming<v1::Blob>,
     what: &'static str,
     expected: &str,
+    most: u64,
 ) -> Result<Vec<u8>, Unloadable> {
     let mut data = Vec::new();
     let mut declared = None;
     while let Some(blob) = stream.message().await.map_err(|s| Unloadable::fetching(what, &s))? {
         if declared.is_none() {
+            if blob.total_size > most {
+                let reason = format!("the {what} is declared {} bytes, at most {most} can be right", blob.total_size);
+                return Err(Unloadable::bad(reason));
+            }
             declared = Some((blob.total_size, blob.sha256));
+        }
+        // Held in memory: never more than was declared.
+        if (data.len() + blob.data.len()) as u64 > declared.as_ref().map_or(0, |d| d.0) {
+            return Err(Unloadable::bad(format!("the {what} sent more bytes than it declared")));
         }
         data.extend_from_slice(&blob.data);
     }
@@ -79,7 +88,8 @@ impl Node {
             .await
             .map_err(|s| format!("fetching the style: {}", s.message()))?
             .into_inner();
-        let style = receive(stream, "style image", &a.style_sha256).await.map_err(|u| u.reason)?;
+        let most = proto::limits::MAX_STYLE_BYTES;
+        let style = receive(stream, "style image", &a.style_sha256, most).await.map_err(|u| u.reason)?;
         let params = proto::wire::params_from_wire(a.params.as_ref().unwrap_or(&Default::default()))
             .map_err(|e| e.to_string())?;
         let (device, weights, job) = (self.config.device, self.config.weights.clone(), a.job_id.clone());
@@ -110,7 +120,8 @@ impl Node {
             .await
             .map_err(|s| Unloadable::fetching("start state", &s))?
             .into_inner();
-        let bytes = receive(stream, "start state", &a.start_state_sha256).await?;
+        let (w, h) = a.params.as_ref().map_or((0, 0), |p| (p.width, p.height));
+        let bytes = receive(stream, "start state", &a.start_state_sha256, proto::limits::max_state_bytes(w, h)).await?;
         let (device, n) = (self.config.device, bytes.len());
         let state =
             tokio::task::spawn_blocking(move || State::from_bytes(&bytes, &PathBuf::from("<start state>"), device))

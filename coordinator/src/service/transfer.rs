@@ -63,6 +63,10 @@ pub(super) fn stream_file(path: PathBuf, sha256: String) -> BoxStream<v1::Blob> 
 /// it was handed to the store.
 pub(crate) struct Incoming {
     pub(crate) path: PathBuf,
+    /// The size its sender declared: bytes beyond it are refused as they arrive, so a sender
+    /// cannot fill the disk with an upload that will fail its checks at the end.
+    declared: u64,
+    received: u64,
     pieces: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
     writer: Option<tokio::task::JoinHandle<std::io::Result<(u64, String)>>>,
     /// What errors call the upload (`chunk of job 7`).
@@ -70,7 +74,7 @@ pub(crate) struct Incoming {
 }
 
 impl Incoming {
-    pub(super) async fn create(dir: &Path, name: String) -> Result<Self> {
+    pub(super) async fn create(dir: &Path, name: String, declared: u64) -> Result<Self> {
         let path = dir.join(unique_name(&name));
         let what = format!("receiving {name}");
         let file = std::fs::File::create(&path).map_err(Error::store(what.clone()))?;
@@ -88,10 +92,15 @@ impl Incoming {
             file.flush()?;
             Ok((size, proto::params::hex(&hasher.finalize())))
         });
-        Ok(Self { path, pieces: Some(tx), writer: Some(writer), what })
+        Ok(Self { path, declared, received: 0, pieces: Some(tx), writer: Some(writer), what })
     }
 
     pub(super) async fn write(&mut self, data: Vec<u8>) -> Result<()> {
+        self.received += data.len() as u64;
+        if self.received > self.declared {
+            let message = format!("more than the declared {} bytes arrived ({})", self.declared, self.what);
+            return Err(Error::invalid("upload", message));
+        }
         let sent = self.pieces.as_ref().expect("open until finished").send(data).await;
         if sent.is_err() {
             // The writer stopped on an error; `finish` reports it.

@@ -210,9 +210,23 @@ impl WorkerService for Api {
         self.holds(digest, attempt).await?;
         // Fencing, early: a stale worker is turned away before it uploads anything big.
         let cur = self.0.current_attempt(attempt).await?;
+        // The sizes a segment of this job can have, before a byte is taken.
+        let spec = self.0.db(move |c| db::spec(c, cur.job)).await?;
+        let params = crate::check_spec(&spec)?;
+        let frames = cur.span.1 - cur.span.0;
+        for (field, declared, most) in [
+            ("chunk_size", header.chunk_size, proto::limits::max_chunk_bytes(params.width, params.height, frames)),
+            ("state_size", header.state_size, proto::limits::max_state_bytes(params.width, params.height)),
+        ] {
+            if declared > most {
+                let message = format!("{declared} bytes declared, at most {most} for this segment");
+                return Err(Error::invalid(field, message).into());
+            }
+        }
         let scratch = self.0.store.scratch_dir().to_path_buf();
-        let mut chunk = Incoming::create(&scratch, format!("attempt-{attempt}.chunk")).await?;
-        let mut state = Incoming::create(&scratch, format!("attempt-{attempt}.state")).await?;
+        let chunk_name = format!("attempt-{attempt}.chunk");
+        let mut chunk = Incoming::create(&scratch, chunk_name, header.chunk_size).await?;
+        let mut state = Incoming::create(&scratch, format!("attempt-{attempt}.state"), header.state_size).await?;
         while let Some(message) = stream.message().await? {
             match message.part {
                 Some(complete_segment_request::Part::Chunk(data)) => chunk.write(data).await?,
