@@ -92,8 +92,7 @@ impl Coordinator {
             Ok((cur, lease::Completed::Released(reason))) => {
                 // A hand-over too short to split off: nothing of it is kept.
                 tracing::info!(%attempt, job = %cur.job, segment = cur.idx, %reason, "partial upload not kept");
-                let _ = self.store.delete(&chunk_key);
-                let _ = self.store.delete(&state_key);
+                self.forget_files(vec![chunk_key.clone(), state_key.clone()]).await;
                 self.watchdog.forget(attempt);
                 self.segments_may_be_ready();
                 self.job_changed(cur.job);
@@ -102,8 +101,7 @@ impl Coordinator {
             Ok((cur, done)) => (cur, done == lease::Completed::Last),
             Err(e) => {
                 // Superseded while uploading: its files must not linger under live keys.
-                let _ = self.store.delete(&chunk_key);
-                let _ = self.store.delete(&state_key);
+                self.forget_files(vec![chunk_key.clone(), state_key.clone()]).await;
                 self.segments_may_be_ready();
                 return Err(e);
             }
@@ -153,8 +151,7 @@ impl Coordinator {
                     .db(move |c| lease::blame::disown_start(c, attempt, &loader, &recheck, policy, now_ms()))
                     .await?;
                 // Its chunk is not used either: the segment is rendered again from scratch.
-                let _ = self.store.delete(&keys::state(d.job, d.attempt));
-                let _ = self.store.delete(&keys::chunk(d.job, d.attempt));
+                self.forget_files(vec![keys::state(d.job, d.attempt), keys::chunk(d.job, d.attempt)]).await;
                 self.watchdog.forget(attempt);
                 self.segments_may_be_ready();
                 return Ok(());
@@ -264,7 +261,8 @@ impl Coordinator {
             return Ok(Some(format!("attempt {producer} is not on record")));
         };
         let want = self.expected(job, stored.idx, None).await?;
-        let path = match self.store.local_path(&keys::state(job, producer)) {
+        let key = keys::state(job, producer);
+        let path = match self.store_io(move |store| store.local_path(&key)).await {
             Ok(p) => p,
             Err(e) => return Ok(Some(e.to_string())),
         };

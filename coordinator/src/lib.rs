@@ -249,6 +249,36 @@ impl Coordinator {
         });
     }
 
+    /// Runs `f` on the artifact store off the async runtime: the store is the seam for object
+    /// storage, where every call is a network round trip, and even on local disk a stat or an
+    /// unlink can block on a busy device.
+    async fn store_io<T: Send + 'static>(&self, f: impl FnOnce(&dyn ArtifactStore) -> T + Send + 'static) -> T {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref())).await.expect("store task panicked")
+    }
+
+    /// Removes stored files that are no longer used (best effort: a leftover is garbage, not
+    /// an error), off the async runtime.
+    async fn forget_files(&self, keys: Vec<String>) {
+        self.store_io(move |store| {
+            for key in keys {
+                let _ = store.delete(&key);
+            }
+        })
+        .await
+    }
+
+    /// Whether the finished movie of `job` has a poster frame.
+    pub(crate) async fn has_poster(&self, job: JobId) -> bool {
+        self.store_io(move |store| store.exists(&store::keys::poster(job))).await
+    }
+
+    /// Where the stored file `key` is, for streaming it out; `what` names it in errors.
+    pub(crate) async fn stored_path(&self, key: String, what: &str) -> Result<std::path::PathBuf> {
+        let op = format!("reading {what} {key}");
+        self.store_io(move |store| store.local_path(&key)).await.map_err(Error::store(op))
+    }
+
     /// Runs `f` on the database off the async runtime.
     async fn db<T: Send + 'static>(&self, f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static) -> Result<T> {
         let conn = self.conn.clone();
@@ -330,7 +360,11 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
     <IO as tonic::transport::server::Connected>::ConnectInfo: Clone + Send + Sync + 'static,
 {
-    let coordinator = Coordinator::open(config)?;
+    // Opening takes a file lock, migrates, vacuums, empties scratch and writes a fsynced reserve:
+    // blocking work, kept off the async runtime.
+    let coordinator = tokio::task::spawn_blocking(move || Coordinator::open(config))
+        .await
+        .map_err(|e| Error::Startup(format!("opening the coordinator panicked: {e}")))??;
     let sweeper = tokio::spawn(coordinator.clone().sweep());
     let http = http.map(|listener| {
         let mut closed = coordinator.closing.subscribe();

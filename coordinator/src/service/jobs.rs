@@ -307,7 +307,7 @@ impl JobService for Api {
         let kind =
             proto::wire::output_from_wire(job.spec.as_ref().map(|s| s.output).unwrap_or(0)).map_err(Error::from)?;
         let key = keys::output(seq, kind.extension());
-        let path = self.0.store.local_path(&key).map_err(Error::store(format!("reading the output {key}")))?;
+        let path = self.0.stored_path(key, "the output").await?;
         Ok(Response::new(stream_file(path, job.output_sha256)))
     }
 

@@ -164,7 +164,7 @@ impl WorkerService for Api {
             .db(move |c| Ok(c.query_row("SELECT style_sha256 FROM jobs WHERE seq = ?1", [job], |r| r.get(0))?))
             .await?;
         let key = keys::style(&sha);
-        let path = self.0.store.local_path(&key).map_err(Error::store(format!("reading the style {key}")))?;
+        let path = self.0.stored_path(key, "the style").await?;
         Ok(Response::new(stream_file(path, sha)))
     }
 
@@ -191,7 +191,7 @@ impl WorkerService for Api {
             .db(move |c| Ok(c.query_row("SELECT state_sha256 FROM attempts WHERE id = ?1", [start], |r| r.get(0))?))
             .await?;
         let key = keys::state(cur.job, cur.start_attempt);
-        let path = self.0.store.local_path(&key).map_err(Error::store(format!("reading the hand-off state {key}")))?;
+        let path = self.0.stored_path(key, "the hand-off state").await?;
         Ok(Response::new(stream_file(path, sha)))
     }
 

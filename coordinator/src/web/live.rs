@@ -150,7 +150,7 @@ pub(crate) async fn job_events(State(web): State<Web>, headers: HeaderMap, Path(
             };
             let c = web2.coordinator();
             let preview = c.previews.get(seq).map(|p| (p.version, p.frame));
-            let has_poster = preview.is_none() && c.store.exists(&crate::store::keys::poster(seq));
+            let has_poster = preview.is_none() && c.has_poster(seq).await;
             let now = now_ms();
             let parts = vec![
                 ("job-summary", summary_html(&job, now)),

@@ -350,7 +350,7 @@ async fn preview(State(web): State<Web>, headers: HeaderMap, Path(id): Path<Stri
     let jpeg: Option<Vec<u8>> = match c.previews.get(seq) {
         Some(p) => Some(p.jpeg.to_vec()),
         None => {
-            let path = c.store.local_path(&crate::store::keys::poster(seq));
+            let path = c.stored_path(crate::store::keys::poster(seq), "the poster").await;
             match path {
                 Ok(p) => tokio::fs::read(p).await.ok(),
                 Err(_) => None,

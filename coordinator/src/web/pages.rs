@@ -171,7 +171,7 @@ pub(crate) async fn job_page(State(web): State<Web>, headers: HeaderMap, Path(id
     };
     let seq = db::job_seq(&job.id).unwrap_or(db::JobId(0));
     let preview = web.coordinator().previews.get(seq).map(|p| (p.version, p.frame));
-    let has_poster = web.coordinator().store.exists(&crate::store::keys::poster(seq));
+    let has_poster = web.coordinator().has_poster(seq).await;
     let token = web.form_token(&viewer);
     let now = now_ms();
     let spec = job.spec.clone().unwrap_or_default();
