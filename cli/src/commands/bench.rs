@@ -64,6 +64,24 @@ pub struct Args {
     /// dispatch latency, stitching 100 chunks).
     #[arg(long)]
     pub cluster: bool,
+    /// Instead of timing the engine: load a coordinator (`gramzoom serve`, its own process)
+    /// with N simulated workers over gRPC, thousands of queued jobs and live dashboard viewers,
+    /// and print call latencies, throughput, leases lost, and its CPU and memory.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=20_000),
+          conflicts_with_all = ["compare_features", "gallery", "cluster", "concurrent"])]
+    pub farm: Option<u32>,
+    /// Jobs queued before --farm's workers start.
+    #[arg(long, default_value_t = 10_000, requires = "farm", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub farm_jobs: u32,
+    /// Seconds --farm's workers run.
+    #[arg(long, default_value_t = 60, requires = "farm", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub farm_secs: u64,
+    /// Dashboard viewers with a live jobs page open during --farm.
+    #[arg(long, default_value_t = 50, requires = "farm", value_parser = clap::value_parser!(u32).range(0..=256))]
+    pub farm_viewers: u32,
+    /// Seconds a --farm worker "renders" each segment (heartbeating) before it completes it.
+    #[arg(long, default_value_t = 10.0, requires = "farm")]
+    pub farm_render_secs: f64,
     /// Instead of timing the engine: run N `gramzoom render` processes of the same movie at
     /// once (each --sizes, default 96x64; --frames, default 24), and one alone, and print the
     /// wall times, to check how renders share this machine.
@@ -90,6 +108,19 @@ pub fn run(args: Args, bar: &crate::progress::Bar) -> Result<()> {
     }
     if let Some(dir) = &args.gallery {
         return super::compare::gallery(&args, dir, device);
+    }
+    if let Some(workers) = args.farm {
+        if !(args.farm_render_secs.is_finite() && (0.0..=3600.0).contains(&args.farm_render_secs)) {
+            anyhow::bail!("--farm-render-secs must be 0 to 3600, got {}", args.farm_render_secs);
+        }
+        let farm = super::bench_farm::Farm {
+            workers,
+            jobs: args.farm_jobs,
+            seconds: args.farm_secs,
+            viewers: args.farm_viewers,
+            render_secs: args.farm_render_secs,
+        };
+        return super::bench_farm::run(farm);
     }
     if args.cluster {
         return super::bench_cluster::run();

@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     proto::params::hex(&Sha256::digest(bytes))
 }
 
-fn spec(width: u32, height: u32, frames: u32, segment_frames: u32) -> v1::JobSpec {
+pub(crate) fn spec(width: u32, height: u32, frames: u32, segment_frames: u32) -> v1::JobSpec {
     let p = RenderParams { width, height, frames, ..Default::default() };
     v1::JobSpec {
         params: Some(proto::wire::params_to_wire(&p)),
@@ -37,19 +37,24 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+pub(crate) fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-type Worker = WorkerServiceClient<InterceptedService<Channel, Credentials>>;
+pub(crate) type Worker = WorkerServiceClient<InterceptedService<Channel, Credentials>>;
+
+/// The weights digest the hand-driven worker declares.
+const BENCH_WEIGHTS: &str = "bench-weights";
 
 /// Registers a hand-driven worker: its later calls carry the session the coordinator issued.
 async fn register(url: &str) -> Result<(Worker, String)> {
     let credentials = Credentials::default();
     let channel = tonic::transport::Endpoint::from_shared(url.to_string())?.connect().await?;
     let mut w = WorkerServiceClient::with_interceptor(channel, credentials.clone());
-    let r = v1::RegisterRequest { name: "bench".into(), device: "none".into(), ..Default::default() };
+    // It declares weights: the coordinator computes the fingerprint a state must carry from them.
+    let weights = ["vgg16", "vgg19"].map(|n| v1::NetworkWeights { network: n.into(), digest: BENCH_WEIGHTS.into() });
+    let r = v1::RegisterRequest { name: "bench".into(), device: "none".into(), weights: weights.to_vec() };
     let r = w.register(r).await?.into_inner();
     credentials.set_session(&r.session);
     Ok((w, r.worker_id))
@@ -60,7 +65,7 @@ async fn acquire(w: &mut Worker, id: &str) -> Result<v1::Assignment> {
     w.acquire(r).await?.into_inner().assignment.context("no assignment")
 }
 
-async fn complete(w: &mut Worker, attempt: u64, chunk: &[u8], state: &[u8]) -> Result<()> {
+pub(crate) async fn complete(w: &mut Worker, attempt: u64, chunk: &[u8], state: &[u8]) -> Result<()> {
     let header = v1::CompleteHeader {
         attempt_id: attempt,
         chunk_size: chunk.len() as u64,
@@ -97,7 +102,9 @@ pub fn run() -> Result<()> {
         let optim = OptimState::new(OptimizerKind::Adam, &image);
         // The end state of the first frame, with that frame's chunk: the coordinator checks
         // that an upload holds what its segment must.
-        let state = State { next_frame: 1, image, optim, fingerprint: "bench".into(), made_by: String::new() };
+        let params = proto::wire::params_from_wire(spec(1920, 1080, 2, 1).params.as_ref().context("a spec")?)?;
+        let fingerprint = params.fingerprint(&hex(&style), BENCH_WEIGHTS);
+        let state = State { next_frame: 1, image, optim, fingerprint, made_by: String::new() };
         let t = Instant::now();
         let bytes = state.to_bytes();
         let serialise = t.elapsed().as_secs_f64();

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_cluster;
 pub mod bench_concurrent;
+pub mod bench_farm;
 pub mod compare;
 pub mod jobs;
 pub mod render;

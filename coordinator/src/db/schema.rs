@@ -175,13 +175,17 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // 7: whether an ended attempt counts against its worker (a failure that followed its job
     // across workers is the job's fault); the container and codec parameters of a job's first
     // chunk, which every later chunk must share to be joined; how often a job was split by
-    // preemption (bounded); a worker's identity across
+    // preemption (bounded); indexes that lead dispatch, the lease sweep and pruning; a worker's identity across
     // registrations (its principal and name), so a quarantine follows it.
     "ALTER TABLE attempts ADD COLUMN charged INTEGER NOT NULL DEFAULT 1;
      ALTER TABLE jobs ADD COLUMN chunk_format TEXT NOT NULL DEFAULT '';
      ALTER TABLE jobs ADD COLUMN splits INTEGER NOT NULL DEFAULT 0;
      CREATE INDEX workers_by_identity ON workers(principal, name);
-     CREATE INDEX workers_by_last_seen ON workers(last_seen_ms);",
+     CREATE INDEX workers_by_last_seen ON workers(last_seen_ms);
+     CREATE INDEX jobs_by_dispatch ON jobs(priority DESC, seq) WHERE state IN ('queued', 'running');
+     CREATE INDEX segments_by_job_state ON segments(job, state);
+     CREATE INDEX segments_by_preferred ON segments(preferred_worker) WHERE preferred_worker IS NOT NULL;
+     CREATE INDEX attempts_by_lease ON attempts(state, lease_until_ms);",
 ];
 
 pub(super) fn migrate(conn: &Connection) -> Result<()> {

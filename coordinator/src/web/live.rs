@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 /// Changes of one job closer together than this are sent as one update.
 const COALESCE: Duration = Duration::from_millis(300);
 /// The same for the lists, which every heartbeat of every worker wakes and which read up to
@@ -77,27 +78,33 @@ where
 }
 
 /// Waits for the next change `wake` reports, at most [`REFRESH`], then a moment for the rest of
-/// a burst.
-async fn next_change(wake: impl std::future::Future<Output = ()>, coalesce: Duration) {
+/// a burst. Returns when the change came: a shared render that began after it shows it.
+async fn next_change(wake: impl std::future::Future<Output = ()>, coalesce: Duration) -> Instant {
     let _ = tokio::time::timeout(REFRESH, wake).await;
+    let changed = Instant::now();
     tokio::time::sleep(coalesce).await;
+    changed
 }
 
 type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 /// A list (the jobs, the workers) kept live in the element `target`: rendered anew by `render`
-/// when any job changes or the coordinator's state does; a failed render ends the stream.
-fn live_list<F>(web: &Web, viewer: &Viewer, target: &'static str, render: F) -> Response
+/// when any job changes or the coordinator's state does, one render shared by every stream of
+/// the same `key` (see `shared`); a failed render ends the stream.
+fn live_list<F>(web: &Web, viewer: &Viewer, key: String, target: &'static str, render: F) -> Response
 where
-    F: Fn(Web) -> BoxFuture<Option<String>> + Send + 'static,
+    F: Fn(Web) -> BoxFuture<Option<String>> + Send + Sync + 'static,
 {
     let mut any = web.coordinator().watchers.subscribe_any();
     let mut changes = web.coordinator().changes.subscribe();
     let web2 = web.clone();
     open(web, viewer, move |tx| async move {
         let mut sent = Sent::default();
+        // A page just opened takes a render of the last moment.
+        let mut changed = Instant::now().checked_sub(COALESCE_LISTS).unwrap_or_else(Instant::now);
         loop {
-            let Some(html) = render(web2.clone()).await else { return };
+            let rendered = web2.lists.get(&key, changed, || async { render(web2.clone()).await.ok_or(()) }).await;
+            let Ok(html) = rendered else { return };
             if !sent.send(&tx, vec![(target, html)]).await {
                 return;
             }
@@ -107,7 +114,7 @@ where
                     _ = changes.changed() => {}
                 }
             };
-            next_change(wake, COALESCE_LISTS).await;
+            changed = next_change(wake, COALESCE_LISTS).await;
         }
     })
 }
@@ -118,7 +125,8 @@ pub(crate) async fn jobs_events(State(web): State<Web>, headers: HeaderMap, Quer
         Err(_) => return StatusCode::UNAUTHORIZED.into_response(),
     };
     let state = filter.state();
-    live_list(&web, &viewer.clone(), "jobs-body", move |web| {
+    let key = format!("jobs/{:?}/{state:?}", viewer.principal.job_owner_filter());
+    live_list(&web, &viewer.clone(), key, "jobs-body", move |web| {
         let (viewer, state) = (viewer.clone(), state.clone());
         Box::pin(async move { web.jobs(&viewer, state).await.ok().map(|jobs| pages::jobs_html(&jobs, now_ms())) })
     })
@@ -139,8 +147,11 @@ pub(crate) async fn job_events(State(web): State<Web>, headers: HeaderMap, Path(
     let web2 = web.clone();
     open(&web, &viewer, move |tx| async move {
         let mut sent = Sent::default();
+        let key = format!("job/{seq}");
+        let mut changed = Instant::now().checked_sub(COALESCE).unwrap_or_else(Instant::now);
         loop {
-            let job = match web2.api.job_view(seq, true).await {
+            let job = web2.job_views.get(&key, changed, || web2.api.job_view(seq, true)).await;
+            let job = match job {
                 Ok(job) => job,
                 Err(_) => {
                     let gone = "<p class=\"error\">This job was deleted.</p>".to_string();
@@ -162,7 +173,7 @@ pub(crate) async fn job_events(State(web): State<Web>, headers: HeaderMap, Path(
             if !sent.send(&tx, parts).await {
                 return;
             }
-            next_change(mine.changed(), COALESCE).await;
+            changed = next_change(mine.changed(), COALESCE).await;
         }
     })
 }
@@ -171,5 +182,7 @@ pub(crate) async fn workers_events(State(web): State<Web>, headers: HeaderMap) -
     let Ok(viewer) = web.viewer(&headers) else {
         return StatusCode::UNAUTHORIZED.into_response();
     };
-    live_list(&web, &viewer, "workers-body", |web| Box::pin(async move { web.workers_html().await.ok() }))
+    live_list(&web, &viewer, "workers".into(), "workers-body", |web| {
+        Box::pin(async move { web.workers_html().await.ok() })
+    })
 }

@@ -15,6 +15,7 @@ mod html;
 mod live;
 mod pages;
 mod session;
+mod shared;
 pub(crate) mod tls;
 
 use crate::auth::{Principal, Role};
@@ -38,6 +39,9 @@ pub(crate) struct Web {
     api: Api,
     secret: Arc<[u8; 32]>,
     sessions: Arc<session::Sessions>,
+    /// Renders shared by the live streams that show the same list, and the same job.
+    lists: Arc<shared::Shared<String>>,
+    job_views: Arc<shared::Shared<proto::v1::Job>>,
 }
 
 impl Web {
@@ -49,7 +53,13 @@ impl Web {
 pub(crate) fn router(coordinator: Arc<Coordinator>) -> axum::Router {
     let mut secret = [0u8; 32];
     getrandom::getrandom(&mut secret).expect("the system random source failed");
-    let web = Web { api: Api(coordinator), secret: Arc::new(secret), sessions: Arc::default() };
+    let web = Web {
+        api: Api(coordinator),
+        secret: Arc::new(secret),
+        sessions: Arc::default(),
+        lists: Arc::default(),
+        job_views: Arc::default(),
+    };
     axum::Router::new()
         .route("/", get(|| async { Redirect::to("/jobs") }))
         .route("/login", get(pages::login_page).post(login))
