@@ -328,24 +328,44 @@ impl Coordinator {
                     }
                 }
                 Err(e) if e.is_transient() => return, // shutting down: a restart stitches again
+                Err(Error::BadChunk { start_frame, message }) => {
+                    // That chunk's segment is rendered again (within its retries), then the
+                    // stitch runs anew.
+                    let policy = self.policy;
+                    let why = message.clone();
+                    let again =
+                        self.db(move |c| lease::blame::disown_chunk(c, job, start_frame, &why, policy, now_ms())).await;
+                    match again {
+                        Ok(Some(_)) => {
+                            self.segments_may_be_ready();
+                            self.job_changed(job);
+                        }
+                        Ok(None) | Err(_) => self.fail_stitch(job, format!("stitching: {message}")).await,
+                    }
+                    return;
+                }
                 Err(e) => {
-                    let reason = e.to_string();
-                    tracing::error!(job = %job, error = %reason, "stitching failed");
-                    let now = now_ms();
-                    let _ = self
-                        .db(move |c| {
-                            let tx = c.transaction()?;
-                            db::fail_job(&tx, job, &reason, now)?;
-                            tx.commit()?;
-                            Ok(())
-                        })
-                        .await;
-                    self.job_changed(job);
+                    self.fail_stitch(job, e.to_string()).await;
                     return;
                 }
                 Ok(()) => return,
             }
         }
+    }
+
+    /// Fails `job`, whose stitch cannot succeed, saying why.
+    async fn fail_stitch(&self, job: JobId, reason: String) {
+        tracing::error!(job = %job, error = %reason, "stitching failed");
+        let now = now_ms();
+        let _ = self
+            .db(move |c| {
+                let tx = c.transaction()?;
+                db::fail_job(&tx, job, &reason, now)?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await;
+        self.job_changed(job);
     }
 
     /// One try at stitching `job`; records the output when it succeeds.

@@ -42,6 +42,10 @@ pub enum Error {
     Io { op: String, source: std::io::Error },
     #[error("stitching: {0}")]
     Stitch(String),
+    /// A chunk that cannot be joined (not a failure that can pass): the one that starts at
+    /// `start_frame`; its segment can be rendered again.
+    #[error("stitching: {message}")]
+    BadChunk { start_frame: u32, message: String },
     #[error("starting: {0}")]
     Startup(String),
     #[error("data directory {} is in use by another coordinator ({holder}); stop that one first, or give this one its own --data", data.display())]
@@ -135,6 +139,7 @@ impl From<Error> for tonic::Status {
             | Error::Store { .. }
             | Error::Io { .. }
             | Error::Stitch(_)
+            | Error::BadChunk { .. }
             | Error::Startup(_)
             | Error::DataInUse { .. }
             | Error::Transport(_) => {

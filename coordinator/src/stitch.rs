@@ -30,6 +30,19 @@ impl Chunk {
         Ok(())
     }
 
+    /// `e` as this chunk's fault, unless it can pass (a full disk): the stitch then says which
+    /// segment to render again.
+    fn blame(&self, e: Error) -> Error {
+        if e.is_transient() || matches!(e, Error::BadChunk { .. }) {
+            return e;
+        }
+        let message = match &e {
+            Error::Stitch(m) => m.clone(),
+            e => format!("{}: {e}", self.name()),
+        };
+        Error::BadChunk { start_frame: self.start_frame, message }
+    }
+
     /// An FFmpeg error while reading this chunk.
     fn ff(&self, what: &str) -> impl Fn(ffmpeg::Error) -> Error {
         ff(format!("{what} {}", self.name()))
@@ -82,10 +95,28 @@ fn mp4(chunks: &[Chunk], fps: Fps, out: &Path) -> Result<()> {
     // Appended as they are, a short chunk's last decode time would meet the next chunk's first
     // (the muxer refuses that). So every chunk's decode times are moved back to the largest
     // delay of all: still before their presentation times, and increasing across chunks.
-    let delays = chunks.iter().map(|c| reorder_delay(c, frame_tb)).collect::<Result<Vec<i64>>>()?;
+    let delays =
+        chunks.iter().map(|c| reorder_delay(c, frame_tb).map_err(|e| c.blame(e))).collect::<Result<Vec<i64>>>()?;
     let most = delays.iter().copied().max().unwrap_or(0);
     let mut out_tb = frame_tb;
     for (i, chunk) in chunks.iter().enumerate() {
+        append_mp4(i, chunk, &mut octx, frame_tb, &mut out_tb, most - delays[i]).map_err(|e| chunk.blame(e))?;
+    }
+    octx.write_trailer().map_err(ff("writing the output's trailer"))?;
+    Ok(())
+}
+
+/// Copies chunk `i`'s packets into `octx` (the first also sets up the output's stream), its
+/// decode times moved back by `back` frames.
+fn append_mp4(
+    i: usize,
+    chunk: &Chunk,
+    octx: &mut ffmpeg::format::context::Output,
+    frame_tb: ffmpeg::Rational,
+    out_tb: &mut ffmpeg::Rational,
+    back: i64,
+) -> Result<()> {
+    {
         let mut ictx = ffmpeg::format::input(&chunk.path).map_err(chunk.ff("opening"))?;
         let (index, in_tb) = {
             let stream = ictx
@@ -101,12 +132,13 @@ fn mp4(chunks: &[Chunk], fps: Fps, out: &Path) -> Result<()> {
                 let mut mux = ffmpeg::Dictionary::new();
                 mux.set("movflags", "+faststart");
                 octx.write_header_with(mux).map_err(ff("writing the output's header"))?;
-                out_tb = octx.stream(0).expect("stream 0 was added").time_base();
+                *out_tb = octx.stream(0).expect("stream 0 was added").time_base();
             }
             (stream.index(), stream.time_base())
         };
+        let out_tb = *out_tb;
         let offset = ffmpeg::Rescale::rescale(&(chunk.start_frame as i64), frame_tb, out_tb);
-        let dts_back = ffmpeg::Rescale::rescale(&(most - delays[i]), frame_tb, out_tb);
+        let dts_back = ffmpeg::Rescale::rescale(&back, frame_tb, out_tb);
         let mut packets = 0u32;
         for (stream, mut packet) in ictx.packets() {
             if stream.index() != index {
@@ -117,12 +149,11 @@ fn mp4(chunks: &[Chunk], fps: Fps, out: &Path) -> Result<()> {
             packet.set_dts(packet.dts().map(|t| t + offset - dts_back));
             packet.set_position(-1);
             packet.set_stream(0);
-            packet.write_interleaved(&mut octx).map_err(chunk.ff("writing a packet of"))?;
+            packet.write_interleaved(octx).map_err(chunk.ff("writing a packet of"))?;
             packets += 1;
         }
         chunk.check_frames(packets)?;
     }
-    octx.write_trailer().map_err(ff("writing the output's trailer"))?;
     Ok(())
 }
 
@@ -160,8 +191,10 @@ fn gif(chunks: &[Chunk], out: &Path) -> Result<()> {
     for chunk in chunks {
         let mut options = gif::DecodeOptions::new();
         options.set_color_output(gif::ColorOutput::Indexed);
-        let file = std::fs::File::open(&chunk.path).map_err(Error::io(format!("opening {}", chunk.name())))?;
-        let mut decoder = options.read_info(std::io::BufReader::new(file)).map_err(gif_err(chunk))?;
+        let file = std::fs::File::open(&chunk.path).map_err(Error::io(format!("opening {}", chunk.name())));
+        let file = file.map_err(|e| chunk.blame(e))?;
+        let mut decoder =
+            options.read_info(std::io::BufReader::new(file)).map_err(gif_err(chunk)).map_err(|e| chunk.blame(e))?;
         if encoder.is_none() {
             let file = std::io::BufWriter::new(std::fs::File::create(out).map_err(Error::io("creating the output"))?);
             let mut e =
@@ -172,11 +205,11 @@ fn gif(chunks: &[Chunk], out: &Path) -> Result<()> {
         }
         let enc = encoder.as_mut().expect("set above");
         let mut frames = 0u32;
-        while let Some(frame) = decoder.read_next_frame().map_err(gif_err(chunk))? {
+        while let Some(frame) = decoder.read_next_frame().map_err(gif_err(chunk)).map_err(|e| chunk.blame(e))? {
             enc.write_frame(frame).map_err(enc_err)?;
             frames += 1;
         }
-        chunk.check_frames(frames)?;
+        chunk.check_frames(frames).map_err(|e| chunk.blame(e))?;
     }
     let enc = encoder.ok_or_else(|| Error::Stitch("no chunks".into()))?;
     let written = || Error::io("writing the output");
@@ -260,6 +293,22 @@ mod tests {
             assert_eq!(e.is_transient(), transient, "{what}: {e:?}");
             assert!(e.to_string().contains(names), "{what}: {e}");
         }
-        assert!(stitch(OutputKind::Gif, &[gif], FPS, Path::new("/dev/full")).unwrap_err().is_disk_full());
+        assert!(stitch(OutputKind::Gif, &[gif.clone()], FPS, Path::new("/dev/full")).unwrap_err().is_disk_full());
+        // A chunk's own fault names the segment to render again (by its first frame); a full
+        // disk names none.
+        let garbage = Chunk { path: out("garbage.mp4"), start_frame: 3, end_frame: 6 };
+        std::fs::write(&garbage.path, b"not a movie").unwrap();
+        for (what, result, start) in [
+            ("a missing mp4 chunk", stitch(OutputKind::Mp4, &[mp4_chunk(0), missing(3)], FPS, &out("b.mp4")), 3),
+            ("a garbage mp4 chunk", stitch(OutputKind::Mp4, &[mp4_chunk(0), garbage], FPS, &out("g.mp4")), 3),
+            ("a missing gif chunk", stitch(OutputKind::Gif, &[missing(0)], FPS, &out("b.gif")), 0),
+        ] {
+            match result {
+                Err(Error::BadChunk { start_frame, .. }) => assert_eq!(start_frame, start, "{what}"),
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        let full = stitch(OutputKind::Gif, &[gif], FPS, Path::new("/dev/full")).unwrap_err();
+        assert!(!matches!(full, Error::BadChunk { .. }), "{full:?}");
     }
 }

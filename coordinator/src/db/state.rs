@@ -117,6 +117,7 @@ impl JobState {
             (Queued, Failed),
             (Running, Failed),
             (Stitching, Failed),
+            (Stitching, Running),
             (Queued, Cancelled),
             (Running, Cancelled),
             (Stitching, Cancelled),

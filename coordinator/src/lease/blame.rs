@@ -149,6 +149,44 @@ pub struct Disowned {
     pub attempt: AttemptId,
 }
 
+/// The chunk of `job` that starts at `start_frame` could not be joined (`why`): the attempt
+/// that made it failed after all (charged: its upload passed the checks and still broke the
+/// stitch), the job runs again, and the segment goes back to the queue from its start state,
+/// or fails the job when it has no retries left. The segments after it keep their chunks: the
+/// one rendered anew ends in the same state on the same kind of worker. Returns the segment.
+pub fn disown_chunk(
+    conn: &mut Connection,
+    job: JobId,
+    start_frame: u32,
+    why: &str,
+    policy: Policy,
+    now: i64,
+) -> Result<Option<u32>> {
+    let tx = conn.transaction()?;
+    let found: Option<(u32, AttemptId, WorkerId)> = tx
+        .query_row(
+            "SELECT s.idx, s.done_attempt, a.worker FROM segments s JOIN attempts a ON a.id = s.done_attempt
+             WHERE s.job = ?1 AND s.start_frame = ?2 AND s.state = 'done'",
+            params![job, start_frame],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((idx, attempt, worker)) = found else {
+        return Ok(None);
+    };
+    let reason = format!("its chunk could not be joined to the movie: {why}");
+    tx.execute("UPDATE attempts SET state = 'failed', reason = ?2 WHERE id = ?1", params![attempt, reason])?;
+    tx.execute(
+        "UPDATE segments SET done_attempt = 0, preferred_worker = NULL WHERE job = ?1 AND idx = ?2",
+        params![job, idx],
+    )?;
+    tx.execute("UPDATE jobs SET state = 'running' WHERE seq = ?1 AND state = 'stitching'", [job])?;
+    super::retry_or_fail(&tx, job, idx, worker, &reason, policy, now)?;
+    tx.commit()?;
+    tracing::warn!(job = %job, segment = idx, %attempt, %why, "a chunk could not be joined: its segment is rendered again");
+    Ok(Some(idx))
+}
+
 /// What the coordinator found when it checked its own copy of a state a worker could not load.
 #[derive(Debug, Clone)]
 pub enum Recheck {

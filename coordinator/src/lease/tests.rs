@@ -427,3 +427,32 @@ fn heartbeat_progress_is_clamped_to_the_segment() {
     assert_eq!(job.segments[0].attempts[0].frames_done, 2);
     assert_eq!(heartbeat(&mut c, a, 1, POLICY, 20).unwrap().1, 1, "an honest count is kept as it is");
 }
+
+#[test]
+fn a_chunk_that_cannot_be_joined_has_its_segment_rendered_again_within_its_retries() {
+    let (mut c, jobs) = setup(&[(0, 4)]); // [0, 2) [2, 4)
+    let job = jobs[0];
+    let first = take(&mut c, WorkerId(1), 0).unwrap().2;
+    complete(&mut c, first, &UP, POLICY, 10).unwrap();
+    let second = take(&mut c, WorkerId(1), 20).unwrap().2;
+    assert_eq!(complete(&mut c, second, &UP, POLICY, 30).unwrap().1, Completed::Last);
+    let state = |c: &mut Connection| db::job_state(&c.transaction().unwrap(), job).unwrap();
+    assert_eq!(state(&mut c), db::JobState::Stitching);
+
+    // The stitch finds the chunk of frames 2..4 broken: segment 1 is rendered again from
+    // segment 0's state, and the job stitches again after.
+    assert_eq!(blame::disown_chunk(&mut c, job, 2, "EINVAL", POLICY, 40).unwrap(), Some(1));
+    assert_eq!(state(&mut c), db::JobState::Running);
+    let again = acquire(&mut c, WorkerId(2), POLICY, 50).unwrap().unwrap();
+    assert_eq!((again.idx, again.start_attempt), (1, first));
+    assert_eq!(complete(&mut c, again.attempt, &UP, POLICY, 60).unwrap().1, Completed::Last);
+    assert_eq!(state(&mut c), db::JobState::Stitching);
+    assert_eq!(db::done_chunks(&c, job).unwrap(), vec![(first, 0, 2), (again.attempt, 2, 4)]);
+
+    // A segment whose chunks keep breaking runs out of retries: the job fails, naming it.
+    assert_eq!(blame::disown_chunk(&mut c, job, 2, "EINVAL", POLICY, 70).unwrap(), Some(1));
+    assert_eq!(state(&mut c), db::JobState::Failed);
+    let error: String = c.query_row("SELECT error FROM jobs WHERE seq = ?1", [job], |r| r.get(0)).unwrap();
+    assert!(error.contains("its chunk could not be joined to the movie: EINVAL"), "{error}");
+    assert_eq!(blame::disown_chunk(&mut c, job, 9, "EINVAL", POLICY, 80).unwrap(), None, "no such chunk");
+}
