@@ -293,7 +293,9 @@ mod tests {
             assert_eq!(e.is_transient(), transient, "{what}: {e:?}");
             assert!(e.to_string().contains(names), "{what}: {e}");
         }
-        assert!(stitch(OutputKind::Gif, std::slice::from_ref(&gif), FPS, Path::new("/dev/full")).unwrap_err().is_disk_full());
+        assert!(stitch(OutputKind::Gif, std::slice::from_ref(&gif), FPS, Path::new("/dev/full"))
+            .unwrap_err()
+            .is_disk_full());
         // A chunk's own fault names the segment to render again (by its first frame); a full
         // disk names none.
         let garbage = Chunk { path: out("garbage.mp4"), start_frame: 3, end_frame: 6 };

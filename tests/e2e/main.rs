@@ -17,4 +17,5 @@ mod metrics;
 mod outputs;
 mod quality;
 mod segments;
+mod uploads;
 mod weights;
