@@ -195,13 +195,17 @@ impl Coordinator {
     /// What segment `idx` of `job` must hold, for `inspect`, when rendered by `worker` (or, on
     /// a re-check, with the weights the job was rendered with).
     async fn expected(&self, job: JobId, idx: u32, worker: Option<db::WorkerId>) -> Result<inspect::Expected> {
-        let (spec, (start_frame, end_frame)) =
-            self.db(move |c| Ok((db::spec(c, job)?, db::segment_span(c, job, idx)?))).await?;
-        let params = crate::check_spec(&spec)?;
-        let network = params.network.name();
-        let (style, weights) = self.db(move |c| db::fingerprint_inputs(c, job, worker, network)).await?;
+        // One trip to the database: this runs on every upload.
+        let (output, (start_frame, end_frame), params, (style, weights)) = self
+            .db(move |c| {
+                let spec = db::spec(c, job)?;
+                let params = crate::check_spec(&spec)?;
+                let inputs = db::fingerprint_inputs(c, job, worker, params.network.name())?;
+                Ok((spec.output, db::segment_span(c, job, idx)?, params, inputs))
+            })
+            .await?;
         Ok(inspect::Expected {
-            kind: proto::wire::output_from_wire(spec.output)?,
+            kind: proto::wire::output_from_wire(output)?,
             width: params.width,
             height: params.height,
             start_frame,

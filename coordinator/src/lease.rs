@@ -184,7 +184,7 @@ pub fn complete(
         if done == 0 {
             return Err(Error::invalid("frames_done", "a preempted attempt hands over at least one frame"));
         }
-        if let Err(why) = reshape::may_split(&tx, cur.job, done)? {
+        if let Some(why) = reshape::split_refused(&tx, cur.job, done)? {
             // Released, as a worker that stops without handing over: nobody is charged, the
             // segment is rendered again whole.
             let reason = format!("preempted after {done} of {frames} frames, not split off: {why}");

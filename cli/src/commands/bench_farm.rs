@@ -265,13 +265,14 @@ pub fn run(farm: Farm) -> Result<()> {
     let queued = Instant::now();
     runtime.block_on(async {
         let jobs = Arc::new(tokio::sync::Semaphore::new(8));
+        // One connection for all the submits (HTTP/2 carries them side by side).
+        let submitter = client::connect(&served.url, None).await?;
         let mut tasks = Vec::new();
         for _ in 0..farm.jobs {
             let permit = jobs.clone().acquire_owned().await?;
-            let (url, spec, style) = (served.url.clone(), job_spec.clone(), style.clone());
+            let (mut c, spec, style) = (submitter.clone(), job_spec.clone(), style.clone());
             tasks.push(tokio::spawn(async move {
                 let _permit = permit;
-                let mut c = client::connect(&url, None).await?;
                 client::submit(&mut c, spec, &style, "bench.png").await.map(|_| ()).map_err(anyhow::Error::from)
             }));
         }

@@ -60,21 +60,21 @@ pub const MIN_SPLIT_FRAMES: u32 = 4;
 /// Splits one job may have: each adds a segment, a hand-off and a key frame.
 pub const MAX_SPLITS_PER_JOB: u32 = 64;
 
-/// Whether a preempted attempt of `job` that finished `done` frames may be split off; the
-/// reason when not.
-pub(super) fn may_split(tx: &Transaction, job: JobId, done: u32) -> Result<std::result::Result<(), String>> {
+/// Why a preempted attempt of `job` that finished `done` frames may not be split off; `None`
+/// when it may.
+pub(super) fn split_refused(tx: &Transaction, job: JobId, done: u32) -> Result<Option<String>> {
     if done < MIN_SPLIT_FRAMES {
-        return Ok(Err(format!("a hand-over needs at least {MIN_SPLIT_FRAMES} frames")));
+        return Ok(Some(format!("a hand-over needs at least {MIN_SPLIT_FRAMES} frames")));
     }
     let splits: u32 = tx.query_row("SELECT splits FROM jobs WHERE seq = ?1", [job], |r| r.get(0))?;
     if splits >= MAX_SPLITS_PER_JOB {
-        return Ok(Err(format!("the job has been split {splits} times, the most allowed")));
+        return Ok(Some(format!("the job has been split {splits} times, the most allowed")));
     }
     let segments: u32 = tx.query_row("SELECT COUNT(*) FROM segments WHERE job = ?1", [job], |r| r.get(0))?;
     if segments >= crate::MAX_SEGMENTS {
-        return Ok(Err(format!("the job has {segments} segments, the most allowed")));
+        return Ok(Some(format!("the job has {segments} segments, the most allowed")));
     }
-    Ok(Ok(()))
+    Ok(None)
 }
 
 /// Cuts segment `idx` of `job` at frame `cut`: it keeps the frames before, a new waiting segment
