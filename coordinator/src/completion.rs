@@ -199,7 +199,7 @@ impl Coordinator {
         let (output, (start_frame, end_frame), params, (style, weights)) = self
             .db(move |c| {
                 let spec = db::spec(c, job)?;
-                let params = crate::check_spec(&spec)?;
+                let params = crate::stored_params(&spec)?;
                 let inputs = db::fingerprint_inputs(c, job, worker, params.network.name())?;
                 Ok((spec.output, db::segment_span(c, job, idx)?, params, inputs))
             })
@@ -383,7 +383,7 @@ impl Coordinator {
                 (db::spec(&c, job)?, db::done_chunks(&c, job)?)
             };
             let kind = proto::wire::output_from_wire(spec.output)?;
-            let params = proto::wire::params_from_wire(spec.params.as_ref().unwrap_or(&Default::default()))?;
+            let params = proto::wire::params_from_store(spec.params.as_ref().unwrap_or(&Default::default()))?;
             let mut parts = Vec::new();
             let mut garbage = Vec::new();
             for (i, &(attempt, start, end)) in chunks.iter().enumerate() {

@@ -439,11 +439,20 @@ impl InProcess {
     }
 }
 
-/// The job spec a caller submits, checked the way the coordinator will check it.
+/// The job spec a caller submits, checked the way the coordinator will check it: every frame
+/// of its schedules included, which can take seconds (run it off the async runtime).
 pub fn check_spec(spec: &v1::JobSpec) -> Result<proto::params::RenderParams> {
+    let params = stored_params(spec)?;
+    params.check_schedules()?;
+    Ok(params)
+}
+
+/// The parameters of a job this coordinator accepted (`check_spec` at submit), read back from
+/// its database: every limit checked again but the frame-by-frame walk of its schedules.
+pub fn stored_params(spec: &v1::JobSpec) -> Result<proto::params::RenderParams> {
     proto::limits::check_len("name", &spec.name, proto::limits::MAX_NAME_LEN)?;
     let wire = spec.params.as_ref().ok_or_else(|| Error::invalid("params", "missing"))?;
-    let params = proto::wire::params_from_wire(wire)?;
+    let params = proto::wire::params_from_store(wire)?;
     let kind = proto::wire::output_from_wire(spec.output)?;
     kind.check(params.width, params.height, params.fps)?;
     Ok(params)

@@ -269,16 +269,22 @@ impl Engine {
         self.configure_device();
         let _turn = self.share.as_ref().map(CpuShare::enter);
         let (start, total) = (state.next_frame, end.saturating_sub(state.next_frame));
+        // Adam rolls every iteration; L-BFGS once a frame (its history needs one function).
         let roll_every = match self.params.optimizer {
-            crate::params::OptimizerKind::Adam => 1,
-            crate::params::OptimizerKind::Lbfgs => self.params.iters,
+            crate::params::OptimizerKind::Adam => Some(1),
+            crate::params::OptimizerKind::Lbfgs => None,
         };
+        // The schedules are functions of the global frame index only, so a segment starting
+        // anywhere moves the camera exactly as the one-piece render does.
+        let motion = self.params.motion()?;
         while state.next_frame < end {
             let i = state.next_frame;
+            let iters = motion.iters(i)?;
             if i > 0 {
                 let p = &self.params;
                 let (from, to) = (jitter(p.seed, i - 1), jitter(p.seed, i));
-                let zoom = Zoom::new(p.width as usize, p.height as usize, p.zoom_per_frame(), from, to, self.device);
+                let camera = motion.camera(i)?;
+                let zoom = Zoom::new(p.width as usize, p.height as usize, &camera, from, to, self.device);
                 state.image = tch::no_grad(|| zoom.apply(&state.image));
                 state.optim.map_spatial(|t| zoom.apply(t));
             }
@@ -287,8 +293,8 @@ impl Engine {
             let dirs = self.target.directions(&mut Stream::new(self.params.seed, i as u64, Purpose::Directions));
             let mut shift = (0, 0);
             let mut last = None;
-            for k in 0..self.params.iters {
-                if k % roll_every == 0 {
+            for k in 0..iters {
+                if k % roll_every.unwrap_or(iters) == 0 {
                     shift = (rolls.below(h as u64) as i64, rolls.below(w as u64) as i64);
                 }
                 last = Some(self.iterate(&self.target, &mut state.image, &mut state.optim, shift, dirs.as_ref())?);

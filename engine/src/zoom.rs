@@ -1,17 +1,25 @@
-//! The per-frame zoom: output pixel (x, y) samples the previous frame at
-//! c + ((x, y) - c) / z, with c = ((W-1)/2, (H-1)/2) the true centre (fractional for even sizes)
-//! and z the exact per-frame factor, so nothing is truncated and the fixed point is the centre.
+//! The per-frame camera move: output pixel p samples the previous frame at
+//! c + R(-a)(p - c) / z, with c the zoom's fixed point (`--centre`, by default the true centre
+//! ((W-1)/2, (H-1)/2), fractional for even sizes), z the exact per-frame factor and a the
+//! per-frame turn (`--angle`), so nothing is truncated and the fixed point stays put.
 //!
-//! Sampling is separable Lanczos-3, which keeps detail at every sub-pixel phase. That alone does
-//! not remove the original gramzoom's line artifact: any interpolation is the identity at phase
-//! 0, the phase is ~0 around the fixed point, and content near the centre lingers there for many
-//! frames, so the central row and column escape the (small) blur every other row gets and
-//! accumulate into lines (measured: 1.45x the median row's gradient at 128x128). So the stored
-//! image is kept at a per-frame random sub-pixel offset o_t in [-1/2, 1/2]^2 (see `jitter`): the
-//! map between stored frames gains a translation o_t/z - o_{t-1} whose phase is uniform, so all
-//! rows see the same blur statistics, while the shown frame stays within half a pixel of the
-//! exact camera and never drifts.
+//! Sampling is Lanczos-3, which keeps detail at every sub-pixel phase: separable (6 + 6 taps)
+//! when nothing turns, over a 6x6 window when it does. That alone does not remove the original
+//! gramzoom's line artifact: any interpolation is the identity at phase 0, the phase is ~0
+//! around the fixed point, and content near the centre lingers there for many frames, so the
+//! central row and column escape the (small) blur every other row gets and accumulate into lines
+//! (measured: 1.45x the median row's gradient at 128x128). So the stored image is kept at a
+//! per-frame random sub-pixel offset o_t in [-1/2, 1/2]^2 (see `jitter`): the map between stored
+//! frames gains a translation o_t/z - o_{t-1} whose phase is uniform, so all rows see the same
+//! blur statistics, while the shown frame stays within half a pixel of the exact camera and
+//! never drifts.
+//!
+//! Samples outside the frame wrap around. The optimiser sees the image rolled by a random shift
+//! every iteration (see `segment`), so it is a torus whose opposite edges continue each other:
+//! when the camera zooms out or turns, the border that comes into view is texture that already
+//! joins the edge, which the optimiser then makes its own, and no seam is drawn.
 
+pub use proto::params::Camera;
 use tch::{Device, Kind, Tensor};
 
 const TAPS: i64 = 6;
@@ -27,10 +35,11 @@ fn lanczos3(x: f64) -> f64 {
     }
 }
 
-/// Taps along one axis: for each output index, 6 source indices (clamped at the border) and
-/// their normalised weights, laid out as [TAPS, n]. Output i samples c + (i + to - c)/z - from.
-fn axis_taps(n: usize, factor: f64, from: f64, to: f64) -> (Vec<i64>, Vec<f32>) {
-    let c = (n as f64 - 1.0) / 2.0;
+/// Taps along one axis: for each output index, 6 source indices (wrapped around) and their
+/// normalised weights, laid out as [TAPS, n]. Output i samples c + (i + to - c)/z - from, with
+/// c the fixed point `centre` (a fraction of the side) in pixels.
+fn axis_taps(n: usize, factor: f64, centre: f64, from: f64, to: f64) -> (Vec<i64>, Vec<f32>) {
+    let c = centre * (n as f64 - 1.0);
     let mut idx = vec![0i64; TAPS as usize * n];
     let mut wts = vec![0f32; TAPS as usize * n];
     for i in 0..n {
@@ -39,7 +48,7 @@ fn axis_taps(n: usize, factor: f64, from: f64, to: f64) -> (Vec<i64>, Vec<f32>) 
         let w: Vec<f64> = (0..TAPS).map(|k| lanczos3(src - (base + k) as f64)).collect();
         let sum: f64 = w.iter().sum();
         for k in 0..TAPS as usize {
-            idx[k * n + i] = (base + k as i64).clamp(0, n as i64 - 1);
+            idx[k * n + i] = (base + k as i64).rem_euclid(n as i64);
             wts[k * n + i] = (w[k] / sum) as f32;
         }
     }
@@ -56,30 +65,90 @@ pub fn jitter(seed: u64, frame: u32) -> (f64, f64) {
     (s.next_f32() as f64 - 0.5, s.next_f32() as f64 - 0.5)
 }
 
-/// One frame's zoom: by `factor` about the centre, from a stored image at offset `from` to one
-/// at offset `to` (offsets from `jitter`).
+/// One frame's camera move, from a stored image at offset `from` to one at offset `to`
+/// (offsets from `jitter`).
 pub struct Zoom {
-    rows: (Tensor, Tensor),
-    cols: (Tensor, Tensor),
+    taps: Taps,
+}
+
+enum Taps {
+    /// No turn: rows, then columns, each [TAPS, n] indices and weights.
+    Separable { rows: (Tensor, Tensor), cols: (Tensor, Tensor) },
+    /// A turn: for every output pixel, 6 source rows and 6 source columns ([H, W] each, wrapped
+    /// around) with their weights; a sample is the product of its row's and column's.
+    Window { rows: Vec<(Tensor, Tensor)>, cols: Vec<(Tensor, Tensor)>, width: i64 },
 }
 
 impl Zoom {
-    pub fn new(width: usize, height: usize, factor: f64, from: (f64, f64), to: (f64, f64), device: Device) -> Self {
-        let make = |n: usize, from: f64, to: f64| {
-            let (i, w) = axis_taps(n, factor, from, to);
-            (
-                Tensor::from_slice(&i).reshape([TAPS, n as i64]).to_device(device),
-                Tensor::from_slice(&w).reshape([TAPS, n as i64]).to_device(device),
-            )
-        };
-        Self { rows: make(height, from.1, to.1), cols: make(width, from.0, to.0) }
+    pub fn new(width: usize, height: usize, camera: &Camera, from: (f64, f64), to: (f64, f64), device: Device) -> Self {
+        if camera.turn == 0.0 {
+            let make = |n: usize, centre: f64, from: f64, to: f64| {
+                let (i, w) = axis_taps(n, camera.factor, centre, from, to);
+                (
+                    Tensor::from_slice(&i).reshape([TAPS, n as i64]).to_device(device),
+                    Tensor::from_slice(&w).reshape([TAPS, n as i64]).to_device(device),
+                )
+            };
+            let rows = make(height, camera.centre.1, from.1, to.1);
+            let cols = make(width, camera.centre.0, from.0, to.0);
+            return Self { taps: Taps::Separable { rows, cols } };
+        }
+        let (w, h) = (width as i64, height as i64);
+        let (cx, cy) = (camera.centre.0 * (w - 1) as f64, camera.centre.1 * (h - 1) as f64);
+        let opts = (Kind::Double, device);
+        // Offsets from the fixed point of every output pixel, in the camera's frame.
+        let dx = (Tensor::arange(w, opts) + (to.0 - cx)).reshape([1, w]).expand([h, w], false);
+        let dy = (Tensor::arange(h, opts) + (to.1 - cy)).reshape([h, 1]).expand([h, w], false);
+        let (cos, sin) = (camera.turn.cos() / camera.factor, camera.turn.sin() / camera.factor);
+        let sx = (&dx * cos - &dy * sin) + (cx - from.0);
+        let sy = (&dx * sin + &dy * cos) + (cy - from.1);
+        Self { taps: Taps::Window { rows: window_taps(&sy, h), cols: window_taps(&sx, w), width: w } }
     }
 
-    /// Zooms an NCHW tensor about its centre.
+    /// Moves an NCHW tensor as the camera moves.
     pub fn apply(&self, t: &Tensor) -> Tensor {
-        let t = resample(t, 2, &self.rows);
-        resample(&t, 3, &self.cols)
+        match &self.taps {
+            Taps::Separable { rows, cols } => {
+                let t = resample(t, 2, rows);
+                resample(&t, 3, cols)
+            }
+            Taps::Window { rows, cols, width } => {
+                let size = t.size();
+                let flat = t.reshape([size[0] * size[1], -1]);
+                let mut acc = Tensor::zeros(t.size(), (Kind::Float, t.device()));
+                for (row, row_w) in rows {
+                    let base = row * *width;
+                    for (col, col_w) in cols {
+                        let idx = (&base + col).flatten(0, -1);
+                        acc += flat.index_select(1, &idx).reshape(size.as_slice()) * (row_w * col_w);
+                    }
+                }
+                acc
+            }
+        }
     }
+}
+
+/// Lanczos-3 taps along one axis for source coordinates `src` ([H, W], pixels): 6 pairs of
+/// (indices wrapped into 0..n, normalised float weights).
+fn window_taps(src: &Tensor, n: i64) -> Vec<(Tensor, Tensor)> {
+    let base = src.floor() - 2.0;
+    let weights: Vec<Tensor> = (0..TAPS)
+        .map(|k| {
+            let d = src - (&base + k as f64);
+            let pd = &d * std::f64::consts::PI;
+            let w = (pd.sin() * (&pd / 3.0).sin() * 3.0) / (&pd * &pd);
+            let w = w.where_self(&d.abs().gt(1e-12), &d.ones_like());
+            w * d.abs().lt(3.0).to_kind(Kind::Double)
+        })
+        .collect();
+    let sum = weights.iter().fold(src.zeros_like(), |acc, w| acc + w);
+    let base = base.to_kind(Kind::Int64);
+    weights
+        .iter()
+        .enumerate()
+        .map(|(k, w)| ((&base + k as i64).remainder(n), (w / &sum).to_kind(Kind::Float)))
+        .collect()
 }
 
 fn resample(t: &Tensor, dim: i64, (idx, wts): &(Tensor, Tensor)) -> Tensor {
@@ -96,49 +165,103 @@ fn resample(t: &Tensor, dim: i64, (idx, wts): &(Tensor, Tensor)) -> Tensor {
 mod tests {
     use super::*;
 
-    /// A smooth pattern f(x, y); zooming its raster must give f sampled at c + (p - c) / z.
-    fn pattern(w: i64, h: i64, at: impl Fn(f64, f64) -> (f64, f64)) -> Tensor {
+    /// A smooth pattern f(x, y) rastered at `at(x, y)`.
+    fn pattern(w: i64, h: i64, f: impl Fn(f64, f64) -> f64, at: impl Fn(f64, f64) -> (f64, f64)) -> Tensor {
         let mut v = Vec::new();
         for y in 0..h {
             for x in 0..w {
                 let (sx, sy) = at(x as f64, y as f64);
-                v.push(((sx * 0.21).sin() + (sy * 0.17).cos() + 0.01 * sx) as f32);
+                v.push(f(sx, sy) as f32);
             }
         }
         Tensor::from_slice(&v).reshape([1, 1, h, w])
     }
 
-    #[test]
-    fn zoom_geometry_on_a_known_pattern() {
-        let cases = [
-            (64i64, 48i64, 1.03f64, (0.0, 0.0), (0.0, 0.0)),
-            (65, 47, 1.5, (0.0, 0.0), (0.0, 0.0)),
-            (40, 40, 1.0, (0.0, 0.0), (0.0, 0.0)),
-            (64, 48, 1.03, (0.3, -0.4), (-0.2, 0.45)),
-        ];
-        for (w, h, z, from, to) in cases {
-            let (cx, cy) = ((w - 1) as f64 / 2.0, (h - 1) as f64 / 2.0);
-            // Stored images: the camera's view shifted by their offsets.
-            let src = pattern(w, h, |x, y| (x + from.0, y + from.1));
-            let want = pattern(w, h, |x, y| (cx + (x + to.0 - cx) / z, cy + (y + to.1 - cy) / z));
-            let got = Zoom::new(w as usize, h as usize, z, from, to, Device::Cpu).apply(&src);
-            // Compare away from the border, where clamping changes the taps. Lanczos-3's ripple
-            // costs ~0.2% of the amplitude (2); a centre off by half a pixel would cost ~5%.
-            let inner = |t: &Tensor| t.narrow(2, 4, h - 8).narrow(3, 4, w - 8);
-            let err = (inner(&got) - inner(&want)).abs().max().double_value(&[]);
-            assert!(err < 1e-2, "{w}x{h} z={z}: max error {err}");
+    /// Where output pixel (x, y) of a frame stored at offset `to` looks in the previous frame's
+    /// camera: c + R(-a)(p - c) / z, R anticlockwise as shown (y points down).
+    fn source(w: i64, h: i64, cam: &Camera, to: (f64, f64)) -> impl Fn(f64, f64) -> (f64, f64) {
+        let (cx, cy) = (cam.centre.0 * (w - 1) as f64, cam.centre.1 * (h - 1) as f64);
+        let cam = *cam;
+        move |x, y| {
+            let (dx, dy) = (x + to.0 - cx, y + to.1 - cy);
+            let (c, s) = (cam.turn.cos(), cam.turn.sin());
+            (cx + (dx * c - dy * s) / cam.factor, cy + (dx * s + dy * c) / cam.factor)
         }
     }
 
     #[test]
+    fn the_camera_moves_a_known_pattern_where_it_should() {
+        let smooth = |x: f64, y: f64| (x * 0.21).sin() + (y * 0.17).cos() + 0.01 * x;
+        let cam = |factor, centre, turn: f64| Camera { factor, centre, turn: turn.to_radians() };
+        let mid = (0.5, 0.5);
+        let cases = [
+            (64i64, 48i64, cam(1.03, mid, 0.0), (0.0, 0.0), (0.0, 0.0)),
+            (65, 47, cam(1.5, mid, 0.0), (0.0, 0.0), (0.0, 0.0)),
+            (40, 40, cam(1.0, mid, 0.0), (0.0, 0.0), (0.0, 0.0)),
+            (64, 48, cam(1.03, mid, 0.0), (0.3, -0.4), (-0.2, 0.45)),
+            // Off the middle, turning, both, and zooming out while turning.
+            (64, 48, cam(1.1, (0.25, 0.7), 0.0), (0.3, -0.4), (-0.2, 0.45)),
+            (64, 48, cam(1.0, mid, 3.0), (0.0, 0.0), (0.0, 0.0)),
+            (64, 48, cam(1.05, (0.3, 0.6), -7.0), (0.3, -0.4), (-0.2, 0.45)),
+            (64, 48, cam(0.97, mid, 2.0), (0.1, 0.2), (-0.3, 0.1)),
+        ];
+        for (w, h, camera, from, to) in cases {
+            // Stored images: the camera's view shifted by their offsets.
+            let src = pattern(w, h, smooth, |x, y| (x + from.0, y + from.1));
+            let want = pattern(w, h, smooth, source(w, h, &camera, to));
+            let got = Zoom::new(w as usize, h as usize, &camera, from, to, Device::Cpu).apply(&src);
+            // Compare away from the border, where samples wrap. Lanczos-3's ripple costs ~0.2% of
+            // the amplitude (2); a centre off by half a pixel would cost ~5%.
+            let m = 8;
+            let inner = |t: &Tensor| t.narrow(2, m, h - 2 * m).narrow(3, m, w - 2 * m);
+            let err = (inner(&got) - inner(&want)).abs().max().double_value(&[]);
+            assert!(err < 1e-2, "{w}x{h} {camera:?}: max error {err}");
+        }
+    }
+
+    #[test]
+    fn zooming_out_or_turning_brings_in_the_opposite_edge_with_no_seam() {
+        // A pattern with the frame's period: the torus the optimiser makes. Whatever comes into
+        // view continues it, so the whole frame, border included, matches the exact camera.
+        let (w, h) = (48i64, 40i64);
+        let tau = std::f64::consts::TAU;
+        let periodic = move |x: f64, y: f64| (tau * x / w as f64).sin() + (tau * 2.0 * y / h as f64).cos();
+        for camera in [Camera::zoom(0.9), Camera { factor: 0.95, centre: (0.3, 0.6), turn: 0.1 }] {
+            let src = pattern(w, h, periodic, |x, y| (x, y));
+            let want = pattern(w, h, periodic, source(w, h, &camera, (0.0, 0.0)));
+            let got = Zoom::new(w as usize, h as usize, &camera, (0.0, 0.0), (0.0, 0.0), Device::Cpu).apply(&src);
+            let err = (&got - &want).abs().max().double_value(&[]);
+            assert!(err < 2e-2, "{camera:?}: max error {err} over the whole frame");
+        }
+    }
+
+    #[test]
+    fn the_window_without_a_turn_is_the_separable_zoom() {
+        let img = Tensor::randn([1, 3, 30, 40], (Kind::Float, Device::Cpu));
+        let camera = Camera { factor: 1.07, centre: (0.4, 0.55), turn: 0.0 };
+        let separable = Zoom::new(40, 30, &camera, (0.2, -0.1), (-0.3, 0.4), Device::Cpu).apply(&img);
+        // A turn too small to move any sample measurably takes the window's path.
+        let turned = Camera { turn: 1e-12, ..camera };
+        let window = Zoom::new(40, 30, &turned, (0.2, -0.1), (-0.3, 0.4), Device::Cpu).apply(&img);
+        let err = (separable - window).abs().max().double_value(&[]);
+        assert!(err < 1e-4, "max difference {err}");
+    }
+
+    #[test]
     fn centre_is_the_fixed_point_and_identity_is_exact() {
-        // A single bright pixel at the exact centre of an odd-sized image stays there.
-        let img = Tensor::zeros([1, 1, 33, 33], (Kind::Float, Device::Cpu));
-        let _ = img.get(0).get(0).get(16).get(16).fill_(1.0);
-        let out = Zoom::new(33, 33, 1.2, (0.0, 0.0), (0.0, 0.0), Device::Cpu).apply(&img);
-        let max_at = out.flatten(0, -1).argmax(0, false).int64_value(&[]);
-        assert_eq!(max_at, 16 * 33 + 16);
-        let same = Zoom::new(33, 33, 1.0, (0.0, 0.0), (0.0, 0.0), Device::Cpu).apply(&img);
+        // A single bright pixel at the fixed point stays there, whether it zooms or turns.
+        for (centre, at) in [((0.5, 0.5), (16, 16)), ((0.25, 0.75), (8, 24))] {
+            for turn in [0.0, 0.3] {
+                let img = Tensor::zeros([1, 1, 33, 33], (Kind::Float, Device::Cpu));
+                let _ = img.get(0).get(0).get(at.1).get(at.0).fill_(1.0);
+                let camera = Camera { factor: 1.2, centre, turn };
+                let out = Zoom::new(33, 33, &camera, (0.0, 0.0), (0.0, 0.0), Device::Cpu).apply(&img);
+                let max_at = out.flatten(0, -1).argmax(0, false).int64_value(&[]);
+                assert_eq!(max_at, at.1 * 33 + at.0, "{camera:?}");
+            }
+        }
+        let img = Tensor::randn([1, 3, 33, 33], (Kind::Float, Device::Cpu));
+        let same = Zoom::new(33, 33, &Camera::zoom(1.0), (0.0, 0.0), (0.0, 0.0), Device::Cpu).apply(&img);
         assert!((same - &img).abs().max().double_value(&[]) < 1e-6);
     }
 }

@@ -8,6 +8,7 @@ pub mod handoff;
 pub mod limits;
 pub mod network;
 pub mod params;
+pub mod schedule;
 pub mod wire;
 
 #[allow(clippy::all, missing_docs)]

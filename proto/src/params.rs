@@ -4,10 +4,14 @@
 //! lives here, in the one crate both the coordinator and the worker link, and not in the CLI.
 
 pub use crate::network::{LayerSpec, Network};
+use crate::schedule::{Schedule, Timing};
 use std::path::Path;
 
 mod fingerprint;
+mod motion;
 mod validate;
+
+pub use motion::{Camera, Motion};
 
 pub const MIN_SIDE: u32 = 32;
 pub const MAX_SIDE: u32 = 7680;
@@ -167,9 +171,18 @@ pub struct RenderParams {
     pub height: u32,
     pub frames: u32,
     pub fps: Fps,
-    /// Magnification per second; the per-frame factor is its fps-th root, applied exactly.
-    pub zoom: f64,
-    pub iters: u32,
+    /// Magnification per second, a schedule (`crate::schedule`); a frame's factor is the fps-th
+    /// root of its value, applied exactly. Below 1 zooms out.
+    pub zoom: Schedule,
+    /// Optimiser iterations per frame, a schedule (rounded to whole iterations).
+    pub iters: Schedule,
+    /// The zoom's fixed point as fractions of the frame (x, y), a schedule; (0.5, 0.5) is the
+    /// centre.
+    pub centre: Schedule,
+    /// Rotation about the centre in degrees per second, a schedule; 0 is none.
+    pub angle: Schedule,
+    /// Beats per minute: the unit of `b` keys and of `b` in formulas.
+    pub bpm: Option<f64>,
     pub warmup: u32,
     pub seed: u64,
     pub optimizer: OptimizerKind,
@@ -191,8 +204,11 @@ impl Default for RenderParams {
             height: 256,
             frames: 90,
             fps: Fps { num: 30, den: 1 },
-            zoom: 2.0,
-            iters: 4,
+            zoom: Schedule::constant(2.0),
+            iters: Schedule::constant(4.0),
+            centre: Schedule::constant2(0.5, 0.5),
+            angle: Schedule::constant(0.0),
+            bpm: None,
             warmup: 120,
             seed: 0,
             optimizer: OptimizerKind::Adam,
@@ -207,7 +223,6 @@ impl Default for RenderParams {
 }
 
 impl RenderParams {
-    /// Zoom factor between consecutive frames.
     /// (layer index, weight) pairs for the style loss.
     pub fn loss_layers(&self) -> Vec<(usize, f64)> {
         let names: Vec<String> = self.network.layers().into_iter().map(|l| l.name).collect();
@@ -217,8 +232,9 @@ impl RenderParams {
         self.layers.iter().filter_map(|(n, w)| names.iter().position(|x| x == n).map(|i| (i, *w))).collect()
     }
 
-    pub fn zoom_per_frame(&self) -> f64 {
-        self.zoom.powf(1.0 / self.fps.as_f64())
+    /// Time as the schedules see it.
+    pub fn timing(&self) -> Timing {
+        Timing { fps: self.fps.as_f64(), bpm: self.bpm }
     }
 
     pub fn learning_rate(&self) -> f64 {

@@ -2,6 +2,7 @@
 //! a request that converts is a request the engine accepts.
 
 use crate::params::{Fps, Network, OptimizerKind, OutputKind, ParamError, RenderParams};
+use crate::schedule::{Schedule, ANGLE, CENTRE, ITERS, ZOOM};
 use crate::v1;
 
 pub fn params_to_wire(p: &RenderParams) -> v1::RenderParams {
@@ -11,8 +12,14 @@ pub fn params_to_wire(p: &RenderParams) -> v1::RenderParams {
         frames: p.frames,
         fps_num: p.fps.num,
         fps_den: p.fps.den,
-        zoom: p.zoom,
-        iters: p.iters,
+        // A constant travels as the number it always was; a schedule as its text.
+        zoom: p.zoom.as_constant().map_or(0.0, |[z, _]| z),
+        zoom_schedule: if p.zoom.as_constant().is_some() { String::new() } else { p.zoom.text().into() },
+        iters: p.iters.as_constant().map_or(0, |[n, _]| n.round() as u32),
+        iters_schedule: if p.iters.as_constant().is_some() { String::new() } else { p.iters.text().into() },
+        centre: if p.centre.as_constant() == Some([0.5, 0.5]) { String::new() } else { p.centre.text().into() },
+        angle: if p.angle.as_constant() == Some([0.0, 0.0]) { String::new() } else { p.angle.text().into() },
+        bpm: p.bpm,
         warmup: p.warmup,
         seed: p.seed,
         optimizer: p.optimizer.name().into(),
@@ -31,15 +38,47 @@ pub fn params_to_wire(p: &RenderParams) -> v1::RenderParams {
     }
 }
 
-/// Decodes and validates; errors name the CLI flag of the offending field.
+/// Decodes and validates, every frame of every schedule included (up to a few seconds for a
+/// million frames of formulas: async callers run it off their runtime); errors name the CLI
+/// flag of the offending field.
 pub fn params_from_wire(w: &v1::RenderParams) -> Result<RenderParams, ParamError> {
+    let p = decode(w)?;
+    p.validate()?;
+    Ok(p)
+}
+
+/// Decodes parameters the coordinator accepted at submit and reads back from its own database:
+/// every limit is checked again except the frame-by-frame walk of the schedules, which submit
+/// did (see `RenderParams::validate_settings`).
+pub fn params_from_store(w: &v1::RenderParams) -> Result<RenderParams, ParamError> {
+    let p = decode(w)?;
+    p.validate_settings()?;
+    Ok(p)
+}
+
+fn decode(w: &v1::RenderParams) -> Result<RenderParams, ParamError> {
     let p = RenderParams {
         width: w.width,
         height: w.height,
         frames: w.frames,
         fps: Fps { num: w.fps_num, den: w.fps_den },
-        zoom: w.zoom,
-        iters: w.iters,
+        zoom: match w.zoom_schedule.as_str() {
+            "" => Schedule::constant(w.zoom),
+            text => Schedule::parse(&ZOOM, text)?,
+        },
+        iters: match w.iters_schedule.as_str() {
+            "" => Schedule::from(w.iters),
+            text => Schedule::parse(&ITERS, text)?,
+        },
+        centre: match w.centre.as_str() {
+            "" => Schedule::constant2(0.5, 0.5),
+            text => Schedule::parse(&CENTRE, text)?,
+        },
+        angle: match w.angle.as_str() {
+            "" => Schedule::constant(0.0),
+            text => Schedule::parse(&ANGLE, text)?,
+        },
+        bpm: w.bpm,
         warmup: w.warmup,
         seed: w.seed,
         optimizer: w.optimizer.parse::<OptimizerKind>()?,
@@ -50,7 +89,6 @@ pub fn params_from_wire(w: &v1::RenderParams) -> Result<RenderParams, ParamError
         precision: crate::params::Precision::from_wire(&w.precision)?,
         loss: crate::params::LossKind::from_wire(&w.loss)?,
     };
-    p.validate()?;
     Ok(p)
 }
 
@@ -85,9 +123,27 @@ mod tests {
         assert_eq!(params_from_wire(&params_to_wire(&p)).unwrap(), p);
         let swd = RenderParams { loss: crate::params::LossKind::Swd, network: Network::Vgg19, ..Default::default() };
         assert_eq!(params_from_wire(&params_to_wire(&swd)).unwrap(), swd);
+        let directed = RenderParams {
+            zoom: Schedule::parse(&ZOOM, "0:(1.5) ease-in-out, 2s:(3), 80:(0.5)").unwrap(),
+            iters: Schedule::parse(&ITERS, "0:(2), 4b:(6)").unwrap(),
+            centre: Schedule::parse(&CENTRE, "0.5+0.1*sin(s), 0.5").unwrap(),
+            angle: Schedule::parse(&ANGLE, "10").unwrap(),
+            bpm: Some(128.0),
+            ..Default::default()
+        };
+        let back = params_from_wire(&params_to_wire(&directed)).unwrap();
+        assert_eq!(back, directed);
+        assert_eq!(back.fingerprint("s", "w"), directed.fingerprint("s", "w"));
+        // A client from before schedules sends numbers only: the movie it always got.
+        let old = v1::RenderParams { zoom: 3.0, iters: 5, ..params_to_wire(&RenderParams::default()) };
+        let old = params_from_wire(&old).unwrap();
+        assert_eq!(
+            (old.zoom, old.iters, old.centre, old.angle),
+            (3.0.into(), 5.into(), Schedule::constant2(0.5, 0.5), 0.0.into())
+        );
 
         type Mutation = fn(&mut v1::RenderParams);
-        let cases: [(Mutation, &str); 7] = [
+        let cases: [(Mutation, &str); 12] = [
             (|w| w.optimizer = "sgd".into(), "--optimizer"),
             (|w| w.loss = "l2".into(), "--loss"),
             (|w| w.precision = "fp8".into(), "--precision"),
@@ -95,6 +151,11 @@ mod tests {
             (|w| w.fps_den = 0, "--fps"),
             (|w| w.width = 8, "--size"),
             (|w| w.layers.push(v1::LayerWeight { name: "conv9_9".into(), weight: 1.0 }), "--layers"),
+            (|w| w.zoom_schedule = "0:(2), 9999:(3)".into(), "--zoom"),
+            (|w| w.iters_schedule = "0:(x)".into(), "--iters"),
+            (|w| w.centre = "0.5".into(), "--centre"),
+            (|w| w.angle = "0:(b)".into(), "--angle"),
+            (|w| w.bpm = Some(f64::NAN), "--bpm"),
         ];
         for (mutate, field) in cases {
             let mut w = params_to_wire(&p);

@@ -29,8 +29,40 @@ fn bad_input_is_rejected_with_the_field_named_and_no_output_left() {
         (vec![wheat, "-o", &out, "--seconds", "-1"], "--seconds: must be above 0"),
         (vec![wheat, "-o", &out, "--fps", "0"], "--fps: expected a number between 1 and 240"),
         (vec![wheat, "-o", &out, "--fps", "500"], "--fps: expected a number between 1 and 240"),
-        (vec![wheat, "-o", &out, "--zoom", "0.5"], "--zoom: magnification per second must be between 1.0 and 16.0"),
-        (vec![wheat, "-o", &out, "--iters", "0"], "--iters: must be between 1 and"),
+        (
+            vec![wheat, "-o", &out, "--zoom", "20"],
+            "--zoom: at frame 0 (0 s) the magnification per second is 20; it must be between 0.0625 and 16",
+        ),
+        (
+            vec![wheat, "-o", &out, "--iters", "0"],
+            "--iters: at frame 0 (0 s) the iterations per frame is 0; it must be between 1 and 10000",
+        ),
+        // Schedules: the key and the character, keys past the end, a formula that fails at a
+        // frame, a tempo missing, and the centre's pairs.
+        (
+            vec![wheat, "-o", &out, "--frames", "30", "--zoom", "0:(1.5), 2s:(3)"],
+            "--zoom: key \"2s:(3)\" (character 10) is at frame 60, past the movie's end (frame 30, 1 s)",
+        ),
+        (
+            vec![wheat, "-o", &out, "--frames", "30", "--zoom", "0:(1.5), 10:(3) wobble"],
+            "--zoom: character 17: unknown easing \"wobble\"",
+        ),
+        (
+            vec![wheat, "-o", &out, "--frames", "30", "--angle", "10/(t-20)"],
+            "--angle: key \"10/(t-20)\" (character 1) gives inf at frame 20",
+        ),
+        (
+            vec![wheat, "-o", &out, "--frames", "30", "--angle", "0:(0), 2b:(90)"],
+            "--angle: key \"2b:(90)\" (character 8) is in beats, which needs --bpm",
+        ),
+        (
+            vec![wheat, "-o", &out, "--frames", "30", "--centre", "0:(0.5), 10:(0.2,0.2)"],
+            "--centre: character 4: expected 2 values separated by a comma (X,Y), got \"0.5\"",
+        ),
+        (
+            vec![wheat, "-o", &out, "--frames", "30", "--bpm", "0"],
+            "--bpm: must be between 1 and 1000 beats per minute, got 0",
+        ),
         (vec![wheat, "-o", &out, "--warmup", "1000000"], "--warmup: must be at most"),
         (
             vec![wheat, "-o", &out, "--style-scale", "0"],

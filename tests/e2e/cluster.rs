@@ -207,8 +207,14 @@ fn submit_raw(c: &Cluster, spec: v1::JobSpec, style: &[u8]) -> Result<v1::Job, t
 }
 
 fn small_spec() -> v1::JobSpec {
-    let params =
-        proto::params::RenderParams { width: 64, height: 48, frames: 4, warmup: 2, iters: 1, ..Default::default() };
+    let params = proto::params::RenderParams {
+        width: 64,
+        height: 48,
+        frames: 4,
+        warmup: 2,
+        iters: 1.into(),
+        ..Default::default()
+    };
     v1::JobSpec {
         params: Some(proto::wire::params_to_wire(&params)),
         output: v1::OutputFormat::Mp4 as i32,

@@ -49,7 +49,7 @@ fn clean_zoom_problems(network: Network, loss: LossKind, style_name: &str) -> Ve
         height: 80,
         frames: 40,
         warmup: 90,
-        iters: 4,
+        iters: 4.into(),
         network,
         loss,
         ..RenderParams::default()
@@ -97,7 +97,7 @@ fn clean_zoom_problems(network: Network, loss: LossKind, style_name: &str) -> Ve
         let z = Zoom::new(
             96,
             80,
-            params.zoom_per_frame(),
+            &params.motion().unwrap().camera(t as u32).unwrap(),
             jitter(params.seed, t as u32 - 1),
             jitter(params.seed, t as u32),
             device,
@@ -162,7 +162,7 @@ fn a_small_style_keeps_its_fine_detail_in_a_larger_movie() {
             height: 128,
             frames: 8,
             warmup: 80,
-            iters: 4,
+            iters: 4.into(),
             style_scale: scale,
             ..RenderParams::default()
         };
@@ -200,7 +200,7 @@ fn a_bf16_movie_keeps_the_texture_statistics_of_the_fp32_one() {
             height: 64,
             frames: 8,
             warmup: 60,
-            iters: 4,
+            iters: 4.into(),
             seed,
             precision,
             ..RenderParams::default()
@@ -254,7 +254,8 @@ fn a_long_movie_stays_in_the_style_second_after_second() {
     // A style no other quality check uses.
     let style = Style::open(&crate::helpers::example("gravel.png")).unwrap();
     let (width, height, seconds) = (192u32, 108u32, 6u32);
-    let params = RenderParams { width, height, frames: 30 * seconds, warmup: 90, iters: 3, ..RenderParams::default() };
+    let params =
+        RenderParams { width, height, frames: 30 * seconds, warmup: 90, iters: 3.into(), ..RenderParams::default() };
     let reference = style.tensor(style.scaled_size(height, params.style_scale).unwrap(), device);
     let ((style_mean, _), style_detail) = (colour_stats(&reference), luma_gradient(&reference));
     let engine = Engine::new(params.clone(), style, Vgg::random(params.network, device), device).unwrap();

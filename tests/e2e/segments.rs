@@ -45,7 +45,8 @@ fn every_optimiser_precision_and_loss_resumes_bit_for_bit() {
     use engine::params::{LossKind, OptimizerKind, Precision};
     use engine::{style::Style, vgg::Vgg, Engine, RenderParams};
     let device = tch::Device::Cpu;
-    let small = RenderParams { width: 64, height: 48, frames: 11, warmup: 12, iters: 2, ..RenderParams::default() };
+    let small =
+        RenderParams { width: 64, height: 48, frames: 11, warmup: 12, iters: 2.into(), ..RenderParams::default() };
     let cases = [
         ("adam", small.clone()),
         ("lbfgs", RenderParams { optimizer: OptimizerKind::Lbfgs, ..small.clone() }),
@@ -92,14 +93,15 @@ fn a_state_only_resumes_the_render_that_made_it() {
     use engine::params::{LossKind, Precision};
     use engine::{style::Style, vgg::Vgg, Engine, RenderParams};
     let device = tch::Device::Cpu;
-    let params = RenderParams { width: 32, height: 32, frames: 4, warmup: 2, iters: 1, ..RenderParams::default() };
+    let params =
+        RenderParams { width: 32, height: 32, frames: 4, warmup: 2, iters: 1.into(), ..RenderParams::default() };
     let engine = Engine::new(params.clone(), Style::embedded(), Vgg::random(params.network, device), device).unwrap();
     let mut state = engine.initial_state(&mut |_| {}).unwrap();
     engine.render(&mut state, 2, &mut |_| Ok(()), &mut |_| {}).unwrap();
     // Through the file format, as between workers.
     let bytes = state.to_bytes();
     let cases = [
-        (RenderParams { zoom: 3.0, ..params.clone() }, "made by a render with other parameters, style or weights"),
+        (RenderParams { zoom: 3.0.into(), ..params.clone() }, "made by a render with other parameters, style or weights"),
         (
             RenderParams { precision: Precision::Bf16, ..params.clone() },
             "other settings (\"32x32, vgg16, gram loss, fp32, adam, seed 0\"), this render is 32x32, vgg16, gram loss, bf16, adam, seed 0",

@@ -90,11 +90,12 @@ impl Node {
             .into_inner();
         let most = proto::limits::MAX_STYLE_BYTES;
         let style = receive(stream, "style image", &a.style_sha256, most).await.map_err(|u| u.reason)?;
-        let params = proto::wire::params_from_wire(a.params.as_ref().unwrap_or(&Default::default()))
-            .map_err(|e| e.to_string())?;
+        let wire = a.params.clone().unwrap_or_default();
         let (device, weights, job) = (self.config.device, self.config.weights.clone(), a.job_id.clone());
         self.torch
             .run(move || -> Result<Engine, EngineError> {
+                // On the torch thread: walking a long job's schedules takes up to seconds.
+                let params = proto::wire::params_from_wire(&wire)?;
                 let style = Style::from_bytes(&style, &PathBuf::from(format!("<style of {job}>")))?;
                 let net = engine::weights::resolve(params.network, weights.as_deref(), device)?;
                 Engine::new(params, style, net, device)

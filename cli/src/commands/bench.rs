@@ -205,7 +205,7 @@ pub fn run(args: Args, bar: &crate::progress::Bar) -> Result<()> {
             width,
             height,
             frames: frames + 1,
-            iters: args.iters,
+            iters: args.iters.into(),
             warmup: 0,
             optimizer: args.optimizer.parse::<OptimizerKind>()?,
             network,

@@ -68,7 +68,7 @@ fn render_scored(
         width,
         height,
         frames,
-        iters: args.iters,
+        iters: args.iters.into(),
         warmup: 150,
         optimizer: args.optimizer.parse::<OptimizerKind>()?,
         network: design.1,

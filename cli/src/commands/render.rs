@@ -9,6 +9,7 @@ use engine::params::{parse_size, Fps, LossKind, OptimizerKind, Precision, Render
 use engine::style::Style;
 use engine::vgg::{Network, WeightsOrigin};
 use engine::{Engine, ParamError};
+use proto::schedule::{self, Schedule};
 use std::path::PathBuf;
 
 /// The render parameters, shared by `render` and `submit`.
@@ -26,12 +27,25 @@ pub struct RenderFlags {
     /// Frames per second, e.g. 30 or 29.97.
     #[arg(long, default_value = "30")]
     pub fps: String,
-    /// Magnification per second.
-    #[arg(long, default_value_t = 2.0)]
-    pub zoom: f64,
-    /// Optimiser iterations per frame.
-    #[arg(long, default_value_t = 5)]
-    pub iters: u32,
+    /// Magnification per second (below 1 zooms out), or a schedule: keys at frames, seconds
+    /// or beats with values and easing, "0:(1.5), 4s:(3) ease-in-out, 8s:(1.5)", or a formula
+    /// of t (frame), s (seconds) and b (beats), "1.5+0.5*sin(TAU*s/8)" (README, "Schedules").
+    #[arg(long, default_value = "2", allow_hyphen_values = true)]
+    pub zoom: String,
+    /// The zoom's fixed point X,Y as fractions of the frame (0,0 top left), or a schedule of
+    /// pairs: "0:(0.5,0.5), 10s:(0.3,0.6)".
+    #[arg(long, visible_alias = "center", default_value = "0.5,0.5", allow_hyphen_values = true)]
+    pub centre: String,
+    /// Rotation about the centre in degrees per second, anticlockwise (negative: clockwise),
+    /// or a schedule.
+    #[arg(long, default_value = "0", allow_hyphen_values = true)]
+    pub angle: String,
+    /// Optimiser iterations per frame, or a schedule (rounded to whole iterations).
+    #[arg(long, default_value = "5")]
+    pub iters: String,
+    /// Beats per minute: the unit of beat keys (8b) and of b in formulas.
+    #[arg(long)]
+    pub bpm: Option<f64>,
     /// Optimiser iterations of progressive growth before the first frame.
     #[arg(long, default_value_t = 150)]
     pub warmup: u32,
@@ -129,8 +143,11 @@ pub fn params(args: &RenderFlags, cuda: bool) -> Result<RenderParams, ParamError
         height,
         frames,
         fps,
-        zoom: args.zoom,
-        iters: args.iters,
+        zoom: Schedule::parse(&schedule::ZOOM, &args.zoom)?,
+        iters: Schedule::parse(&schedule::ITERS, &args.iters)?,
+        centre: Schedule::parse(&schedule::CENTRE, &args.centre)?,
+        angle: Schedule::parse(&schedule::ANGLE, &args.angle)?,
+        bpm: args.bpm,
         warmup: args.warmup,
         seed: args.seed,
         optimizer: args.optimizer.parse::<OptimizerKind>()?,
@@ -201,7 +218,7 @@ pub fn run(args: Args, bar: &Bar) -> Result<()> {
         size = %format!("{}x{}", params.width, params.height),
         frames = params.frames,
         fps = params.fps.as_f64(),
-        zoom_per_frame = params.zoom_per_frame(),
+        zoom = params.zoom.text(),
         device = ?device,
         optimizer = params.optimizer.name(),
         precision = params.precision.name(),

@@ -40,7 +40,10 @@ impl JobService for Api {
             .into());
         }
         proto::limits::check_len("style_name", &header.style_name, proto::limits::MAX_NAME_LEN).map_err(Error::from)?;
-        let params = check_spec(&spec)?;
+        // Off the runtime: a million frames of formulas take seconds to walk.
+        let (params, spec) = tokio::task::spawn_blocking(move || check_spec(&spec).map(|p| (p, spec)))
+            .await
+            .map_err(|e| Status::internal(format!("checking the job: {e}")))??;
         let segment_frames = match spec.segment_frames {
             0 => self.0.config.segment_frames,
             n => n,

@@ -212,7 +212,7 @@ impl WorkerService for Api {
         let cur = self.0.current_attempt(attempt).await?;
         // The sizes a segment of this job can have, before a byte is taken.
         let spec = self.0.db(move |c| db::spec(c, cur.job)).await?;
-        let params = crate::check_spec(&spec)?;
+        let params = crate::stored_params(&spec)?;
         let frames = cur.span.1 - cur.span.0;
         for (field, declared, most) in [
             ("chunk_size", header.chunk_size, proto::limits::max_chunk_bytes(params.width, params.height, frames)),

@@ -220,8 +220,18 @@ pub(crate) async fn job_page(State(web): State<Web>, headers: HeaderMap, Path(id
     for (k, v) in [
         ("Size", format!("{}×{}", p.width, p.height)),
         ("Frames", format!("{} at {fps} fps", p.frames)),
-        ("Zoom", format!("{}× per second", p.zoom)),
-        ("Iterations", format!("{} per frame, {} warm-up", p.iters, p.warmup)),
+        ("Zoom", shown(&p.zoom_schedule, format!("{}× per second", p.zoom), "magnification per second")),
+        ("Centre", shown(&p.centre, "the middle".into(), "X,Y as fractions of the frame")),
+        ("Rotation", shown(&p.angle, "none".into(), "degrees per second")),
+        (
+            "Iterations",
+            format!(
+                "{}, {} warm-up",
+                shown(&p.iters_schedule, format!("{} per frame", p.iters), "per frame"),
+                p.warmup
+            ),
+        ),
+        ("Tempo", p.bpm.map_or_else(|| "–".into(), |bpm| format!("{bpm} beats per minute"))),
         (
             "Optimiser",
             match p.learning_rate {
@@ -453,5 +463,15 @@ impl Web {
             out.push_str("<tr><td colspan=\"8\" class=\"empty\">No workers seen in the last day. Start one with <code>gramzoom worker</code>.</td></tr>");
         }
         Ok(out)
+    }
+}
+
+/// A setting that may be a schedule: the constant as users know it, or the schedule as written
+/// with its unit.
+fn shown(schedule: &str, constant: String, unit: &str) -> String {
+    if schedule.is_empty() {
+        constant
+    } else {
+        format!("{schedule} ({unit})")
     }
 }

@@ -4,6 +4,7 @@
 //! change to this text, or to how Rust prints a float, fails them before it strands a state.
 
 use super::{hex, LossKind, Precision, RenderParams, StyleScale};
+use crate::schedule::Schedule;
 use sha2::{Digest, Sha256};
 
 /// A number as the fingerprint has always written it: Rust's `Debug` form of an f64 (the
@@ -30,8 +31,8 @@ impl RenderParams {
             self.height,
             self.fps.num,
             self.fps.den,
-            number(self.zoom),
-            self.iters,
+            scheduled(&self.zoom, number),
+            scheduled(&self.iters, |n| format!("{}", n.round() as u32)),
             self.warmup,
             self.seed,
             self.optimizer.name(),
@@ -51,7 +52,31 @@ impl RenderParams {
             LossKind::Gram => canon,
             l => format!("{canon}|loss={}", l.name()),
         };
+        // Motion that renders before schedules could not have: only when set.
+        let mut canon = canon;
+        if self.centre.as_constant() != Some([0.5, 0.5]) {
+            canon = format!("{canon}|centre={}", self.centre.text());
+        }
+        if self.angle.as_constant() != Some([0.0, 0.0]) {
+            canon = format!("{canon}|angle={}", self.angle.text());
+        }
+        if let Some(bpm) = self.bpm.filter(|_| self.schedules().iter().any(|s| s.uses_beats())) {
+            canon = format!("{canon}|bpm={}", number(bpm));
+        }
         hex(&Sha256::digest(canon.as_bytes()))
+    }
+
+    fn schedules(&self) -> [&Schedule; 4] {
+        [&self.zoom, &self.iters, &self.centre, &self.angle]
+    }
+}
+
+/// A constant as it was always written (`2.0` for the zoom, `4` for iterations); a schedule as
+/// its text, marked so that it can never read as a constant.
+fn scheduled(s: &Schedule, constant: impl Fn(f64) -> String) -> String {
+    match s.as_constant() {
+        Some([v, _]) => constant(v),
+        None => format!("schedule:{}", s.text()),
     }
 }
 
@@ -70,8 +95,8 @@ mod tests {
             height: 1080,
             frames: 7,
             fps: Fps { num: 30000, den: 1001 },
-            zoom: 1.25,
-            iters: 6,
+            zoom: 1.25.into(),
+            iters: 6.into(),
             warmup: 300,
             seed: 42,
             optimizer: OptimizerKind::Lbfgs,
@@ -81,11 +106,12 @@ mod tests {
             layers: vec![("conv1_1".into(), 1.0), ("conv3_1".into(), 0.25)],
             precision: Precision::Bf16,
             loss: LossKind::Swd,
+            ..RenderParams::default()
         };
         let small_numbers = RenderParams {
             learning_rate: Some(1e-5),
             style_scale: StyleScale::Times(0.05),
-            zoom: 3.0,
+            zoom: 3.0.into(),
             ..RenderParams::default()
         };
         for (what, params, want) in [
@@ -101,5 +127,37 @@ mod tests {
             default.fingerprint("style", "weights"),
             "length is left out"
         );
+    }
+
+    /// A movie written differently is the same movie; every change of motion is another.
+    #[test]
+    fn motion_is_in_the_fingerprint_only_where_it_moves() {
+        use crate::schedule::{Spec, ANGLE, CENTRE, ITERS, ZOOM};
+        let parse = |spec: &Spec, text: &str| Schedule::parse(spec, text).unwrap();
+        let fp = |p: &RenderParams| p.fingerprint("style", "weights");
+        let base = RenderParams::default();
+        let same = RenderParams {
+            zoom: parse(&ZOOM, " 2 "),
+            iters: parse(&ITERS, "4.0"),
+            centre: parse(&CENTRE, "0.5, 0.5"),
+            angle: parse(&ANGLE, "0"),
+            // A tempo no schedule uses changes no pixel.
+            bpm: Some(120.0),
+            ..base.clone()
+        };
+        assert_eq!(fp(&same), fp(&base));
+        let beats = RenderParams { zoom: parse(&ZOOM, "0:(2), 4b:(3)"), bpm: Some(120.0), ..base.clone() };
+        let moved = [
+            RenderParams { zoom: parse(&ZOOM, "0:(2), 10:(3)"), ..base.clone() },
+            RenderParams { zoom: parse(&ZOOM, "0:(2), 10:(3) cubic"), ..base.clone() },
+            RenderParams { iters: parse(&ITERS, "0:(4), 10:(5)"), ..base.clone() },
+            RenderParams { centre: parse(&CENTRE, "0.4, 0.5"), ..base.clone() },
+            RenderParams { angle: parse(&ANGLE, "5"), ..base.clone() },
+            RenderParams { bpm: Some(121.0), ..beats.clone() },
+            beats,
+            base,
+        ];
+        let prints: std::collections::HashSet<String> = moved.iter().map(fp).collect();
+        assert_eq!(prints.len(), moved.len(), "every motion has its own fingerprint");
     }
 }

@@ -4,9 +4,33 @@
 
 use super::*;
 use crate::limits::{quoted_prefix, MAX_FPS_DEN, MAX_LAYERS, MAX_LAYER_WEIGHT};
+use crate::schedule::{ANGLE, BPM_RANGE, CENTRE, ITERS, ZOOM};
 
 impl RenderParams {
+    /// Every limit, each frame of every schedule included: what the CLI, the coordinator at
+    /// submit and a worker taking a job call. Walking a million frames of formulas takes up to
+    /// a few seconds, so the async callers run it off their runtime.
     pub fn validate(&self) -> Result<(), ParamError> {
+        self.validate_settings()?;
+        self.check_schedules()
+    }
+
+    /// Every schedule, frame by frame: a formula that divides by zero at frame 90,000 is
+    /// refused at submit, not by the worker that reaches it.
+    pub fn check_schedules(&self) -> Result<(), ParamError> {
+        let timing = self.timing();
+        for (schedule, spec) in
+            [(&self.zoom, &ZOOM), (&self.iters, &ITERS), (&self.centre, &CENTRE), (&self.angle, &ANGLE)]
+        {
+            schedule.check(spec, &timing, self.frames)?;
+        }
+        Ok(())
+    }
+
+    /// Every limit but the frame-by-frame walk of the schedules: for parameters that passed
+    /// [`RenderParams::validate`] when they were submitted and are read back from the
+    /// coordinator's own database (on every upload, with the database in hand).
+    pub fn validate_settings(&self) -> Result<(), ParamError> {
         // The denominator is bounded too: 4294967295/4294967295 is 1 fps, and libx264 refuses
         // its time base. Every value accepted here encodes (tested at the extremes).
         if !(1..=MAX_FPS_DEN).contains(&self.fps.den) || !(1.0..=240.0).contains(&self.fps.as_f64()) {
@@ -32,14 +56,14 @@ impl RenderParams {
                 format!("must be between 1 and {MAX_FRAMES}, got {}", self.frames),
             ));
         }
-        if !(self.zoom.is_finite() && (1.0..=16.0).contains(&self.zoom)) {
-            return Err(ParamError::new(
-                "--zoom",
-                format!("magnification per second must be between 1.0 and 16.0, got {}", self.zoom),
-            ));
-        }
-        if !(1..=MAX_ITERS).contains(&self.iters) {
-            return Err(ParamError::new("--iters", format!("must be between 1 and {MAX_ITERS}, got {}", self.iters)));
+        if let Some(bpm) = self.bpm {
+            let (low, high) = BPM_RANGE;
+            if !(bpm.is_finite() && (low..=high).contains(&bpm)) {
+                return Err(ParamError::new(
+                    "--bpm",
+                    format!("must be between {low} and {high} beats per minute, got {bpm}"),
+                ));
+            }
         }
         if self.warmup > MAX_WARMUP {
             return Err(ParamError::new("--warmup", format!("must be at most {MAX_WARMUP}, got {}", self.warmup)));
@@ -93,16 +117,21 @@ impl RenderParams {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schedule::Schedule;
 
     #[test]
     fn validation_names_the_field() {
         type Mutation = fn(&mut RenderParams);
-        let cases: [(Mutation, &str); 10] = [
+        let cases: [(Mutation, &str); 14] = [
             (|p| p.width = 0, "--size"),
             (|p| p.height = 9000, "--size"),
             (|p| p.frames = 0, "--frames"),
-            (|p| p.zoom = 0.5, "--zoom"),
-            (|p| p.iters = 0, "--iters"),
+            (|p| p.zoom = 0.01.into(), "--zoom"),
+            (|p| p.zoom = Schedule::parse(&ZOOM, "0:(2), 100:(3)").unwrap(), "--zoom"),
+            (|p| p.iters = 0.into(), "--iters"),
+            (|p| p.centre = Schedule::constant2(0.5, -0.1), "--centre"),
+            (|p| p.angle = Schedule::parse(&ANGLE, "0:(0), 4b:(90)").unwrap(), "--angle"),
+            (|p| p.bpm = Some(0.0), "--bpm"),
             (|p| p.style_scale = StyleScale::Times(0.0), "--style-scale"),
             // A weight that overflows the loss: every render of the job would diverge, and each
             // divergence would be charged to the worker that tried it.
