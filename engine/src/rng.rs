@@ -22,6 +22,8 @@ pub enum Purpose {
     Directions = 5,
     /// The style feature vectors the sliced Wasserstein loss keeps.
     Samples = 6,
+    /// Noise that seeds the pixels a camera zooming out or turning brings into view.
+    Incoming = 7,
 }
 
 /// A deterministic stream keyed by (seed, frame, purpose).

@@ -14,10 +14,11 @@
 //! blur statistics, while the shown frame stays within half a pixel of the exact camera and
 //! never drifts.
 //!
-//! Samples outside the frame wrap around. The optimiser sees the image rolled by a random shift
-//! every iteration (see `segment`), so it is a torus whose opposite edges continue each other:
-//! when the camera zooms out or turns, the border that comes into view is texture that already
-//! joins the edge, which the optimiser then makes its own, and no seam is drawn.
+//! Taps beyond the frame wrap around (the optimiser sees the image rolled, so it is a torus whose
+//! opposite edges continue each other). Pixels whose source lies wholly outside the previous
+//! frame, the border a camera zooming out or turning brings into view, are marked (`incoming`)
+//! and the engine seeds them with fresh noise for the optimiser to grow: wrapped copies would
+//! tile the movie with itself (measured: a lattice of lines), clamped ones smear the edge.
 
 pub use proto::params::Camera;
 use tch::{Device, Kind, Tensor};
@@ -38,12 +39,14 @@ fn lanczos3(x: f64) -> f64 {
 /// Taps along one axis: for each output index, 6 source indices (wrapped around) and their
 /// normalised weights, laid out as [TAPS, n]. Output i samples c + (i + to - c)/z - from, with
 /// c the fixed point `centre` (a fraction of the side) in pixels.
-fn axis_taps(n: usize, factor: f64, centre: f64, from: f64, to: f64) -> (Vec<i64>, Vec<f32>) {
+fn axis_taps(n: usize, factor: f64, centre: f64, from: f64, to: f64) -> (Vec<i64>, Vec<f32>, Vec<bool>) {
     let c = centre * (n as f64 - 1.0);
     let mut idx = vec![0i64; TAPS as usize * n];
     let mut wts = vec![0f32; TAPS as usize * n];
+    let mut outside = vec![false; n];
     for i in 0..n {
         let src = c + (i as f64 + to - c) / factor - from;
+        outside[i] = !(-0.5..=n as f64 - 0.5).contains(&src);
         let base = src.floor() as i64 - 2;
         let w: Vec<f64> = (0..TAPS).map(|k| lanczos3(src - (base + k) as f64)).collect();
         let sum: f64 = w.iter().sum();
@@ -52,7 +55,7 @@ fn axis_taps(n: usize, factor: f64, centre: f64, from: f64, to: f64) -> (Vec<i64
             wts[k * n + i] = (w[k] / sum) as f32;
         }
     }
-    (idx, wts)
+    (idx, wts, outside)
 }
 
 /// The sub-pixel offset (x, y) of the stored image of `frame` from the exact camera: zero for
@@ -69,6 +72,9 @@ pub fn jitter(seed: u64, frame: u32) -> (f64, f64) {
 /// (offsets from `jitter`).
 pub struct Zoom {
     taps: Taps,
+    /// 1 where the output samples outside the previous frame (zooming out, or the corners a
+    /// turn brings in), 0 elsewhere, [1, 1, H, W]; `None` when no pixel does.
+    incoming: Option<Tensor>,
 }
 
 enum Taps {
@@ -83,15 +89,22 @@ impl Zoom {
     pub fn new(width: usize, height: usize, camera: &Camera, from: (f64, f64), to: (f64, f64), device: Device) -> Self {
         if camera.turn == 0.0 {
             let make = |n: usize, centre: f64, from: f64, to: f64| {
-                let (i, w) = axis_taps(n, camera.factor, centre, from, to);
-                (
+                let (i, w, outside) = axis_taps(n, camera.factor, centre, from, to);
+                let taps = (
                     Tensor::from_slice(&i).reshape([TAPS, n as i64]).to_device(device),
                     Tensor::from_slice(&w).reshape([TAPS, n as i64]).to_device(device),
-                )
+                );
+                let outside: Vec<f32> = outside.iter().map(|&o| f32::from(u8::from(o))).collect();
+                (taps, outside)
             };
-            let rows = make(height, camera.centre.1, from.1, to.1);
-            let cols = make(width, camera.centre.0, from.0, to.0);
-            return Self { taps: Taps::Separable { rows, cols } };
+            let (rows, out_rows) = make(height, camera.centre.1, from.1, to.1);
+            let (cols, out_cols) = make(width, camera.centre.0, from.0, to.0);
+            let incoming = (out_rows.iter().chain(&out_cols).any(|&o| o > 0.0)).then(|| {
+                let r = Tensor::from_slice(&out_rows).reshape([height as i64, 1]);
+                let c = Tensor::from_slice(&out_cols).reshape([1, width as i64]);
+                r.maximum(&c).reshape([1, 1, height as i64, width as i64]).to_device(device)
+            });
+            return Self { taps: Taps::Separable { rows, cols }, incoming };
         }
         let (w, h) = (width as i64, height as i64);
         let (cx, cy) = (camera.centre.0 * (w - 1) as f64, camera.centre.1 * (h - 1) as f64);
@@ -102,7 +115,20 @@ impl Zoom {
         let (cos, sin) = (camera.turn.cos() / camera.factor, camera.turn.sin() / camera.factor);
         let sx = (&dx * cos - &dy * sin) + (cx - from.0);
         let sy = (&dx * sin + &dy * cos) + (cy - from.1);
-        Self { taps: Taps::Window { rows: window_taps(&sy, h), cols: window_taps(&sx, w), width: w } }
+        let outside =
+            sx.lt(-0.5).logical_or(&sx.gt(w as f64 - 0.5)).logical_or(&sy.lt(-0.5)).logical_or(&sy.gt(h as f64 - 0.5));
+        let incoming =
+            bool::try_from(outside.any()).unwrap_or(true).then(|| outside.to_kind(Kind::Float).reshape([1, 1, h, w]));
+        Self { taps: Taps::Window { rows: window_taps(&sy, h), cols: window_taps(&sx, w), width: w }, incoming }
+    }
+
+    /// Where the output samples outside the previous frame: 1 there, 0 elsewhere, [1, 1, H, W].
+    /// Wrapped samples there continue the edge (no seam) but copy the frame, and a camera that
+    /// keeps zooming out would tile the movie with copies of itself, which the optimiser (whose
+    /// gradient is periodic where the image is) never undoes; the engine seeds these pixels
+    /// with fresh noise instead.
+    pub fn incoming(&self) -> Option<&Tensor> {
+        self.incoming.as_ref()
     }
 
     /// Moves an NCHW tensor as the camera moves.
@@ -229,10 +255,17 @@ mod tests {
         for camera in [Camera::zoom(0.9), Camera { factor: 0.95, centre: (0.3, 0.6), turn: 0.1 }] {
             let src = pattern(w, h, periodic, |x, y| (x, y));
             let want = pattern(w, h, periodic, source(w, h, &camera, (0.0, 0.0)));
-            let got = Zoom::new(w as usize, h as usize, &camera, (0.0, 0.0), (0.0, 0.0), Device::Cpu).apply(&src);
-            let err = (&got - &want).abs().max().double_value(&[]);
+            let zoom = Zoom::new(w as usize, h as usize, &camera, (0.0, 0.0), (0.0, 0.0), Device::Cpu);
+            let err = (&zoom.apply(&src) - &want).abs().max().double_value(&[]);
             assert!(err < 2e-2, "{camera:?}: max error {err} over the whole frame");
+            // What came into view is marked: the corners, not the middle.
+            let incoming = zoom.incoming().expect("a border came into view");
+            let at = |x: i64, y: i64| incoming.double_value(&[0, 0, y, x]);
+            assert_eq!((at(0, 0), at(w - 1, h - 1), at(w / 2, h / 2)), (1.0, 1.0, 0.0), "{camera:?}");
         }
+        // Zooming in, everything shown was in the previous frame.
+        let zoom_in = Zoom::new(w as usize, h as usize, &Camera::zoom(1.05), (0.4, -0.3), (-0.2, 0.4), Device::Cpu);
+        assert!(zoom_in.incoming().is_none());
     }
 
     #[test]

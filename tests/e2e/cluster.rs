@@ -11,9 +11,30 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 
 /// The movie tests 1-4 render: 12 frames in 3 segments, slow enough per frame (10 iterations)
-/// that a worker can be caught in the middle of a segment.
-pub(crate) const MOVIE: &[&str] =
-    &["--size", "64x48", "--frames", "12", "--warmup", "12", "--iters", "10", "--seed", "3", "--segment-frames", "4"];
+/// that a worker can be caught in the middle of a segment. It is directed: its zoom eases from
+/// 1.5 to 3 per second and back, its centre moves and it turns, every schedule across segment
+/// boundaries, so every hand-off between workers must keep the camera where the one-piece
+/// render has it.
+pub(crate) const MOVIE: &[&str] = &[
+    "--size",
+    "64x48",
+    "--frames",
+    "12",
+    "--warmup",
+    "12",
+    "--iters",
+    "10",
+    "--seed",
+    "3",
+    "--zoom",
+    "0:(1.5), 6:(3) ease-in-out, 11:(1.5)",
+    "--centre",
+    "0:(0.3,0.6), 11:(0.7,0.4)",
+    "--angle",
+    "0:(0) cubic, 5:(20) cubic, 12:(-10)",
+    "--segment-frames",
+    "4",
+];
 
 /// A running attempt of segment `idx` that has rendered at least one frame.
 pub(crate) fn mid_segment(job: &v1::Job, idx: usize) -> Option<&v1::Attempt> {

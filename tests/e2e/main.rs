@@ -10,6 +10,7 @@ mod browser;
 mod cli_errors;
 mod cluster;
 mod dashboard;
+mod direction;
 mod farm;
 mod handoff;
 mod hostile;

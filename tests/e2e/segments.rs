@@ -4,7 +4,8 @@
 use crate::helpers::{command, example, frames_in, stderr, tempdir, SMALL};
 
 /// Through the coordinator's store, as between cluster workers: `render --segment-frames`
-/// gives the frames of one segment, bit for bit, with the user's segment length held.
+/// gives the frames of one segment, bit for bit, with the user's segment length held, for a
+/// directed movie whose schedules (in frames, seconds and beats) cross the segment boundaries.
 #[test]
 fn segmented_render_is_bit_identical_to_one_segment() {
     let dir = tempdir();
@@ -16,6 +17,8 @@ fn segmented_render_is_bit_identical_to_one_segment() {
         let mut args = vec!["render", style.to_str().unwrap(), "-o", out.to_str().unwrap(), "--frames", "11"];
         args.extend(["--frames-dir", frames.to_str().unwrap()]);
         args.extend(SMALL);
+        args.extend(["--fps", "10", "--bpm", "150", "--zoom", "0:(1.5), 0.6s:(3) ease-in-out, 1s:(0.8)"]);
+        args.extend(["--centre", "0.5+0.2*sin(t/3), 0.5", "--angle", "0:(0) step, 2b:(30)", "--iters", "0:(1), 9:(3)"]);
         if let Some(k) = seg {
             args.retain(|a| *a != "--quiet"); // for the progress lines that name the segments
             args.extend(["--segment-frames", k]);
@@ -52,6 +55,7 @@ fn every_optimiser_precision_and_loss_resumes_bit_for_bit() {
         ("lbfgs", RenderParams { optimizer: OptimizerKind::Lbfgs, ..small.clone() }),
         ("adam-bf16", RenderParams { precision: Precision::Bf16, ..small.clone() }),
         ("adam-swd", RenderParams { loss: LossKind::Swd, ..small.clone() }),
+        ("directed", directed(&small)),
     ];
     let jobs: Vec<_> =
         cases.iter().flat_map(|c| [(c.clone(), None), (c.clone(), Some(4)), (c.clone(), Some(5))]).collect();
@@ -83,6 +87,19 @@ fn every_optimiser_precision_and_loss_resumes_bit_for_bit() {
                 assert!(a == b, "{case}: segments of {} frames differ at frame {i}", k + 4);
             }
         }
+    }
+}
+
+/// `params` with every schedule moving across the boundaries of segments of 4 and 5 frames:
+/// the zoom from 1.5 to 3 per second and back (and out), a moving centre, a turn, iterations.
+fn directed(params: &engine::RenderParams) -> engine::RenderParams {
+    use proto::schedule::{Schedule, ANGLE, CENTRE, ITERS, ZOOM};
+    engine::RenderParams {
+        zoom: Schedule::parse(&ZOOM, "0:(1.5), 4:(3) ease-in-out, 8:(1.5) cubic, 10:(0.7)").unwrap(),
+        centre: Schedule::parse(&CENTRE, "0:(0.3, 0.6), 10:(0.7, 0.45)").unwrap(),
+        angle: Schedule::parse(&ANGLE, "30*sin(t/2)").unwrap(),
+        iters: Schedule::parse(&ITERS, "0:(1) step, 3:(3), 9:(2)").unwrap(),
+        ..params.clone()
     }
 }
 
