@@ -250,6 +250,54 @@ pub fn run(args: Args, bar: &crate::progress::Bar) -> Result<()> {
             memory
         );
     }
+    schedule_cost(&sizes[0..1], device)?;
+    Ok(())
+}
+
+/// What directing a movie costs a frame: evaluating its schedules (README's ten-minute example:
+/// formulas and eased keys for zoom, centre, angle and iterations), and the camera move with and
+/// without a turn (a turn samples a 6x6 window instead of 6 + 6 taps).
+fn schedule_cost(sizes: &[&str], device: tch::Device) -> Result<()> {
+    use proto::schedule::{Schedule, ANGLE, CENTRE, ITERS, ZOOM};
+    let mut params = RenderParams {
+        frames: 18_000,
+        zoom: Schedule::parse(
+            &ZOOM,
+            "0:(1.3) ease-in-out, 120s:(2.5) ease-in-out, 240s:(1.3) cubic, 420s:(2.2) cubic, 600s:(1.5)",
+        )?,
+        centre: Schedule::parse(&CENTRE, "0.5+0.15*sin(TAU*s/97), 0.5+0.1*cos(TAU*s/131)")?,
+        angle: Schedule::parse(&ANGLE, "0:(4) ease-in-out, 300s:(-4)")?,
+        iters: Schedule::parse(&ITERS, "0:(4) ease-in-out, 120s:(6) ease-in-out, 240s:(4)")?,
+        ..RenderParams::default()
+    };
+    let t = Instant::now();
+    let motion = params.motion()?;
+    for i in 0..params.frames {
+        std::hint::black_box((motion.camera(i)?, motion.iters(i)?));
+    }
+    let per_frame = t.elapsed().as_secs_f64() / f64::from(params.frames);
+    println!("schedules: {:.1} µs a frame ({} frames of formulas and eased keys)", per_frame * 1e6, params.frames);
+    let (width, height) = parse_size(sizes[0].trim())?;
+    (params.width, params.height) = (width, height);
+    let image = tch::Tensor::rand([1, 3, i64::from(height), i64::from(width)], (tch::Kind::Float, device));
+    for (what, turn) in [("zoom", 0.0), ("zoom and turn", 0.002)] {
+        let camera = engine::params::Camera { factor: 1.02, centre: (0.45, 0.55), turn };
+        let t = Instant::now();
+        let runs = 5;
+        for _ in 0..runs {
+            let zoom =
+                engine::zoom::Zoom::new(width as usize, height as usize, &camera, (0.1, 0.2), (-0.3, 0.1), device);
+            // The image and Adam's two moments, as a frame moves them.
+            for _ in 0..3 {
+                let _ = zoom.apply(&image).sum(tch::Kind::Float).double_value(&[]);
+            }
+        }
+        println!(
+            "camera move, {what}: {:.1} ms a frame at {}",
+            t.elapsed().as_secs_f64() * 1e3 / runs as f64,
+            sizes[0].trim()
+        );
+    }
     Ok(())
 }
 
