@@ -6,9 +6,11 @@
 //! - `client`: the job API client (submit a style and spec, watch, download atomically).
 //! - `local`: `gramzoom render`, through the same coordinator and node a cluster runs, both
 //!   in-process.
+//! - `movie`: movie files, a movie's flags as TOML keys (`gramzoom render movie.toml`).
 //! - `progress`: the progress bar on a terminal, progress log lines elsewhere, and logging.
 
 pub mod client;
 pub mod commands;
 pub mod local;
+pub mod movie;
 pub mod progress;

@@ -1,6 +1,6 @@
 //! `gramzoom`: parses flags, sets up logging, and hands over to the library.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -30,6 +30,10 @@ enum Command {
     /// Submit a job to a coordinator; prints its id.
     #[command(args_override_self = true, allow_negative_numbers = true)]
     Submit(cli::commands::jobs::Submit),
+    /// Show a movie's schedules second by second and what it will cost on this machine
+    /// (`gramzoom plan movie.toml`, or the flags of `render`).
+    #[command(args_override_self = true, allow_negative_numbers = true)]
+    Plan(cli::commands::plan::Args),
     /// Show all jobs, or one job (with --segments, its segments and attempts).
     Status(cli::commands::jobs::Status),
     /// Follow a job with a progress bar until it ends; exits non-zero unless it succeeded.
@@ -47,7 +51,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A movie file (`gramzoom render movie.toml`) stands for the flags its keys name.
+    let args = match cli::movie::expand(std::env::args_os().collect(), &Cli::command()) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     // A local render runs a coordinator and a node in-process: their logs are for clusters (a
     // lost lease, a retried upload); locally a failure reaches the user as the render's error.
     let default_filter = match &cli.command {
@@ -63,6 +75,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => cli::commands::serve::run(args),
         Command::Worker(args) => cli::commands::worker::run(args, &progress),
         Command::Submit(args) => cli::commands::jobs::submit(args),
+        Command::Plan(args) => cli::commands::plan::run(args),
         Command::Status(args) => cli::commands::jobs::status(args),
         Command::Watch(args) => cli::commands::jobs::watch(args, &progress),
         Command::Download(args) => cli::commands::jobs::download(args),

@@ -15,6 +15,7 @@ mod farm;
 mod handoff;
 mod hostile;
 mod metrics;
+mod movie;
 mod outputs;
 mod quality;
 mod segments;

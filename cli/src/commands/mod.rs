@@ -6,6 +6,7 @@ pub mod bench_concurrent;
 pub mod bench_farm;
 pub mod compare;
 pub mod jobs;
+pub mod plan;
 pub mod render;
 pub mod serve;
 pub mod weights;
