@@ -10,6 +10,14 @@ use engine::Engine;
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// `println!` into a String (for `emit`).
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
 #[derive(ClapArgs)]
 pub struct Args {
     /// Style image, as for `render` (used to time an iteration).
@@ -40,22 +48,29 @@ struct Row {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let mut out = String::new();
     let device = args.torch.device()?;
     let params = super::render::params(&args.flags, device.is_cuda())?;
     let rows = resolve(&params)?;
     let fps = params.fps.as_f64();
     let seconds = f64::from(params.frames) / fps;
     let iterations: u64 = u64::from(params.warmup) + rows.iter().map(|r| u64::from(r.iters)).sum::<u64>();
-    println!(
+    outln!(
+        out,
         "{}x{}, {} frames at {} fps ({seconds:.1} s), {} warm-up iterations, {iterations} iterations in all",
-        params.width, params.height, params.frames, fps, params.warmup
+        params.width,
+        params.height,
+        params.frames,
+        fps,
+        params.warmup
     );
-    println!("{:>8} {:>7} {:>9} {:>15} {:>9} {:>6}", "second", "frame", "zoom/s", "centre", "angle/s", "iters");
+    outln!(out, "{:>8} {:>7} {:>9} {:>15} {:>9} {:>6}", "second", "frame", "zoom/s", "centre", "angle/s", "iters");
     let mut next = 0.0;
     for r in &rows {
         let s = f64::from(r.frame) / fps;
         if s + 1e-9 >= next || r.frame + 1 == params.frames {
-            println!(
+            outln!(
+                out,
                 "{s:>8.2} {:>7} {:>9.4} {:>15} {:>9.2} {:>6}",
                 r.frame,
                 r.zoom,
@@ -66,10 +81,12 @@ pub fn run(args: Args) -> Result<()> {
             next = s.floor() + 1.0;
         }
     }
+    emit(&mut out)?;
     if !args.no_estimate {
         let per_iter = time_an_iteration(&args, &params, device)?;
         let total = per_iter * iterations as f64;
-        println!(
+        outln!(
+            out,
             "estimated render time on this machine ({device:?}): {} ({:.0} ms an iteration at {}x{})",
             human(total),
             per_iter * 1e3,
@@ -79,9 +96,21 @@ pub fn run(args: Args) -> Result<()> {
     }
     if let Some(path) = &args.plot {
         let ranges = plot(&rows, path).with_context(|| format!("--plot: writing {}", path.display()))?;
-        println!("plot: {}, top to bottom: {}", path.display(), ranges.join("; "));
+        outln!(out, "plot: {}, top to bottom: {}", path.display(), ranges.join("; "));
     }
-    Ok(())
+    emit(&mut out)
+}
+
+/// Writes what `out` holds to stdout and empties it; a reader that went away (`plan | head`)
+/// is not an error.
+fn emit(out: &mut String) -> Result<()> {
+    use std::io::Write;
+    let result = std::io::stdout().lock().write_all(out.as_bytes());
+    out.clear();
+    match result {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 fn resolve(params: &RenderParams) -> Result<Vec<Row>> {
