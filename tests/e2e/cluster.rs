@@ -97,6 +97,15 @@ fn two_workers_hand_off_and_match_a_local_render_bit_for_bit() {
     assert!(c.logs().contains("start state fetched"), "no state crossed processes\n{}", c.logs());
     assert_frames_match_reference(&c);
     assert_movie(&c.download(&id, "out.mp4"), 12, 30.0);
+    // `status` says where the directed movie's camera is, in words: at its end, zoomed back to
+    // 1.5x a second by frame 11, the centre moved to 0.7,0.4, the turn easing towards -10.
+    let status = c.run(&["status", &id, "--coordinator", &c.url()]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("  motion at 0.4 s (frame 11): zoom 1.50x a second about 0.70,0.40, turning "),
+        "{text}{}",
+        stderr(&status)
+    );
 }
 
 #[test]

@@ -156,6 +156,12 @@ pub fn status(args: Status) -> Result<()> {
                     .map_err(client::ClientError::from)?
                     .into_inner();
                 println!("{}", line(&job));
+                // A directed movie: where its camera is now, in words.
+                let params = job.spec.as_ref().and_then(|s| s.params.as_ref());
+                if let Some(p) = params.and_then(|p| proto::wire::params_from_store(p).ok()).filter(|p| p.is_directed())
+                {
+                    println!("  motion {}", p.motion_words(job.frames_done)?);
+                }
                 for s in &job.segments {
                     let state = v1::SegmentState::try_from(s.state).map(|x| x.as_str_name()).unwrap_or("?");
                     println!(

@@ -13,6 +13,7 @@
 
 mod html;
 mod live;
+mod motion;
 mod pages;
 mod session;
 mod shared;

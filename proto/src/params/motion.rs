@@ -32,6 +32,35 @@ pub struct Motion<'a> {
 }
 
 impl RenderParams {
+    /// Whether anything moves but a constant zoom about the middle: what `status` and the
+    /// dashboard show a schedule for.
+    pub fn is_directed(&self) -> bool {
+        [&self.zoom, &self.iters, &self.angle].iter().any(|s| s.as_constant().is_none())
+            || self.centre.as_constant() != Some([0.5, 0.5])
+            || self.angle.as_constant() != Some([0.0, 0.0])
+    }
+
+    /// The camera at `frame`, in words: `at 4.0 s (frame 120): zoom 2.31x a second about
+    /// 0.42,0.55, turning 4.0 degrees a second, 5 iterations a frame`.
+    pub fn motion_words(&self, frame: u32) -> Result<String, ParamError> {
+        let motion = self.motion()?;
+        let frame = frame.min(self.frames.saturating_sub(1));
+        let fps = self.fps.as_f64();
+        let camera = motion.camera(frame)?;
+        let turn = match camera.turn.to_degrees() * fps {
+            0.0 => String::new(),
+            d => format!(", turning {d:.1} degrees a second"),
+        };
+        Ok(format!(
+            "at {:.1} s (frame {frame}): zoom {:.2}x a second about {:.2},{:.2}{turn}, {} iterations a frame",
+            f64::from(frame) / fps,
+            camera.factor.powf(fps),
+            camera.centre.0,
+            camera.centre.1,
+            motion.iters(frame)?
+        ))
+    }
+
     /// The render's motion. Fails only on schedules `validate` refuses.
     pub fn motion(&self) -> Result<Motion<'_>, ParamError> {
         let timing = self.timing();

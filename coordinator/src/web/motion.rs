@@ -1,0 +1,90 @@
+//! A directed job's motion on its page: the zoom and the turn over the whole movie as a small
+//! chart (inline SVG, no script), a marker where the render is, and the camera there in words.
+
+use super::html::Esc;
+use proto::params::RenderParams;
+use std::fmt::Write as _;
+
+/// Points a curve is drawn with, whatever the movie's length.
+const SAMPLES: u32 = 240;
+const WIDTH: f64 = 600.0;
+const HEIGHT: f64 = 90.0;
+
+/// The motion section of a job page, or nothing for a movie that does not move but zoom.
+pub(crate) fn section(p: &RenderParams, frame: u32) -> String {
+    if !p.is_directed() {
+        return String::new();
+    }
+    let words = p.motion_words(frame).unwrap_or_else(|e| e.to_string());
+    let Ok(motion) = p.motion() else { return String::new() };
+    let fps = p.fps.as_f64();
+    let last = p.frames.saturating_sub(1).max(1);
+    let frames: Vec<u32> =
+        (0..=SAMPLES).map(|k| (u64::from(last) * u64::from(k) / u64::from(SAMPLES)) as u32).collect();
+    let cameras: Vec<_> = frames.iter().filter_map(|&f| motion.camera(f).ok()).collect();
+    if cameras.len() != frames.len() {
+        return String::new();
+    }
+    let zoom: Vec<f64> = cameras.iter().map(|c| c.factor.ln() * fps).collect();
+    let turn: Vec<f64> = cameras.iter().map(|c| c.turn.to_degrees() * fps).collect();
+    let mut svg = format!(
+        "<svg class=\"motion\" viewBox=\"0 0 {WIDTH} {HEIGHT}\" role=\"img\" aria-labelledby=\"motion-words\">"
+    );
+    for (values, class) in [(&zoom, "zoom"), (&turn, "turn")] {
+        let _ = write!(svg, "<polyline class=\"{class}\" fill=\"none\" points=\"{}\"/>", points(values));
+    }
+    let x = f64::from(frame.min(last)) / f64::from(last) * WIDTH;
+    let _ = write!(svg, "<line class=\"now\" x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"0\" y2=\"{HEIGHT}\"/></svg>");
+    let range = |v: &[f64], f: fn(f64) -> f64| {
+        let (lo, hi) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+        (f(lo), f(hi))
+    };
+    let (zlo, zhi) = range(&zoom, f64::exp);
+    let (tlo, thi) = range(&turn, |d| d);
+    format!(
+        "<section aria-labelledby=\"h-motion\"><h2 id=\"h-motion\">Motion</h2>{svg}\
+         <p class=\"legend\">Zoom {zlo:.2}x to {zhi:.2}x a second (solid, log scale), turn {tlo:.1} to {thi:.1} degrees a second (dashed), over {:.0} s.</p>\
+         <p id=\"motion-words\">Now {}.</p></section>",
+        f64::from(p.frames) / fps,
+        Esc(&words)
+    )
+}
+
+/// `values` as SVG polyline points across the chart, scaled to their own range.
+fn points(values: &[f64]) -> String {
+    let (lo, hi) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    let span = if hi - lo > 1e-12 { hi - lo } else { 1.0 };
+    let n = (values.len().max(2) - 1) as f64;
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let y = if hi - lo > 1e-12 { HEIGHT - 4.0 - (v - lo) / span * (HEIGHT - 8.0) } else { HEIGHT / 2.0 };
+            format!("{:.1},{y:.1}", i as f64 / n * WIDTH)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::schedule::{Schedule, ANGLE, ZOOM};
+
+    #[test]
+    fn a_directed_job_shows_its_motion_and_a_plain_one_nothing() {
+        assert_eq!(section(&RenderParams::default(), 10), "");
+        let p = RenderParams {
+            zoom: Schedule::parse(&ZOOM, "0:(1.5), 1s:(3) ease-in-out, 3s:(1.5)").unwrap(),
+            angle: Schedule::parse(&ANGLE, "10").unwrap(),
+            ..RenderParams::default()
+        };
+        let html = section(&p, 30);
+        assert!(html.contains("<svg class=\"motion\""), "{html}");
+        assert_eq!(html.matches("<polyline").count(), 2);
+        assert!(html.contains("Zoom 1.50x to 3.00x a second"), "{html}");
+        assert!(html.contains("Now at 1.0 s (frame 30): zoom 3.00x a second about 0.50,0.50, turning 10.0 degrees a second, 4 iterations a frame."), "{html}");
+        // The marker sits a third of the way along a 90-frame movie.
+        assert!(html.contains("x1=\"202.2\""), "{html}");
+    }
+}
