@@ -383,7 +383,7 @@ impl Coordinator {
                 (db::spec(&c, job)?, db::done_chunks(&c, job)?)
             };
             let kind = proto::wire::output_from_wire(spec.output)?;
-            let params = proto::wire::params_from_store(spec.params.as_ref().unwrap_or(&Default::default()))?;
+            let params = proto::wire::params_walked_at_submit(spec.params.as_ref().unwrap_or(&Default::default()))?;
             let mut parts = Vec::new();
             let mut garbage = Vec::new();
             for (i, &(attempt, start, end)) in chunks.iter().enumerate() {

@@ -452,7 +452,7 @@ pub fn check_spec(spec: &v1::JobSpec) -> Result<proto::params::RenderParams> {
 pub fn stored_params(spec: &v1::JobSpec) -> Result<proto::params::RenderParams> {
     proto::limits::check_len("name", &spec.name, proto::limits::MAX_NAME_LEN)?;
     let wire = spec.params.as_ref().ok_or_else(|| Error::invalid("params", "missing"))?;
-    let params = proto::wire::params_from_store(wire)?;
+    let params = proto::wire::params_walked_at_submit(wire)?;
     let kind = proto::wire::output_from_wire(spec.output)?;
     kind.check(params.width, params.height, params.fps)?;
     Ok(params)

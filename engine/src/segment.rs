@@ -102,7 +102,10 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(params: RenderParams, style: Style, net: Vgg, device: Device) -> Result<Self> {
-        params.validate()?;
+        // Every limit but the frame-by-frame walk of the schedules, which takes seconds on a
+        // long job and is the submitter's (CLI, coordinator): each frame rendered evaluates its
+        // own, range included, and a bad one fails naming the frame.
+        params.validate_settings()?;
         let fingerprint = params.fingerprint(&style.digest, &net.origin.digest());
         let net = match params.precision {
             crate::params::Precision::Fp32 | crate::params::Precision::Tf32 => net,
@@ -324,7 +327,7 @@ impl Engine {
     /// noise for frame `frame`, drawn as the warm-up's is (in the style's colours where the
     /// design has them) at half its amplitude: full-amplitude noise left a band of grain at the
     /// border (2.4 times the median gradient), a quarter a flat band the optimiser drew lines
-    /// into; half scored 1.3 and no line (`tests/e2e/direction.rs`).
+    /// into; half scored 1.26 and no line (`tests/e2e/direction.rs`).
     fn seed_incoming(&self, image: &Tensor, incoming: &Tensor, frame: u32) -> Tensor {
         let mut rng = Stream::new(self.params.seed, frame as u64, Purpose::Incoming);
         let size = image.size();

@@ -14,11 +14,12 @@
 //! blur statistics, while the shown frame stays within half a pixel of the exact camera and
 //! never drifts.
 //!
-//! Taps beyond the frame wrap around (the optimiser sees the image rolled, so it is a torus whose
-//! opposite edges continue each other). Pixels whose source lies wholly outside the previous
-//! frame, the border a camera zooming out or turning brings into view, are marked (`incoming`)
-//! and the engine seeds them with fresh noise for the optimiser to grow: wrapped copies would
-//! tile the movie with itself (measured: a lattice of lines), clamped ones smear the edge.
+//! Taps beyond the frame are clamped to it, as they always were (zooming in they only reach past
+//! the outermost pixels). Pixels whose source lies wholly outside the previous frame, the border
+//! a camera zooming out or turning brings into view, are marked (`incoming`) and the engine
+//! seeds them with fresh noise for the optimiser to grow: clamped samples there would smear the
+//! edge into streaks, and wrapped ones (the image is a torus to the optimiser, which sees it
+//! rolled) tile the movie with copies of itself (measured: a lattice of lines).
 
 pub use proto::params::Camera;
 use tch::{Device, Kind, Tensor};
@@ -36,8 +37,8 @@ fn lanczos3(x: f64) -> f64 {
     }
 }
 
-/// Taps along one axis: for each output index, 6 source indices (wrapped around) and their
-/// normalised weights, laid out as [TAPS, n]. Output i samples c + (i + to - c)/z - from, with
+/// Taps along one axis: for each output index, 6 source indices (clamped at the border) and
+/// their normalised weights, laid out as [TAPS, n]. Output i samples c + (i + to - c)/z - from, with
 /// c the fixed point `centre` (a fraction of the side) in pixels.
 fn axis_taps(n: usize, factor: f64, centre: f64, from: f64, to: f64) -> (Vec<i64>, Vec<f32>, Vec<bool>) {
     let c = centre * (n as f64 - 1.0);
@@ -51,7 +52,7 @@ fn axis_taps(n: usize, factor: f64, centre: f64, from: f64, to: f64) -> (Vec<i64
         let w: Vec<f64> = (0..TAPS).map(|k| lanczos3(src - (base + k) as f64)).collect();
         let sum: f64 = w.iter().sum();
         for k in 0..TAPS as usize {
-            idx[k * n + i] = (base + k as i64).rem_euclid(n as i64);
+            idx[k * n + i] = (base + k as i64).clamp(0, n as i64 - 1);
             wts[k * n + i] = (w[k] / sum) as f32;
         }
     }
@@ -80,8 +81,8 @@ pub struct Zoom {
 enum Taps {
     /// No turn: rows, then columns, each [TAPS, n] indices and weights.
     Separable { rows: (Tensor, Tensor), cols: (Tensor, Tensor) },
-    /// A turn: for every output pixel, 6 source rows and 6 source columns ([H, W] each, wrapped
-    /// around) with their weights; a sample is the product of its row's and column's.
+    /// A turn: for every output pixel, 6 source rows and 6 source columns ([H, W] each, clamped
+    /// at the border) with their weights; a sample is the product of its row's and column's.
     Window { rows: Vec<(Tensor, Tensor)>, cols: Vec<(Tensor, Tensor)>, width: i64 },
 }
 
@@ -156,7 +157,7 @@ impl Zoom {
 }
 
 /// Lanczos-3 taps along one axis for source coordinates `src` ([H, W], pixels): 6 pairs of
-/// (indices wrapped into 0..n, normalised float weights).
+/// (indices clamped into 0..n, normalised float weights).
 fn window_taps(src: &Tensor, n: i64) -> Vec<(Tensor, Tensor)> {
     let base = src.floor() - 2.0;
     let weights: Vec<Tensor> = (0..TAPS)
@@ -173,7 +174,7 @@ fn window_taps(src: &Tensor, n: i64) -> Vec<(Tensor, Tensor)> {
     weights
         .iter()
         .enumerate()
-        .map(|(k, w)| ((&base + k as i64).remainder(n), (w / &sum).to_kind(Kind::Float)))
+        .map(|(k, w)| ((&base + k as i64).clamp(0, n - 1), (w / &sum).to_kind(Kind::Float)))
         .collect()
 }
 
@@ -246,22 +247,26 @@ mod tests {
     }
 
     #[test]
-    fn zooming_out_or_turning_brings_in_the_opposite_edge_with_no_seam() {
-        // A pattern with the frame's period: the torus the optimiser makes. Whatever comes into
-        // view continues it, so the whole frame, border included, matches the exact camera.
+    fn what_comes_into_view_is_marked_and_the_rest_is_the_exact_camera() {
         let (w, h) = (48i64, 40i64);
-        let tau = std::f64::consts::TAU;
-        let periodic = move |x: f64, y: f64| (tau * x / w as f64).sin() + (tau * 2.0 * y / h as f64).cos();
+        let smooth = |x: f64, y: f64| (x * 0.21).sin() + (y * 0.17).cos();
         for camera in [Camera::zoom(0.9), Camera { factor: 0.95, centre: (0.3, 0.6), turn: 0.1 }] {
-            let src = pattern(w, h, periodic, |x, y| (x, y));
-            let want = pattern(w, h, periodic, source(w, h, &camera, (0.0, 0.0)));
+            let src = pattern(w, h, smooth, |x, y| (x, y));
+            let want = pattern(w, h, smooth, source(w, h, &camera, (0.0, 0.0)));
             let zoom = Zoom::new(w as usize, h as usize, &camera, (0.0, 0.0), (0.0, 0.0), Device::Cpu);
-            let err = (&zoom.apply(&src) - &want).abs().max().double_value(&[]);
-            assert!(err < 2e-2, "{camera:?}: max error {err} over the whole frame");
-            // What came into view is marked: the corners, not the middle.
+            // Marked: the corners, not the middle.
             let incoming = zoom.incoming().expect("a border came into view");
             let at = |x: i64, y: i64| incoming.double_value(&[0, 0, y, x]);
             assert_eq!((at(0, 0), at(w - 1, h - 1), at(w / 2, h / 2)), (1.0, 1.0, 0.0), "{camera:?}");
+            // Unmarked pixels whose taps stay inside the frame (5 pixels in from the marked
+            // ones: 3 taps, and a turn) are the exact camera's.
+            let inside = incoming.ones_like() - incoming;
+            let far = inside.neg().max_pool2d([11, 11], [1, 1], [5, 5], [1, 1], false).neg();
+            let err = ((&zoom.apply(&src) - &want).abs() * &far).max().double_value(&[]);
+            // 1% of the pattern's range: a turn's window ripples more than the separable taps;
+            // a centre half a pixel off would cost 5%.
+            assert!(err < 2e-2, "{camera:?}: max error {err} away from what came into view");
+            assert!(far.sum(Kind::Float).double_value(&[]) > 0.3 * (w * h) as f64, "most of the frame is checked");
         }
         // Zooming in, everything shown was in the previous frame.
         let zoom_in = Zoom::new(w as usize, h as usize, &Camera::zoom(1.05), (0.4, -0.3), (-0.2, 0.4), Device::Cpu);

@@ -262,22 +262,7 @@ impl Schedule {
         let frames_to_check = if self.as_constant().is_some() { 1 } else { frames };
         let placed = self.place(spec, timing)?;
         for frame in 0..frames_to_check {
-            let value = placed.at(frame)?;
-            for v in &value[..spec.components] {
-                if !(v.is_finite() && (spec.range.0..=spec.range.1).contains(v)) {
-                    return Err(ParamError::new(
-                        spec.flag,
-                        format!(
-                            "at frame {frame} ({} s) the {} is {}; it must be between {} and {}",
-                            short(f64::from(frame) / timing.fps),
-                            spec.unit,
-                            v,
-                            spec.range.0,
-                            spec.range.1
-                        ),
-                    ));
-                }
-            }
+            placed.at(frame)?;
         }
         Ok(())
     }
@@ -302,9 +287,31 @@ pub struct Placed<'a> {
 }
 
 impl Placed<'_> {
-    /// The value at `frame`. Errors name the key in effect when a formula gives something that
-    /// is not a finite number (a positive one for the zoom).
+    /// The value at `frame`, in its spec's range. Errors name the key in effect when a formula
+    /// gives something that is not a finite number (a positive one for the zoom), and the frame
+    /// when the value is out of range.
     pub fn at(&self, frame: u32) -> Result<[f64; 2], ParamError> {
+        let value = self.unchecked(frame)?;
+        let spec = self.spec;
+        for v in &value[..spec.components] {
+            if !(v.is_finite() && (spec.range.0..=spec.range.1).contains(v)) {
+                return Err(ParamError::new(
+                    spec.flag,
+                    format!(
+                        "at frame {frame} ({} s) the {} is {}; it must be between {} and {}",
+                        short(f64::from(frame) / self.timing.fps),
+                        spec.unit,
+                        v,
+                        spec.range.0,
+                        spec.range.1
+                    ),
+                ));
+            }
+        }
+        Ok(value)
+    }
+
+    fn unchecked(&self, frame: u32) -> Result<[f64; 2], ParamError> {
         let keys = match &self.schedule.body {
             Body::Constant(v) => return Ok(*v),
             Body::Keys(keys) => keys,

@@ -47,10 +47,12 @@ pub fn params_from_wire(w: &v1::RenderParams) -> Result<RenderParams, ParamError
     Ok(p)
 }
 
-/// Decodes parameters the coordinator accepted at submit and reads back from its own database:
-/// every limit is checked again except the frame-by-frame walk of the schedules, which submit
-/// did (see `RenderParams::validate_settings`).
-pub fn params_from_store(w: &v1::RenderParams) -> Result<RenderParams, ParamError> {
+/// Decodes parameters of a job the coordinator accepted, whose schedules it walked frame by
+/// frame at submit: every limit is checked again but that walk (see
+/// `RenderParams::validate_settings`). For the coordinator reading its own database, a worker
+/// reading its assignment (a segment of a long job need not walk a million frames; the engine
+/// evaluates its own, and a failure there names the frame), and anyone showing a job.
+pub fn params_walked_at_submit(w: &v1::RenderParams) -> Result<RenderParams, ParamError> {
     let p = decode(w)?;
     p.validate_settings()?;
     Ok(p)

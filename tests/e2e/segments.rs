@@ -133,3 +133,41 @@ fn a_state_only_resumes_the_render_that_made_it() {
         assert!(err.contains(want), "{err}");
     }
 }
+
+/// The engine does not walk a job's schedules when it is made (the submitter did, and a
+/// segment of a long job must not walk a million frames): each frame it renders evaluates its
+/// own, and a value out of range stops the render at that frame, naming it.
+#[test]
+fn a_frame_whose_schedule_is_out_of_range_stops_the_render_there() {
+    use engine::{style::Style, vgg::Vgg, Engine, RenderParams};
+    use proto::schedule::{Schedule, ZOOM};
+    let device = tch::Device::Cpu;
+    let params = RenderParams {
+        width: 32,
+        height: 32,
+        frames: 5,
+        warmup: 1,
+        iters: 1.into(),
+        zoom: Schedule::parse(&ZOOM, "0:(2), 3:(40)").unwrap(),
+        ..RenderParams::default()
+    };
+    assert!(params.validate().is_err(), "the submitter's walk refuses it");
+    let style = Style::open(&example("wheatfield.jpg")).unwrap();
+    let engine = Engine::new(params.clone(), style, Vgg::random(params.network, device), device).unwrap();
+    let mut state = engine.initial_state(&mut |_| {}).unwrap();
+    let mut frames = 0;
+    let err = engine
+        .render(
+            &mut state,
+            5,
+            &mut |_| {
+                frames += 1;
+                Ok(())
+            },
+            &mut |_| {},
+        )
+        .unwrap_err()
+        .to_string();
+    assert_eq!(frames, 3, "frames 0 to 2 rendered");
+    assert!(err.contains("--zoom: at frame 3 (0.1 s) the magnification per second is 40"), "{err}");
+}

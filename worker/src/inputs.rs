@@ -94,8 +94,7 @@ impl Node {
         let (device, weights, job) = (self.config.device, self.config.weights.clone(), a.job_id.clone());
         self.torch
             .run(move || -> Result<Engine, EngineError> {
-                // On the torch thread: walking a long job's schedules takes up to seconds.
-                let params = proto::wire::params_from_wire(&wire)?;
+                let params = proto::wire::params_walked_at_submit(&wire)?;
                 let style = Style::from_bytes(&style, &PathBuf::from(format!("<style of {job}>")))?;
                 let net = engine::weights::resolve(params.network, weights.as_deref(), device)?;
                 Engine::new(params, style, net, device)

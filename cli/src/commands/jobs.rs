@@ -158,7 +158,8 @@ pub fn status(args: Status) -> Result<()> {
                 println!("{}", line(&job));
                 // A directed movie: where its camera is now, in words.
                 let params = job.spec.as_ref().and_then(|s| s.params.as_ref());
-                if let Some(p) = params.and_then(|p| proto::wire::params_from_store(p).ok()).filter(|p| p.is_directed())
+                if let Some(p) =
+                    params.and_then(|p| proto::wire::params_walked_at_submit(p).ok()).filter(|p| p.is_directed())
                 {
                     println!("  motion {}", p.motion_words(job.frames_done)?);
                 }

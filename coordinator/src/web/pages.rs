@@ -209,7 +209,7 @@ pub(crate) async fn job_page(State(web): State<Web>, headers: HeaderMap, Path(id
          <tbody{}>{segments}</tbody></table></div></section>",
         html::live("job-segments", &segments)
     );
-    if let Ok(params) = proto::wire::params_from_store(&p) {
+    if let Ok(params) = proto::wire::params_walked_at_submit(&p) {
         body.push_str(&super::motion::section(&params, job.frames_done));
     }
     body.push_str("<section aria-labelledby=\"h-params\"><h2 id=\"h-params\">Parameters</h2><dl class=\"params\">");
