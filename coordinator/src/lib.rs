@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod preview;
 pub mod reserve;
 mod service;
+mod spec;
 pub mod stitch;
 pub mod store;
 pub mod streams;
@@ -29,11 +30,11 @@ mod watchers;
 mod web;
 
 pub use error::{Error, Result};
+pub use spec::{check_spec, stored_params};
 
 use crate::db::{AttemptId, JobId};
 use data_lock::DataLock;
 use lease::Policy;
-use proto::v1;
 use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -437,25 +438,6 @@ impl InProcess {
         let _ = self.stop.send(true);
         self.server.await.unwrap_or_else(|e| Err(Error::Startup(format!("coordinator task: {e}"))))
     }
-}
-
-/// The job spec a caller submits, checked the way the coordinator will check it: every frame
-/// of its schedules included, which can take seconds (run it off the async runtime).
-pub fn check_spec(spec: &v1::JobSpec) -> Result<proto::params::RenderParams> {
-    let params = stored_params(spec)?;
-    params.check_schedules()?;
-    Ok(params)
-}
-
-/// The parameters of a job this coordinator accepted (`check_spec` at submit), read back from
-/// its database: every limit checked again but the frame-by-frame walk of its schedules.
-pub fn stored_params(spec: &v1::JobSpec) -> Result<proto::params::RenderParams> {
-    proto::limits::check_len("name", &spec.name, proto::limits::MAX_NAME_LEN)?;
-    let wire = spec.params.as_ref().ok_or_else(|| Error::invalid("params", "missing"))?;
-    let params = proto::wire::params_walked_at_submit(wire)?;
-    let kind = proto::wire::output_from_wire(spec.output)?;
-    kind.check(params.width, params.height, params.fps)?;
-    Ok(params)
 }
 
 #[cfg(test)]

@@ -3,26 +3,10 @@
 
 use engine::params::Camera;
 use engine::quality::gradient_profiles;
-use engine::style::Style;
-use engine::vgg::Vgg;
 use engine::zoom::jitter;
-use engine::{Engine, Frame, RenderParams};
+use engine::RenderParams;
 use proto::schedule::{Schedule, CENTRE, ZOOM};
 use tch::{Device, Kind, Tensor};
-
-fn render(params: &RenderParams, style: &str) -> Vec<Frame> {
-    let device = Device::Cpu;
-    let style = Style::open(&crate::helpers::example(style)).unwrap();
-    let engine = Engine::new(params.clone(), style, Vgg::random(params.network, device), device).unwrap();
-    let mut state = engine.initial_state(&mut |_| {}).unwrap();
-    let mut frames = Vec::new();
-    let mut keep = |f| {
-        frames.push(f);
-        Ok(())
-    };
-    engine.render(&mut state, params.frames, &mut keep, &mut |_| {}).unwrap();
-    frames
-}
 
 /// `prev` as the camera would show it after a zoom by `factor` about `centre` (fractions),
 /// from a stored image at offset `from` to one at `to`: bilinear sampling by libtorch's
@@ -74,7 +58,7 @@ fn the_zoom_measured_in_the_frames_follows_its_schedule() {
         centre: Schedule::parse(&CENTRE, "0:(0.4, 0.5), 3s:(0.6, 0.45)").unwrap(),
         ..RenderParams::default()
     };
-    let frames = render(&params, "wheatfield.jpg");
+    let frames = crate::helpers::render_movie(&params, "wheatfield.jpg");
     let motion = params.motion().unwrap();
     let fps = params.fps.as_f64();
     let mut errors = Vec::new();
@@ -116,7 +100,7 @@ fn zooming_out_grows_texture_with_no_seam_and_no_copies() {
         zoom: 0.6.into(),
         ..RenderParams::default()
     };
-    let frames = render(&params, "immunohistochemistry.png");
+    let frames = crate::helpers::render_movie(&params, "immunohistochemistry.png");
     let (rows, cols) = gradient_profiles(&frames[10..]);
     let (mut inside, mut border) = ((0.0f64, String::new()), (1.0f64, String::new()));
     for (what, profile) in [("row", &rows), ("column", &cols)] {

@@ -135,3 +135,20 @@ pub fn in_parallel<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -
     });
     results.into_inner().unwrap().into_iter().map(|r| r.expect("every item ran")).collect()
 }
+
+/// Every frame of a movie rendered in this process on the CPU, with the built-in network, from
+/// the example style `style`.
+pub fn render_movie(params: &engine::RenderParams, style: &str) -> Vec<engine::Frame> {
+    let device = tch::Device::Cpu;
+    let style = engine::style::Style::open(&example(style)).unwrap();
+    let net = engine::vgg::Vgg::random(params.network, device);
+    let engine = engine::Engine::new(params.clone(), style, net, device).unwrap();
+    let mut state = engine.initial_state(&mut |_| {}).unwrap();
+    let mut frames = Vec::new();
+    let mut keep = |f| {
+        frames.push(f);
+        Ok(())
+    };
+    engine.render(&mut state, params.frames, &mut keep, &mut |_| {}).unwrap();
+    frames
+}

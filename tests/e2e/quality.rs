@@ -55,19 +55,7 @@ fn clean_zoom_problems(network: Network, loss: LossKind, style_name: &str) -> Ve
         ..RenderParams::default()
     };
     let reference = style.tensor(style.scaled_size(80, params.style_scale).unwrap(), device);
-    let render = |seed: u64| {
-        let params = RenderParams { seed, ..params.clone() };
-        let style = Style::open(&crate::helpers::example(style_name)).unwrap();
-        let engine = Engine::new(params.clone(), style, Vgg::random(params.network, device), device).unwrap();
-        let mut state = engine.initial_state(&mut |_| {}).unwrap();
-        let mut frames = Vec::new();
-        let mut keep = |f| {
-            frames.push(f);
-            Ok(())
-        };
-        engine.render(&mut state, params.frames, &mut keep, &mut |_| {}).unwrap();
-        frames
-    };
+    let render = |seed: u64| crate::helpers::render_movie(&RenderParams { seed, ..params.clone() }, style_name);
     let movies: Vec<Vec<engine::Frame>> = (0..3).map(render).collect();
     let frames = &movies[0];
     let mut out = Vec::new();

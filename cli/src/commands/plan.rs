@@ -137,8 +137,8 @@ fn time_an_iteration(args: &Args, params: &RenderParams, device: tch::Device) ->
         Some(path) => Style::open(path)?,
         None => Style::embedded(),
     };
-    let weights = args.weights.clone().or_else(|| engine::weights::cached(params.network));
-    let net = engine::weights::resolve(params.network, weights.as_deref(), device)?;
+    // Explicit weights, else the cached ones, else the built-in network; never a fetch.
+    let net = engine::weights::resolve(params.network, args.weights.as_deref(), device)?;
     // The movie's settings but for its motion: three frames cannot hold its schedules.
     let defaults = RenderParams::default();
     let probe = RenderParams {

@@ -54,10 +54,10 @@ impl RenderParams {
         };
         // Motion that renders before schedules could not have: only when set.
         let mut canon = canon;
-        if self.centre.as_constant() != Some([0.5, 0.5]) {
+        if self.centre_is_set() {
             canon = format!("{canon}|centre={}", self.centre.text());
         }
-        if self.angle.as_constant() != Some([0.0, 0.0]) {
+        if self.angle_is_set() {
             canon = format!("{canon}|angle={}", self.angle.text());
         }
         if let Some(bpm) = self.bpm.filter(|_| self.schedules().iter().any(|s| s.uses_beats())) {

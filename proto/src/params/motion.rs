@@ -35,9 +35,20 @@ impl RenderParams {
     /// Whether anything moves but a constant zoom about the middle: what `status` and the
     /// dashboard show a schedule for.
     pub fn is_directed(&self) -> bool {
-        [&self.zoom, &self.iters, &self.angle].iter().any(|s| s.as_constant().is_none())
-            || self.centre.as_constant() != Some([0.5, 0.5])
-            || self.angle.as_constant() != Some([0.0, 0.0])
+        self.zoom.as_constant().is_none()
+            || self.iters.as_constant().is_none()
+            || self.centre_is_set()
+            || self.angle_is_set()
+    }
+
+    /// Whether the centre is anything but the middle (what renders before schedules had).
+    pub fn centre_is_set(&self) -> bool {
+        self.centre.as_constant() != Some([0.5, 0.5])
+    }
+
+    /// Whether the camera turns at all (renders before schedules never did).
+    pub fn angle_is_set(&self) -> bool {
+        self.angle.as_constant() != Some([0.0, 0.0])
     }
 
     /// The camera at `frame`, in words: `at 4.0 s (frame 120): zoom 2.31x a second about
