@@ -103,25 +103,40 @@ fn source_chain(e: &dyn std::error::Error) -> String {
     out.join(": ")
 }
 
-/// Submits a job; the style image travels in 1 MiB pieces with its checksum.
+/// Submits a job of one style; the image travels in 1 MiB pieces with its checksum.
 pub async fn submit(
     client: &mut Client,
     spec: v1::JobSpec,
     style: &[u8],
     style_name: &str,
 ) -> Result<v1::Job, ClientError> {
+    submit_styles(client, spec, &[(style, style_name)]).await
+}
+
+/// Submits a job with its style images (bytes, file name) in the order of its style names,
+/// one after the other, each in 1 MiB pieces with its checksum.
+pub async fn submit_styles(
+    client: &mut Client,
+    spec: v1::JobSpec,
+    styles: &[(&[u8], &str)],
+) -> Result<v1::Job, ClientError> {
     use submit_job_request::Part;
-    let mut messages = vec![v1::SubmitJobRequest {
-        part: Some(Part::Header(v1::SubmitHeader { spec: Some(spec), style_name: style_name.into() })),
-    }];
-    let sha = proto::params::hex(&Sha256::digest(style));
-    for (i, piece) in style.chunks(proto::BLOB_PIECE).enumerate() {
-        let blob = if i == 0 {
-            v1::Blob { total_size: style.len() as u64, sha256: sha.clone(), data: piece.to_vec() }
-        } else {
-            v1::Blob { data: piece.to_vec(), ..Default::default() }
-        };
-        messages.push(v1::SubmitJobRequest { part: Some(Part::Style(blob)) });
+    let header = v1::SubmitHeader {
+        spec: Some(spec),
+        style_name: styles.first().map_or_else(String::new, |s| s.1.into()),
+        style_names: if styles.len() > 1 { styles.iter().map(|s| s.1.to_string()).collect() } else { Vec::new() },
+    };
+    let mut messages = vec![v1::SubmitJobRequest { part: Some(Part::Header(header)) }];
+    for (style, _) in styles {
+        let sha = proto::params::hex(&Sha256::digest(style));
+        for (i, piece) in style.chunks(proto::BLOB_PIECE).enumerate() {
+            let blob = if i == 0 {
+                v1::Blob { total_size: style.len() as u64, sha256: sha.clone(), data: piece.to_vec() }
+            } else {
+                v1::Blob { data: piece.to_vec(), ..Default::default() }
+            };
+            messages.push(v1::SubmitJobRequest { part: Some(Part::Style(blob)) });
+        }
     }
     Ok(client.submit_job(tokio_stream::iter(messages)).await?.into_inner())
 }

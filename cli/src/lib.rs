@@ -14,3 +14,4 @@ pub mod commands;
 pub mod local;
 pub mod movie;
 pub mod progress;
+pub mod styles;

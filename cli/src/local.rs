@@ -7,7 +7,7 @@ use crate::client::{self, ClientError};
 use engine::encode::{FramesDir, OutputKind, PartialFile};
 use engine::{DeviceThread, Engine, ParamError};
 use proto::v1;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use worker::{Node, NodeConfig, NodeError};
@@ -83,13 +83,12 @@ impl Drop for ScratchDir {
 }
 
 /// Renders `engine`'s movie into `outputs`. `engine` must have been built on `torch`, which
-/// then runs all of the render. `style` is the encoded style image the engine was built from.
+/// then runs all of the render. `styles` are the encoded style images the engine was built from.
 /// `cancel` turning true cancels the job; the output is then never written.
 pub async fn render(
     torch: DeviceThread,
     engine: Engine,
-    style: Vec<u8>,
-    style_name: &str,
+    styles: Vec<crate::styles::Upload>,
     outputs: &Outputs,
     mut cancel: watch::Receiver<bool>,
     mut on_update: impl FnMut(&v1::Job),
@@ -120,9 +119,10 @@ pub async fn render(
             output: proto::wire::output_to_wire(kind) as i32,
             segment_frames: outputs.segment_frames.unwrap_or(0),
             priority: 0,
-            name: style_name.into(),
+            name: styles.iter().map(|s| s.file_name.as_str()).collect::<Vec<_>>().join(" + "),
         };
-        let job = client::submit(&mut jobs, spec, &style, style_name).await?;
+        let files: Vec<(&[u8], &str)> = styles.iter().map(|s| (s.bytes.as_slice(), s.file_name.as_str())).collect();
+        let job = client::submit_styles(&mut jobs, spec, &files).await?;
         let node_config = NodeConfig {
             coordinator: "in-process".into(),
             name: "local".into(),
@@ -174,12 +174,4 @@ pub async fn render(
     stopped?;
     file.commit().map_err(|e| RenderError::Output { path: outputs.output.clone(), reason: e.to_string() })?;
     Ok(Summary { frames: params.frames, wall: started.elapsed(), output_bytes })
-}
-
-/// The encoded bytes of a style image file, or of the built-in one.
-pub fn style_bytes(path: Option<&Path>) -> std::io::Result<Vec<u8>> {
-    match path {
-        Some(p) => std::fs::read(p),
-        None => Ok(engine::style::EMBEDDED.to_vec()),
-    }
 }

@@ -2,8 +2,10 @@
 //! in one TOML file to edit, review and version. `gramzoom render movie.toml`, `submit
 //! movie.toml` and `plan movie.toml` read its keys as the flags they name, written before the
 //! command line's: every flag has its key (`fps = 24`, `zoom = "0:(1.5), 4s:(3)"`,
-//! `frames_dir = "frames"`, `style = "wheat.jpg"` for the style image), a flag given on the
-//! command line wins, and paths are relative to the file. A key no movie command knows is an
+//! `frames_dir = "frames"`, `style = "wheat.jpg"` for the style image, `styles` for the named
+//! styles of a blend, as a table `{ a = "first.jpg", b = "second.jpg" }` or a list of
+//! `NAME=PATH`), a flag given on the command line wins (a list flag typed there replaces the
+//! file's list), and paths are relative to the file. A key no movie command knows is an
 //! error; one that only another of them takes (`priority` for `render`) is passed over, so one
 //! file serves all three.
 
@@ -93,8 +95,14 @@ fn flags(path: &Path, cli: &Command, sub: &str, rest: &[OsString]) -> Result<Vec
         if this.get_arguments().any(|t| t.get_long().is_some_and(typed) && (conflicts(arg, t) || conflicts(t, arg))) {
             continue;
         }
+        // A list typed on the command line replaces the file's (`--style` given twice there
+        // names the movie's styles, not two more).
+        if matches!(arg.get_action(), clap::ArgAction::Append) && arg.get_long().is_some_and(typed) {
+            continue;
+        }
         let is_path = arg.get_value_parser().type_id() == clap::builder::ValueParser::path_buf().type_id();
-        let words = values(value.get_ref()).map_err(|what| error(format!("{name}: {what}")))?;
+        let words = if id == "styles" { named_styles(value.get_ref(), dir) } else { values(value.get_ref()) };
+        let words = words.map_err(|what| error(format!("{name}: {what}")))?;
         let takes_value = arg.get_action().takes_values();
         for word in words {
             let word = match word {
@@ -124,6 +132,33 @@ fn flags(path: &Path, cli: &Command, sub: &str, rest: &[OsString]) -> Result<Vec
 enum Word {
     Text(String),
     Flag(bool),
+}
+
+/// The named styles of a blend as `--style NAME=PATH` words, each path relative to the file:
+/// a table of names and paths, or a list of `NAME=PATH` (or bare paths, named by their stem).
+fn named_styles(value: &DeValue, dir: &Path) -> Result<Vec<Word>, String> {
+    let joined = |path: &str| dir.join(path).to_string_lossy().into_owned();
+    match value {
+        DeValue::Table(table) => table
+            .iter()
+            .map(|(name, path)| match path.get_ref() {
+                DeValue::String(p) => Ok(Word::Text(format!("{}={}", name.get_ref(), joined(p)))),
+                _ => Err(format!("style {:?}: its path is a string", name.get_ref().as_ref())),
+            })
+            .collect(),
+        other => values(other)?
+            .into_iter()
+            .map(|word| match word {
+                Word::Text(t) => Ok(Word::Text(match crate::styles::parse_named(&t) {
+                    Ok((name, path)) if t.starts_with(&format!("{name}=")) => {
+                        format!("{name}={}", joined(&path.to_string_lossy()))
+                    }
+                    _ => joined(&t),
+                })),
+                Word::Flag(_) => Err("a style is NAME=PATH, not true or false".into()),
+            })
+            .collect(),
+    }
 }
 
 /// A key's value as the words of its flag: a list gives the flag once per item.

@@ -53,23 +53,26 @@ pub fn job_seq(id: &str) -> Result<JobId> {
     JobId::parse(id).ok_or_else(|| Error::JobNotFound(crate::error::quoted_prefix(id)))
 }
 
-/// Inserts a job and its segments; the first segment is ready at once.
+/// Inserts a job and its segments; the first segment is ready at once. `styles`: the styles'
+/// SHA-256s in order, comma-separated (one for a movie of one style), as the fingerprint knows
+/// them.
 pub fn submit(
     conn: &mut Connection,
     spec: &v1::JobSpec,
     frames: u32,
     segment_frames: u32,
-    style_sha256: &str,
+    styles: &str,
     owner: &str,
     now: i64,
 ) -> Result<JobId> {
     use prost::Message;
     let tx = conn.transaction()?;
     let network = spec.params.as_ref().map(|p| p.network.as_str()).unwrap_or_default();
+    let (first, more) = styles.split_once(',').unwrap_or((styles, ""));
     tx.execute(
-        "INSERT INTO jobs (spec, priority, state, frames, style_sha256, created_ms, owner, network, segment_frames)
-         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![spec.encode_to_vec(), spec.priority, frames, style_sha256, now, owner, network, segment_frames],
+        "INSERT INTO jobs (spec, priority, state, frames, style_sha256, more_styles, created_ms, owner, network, segment_frames)
+         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![spec.encode_to_vec(), spec.priority, frames, first, more, now, owner, network, segment_frames],
     )?;
     let seq = JobId(tx.last_insert_rowid());
     cut_segments(&tx, seq, 0, 0, frames, segment_frames, now)?;
@@ -128,20 +131,26 @@ pub fn cancel(conn: &mut Connection, seq: JobId, now: i64) -> Result<()> {
     Ok(())
 }
 
-/// Forgets an ended job: its attempts, segments and record. Returns its style's hash and
-/// whether another job still uses that style (styles are stored once per content).
-pub fn delete(conn: &mut Connection, seq: JobId) -> Result<(String, bool)> {
+/// Forgets an ended job: its attempts, segments and record. Returns its styles' hashes, each
+/// with whether another job still uses that style (styles are stored once per content).
+pub fn delete(conn: &mut Connection, seq: JobId) -> Result<Vec<(String, bool)>> {
     let tx = conn.transaction()?;
     let state = job_state(&tx, seq)?;
     if !state.is_final() {
         return Err(Error::JobNotEnded { id: seq.to_string(), state: state.described() });
     }
-    let style: String = tx.query_row("SELECT style_sha256 FROM jobs WHERE seq = ?1", [seq], |r| r.get(0))?;
+    let styles = job_styles(&tx, seq)?;
     tx.execute("DELETE FROM attempts WHERE job = ?1", [seq])?;
     tx.execute("DELETE FROM segments WHERE job = ?1", [seq])?;
     tx.execute("DELETE FROM jobs WHERE seq = ?1", [seq])?;
-    let shared =
-        tx.query_row("SELECT 1 FROM jobs WHERE style_sha256 = ?1 LIMIT 1", [&style], |_| Ok(())).optional()?.is_some();
+    let unused = unused_styles(&tx, styles.clone())?;
+    let mut out: Vec<(String, bool)> = Vec::new();
+    for style in styles {
+        if !out.iter().any(|(s, _)| *s == style) {
+            let shared = !unused.contains(&style);
+            out.push((style, shared));
+        }
+    }
     tx.commit()?;
     // Return the freed pages to the filesystem: without it the file only ever grew (17 MB
     // after a 100,000-segment job was deleted).
@@ -149,7 +158,35 @@ pub fn delete(conn: &mut Connection, seq: JobId) -> Result<(String, bool)> {
     let mut vacuum = conn.prepare("PRAGMA incremental_vacuum")?;
     let mut rows = vacuum.query([])?;
     while rows.next()?.is_some() {}
-    Ok((style, shared))
+    Ok(out)
+}
+
+/// Those of `styles` that no job uses.
+pub fn unused_styles(conn: &Connection, styles: Vec<String>) -> Result<Vec<String>> {
+    let mut unused = Vec::new();
+    for style in styles {
+        let used = conn
+            .query_row(
+                "SELECT 1 FROM jobs WHERE style_sha256 = ?1 OR instr(more_styles, ?1) > 0 LIMIT 1",
+                [&style],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if !used && !unused.contains(&style) {
+            unused.push(style);
+        }
+    }
+    Ok(unused)
+}
+
+/// Every style of a job, in order (one for a movie of one style).
+pub fn job_styles(conn: &Connection, job: JobId) -> Result<Vec<String>> {
+    let (first, more): (String, String) =
+        conn.query_row("SELECT style_sha256, more_styles FROM jobs WHERE seq = ?1", [job], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    Ok(std::iter::once(first).chain(more.split(',').filter(|s| !s.is_empty()).map(String::from)).collect())
 }
 
 /// Resumes a failed job from its last done segment (see RetryJob). Returns whether every
@@ -346,10 +383,8 @@ pub fn fingerprint_inputs(
     worker: Option<WorkerId>,
     network: &str,
 ) -> Result<(String, Option<String>)> {
-    let (style, job_weights): (String, String) =
-        conn.query_row("SELECT style_sha256, weights_digest FROM jobs WHERE seq = ?1", [job], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
+    let job_weights: String = conn.query_row("SELECT weights_digest FROM jobs WHERE seq = ?1", [job], |r| r.get(0))?;
+    let style = job_styles(conn, job)?.join(",");
     let weights = match worker {
         Some(w) => conn
             .query_row(

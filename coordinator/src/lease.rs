@@ -19,6 +19,8 @@ pub struct Grant {
     pub start_attempt: AttemptId,
     pub start_state_sha256: String,
     pub style_sha256: String,
+    /// Every style of the job, in order (the first is `style_sha256`).
+    pub style_sha256s: Vec<String>,
     /// The worker already held this attempt but had not received it.
     pub redelivered: bool,
     /// Where the next segment ends (0: this is the last).

@@ -54,6 +54,8 @@ pub struct ColourSpace {
     /// Gain per principal direction, `STEP_GAIN` for the strongest.
     gains: [f64; 3],
     pub mean: [f64; 3],
+    /// The style's colour covariance, from which the rest follows (and blends are mixed).
+    cov: [[f64; 3]; 3],
 }
 
 impl ColourSpace {
@@ -77,10 +79,39 @@ impl ColourSpace {
             }
         }
         cov.iter_mut().flatten().for_each(|x| *x /= n);
+        Self::of_moments(mean, cov)
+    }
+
+    fn of_moments(mean: [f64; 3], cov: [[f64; 3]; 3]) -> Self {
         let (values, vectors) = eigen_symmetric(cov);
         let top = values[0].max(1e-12);
         let gains = values.map(|l| ((l.max(0.0) / top).sqrt() * STEP_GAIN).max(MIN_GAIN));
-        Self { basis: vectors, gains, mean }
+        Self { basis: vectors, gains, mean, cov }
+    }
+
+    /// The colour space of a blend of styles, weights summing to 1: that of the mixture of
+    /// their pixels (mean and covariance of the mixture), so a frame half-way through a
+    /// cross-fade from a grey style to a colourful one steps in half the colour. A style
+    /// weighing 1 is its own space exactly.
+    pub fn mixture(parts: &[(&ColourSpace, f64)]) -> Self {
+        let parts: Vec<&(&ColourSpace, f64)> = parts.iter().filter(|(_, w)| *w > 0.0).collect();
+        if parts.len() == 1 {
+            return parts[0].0.clone();
+        }
+        let mut mean = [0.0; 3];
+        for (space, w) in &parts {
+            (0..3).for_each(|c| mean[c] += w * space.mean[c]);
+        }
+        let mut cov = [[0.0; 3]; 3];
+        for (space, w) in &parts {
+            for i in 0..3 {
+                for j in 0..3 {
+                    let (di, dj) = (space.mean[i] - mean[i], space.mean[j] - mean[j]);
+                    cov[i][j] += w * (space.cov[i][j] + di * dj);
+                }
+            }
+        }
+        Self::of_moments(mean, cov)
     }
 
     /// C as a 3x3 tensor: sum over directions of gain * u u^T (symmetric).
@@ -144,6 +175,57 @@ impl Preconditioner {
         // The opponent basis is orthonormal: its transpose maps the coordinates back.
         apply(&self.opponent.tr(), &Tensor::cat(&[grey, chroma], 1))
     }
+}
+
+/// Variance added to both colour distributions of a transport map, so that a direction a style
+/// hardly varies in (chroma, for a grey style) is not stretched without bound.
+const TRANSPORT_FLOOR: f64 = 1e-4;
+
+/// The optimal transport map between the Gaussians of two colour spaces' pixels,
+/// x -> A (x - mean_from) + mean_to with A = F^-1/2 (F^1/2 T F^1/2)^1/2 F^-1/2 (symmetric): what
+/// moves a frame's colours along with a blend of styles on the move. In f64 by a fixed sequence
+/// of operations, so every worker computes the same map.
+pub fn transport(from: &ColourSpace, to: &ColourSpace, image: &Tensor) -> Tensor {
+    let floor = |c: [[f64; 3]; 3]| {
+        let mut c = c;
+        (0..3).for_each(|i| c[i][i] += TRANSPORT_FLOOR);
+        c
+    };
+    let (f, t) = (floor(from.cov), floor(to.cov));
+    let f_half = power(f, 0.5);
+    let f_inv_half = power(f, -0.5);
+    let middle = power(mul(mul(f_half, t), f_half), 0.5);
+    let a = mul(mul(f_inv_half, middle), f_inv_half);
+    let m: Vec<f64> = a.iter().flatten().copied().collect();
+    let kind = image.kind();
+    let m = Tensor::from_slice(&m).reshape([3, 3]).to_kind(kind).to_device(image.device());
+    let mean = |v: [f64; 3]| Tensor::from_slice(&v).reshape([1, 3, 1, 1]).to_kind(kind).to_device(image.device());
+    (apply(&m, &(image - mean(from.mean))) + mean(to.mean)).clamp(0.0, 1.0)
+}
+
+/// A symmetric positive 3x3 matrix to the power `p`, through its eigenvectors.
+fn power(a: [[f64; 3]; 3], p: f64) -> [[f64; 3]; 3] {
+    let (values, vectors) = eigen_symmetric(a);
+    let mut out = [[0.0; 3]; 3];
+    for (u, l) in vectors.iter().zip(values) {
+        let g = l.max(1e-12).powf(p);
+        for i in 0..3 {
+            for j in 0..3 {
+                out[i][j] += g * u[i] * u[j];
+            }
+        }
+    }
+    out
+}
+
+fn mul(a: [[f64; 3]; 3], b: [[f64; 3]; 3]) -> [[f64; 3]; 3] {
+    let mut out = [[0.0; 3]; 3];
+    for i in 0..3 {
+        for j in 0..3 {
+            out[i][j] = (0..3).map(|k| a[i][k] * b[k][j]).sum();
+        }
+    }
+    out
 }
 
 /// `m` (3x3) applied to every pixel of an Nx3xHxW tensor.
@@ -244,6 +326,45 @@ mod tests {
         assert!((raised - (1.0 + SHARPEN) * STEP_GAIN).abs() < 1e-9, "{raised}");
         let start = space.noise(&Tensor::rand([1, 3, 32, 32], (Kind::Double, Device::Cpu)));
         assert!(chroma(&start) < MIN_GAIN * MIN_GAIN * 0.1, "{}", chroma(&start));
+    }
+
+    /// The mixture of two styles' colour spaces is that of their pixels put together.
+    #[test]
+    fn a_blend_steps_in_the_colours_of_both_styles() {
+        let a = Tensor::rand([1, 3, 8, 8], (Kind::Double, Device::Cpu));
+        let b = Tensor::rand([1, 3, 8, 8], (Kind::Double, Device::Cpu)) * 0.3 + 0.5;
+        let (sa, sb) = (ColourSpace::of_style(&a), ColourSpace::of_style(&b));
+        let both = ColourSpace::of_style(&Tensor::cat(&[&a, &b], 3));
+        let mixed = ColourSpace::mixture(&[(&sa, 0.5), (&sb, 0.5)]);
+        for i in 0..3 {
+            assert!((mixed.mean[i] - both.mean[i]).abs() < 1e-12);
+            for j in 0..3 {
+                assert!((mixed.cov[i][j] - both.cov[i][j]).abs() < 1e-12, "({i},{j})");
+            }
+        }
+        let alone = ColourSpace::mixture(&[(&sa, 0.0), (&sb, 1.0)]);
+        assert_eq!((alone.basis, alone.gains, alone.mean), (sb.basis, sb.gains, sb.mean));
+    }
+
+    /// The transport map takes pixels distributed as one style's to the other's mean and
+    /// covariance (up to the floor it adds, and the clamp to [0, 1]), and a style to itself.
+    #[test]
+    fn transport_moves_one_styles_colours_to_anothers() {
+        let a = Tensor::rand([1, 3, 40, 40], (Kind::Double, Device::Cpu)) * 0.3 + 0.3;
+        let grey = Tensor::rand([1, 1, 40, 40], (Kind::Double, Device::Cpu)).expand([1, 3, 40, 40], false) * 0.4 + 0.1;
+        let b = (&grey + Tensor::from_slice(&[0.3, 0.2, 0.0]).reshape([1, 3, 1, 1])).clamp(0.0, 1.0);
+        let (sa, sb) = (ColourSpace::of_style(&a), ColourSpace::of_style(&b));
+        let moved = ColourSpace::of_style(&transport(&sa, &sb, &a));
+        for i in 0..3 {
+            assert!((moved.mean[i] - sb.mean[i]).abs() < 1e-3, "mean {i}: {} vs {}", moved.mean[i], sb.mean[i]);
+            for j in 0..3 {
+                let (got, want) = (moved.cov[i][j], sb.cov[i][j]);
+                // Uniform pixels mapped past 0 or 1 are clamped: a few percent of the spread.
+                assert!((got - want).abs() < 0.05 * sb.cov[i][i].max(sb.cov[j][j]), "cov ({i},{j}): {got} vs {want}");
+            }
+        }
+        let same = transport(&sa, &sa, &a);
+        assert!((same - &a).abs().max().double_value(&[]) < 1e-9, "a style to itself changes nothing");
     }
 
     /// pull is push's adjoint (<push(a), b> = <a, pull(b)>), so Adam on pulled gradients descends.

@@ -4,17 +4,19 @@
 //! to full size, then for every frame zoom in a little and optimise again. See ARCHITECTURE.md.
 //!
 //! This crate is everything a render needs below the network: the VGG network and its weights
-//! (`vgg`, `weights`, `pth`), the style loss (`loss`, by `gram` or `swd`; `style`), the optimisers (`optim`), the
+//! (`vgg`, `weights`, `pth`), the style loss (`loss`, by `gram` or `swd`; `style`, blended over
+//! time by `blend`), the optimisers (`optim`), the
 //! zoom (`zoom`, `rng`), the [`Engine`] that renders a frame range from a [`State`] (`segment`),
 //! the hand-off state file (`handoff`), the thread libtorch runs on (`device`), quality metrics
 //! (`quality`) and the encoders of frames into chunks and outputs (`encode`). It knows nothing
 //! of coordinators or workers: the `worker` crate drives it over the network, the `cli` crate
 //! locally.
 //!
-//! The API of a render: [`Engine::new`] from params + style + weights + device,
+//! The API of a render: [`Engine::new`] from params + style(s) + weights + device,
 //! [`Engine::initial_state`], [`Engine::render`] up to a frame, [`State::to_bytes`] /
 //! [`State::from_bytes`] to hand the state on.
 
+mod blend;
 pub mod colour;
 pub mod device;
 pub mod encode;

@@ -9,11 +9,18 @@ use crate::swd;
 use crate::vgg::Vgg;
 use tch::{Kind, Tensor};
 
-/// One layer of the loss: its weight, and what the image's features there are compared with
-/// (the style's Gram matrix, or a sample of its feature vectors, (C, M)).
+/// One layer of the loss: its weight, and what the image's features there are compared with:
+/// the style's Gram matrix (a blend of styles' mixed linearly, as neural-style mixes them), or
+/// samples of its feature vectors, (C, M), with their weight in a blend (whose sorted
+/// projections are mixed quantile by quantile: the 1-D Wasserstein barycentre, so a half-way
+/// frame is drawn towards features half-way between the styles', not towards a mixture of both).
 struct Layer {
     weight: f64,
     target: Tensor,
+    /// More styles' samples with their weights, for a blended sliced distance; `target` is the
+    /// first's, weighted `first_weight`.
+    more: Vec<(Tensor, f64)>,
+    first_weight: f64,
 }
 
 /// The sliced distance's random directions for one draw, a (C, K) matrix per layer of the loss.
@@ -43,11 +50,47 @@ impl StyleTarget {
                         LossKind::Gram => gram(f),
                         LossKind::Swd => swd::samples(f, &mut Stream::new(seed, index as u64, Purpose::Samples)),
                     };
-                    Layer { weight, target }
+                    Layer { weight, target, more: Vec::new(), first_weight: 1.0 }
                 })
                 .collect()
         });
         Self { kind, layers, indexes }
+    }
+
+    /// The targets of several styles (built alike, from the same layers and loss) mixed by
+    /// `weights` (summing to 1). A style weighing 1 is that style's target exactly, so a blend
+    /// that holds one style renders the frames that style alone would.
+    pub fn mix(parts: &[(&StyleTarget, f64)]) -> StyleTarget {
+        let parts: Vec<&(&StyleTarget, f64)> = parts.iter().filter(|(_, w)| *w > 0.0).collect();
+        let (first, w0) = *parts[0];
+        let layers = (0..first.layers.len())
+            .map(|l| {
+                let base = &first.layers[l];
+                if parts.len() == 1 {
+                    return Layer {
+                        weight: base.weight,
+                        target: base.target.shallow_clone(),
+                        more: Vec::new(),
+                        first_weight: 1.0,
+                    };
+                }
+                match first.kind {
+                    LossKind::Gram => {
+                        let target = tch::no_grad(|| {
+                            parts.iter().skip(1).fold(&base.target * w0, |sum, (t, w)| sum + &t.layers[l].target * *w)
+                        });
+                        Layer { weight: base.weight, target, more: Vec::new(), first_weight: 1.0 }
+                    }
+                    LossKind::Swd => Layer {
+                        weight: base.weight,
+                        target: base.target.shallow_clone(),
+                        more: parts.iter().skip(1).map(|(t, w)| (t.layers[l].target.shallow_clone(), *w)).collect(),
+                        first_weight: w0,
+                    },
+                }
+            })
+            .collect();
+        StyleTarget { kind: first.kind, layers, indexes: first.indexes.clone() }
     }
 
     /// The directions of the next draw from `draws`, or `None` for a Gram loss (which draws
@@ -82,7 +125,14 @@ impl StyleTarget {
             (LossKind::Swd, Some(Directions(dirs))) => {
                 assert_eq!(dirs.len(), self.layers.len(), "one direction matrix per layer");
                 for ((f, layer), d) in feats.iter().zip(&self.layers).zip(dirs) {
-                    total += swd::distance(f, &layer.target, d) * layer.weight;
+                    let distance = if layer.more.is_empty() {
+                        swd::distance(f, &layer.target, d)
+                    } else {
+                        let mut samples = vec![(&layer.target, layer.first_weight)];
+                        samples.extend(layer.more.iter().map(|(t, w)| (t, *w)));
+                        swd::distance_to_blend(f, &samples, d)
+                    };
+                    total += distance * layer.weight;
                 }
             }
             (LossKind::Swd, None) => panic!("a sliced distance needs its directions"),
@@ -124,6 +174,34 @@ mod tests {
             let an = grad.double_value(&[0, c, i, j]);
             let scale = an.abs().max(fd.abs()).max(1e-6);
             assert!((fd - an).abs() / scale < 1e-4, "({c},{i},{j}): finite difference {fd} vs analytic {an}");
+        }
+    }
+
+    /// A style weighing 1 in a blend is its own target bit for bit; a blend of a style with
+    /// itself is that style (both losses); a half-way Gram target is the mean of the two.
+    #[test]
+    fn blended_targets_mix_their_styles() {
+        let net = Vgg::random(crate::vgg::Network::Vgg16, Device::Cpu).to_kind(Kind::Double);
+        let a = Tensor::rand([1, 3, 24, 24], (Kind::Double, Device::Cpu));
+        let b = Tensor::rand([1, 3, 32, 32], (Kind::Double, Device::Cpu)) * 0.5;
+        let x = Tensor::rand([1, 3, 16, 16], (Kind::Double, Device::Cpu));
+        let layers = [(0, 1.0), (2, 0.5), (4, 2.0)];
+        for kind in [LossKind::Gram, LossKind::Swd] {
+            let (ta, tb) = (StyleTarget::new(&net, &a, &layers, kind, 0), StyleTarget::new(&net, &b, &layers, kind, 0));
+            let dirs = ta.directions(&mut draws());
+            let loss = |t: &StyleTarget| t.loss(&net, &x, dirs.as_ref()).double_value(&[]);
+            assert_eq!(loss(&StyleTarget::mix(&[(&ta, 0.0), (&tb, 1.0)])).to_bits(), loss(&tb).to_bits(), "{kind:?}");
+            let itself = loss(&StyleTarget::mix(&[(&ta, 0.3), (&ta, 0.7)]));
+            assert!((itself - loss(&ta)).abs() < 1e-9 * loss(&ta), "{kind:?}: {itself} vs {}", loss(&ta));
+            let half = StyleTarget::mix(&[(&ta, 0.5), (&tb, 0.5)]);
+            let (la, lb, lh) = (loss(&ta), loss(&tb), loss(&half));
+            assert!(lh < la.max(lb), "{kind:?}: half-way {lh}, a {la}, b {lb}");
+            if kind == LossKind::Gram {
+                for (l, (ga, gb)) in half.layers.iter().zip(ta.layers.iter().zip(&tb.layers)) {
+                    let mean = (&ga.target + &gb.target) / 2.0;
+                    assert!((&l.target - mean).abs().max().double_value(&[]) < 1e-12);
+                }
+            }
         }
     }
 

@@ -7,15 +7,16 @@
 //! out first. Every random draw depends only on (seed, frame), so rendering [0, n) at once and
 //! rendering [0, k) then [k, n) from a serialised state give bit-identical frames on the CPU.
 
-use crate::colour::{ColourSpace, Preconditioner};
+use crate::blend::{Look, Palette};
+use crate::colour::ColourSpace;
 use crate::error::{EngineError, Result, Stage};
 use crate::handoff::State;
-use crate::loss::{Directions, StyleTarget};
+use crate::loss::Directions;
 use crate::optim::OptimState;
 use crate::params::RenderParams;
 use crate::rng::{Purpose, Stream};
 use crate::share::CpuShare;
-use crate::style::{rgb_to_tensor, Style};
+use crate::style::{rgb_to_tensor, Style, Styles};
 use crate::vgg::Vgg;
 use crate::zoom::{jitter, Zoom};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,10 +90,10 @@ pub struct Engine {
     params: RenderParams,
     device: Device,
     net: Vgg,
-    style: Style,
-    target: StyleTarget,
-    /// The style's colour space, for a design whose steps are taken in it (`colour`).
-    colour: Option<(ColourSpace, Preconditioner)>,
+    /// The style images, in the order the parameters name them.
+    styles: Vec<Style>,
+    /// Each style's target and colour space at the output's size, mixed per frame.
+    palette: Palette,
     fingerprint: String,
     cancel: Arc<AtomicBool>,
     finish: Arc<AtomicBool>,
@@ -101,33 +102,27 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(params: RenderParams, style: Style, net: Vgg, device: Device) -> Result<Self> {
+    /// `styles`: one style, or every style the parameters name, in their order.
+    pub fn new(params: RenderParams, styles: impl Into<Styles>, net: Vgg, device: Device) -> Result<Self> {
+        let styles = styles.into();
         // Every limit but the frame-by-frame walk of the schedules, which takes seconds on a
         // long job and is the submitter's (CLI, coordinator): each frame rendered evaluates its
         // own, range included, and a bad one fails naming the frame.
         params.validate_settings()?;
-        let fingerprint = params.fingerprint(&style.digest, &net.origin.digest());
+        let fingerprint = params.fingerprint(&styles.digest(), &net.origin.digest());
         let net = match params.precision {
             crate::params::Precision::Fp32 | crate::params::Precision::Tf32 => net,
             crate::params::Precision::Bf16 => net.to_kind(tch::Kind::BFloat16).channels_last(),
         };
-        let target = style_target(&params, &style, &net, device, 1.0)?;
-        let colour = match net.origin {
-            crate::vgg::WeightsOrigin::Random(design) if design.steps_in_colour_space() => {
-                let size = style.scaled_size(params.width.min(params.height), params.style_scale)?;
-                let space = ColourSpace::of_style(&style.tensor(size, Device::Cpu));
-                let precond = space.preconditioner(Kind::Float, device);
-                Some((space, precond))
-            }
-            _ => None,
-        };
+        let in_colour =
+            matches!(net.origin, crate::vgg::WeightsOrigin::Random(design) if design.steps_in_colour_space());
+        let palette = Palette::new(&params, &styles.0, &net, device, in_colour)?;
         Ok(Self {
-            target,
-            colour,
+            palette,
             params,
             device,
             net,
-            style,
+            styles: styles.0,
             fingerprint,
             cancel: Arc::new(AtomicBool::new(false)),
             finish: Arc::new(AtomicBool::new(false)),
@@ -158,9 +153,13 @@ impl Engine {
         self.finish.clone()
     }
 
-    /// The style's side of the loss for an output scaled by `factor` (warm-up stages).
-    fn style_target(&self, factor: f64) -> Result<StyleTarget> {
-        style_target(&self.params, &self.style, &self.net, self.device, factor)
+    /// What frame `frame` is optimised against: `look` again when its weights are the frame's.
+    fn look_at(&self, motion: &crate::params::Motion<'_>, frame: u32, look: Option<Look>) -> Result<Look> {
+        let weights = motion.weights(frame)?;
+        Ok(match look {
+            Some(look) if look.weights == weights => look,
+            _ => self.palette.look(&weights, self.device),
+        })
     }
 
     /// Warm-up stage sizes, smallest first, ending at the output size.
@@ -196,11 +195,14 @@ impl Engine {
         let _turn = self.share.as_ref().map(CpuShare::enter);
         let p = &self.params;
         let stages = self.stages();
+        let motion = p.motion()?;
+        // The warm-up grows frame 0: the styles as they are mixed there.
+        let full = self.look_at(&motion, 0, None)?;
         let mut rng = Stream::new(p.seed, WARMUP_KEY, Purpose::InitNoise);
         let (w0, h0) = stages[0];
         let noise: Vec<f32> = (0..3 * w0 as usize * h0 as usize).map(|_| rng.next_f32()).collect();
         let mut image = Tensor::from_slice(&noise).reshape([1, 3, h0 as i64, w0 as i64]).to_device(self.device);
-        if let Some((space, _)) = &self.colour {
+        if let Some((space, _)) = &full.colour {
             image = space.noise(&image);
         }
         let mut optim = OptimState::new(p.optimizer, &image);
@@ -213,12 +215,13 @@ impl Engine {
                 optim = OptimState::new(p.optimizer, &image);
             }
             let last = s + 1 == stages.len();
-            let target;
-            let target = if last {
-                &self.target
+            let stage;
+            let look = if last {
+                &full
             } else {
-                target = self.style_target(sh.min(sw) as f64 / p.height.min(p.width) as f64)?;
-                &target
+                let factor = sh.min(sw) as f64 / p.height.min(p.width) as f64;
+                stage = self.palette.stage_look(p, &self.styles, &self.net, self.device, factor, &full.weights)?;
+                &stage
             };
             let n = p.warmup / stages.len() as u32 + u32::from((s as u32) < p.warmup % stages.len() as u32);
             let run = match p.optimizer {
@@ -232,8 +235,8 @@ impl Engine {
                 if k % run == 0 {
                     shift = (rolls.below(sh as u64) as i64, rolls.below(sw as u64) as i64);
                 }
-                let dirs = target.directions(&mut draws);
-                let loss = self.iterate(target, &mut image, &mut optim, shift, dirs.as_ref())?;
+                let dirs = look.target.directions(&mut draws);
+                let loss = self.iterate(look, &mut image, &mut optim, shift, dirs.as_ref())?;
                 done += 1;
                 // The loss is read back (a device sync) only now and then, not every iteration.
                 let checked = k + 1 == n || done.is_multiple_of(WARMUP_CHECK_EVERY);
@@ -280,30 +283,39 @@ impl Engine {
         // The schedules are functions of the global frame index only, so a segment starting
         // anywhere moves the camera exactly as the one-piece render does.
         let motion = self.params.motion()?;
+        let mut look = None;
         while state.next_frame < end {
             let i = state.next_frame;
             let iters = motion.iters(i)?;
+            let frame_look = self.look_at(&motion, i, look.take())?;
             if i > 0 {
                 let p = &self.params;
                 let (from, to) = (jitter(p.seed, i - 1), jitter(p.seed, i));
                 let camera = motion.camera(i)?;
                 let zoom = Zoom::new(p.width as usize, p.height as usize, &camera, from, to, self.device);
                 state.image = tch::no_grad(|| zoom.apply(&state.image));
+                // A blend on the move carries the frame's colours with it (see `blend`).
+                let before = motion.weights(i - 1)?;
+                if before != frame_look.weights {
+                    let from = self.palette.palette(&before);
+                    state.image = tch::no_grad(|| crate::colour::transport(&from, &frame_look.palette, &state.image));
+                }
                 if let Some(incoming) = zoom.incoming() {
-                    state.image = tch::no_grad(|| self.seed_incoming(&state.image, incoming, i));
+                    let space = frame_look.colour.as_ref().map(|(space, _)| space);
+                    state.image = tch::no_grad(|| self.seed_incoming(&state.image, incoming, i, space));
                 }
                 state.optim.map_spatial(|t| zoom.apply(t));
             }
             let mut rolls = Stream::new(self.params.seed, i as u64, Purpose::Roll);
             // One draw of directions for every iteration of a frame (see `swd`).
-            let dirs = self.target.directions(&mut Stream::new(self.params.seed, i as u64, Purpose::Directions));
+            let dirs = frame_look.target.directions(&mut Stream::new(self.params.seed, i as u64, Purpose::Directions));
             let mut shift = (0, 0);
             let mut last = None;
             for k in 0..iters {
                 if k % roll_every.unwrap_or(iters) == 0 {
                     shift = (rolls.below(h as u64) as i64, rolls.below(w as u64) as i64);
                 }
-                last = Some(self.iterate(&self.target, &mut state.image, &mut state.optim, shift, dirs.as_ref())?);
+                last = Some(self.iterate(&frame_look, &mut state.image, &mut state.optim, shift, dirs.as_ref())?);
                 progress(Progress::Iteration { frames_done: i - start, frames_total: total });
             }
             // One read-back of the loss per frame (the frame itself is read back next anyway):
@@ -315,6 +327,7 @@ impl Engine {
             };
             on_frame(Frame::from_tensor(i, &state.image))?;
             state.next_frame += 1;
+            look = Some(frame_look);
             progress(Progress::Frame { frames_done: i + 1 - start, frames_total: total, loss });
             if self.finish.load(Ordering::Relaxed) {
                 break;
@@ -328,13 +341,13 @@ impl Engine {
     /// design has them) at half its amplitude: full-amplitude noise left a band of grain at the
     /// border (2.4 times the median gradient), a quarter a flat band the optimiser drew lines
     /// into; half scored 1.26 and no line (`tests/e2e/direction.rs`).
-    fn seed_incoming(&self, image: &Tensor, incoming: &Tensor, frame: u32) -> Tensor {
+    fn seed_incoming(&self, image: &Tensor, incoming: &Tensor, frame: u32, space: Option<&ColourSpace>) -> Tensor {
         let mut rng = Stream::new(self.params.seed, frame as u64, Purpose::Incoming);
         let size = image.size();
         let n: i64 = size.iter().product();
         let noise: Vec<f32> = (0..n).map(|_| (rng.next_f32() - 0.5) * 0.5 + 0.5).collect();
         let mut noise = Tensor::from_slice(&noise).reshape(size.as_slice()).to_device(self.device);
-        if let Some((space, _)) = &self.colour {
+        if let Some(space) = space {
             noise = space.noise(&noise);
         }
         image * (1.0 - incoming) + noise * incoming
@@ -345,7 +358,7 @@ impl Engine {
     /// The roll is inside the differentiated function, so the state never needs rolling back.
     fn iterate(
         &self,
-        target: &StyleTarget,
+        look: &Look,
         image: &mut Tensor,
         optim: &mut OptimState,
         shift: (i64, i64),
@@ -358,19 +371,12 @@ impl Engine {
             share.adjust();
         }
         let x = image.detach().set_requires_grad(true);
-        let loss = target.loss(&self.net, &x.roll([shift.0, shift.1], [2, 3]), dirs);
+        let loss = look.target.loss(&self.net, &x.roll([shift.0, shift.1], [2, 3]), dirs);
         loss.backward();
         let grad = x.grad();
-        optim.step(image, &grad, self.params.learning_rate(), self.colour.as_ref().map(|(_, p)| p));
+        optim.step(image, &grad, self.params.learning_rate(), look.colour.as_ref().map(|(_, p)| p));
         Ok(loss.detach())
     }
-}
-
-/// The style's side of the loss for an output scaled by `factor` (warm-up stages use less than 1).
-fn style_target(p: &RenderParams, style: &Style, net: &Vgg, device: Device, factor: f64) -> Result<StyleTarget> {
-    let short = ((p.width.min(p.height) as f64) * factor).round() as u32;
-    let size = style.scaled_size(short, p.style_scale)?;
-    Ok(StyleTarget::new(net, &style.tensor(size, device), &p.loss_layers(), p.loss, p.seed))
 }
 
 /// Warm-up iterations between checks of the loss (each check waits for the device).

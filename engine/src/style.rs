@@ -104,6 +104,30 @@ impl Style {
     }
 }
 
+/// The style images of a render, in the order its parameters name them (one for a movie of
+/// one style).
+pub struct Styles(pub Vec<Style>);
+
+impl From<Style> for Styles {
+    fn from(style: Style) -> Self {
+        Self(vec![style])
+    }
+}
+
+impl From<Vec<Style>> for Styles {
+    fn from(styles: Vec<Style>) -> Self {
+        Self(styles)
+    }
+}
+
+impl Styles {
+    /// What the fingerprint knows the styles by: the one style's SHA-256, or every style's in
+    /// order, comma-separated (what the coordinator keeps for a job).
+    pub fn digest(&self) -> String {
+        self.0.iter().map(|s| s.digest.as_str()).collect::<Vec<_>>().join(",")
+    }
+}
+
 pub fn rgb_to_tensor(img: &RgbImage) -> Tensor {
     let (w, h) = (img.width() as i64, img.height() as i64);
     Tensor::from_slice(img.as_raw()).reshape([h, w, 3]).permute([2, 0, 1]).unsqueeze(0).to_kind(tch::Kind::Float)

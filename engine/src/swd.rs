@@ -73,13 +73,34 @@ pub fn distance(features: &Tensor, samples: &Tensor, directions: &Tensor) -> Ten
     let f = wide(features).reshape([c, n]);
     let t = directions.transpose(0, 1);
     let (mine, _) = t.matmul(&f).sort(1, false);
+    (mine - quantiles(samples, &t, n)).square().mean(f.kind())
+}
+
+/// The sliced distance to a blend of styles: each style's sorted projections resampled to the
+/// image's count and mixed by its weight (weights summing to 1), quantile by quantile. In one
+/// dimension that mix is the Wasserstein barycentre of the styles' projections.
+pub fn distance_to_blend(features: &Tensor, samples: &[(&Tensor, f64)], directions: &Tensor) -> Tensor {
+    let (_, c, h, w) = features.size4().expect("features are NCHW");
+    let n = h * w;
+    let f = wide(features).reshape([c, n]);
+    let t = directions.transpose(0, 1);
+    let (mine, _) = t.matmul(&f).sort(1, false);
+    let theirs = tch::no_grad(|| {
+        let (first, rest) = samples.split_first().expect("a blend has a style");
+        rest.iter().fold(quantiles(first.0, &t, n) * first.1, |sum, (s, w)| sum + quantiles(s, &t, n) * *w)
+    });
+    (mine - theirs).square().mean(f.kind())
+}
+
+/// The style's projections along `t` (K x C), sorted and resampled to `n` quantiles by linear
+/// interpolation.
+fn quantiles(samples: &Tensor, t: &Tensor, n: i64) -> Tensor {
     let (theirs, _) = t.matmul(samples).sort(1, false);
-    let theirs = if theirs.size()[1] == n {
+    if theirs.size()[1] == n {
         theirs
     } else {
         theirs.unsqueeze(0).upsample_linear1d([n], true, None::<f64>).squeeze_dim(0)
-    };
-    (mine - theirs).square().mean(f.kind())
+    }
 }
 
 #[cfg(test)]

@@ -4,14 +4,15 @@
 //! lives here, in the one crate both the coordinator and the worker link, and not in the CLI.
 
 pub use crate::network::{LayerSpec, Network};
-use crate::schedule::{Schedule, Timing};
+use crate::schedule::{Blend, Schedule, Timing};
 use std::path::Path;
 
 mod fingerprint;
 mod motion;
 mod validate;
+pub use validate::check_style_names;
 
-pub use motion::{Camera, Motion};
+pub use motion::{style_words, Camera, Motion};
 
 pub const MIN_SIDE: u32 = 32;
 pub const MAX_SIDE: u32 = 7680;
@@ -195,6 +196,9 @@ pub struct RenderParams {
     pub layers: Vec<(String, f64)>,
     pub precision: Precision,
     pub loss: LossKind,
+    /// Several named styles and their weights over the movie (`--style NAME=PATH`, `--blend`);
+    /// `None`: one style, as before styles could change.
+    pub blend: Option<Blend>,
 }
 
 impl Default for RenderParams {
@@ -218,6 +222,7 @@ impl Default for RenderParams {
             layers: Vec::new(),
             precision: Precision::Fp32,
             loss: LossKind::Gram,
+            blend: None,
         }
     }
 }
@@ -230,6 +235,11 @@ impl RenderParams {
             return (0..names.len()).map(|i| (i, 1.0)).collect();
         }
         self.layers.iter().filter_map(|(n, w)| names.iter().position(|x| x == n).map(|i| (i, *w))).collect()
+    }
+
+    /// How many style images the render takes: one per named style, or the one.
+    pub fn style_count(&self) -> usize {
+        self.blend.as_ref().map_or(1, |b| b.names().len())
     }
 
     /// Time as the schedules see it.

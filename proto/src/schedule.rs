@@ -15,7 +15,10 @@
 //! nothing. Keys stay in their own units: a movie made longer keeps its second and beat keys
 //! where they were in time. What a schedule may hold, and its range, is its [`Spec`].
 
+mod blend;
 mod parse;
+
+pub use blend::{check_style_name, Blend, PlacedBlend, BLEND, MAX_STYLES, MAX_STYLE_NAME};
 
 use crate::params::ParamError;
 
@@ -226,6 +229,17 @@ impl Schedule {
     /// Checks the schedule against a movie of `frames` frames: keys in order and not past its
     /// end, beats only with a tempo, and every frame's value finite and in range.
     pub fn check(&self, spec: &Spec, timing: &Timing, frames: u32) -> Result<(), ParamError> {
+        self.check_keys(spec, timing, frames)?;
+        let frames_to_check = if self.as_constant().is_some() { 1 } else { frames };
+        let placed = self.place(spec, timing)?;
+        for frame in 0..frames_to_check {
+            placed.at(frame)?;
+        }
+        Ok(())
+    }
+
+    /// The keys alone: in order, not past the end, beats only with a tempo.
+    fn check_keys(&self, spec: &Spec, timing: &Timing, frames: u32) -> Result<(), ParamError> {
         if let Body::Keys(keys) = &self.body {
             let mut last: Option<(f64, &Key)> = None;
             for key in keys {
@@ -258,11 +272,6 @@ impl Schedule {
         }
         if timing.bpm.is_none() && self.uses_beats() {
             return Err(ParamError::new(spec.flag, "uses beats (b), which needs --bpm (or --beats from the audio)"));
-        }
-        let frames_to_check = if self.as_constant().is_some() { 1 } else { frames };
-        let placed = self.place(spec, timing)?;
-        for frame in 0..frames_to_check {
-            placed.at(frame)?;
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! a request that converts is a request the engine accepts.
 
 use crate::params::{Fps, Network, OptimizerKind, OutputKind, ParamError, RenderParams};
-use crate::schedule::{Schedule, ANGLE, CENTRE, ITERS, ZOOM};
+use crate::schedule::{Blend, Schedule, ANGLE, CENTRE, ITERS, ZOOM};
 use crate::v1;
 
 pub fn params_to_wire(p: &RenderParams) -> v1::RenderParams {
@@ -35,6 +35,8 @@ pub fn params_to_wire(p: &RenderParams) -> v1::RenderParams {
             crate::params::LossKind::Gram => String::new(),
             other => other.name().into(),
         },
+        styles: p.blend.as_ref().map_or_else(Vec::new, |b| b.names().to_vec()),
+        blend: p.blend.as_ref().map_or_else(String::new, |b| b.text().into()),
     }
 }
 
@@ -90,8 +92,25 @@ fn decode(w: &v1::RenderParams) -> Result<RenderParams, ParamError> {
         layers: w.layers.iter().map(|l| (l.name.clone(), l.weight)).collect(),
         precision: crate::params::Precision::from_wire(&w.precision)?,
         loss: crate::params::LossKind::from_wire(&w.loss)?,
+        blend: blend(w)?,
     };
     Ok(p)
+}
+
+/// Several named styles and their blend; the names are checked before the blend is read
+/// against them.
+fn blend(w: &v1::RenderParams) -> Result<Option<Blend>, ParamError> {
+    if w.styles.is_empty() {
+        if !w.blend.is_empty() {
+            return Err(ParamError::new("--blend", "blends named styles: give them as --style NAME=PATH"));
+        }
+        return Ok(None);
+    }
+    crate::params::check_style_names(&w.styles)?;
+    Ok(Some(match w.blend.as_str() {
+        "" => Blend::equal(&w.styles),
+        text => Blend::parse(&w.styles, text)?,
+    }))
 }
 
 pub fn output_to_wire(kind: OutputKind) -> v1::OutputFormat {

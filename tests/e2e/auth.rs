@@ -110,7 +110,8 @@ fn a_worker_cannot_act_on_another_workers_attempt() {
     let denials = [
         rt.block_on(other.client.heartbeat(heartbeat.clone())).map(|_| ()),
         rt.block_on(other.client.fail_segment(fail)).map(|_| ()),
-        rt.block_on(other.client.fetch_style(v1::FetchRequest { attempt_id: attempt })).map(|_| ()),
+        rt.block_on(other.client.fetch_style(v1::FetchRequest { attempt_id: attempt, ..Default::default() }))
+            .map(|_| ()),
         other.complete(&c, attempt, b"garbage", &coordinator::sha256_hex(b"garbage")),
         rt.block_on(other.client.leave(v1::LeaveRequest { worker_id: honest.id.clone() })).map(|_| ()),
         rt.block_on(other.client.acquire(v1::AcquireRequest { worker_id: honest.id.clone(), wait_ms: 0 })).map(|_| ()),

@@ -15,6 +15,8 @@ fn bad_input_is_rejected_with_the_field_named_and_no_output_left() {
     let p = |name: &str| d.join(name).to_str().unwrap().to_string();
     let (missing, notes, broken, bad_w) = (p("missing.jpg"), p("notes.txt"), p("broken.png"), p("bad.safetensors"));
     let (out, webm, gif) = (p("out.mp4"), p("out.webm"), p("out.gif"));
+    let (named_a, named_b) = (format!("a={wheat}"), format!("b={}", example("gravel.png").display()));
+    let (named_notes, notes_bare) = (format!("b={notes}"), p("2020 notes.txt"));
     // (arguments after `render`, text the error must contain)
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec![&missing, "-o", &out], "style image"),
@@ -64,6 +66,23 @@ fn bad_input_is_rejected_with_the_field_named_and_no_output_left() {
             "--bpm: must be between 1 and 1000 beats per minute, got 0",
         ),
         (vec![wheat, "-o", &out, "--warmup", "1000000"], "--warmup: must be at most"),
+        // Styles over time: names, the blend, and each style's file.
+        (
+            vec!["-o", &out, "--style", &named_a, "--style", &named_b, "--blend", "0:(a), 10:(c)"],
+            "--blend: character 12: unknown style \"c\"; the movie's styles are a, b",
+        ),
+        (
+            vec!["-o", &out, "--style", &named_a, "--style", &named_b, "--blend", "0:(a:1-t/5, b:0)"],
+            "--blend: at frame 5 (0.167 s) every style weighs 0",
+        ),
+        (vec!["-o", &out, "--style", &named_a, "--style", &named_a], "--style: two styles are named \"a\""),
+        (vec![wheat, "-o", &out, "--style", &named_a], "--style: give the style as STYLE"),
+        (vec!["-o", &out, "--style", &named_a, "--style", &named_notes], "not a readable png or jpeg image"),
+        (vec!["-o", &out, "--style", &notes_bare], "--style: \""),
+        (
+            vec![wheat, "-o", &out, "--blend", "0:(a)"],
+            "the following required arguments were not provided:\n  --style <NAME=PATH>",
+        ),
         (
             vec![wheat, "-o", &out, "--style-scale", "0"],
             "'--style-scale <STYLE_SCALE>': must be auto or a number between 0.05 and 8.0",

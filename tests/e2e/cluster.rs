@@ -32,6 +32,12 @@ pub(crate) const MOVIE: &[&str] = &[
     "0:(0.3,0.6), 11:(0.7,0.4)",
     "--angle",
     "0:(0) cubic, 5:(20) cubic, 12:(-10)",
+    "--style",
+    "a=wheatfield.jpg",
+    "--style",
+    "b=gravel.png",
+    "--blend",
+    "0:(a), 3:(a), 9:(b) ease-in-out",
     "--segment-frames",
     "4",
 ];
@@ -49,10 +55,10 @@ fn reference() -> &'static Vec<Vec<u8>> {
         let dir = tempdir();
         let frames = dir.path().join("frames");
         let out = dir.path().join("ref.mp4");
-        let style = example("wheatfield.jpg");
-        let mut args = vec!["render", style.to_str().unwrap(), "-o", out.to_str().unwrap(), "-q"];
+        let movie = crate::helpers::with_examples(&MOVIE[..MOVIE.len() - 2]); // one segment
+        let mut args = vec!["render", "-o", out.to_str().unwrap(), "-q"];
         args.extend(["--frames-dir", frames.to_str().unwrap()]);
-        args.extend(MOVIE.iter().take(MOVIE.len() - 2)); // one segment
+        args.extend(movie.iter().map(String::as_str));
         let r = gramzoom(&args, dir.path());
         assert!(r.status.success(), "{}", stderr(&r));
         frames_in(&frames)
@@ -98,7 +104,8 @@ fn two_workers_hand_off_and_match_a_local_render_bit_for_bit() {
     assert_frames_match_reference(&c);
     assert_movie(&c.download(&id, "out.mp4"), 12, 30.0);
     // `status` says where the directed movie's camera is, in words: at its end, zoomed back to
-    // 1.5x a second by frame 11, the centre moved to 0.7,0.4, the turn easing towards -10.
+    // 1.5x a second by frame 11, the centre moved to 0.7,0.4, the turn easing towards -10, the
+    // cross-fade done.
     let status = c.run(&["status", &id, "--coordinator", &c.url()]);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(
@@ -106,6 +113,7 @@ fn two_workers_hand_off_and_match_a_local_render_bit_for_bit() {
         "{text}{}",
         stderr(&status)
     );
+    assert!(text.contains(" iterations a frame, styles b 1.00\n"), "{text}");
 }
 
 #[test]

@@ -161,8 +161,13 @@ impl Cluster {
     pub(crate) fn submit(&self, flags: &[&str]) -> String {
         let style = example("wheatfield.jpg");
         let url = self.url();
+        let flags = crate::helpers::with_examples(flags);
+        // The one style, unless the movie names its own.
         let mut args = vec!["submit", style.to_str().unwrap(), "--coordinator", &url];
-        args.extend(flags);
+        if flags.iter().any(|f| f == "--style") {
+            args.remove(1);
+        }
+        args.extend(flags.iter().map(String::as_str));
         let out = self.run(&args);
         assert!(out.status.success(), "submit: {}", stderr(&out));
         String::from_utf8(out.stdout).unwrap().trim().to_string()

@@ -12,6 +12,19 @@ pub fn example(name: &str) -> PathBuf {
     repo_root().join("examples").join(name)
 }
 
+/// `args` with each `--style NAME=FILE` pointing at the example style FILE.
+pub fn with_examples(args: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for a in args {
+        let named = out.last().is_some_and(|l| l == "--style");
+        out.push(match a.split_once('=') {
+            Some((name, file)) if named => format!("{name}={}", example(file).display()),
+            _ => a.to_string(),
+        });
+    }
+    out
+}
+
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temporary directory")
 }
@@ -139,10 +152,15 @@ pub fn in_parallel<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -
 /// Every frame of a movie rendered in this process on the CPU, with the built-in network, from
 /// the example style `style`.
 pub fn render_movie(params: &engine::RenderParams, style: &str) -> Vec<engine::Frame> {
+    render_movie_of(params, &[style])
+}
+
+/// The same for a movie of several styles (`params.blend` names them in this order).
+pub fn render_movie_of(params: &engine::RenderParams, styles: &[&str]) -> Vec<engine::Frame> {
     let device = tch::Device::Cpu;
-    let style = engine::style::Style::open(&example(style)).unwrap();
+    let styles: Vec<_> = styles.iter().map(|s| engine::style::Style::open(&example(s)).unwrap()).collect();
     let net = engine::vgg::Vgg::random(params.network, device);
-    let engine = engine::Engine::new(params.clone(), style, net, device).unwrap();
+    let engine = engine::Engine::new(params.clone(), styles, net, device).unwrap();
     let mut state = engine.initial_state(&mut |_| {}).unwrap();
     let mut frames = Vec::new();
     let mut keep = |f| {

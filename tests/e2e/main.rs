@@ -6,6 +6,7 @@ mod helpers;
 mod auth;
 mod bench;
 mod blame;
+mod blend;
 mod browser;
 mod cli_errors;
 mod cluster;

@@ -81,7 +81,7 @@ fn a_movie_file_is_its_flags_and_the_command_line_wins() {
 
     // Bad files: the file and line named, nothing rendered.
     let cases: [(&str, &str); 6] = [
-        ("size = \"64x48\"\nzom = 2\n", "line 2: unknown key \"zom\"; render takes angle, bpm, centre"),
+        ("size = \"64x48\"\nzom = 2\n", "line 2: unknown key \"zom\"; render takes angle, blend, bpm, centre"),
         ("size = \"64x48\"\nzoom = [\n", "line 2: unclosed array"),
         ("size = { w = 64 }\n", "line 1: size: a table is not a setting"),
         ("offline = \"yes\"\n", "line 1: offline is a switch: write offline = true or leave it out"),
@@ -104,4 +104,48 @@ fn a_movie_file_is_its_flags_and_the_command_line_wins() {
     std::fs::write(&huge, format!("# {}\n", "x".repeat(2 << 20))).unwrap();
     let r = gramzoom(&["plan", huge.to_str().unwrap()], d);
     assert!(stderr(&r).contains("huge.toml: is 2097155 bytes, at most 1048576 allowed"), "{}", stderr(&r));
+}
+
+/// Named styles in a movie file: a table of names and paths (relative to the file) and a blend;
+/// `plan` shows each second's weights, `--style` on the command line replaces the file's
+/// styles, and the README's ten-minute example plans as written.
+#[test]
+fn a_movie_file_names_its_styles_and_plans_their_blend() {
+    let dir = tempdir();
+    let d = dir.path();
+    std::fs::create_dir(d.join("styles")).unwrap();
+    std::fs::copy(example("wheatfield.jpg"), d.join("styles/wheat.jpg")).unwrap();
+    std::fs::copy(example("gravel.png"), d.join("styles/gravel.png")).unwrap();
+    let movie = d.join("fade.toml");
+    let text = "size = \"64x48\"\nseconds = 3\nfps = 10\nwarmup = 4\niters = 1\n\
+                styles = { wheat = \"styles/wheat.jpg\", grey = \"styles/gravel.png\" }\n\
+                blend = \"0:(wheat), 0.5s:(wheat), 1.5s:(grey)\"\noutput = \"fade.gif\"\nquiet = true\n";
+    std::fs::write(&movie, text).unwrap();
+    let movie = movie.to_str().unwrap();
+    let plan = gramzoom(&["plan", movie, "--no-estimate"], &std::env::temp_dir());
+    assert!(plan.status.success(), "{}", stderr(&plan));
+    let table = String::from_utf8_lossy(&plan.stdout);
+    assert!(table.contains(" iters  styles\n"), "{table}");
+    assert!(table.contains("1  wheat 1.00\n"), "{table}");
+    assert!(table.contains("1  wheat 0.50, grey 0.50\n"), "at 1 s: {table}");
+    assert!(table.contains("1  grey 1.00\n"), "{table}");
+    // The command line's --style replaces the file's list: a blend naming "grey" then fails.
+    let other = format!("only={}", example("wheatfield.jpg").display());
+    let r = gramzoom(&["plan", movie, "--no-estimate", "--style", &other], d);
+    assert!(
+        stderr(&r).contains("--blend: character 4: unknown style \"wheat\"; the movie's styles are only"),
+        "{}",
+        stderr(&r)
+    );
+    // And it renders, from another directory.
+    let r = gramzoom(&["render", movie], &std::env::temp_dir());
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(d.join("fade.gif").is_file());
+
+    let example_file = crate::helpers::repo_root().join("examples/ten-minutes.toml");
+    let plan = gramzoom(&["plan", example_file.to_str().unwrap(), "--no-estimate"], d);
+    assert!(plan.status.success(), "{}", stderr(&plan));
+    let table = String::from_utf8_lossy(&plan.stdout);
+    assert!(table.contains("wheat 0.50, cells 0.50\n"), "{table}");
+    assert!(table.contains("gravel 1.00\n"), "{table}");
 }

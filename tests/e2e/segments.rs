@@ -5,16 +5,19 @@ use crate::helpers::{command, example, frames_in, stderr, tempdir, SMALL};
 
 /// Through the coordinator's store, as between cluster workers: `render --segment-frames`
 /// gives the frames of one segment, bit for bit, with the user's segment length held, for a
-/// directed movie whose schedules (in frames, seconds and beats) cross the segment boundaries.
+/// directed movie whose schedules (in frames, seconds and beats) and cross-fade between two
+/// styles cross the segment boundaries.
 #[test]
 fn segmented_render_is_bit_identical_to_one_segment() {
     let dir = tempdir();
-    let style = example("wheatfield.jpg");
+    let (a, b) =
+        (format!("a={}", example("wheatfield.jpg").display()), format!("b={}", example("gravel.png").display()));
     let mut dumps = Vec::new();
     for seg in [None, Some("4")] {
         let frames = dir.path().join(seg.unwrap_or("all"));
         let out = dir.path().join(format!("{}.mp4", seg.unwrap_or("all")));
-        let mut args = vec!["render", style.to_str().unwrap(), "-o", out.to_str().unwrap(), "--frames", "11"];
+        let mut args = vec!["render", "--style", &a, "--style", &b, "-o", out.to_str().unwrap(), "--frames", "11"];
+        args.extend(["--blend", "0:(a), 0.2s:(a) ease-in-out, 2b:(b), 1s:(a:1, b:2)"]);
         args.extend(["--frames-dir", frames.to_str().unwrap()]);
         args.extend(SMALL);
         args.extend(["--fps", "10", "--bpm", "150", "--zoom", "0:(1.5), 0.6s:(3) ease-in-out, 1s:(0.8)"]);
@@ -56,14 +59,18 @@ fn every_optimiser_precision_and_loss_resumes_bit_for_bit() {
         ("adam-bf16", RenderParams { precision: Precision::Bf16, ..small.clone() }),
         ("adam-swd", RenderParams { loss: LossKind::Swd, ..small.clone() }),
         ("directed", directed(&small)),
+        ("blend-gram", blended(&small)),
+        ("blend-swd", RenderParams { loss: LossKind::Swd, ..blended(&small) }),
     ];
     let jobs: Vec<_> =
         cases.iter().flat_map(|c| [(c.clone(), None), (c.clone(), Some(4)), (c.clone(), Some(5))]).collect();
     let movies = crate::helpers::in_parallel(jobs, |((_, params), seg): ((&str, RenderParams), Option<u32>)| {
         // Each segment by an engine of its own, as on another worker.
         let engine = || {
-            let style = Style::open(&example("wheatfield.jpg")).unwrap();
-            Engine::new(params.clone(), style, Vgg::random(params.network, device), device).unwrap()
+            let names = ["wheatfield.jpg", "gravel.png"];
+            let styles: Vec<Style> =
+                names[..params.style_count()].iter().map(|n| Style::open(&example(n)).unwrap()).collect();
+            Engine::new(params.clone(), styles, Vgg::random(params.network, device), device).unwrap()
         };
         let mut state = engine().initial_state(&mut |_| {}).unwrap();
         let mut frames = Vec::new();
@@ -101,6 +108,14 @@ fn directed(params: &engine::RenderParams) -> engine::RenderParams {
         iters: Schedule::parse(&ITERS, "0:(1) step, 3:(3), 9:(2)").unwrap(),
         ..params.clone()
     }
+}
+
+/// `params` cross-fading from the wheat field to the gravel over frames 2 to 7 (both segment
+/// lengths have a boundary inside the fade), then mixing them.
+fn blended(params: &engine::RenderParams) -> engine::RenderParams {
+    let names = ["a".to_string(), "b".to_string()];
+    let blend = proto::schedule::Blend::parse(&names, "0:(a), 2:(a), 7:(b) ease-in-out, 10:(a:1, b:1)").unwrap();
+    engine::RenderParams { blend: Some(blend), ..params.clone() }
 }
 
 /// A state resumes only the render that made it; when a setting a user chooses differs, the

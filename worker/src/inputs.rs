@@ -82,22 +82,31 @@ impl Node {
                 return Ok(engine);
             }
         }
-        let stream = self
-            .client
-            .fetch_style(v1::FetchRequest { attempt_id: a.attempt_id })
-            .await
-            .map_err(|s| format!("fetching the style: {}", s.message()))?
-            .into_inner();
-        let most = proto::limits::MAX_STYLE_BYTES;
-        let style = receive(stream, "style image", &a.style_sha256, most).await.map_err(|u| u.reason)?;
+        // Every style of the job, in order (a coordinator from before blends names only one).
+        let shas = if a.style_sha256s.is_empty() { vec![a.style_sha256.clone()] } else { a.style_sha256s.clone() };
+        let mut images = Vec::with_capacity(shas.len());
+        for (i, sha) in shas.iter().enumerate() {
+            let stream = self
+                .client
+                .fetch_style(v1::FetchRequest { attempt_id: a.attempt_id, style_index: i as u32 })
+                .await
+                .map_err(|s| format!("fetching the style: {}", s.message()))?
+                .into_inner();
+            let most = proto::limits::MAX_STYLE_BYTES;
+            images.push(receive(stream, "style image", sha, most).await.map_err(|u| u.reason)?);
+        }
         let wire = a.params.clone().unwrap_or_default();
         let (device, weights, job) = (self.config.device, self.config.weights.clone(), a.job_id.clone());
         self.torch
             .run(move || -> Result<Engine, EngineError> {
                 let params = proto::wire::params_walked_at_submit(&wire)?;
-                let style = Style::from_bytes(&style, &PathBuf::from(format!("<style of {job}>")))?;
+                let styles = images
+                    .iter()
+                    .enumerate()
+                    .map(|(i, bytes)| Style::from_bytes(bytes, &PathBuf::from(format!("<style {} of {job}>", i + 1))))
+                    .collect::<Result<Vec<_>, _>>()?;
                 let net = engine::weights::resolve(params.network, weights.as_deref(), device)?;
-                Engine::new(params, style, net, device)
+                Engine::new(params, styles, net, device)
             })
             .await
             .map_err(|e| e.to_string())
@@ -116,7 +125,7 @@ impl Node {
         let t = Instant::now();
         let stream = self
             .client
-            .fetch_state(v1::FetchRequest { attempt_id: a.attempt_id })
+            .fetch_state(v1::FetchRequest { attempt_id: a.attempt_id, ..Default::default() })
             .await
             .map_err(|s| Unloadable::fetching("start state", &s))?
             .into_inner();

@@ -298,7 +298,42 @@ fn schedule_cost(sizes: &[&str], device: tch::Device) -> Result<()> {
             sizes[0].trim()
         );
     }
+    blend_cost(&params, &image, device);
     Ok(())
+}
+
+/// What a frame of a moving style blend adds: mixing two styles' targets at every layer, their
+/// colour spaces and the preconditioner, and carrying the frame's colours along (the image's
+/// and nothing else's), as `engine` does each frame the weights move.
+fn blend_cost(params: &RenderParams, image: &tch::Tensor, device: tch::Device) {
+    use engine::colour::{transport, ColourSpace};
+    use engine::loss::StyleTarget;
+    let net = Vgg::random(params.network, device);
+    let wheat = Style::embedded().tensor((params.width, params.height), device);
+    let grey = wheat.mean_dim(1, true, tch::Kind::Float).expand([1, 3, -1, -1], false).contiguous();
+    let layers = params.loss_layers();
+    let (a, b) = (
+        StyleTarget::new(&net, &wheat, &layers, params.loss, 0),
+        StyleTarget::new(&net, &grey, &layers, params.loss, 0),
+    );
+    let (ca, cb) = (ColourSpace::of_style(&wheat), ColourSpace::of_style(&grey));
+    let runs = 20;
+    let t = Instant::now();
+    for k in 0..runs {
+        let w = f64::from(k) / f64::from(runs);
+        let mixed = StyleTarget::mix(&[(&a, 1.0 - w), (&b, w)]);
+        let before = ColourSpace::mixture(&[(&ca, 1.0 - w), (&cb, w)]);
+        let after = ColourSpace::mixture(&[(&ca, 0.95 - w), (&cb, w + 0.05)]);
+        let _precond = after.preconditioner(tch::Kind::Float, device);
+        let moved = transport(&before, &after, image);
+        std::hint::black_box((mixed, moved.sum(tch::Kind::Float).double_value(&[])));
+    }
+    println!(
+        "style blend on the move: {:.2} ms a frame at {}x{} (targets of every layer mixed, colours carried)",
+        t.elapsed().as_secs_f64() * 1e3 / f64::from(runs),
+        params.width,
+        params.height
+    );
 }
 
 /// Memory this process holds: on a GPU what nvidia-smi reports for it (libtorch's caching

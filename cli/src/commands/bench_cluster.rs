@@ -126,7 +126,7 @@ pub fn run() -> Result<()> {
             up.push(t.elapsed().as_secs_f64());
             let next = acquire(&mut w, &me).await?;
             let t = Instant::now();
-            let mut stream = w.fetch_state(v1::FetchRequest { attempt_id: next.attempt_id }).await?.into_inner();
+            let mut stream = w.fetch_state(v1::FetchRequest { attempt_id: next.attempt_id, ..Default::default() }).await?.into_inner();
             let mut got = Vec::with_capacity(bytes.len());
             while let Some(b) = stream.message().await? {
                 got.extend_from_slice(&b.data);

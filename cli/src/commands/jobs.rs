@@ -88,11 +88,9 @@ pub fn submit(args: Submit) -> Result<()> {
     let p = params(&args.flags, false)?;
     let kind = OutputKind::from_path(std::path::Path::new(&format!("x.{}", args.format)))
         .map_err(|_| anyhow::anyhow!("--format: expected mp4, gif, png or jpg, got {:?}", args.format))?;
-    let style = crate::local::style_bytes(args.style.as_deref()).with_context(|| {
-        format!("style image {}", args.style.as_deref().unwrap_or(std::path::Path::new("")).display())
-    })?;
-    let name = args.style.as_deref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
-    let name = name.unwrap_or_else(|| "wheatfield.jpg".into());
+    // Decoded here too: a file that is no image fails before anything is sent.
+    let (_, styles) = crate::styles::read(args.style.as_deref(), &args.flags)?;
+    let name = styles.iter().map(|s| s.file_name.as_str()).collect::<Vec<_>>().join(" + ");
     let spec = v1::JobSpec {
         params: Some(proto::wire::params_to_wire(&p)),
         output: proto::wire::output_to_wire(kind) as i32,
@@ -102,7 +100,8 @@ pub fn submit(args: Submit) -> Result<()> {
     };
     let job = runtime()?.block_on(async {
         let mut c = args.at.connect().await?;
-        client::submit(&mut c, spec, &style, &name).await
+        let files: Vec<(&[u8], &str)> = styles.iter().map(|s| (s.bytes.as_slice(), s.file_name.as_str())).collect();
+        client::submit_styles(&mut c, spec, &files).await
     })?;
     println!("{}", job.id);
     Ok(())

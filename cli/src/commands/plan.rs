@@ -1,11 +1,11 @@
 //! `gramzoom plan`: a movie's schedules resolved second by second (zoom, centre, angle,
-//! iterations), what it will cost on this machine, and with `--plot` a chart of them.
+//! iterations, style weights), what it will cost on this machine, and with `--plot` a chart of
+//! them.
 
 use super::render::RenderFlags;
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
-use engine::params::RenderParams;
-use engine::style::Style;
+use engine::params::{style_words, RenderParams};
 use engine::Engine;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -45,6 +45,8 @@ struct Row {
     centre: (f64, f64),
     angle: f64,
     iters: u32,
+    /// Each style's share (`[1.0]` for a movie of one style).
+    weights: Vec<f64>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -64,14 +66,26 @@ pub fn run(args: Args) -> Result<()> {
         fps,
         params.warmup
     );
-    outln!(out, "{:>8} {:>7} {:>9} {:>15} {:>9} {:>6}", "second", "frame", "zoom/s", "centre", "angle/s", "iters");
+    let names = params.blend.as_ref().map(|b| b.names().to_vec());
+    let styles_column = if names.is_some() { "  styles" } else { "" };
+    outln!(
+        out,
+        "{:>8} {:>7} {:>9} {:>15} {:>9} {:>6}{styles_column}",
+        "second",
+        "frame",
+        "zoom/s",
+        "centre",
+        "angle/s",
+        "iters"
+    );
     let mut next = 0.0;
     for r in &rows {
         let s = f64::from(r.frame) / fps;
         if s + 1e-9 >= next || r.frame + 1 == params.frames {
+            let styles = names.as_ref().map_or_else(String::new, |n| format!("  {}", style_words(n, &r.weights)));
             outln!(
                 out,
-                "{s:>8.2} {:>7} {:>9.4} {:>15} {:>9.2} {:>6}",
+                "{s:>8.2} {:>7} {:>9.4} {:>15} {:>9.2} {:>6}{styles}",
                 r.frame,
                 r.zoom,
                 format!("{:.3},{:.3}", r.centre.0, r.centre.1),
@@ -95,7 +109,8 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     if let Some(path) = &args.plot {
-        let ranges = plot(&rows, path).with_context(|| format!("--plot: writing {}", path.display()))?;
+        let ranges = plot(&rows, names.as_deref().unwrap_or_default(), path)
+            .with_context(|| format!("--plot: writing {}", path.display()))?;
         outln!(out, "plot: {}, top to bottom: {}", path.display(), ranges.join("; "));
     }
     emit(&mut out)
@@ -125,6 +140,7 @@ fn resolve(params: &RenderParams) -> Result<Vec<Row>> {
                 centre: camera.centre,
                 angle: camera.turn.to_degrees() * fps,
                 iters: motion.iters(frame)?,
+                weights: motion.weights(frame)?,
             })
         })
         .collect()
@@ -133,10 +149,7 @@ fn resolve(params: &RenderParams) -> Result<Vec<Row>> {
 /// Seconds an optimiser iteration takes at the movie's size on this machine: one frame untimed,
 /// then one frame of two iterations.
 fn time_an_iteration(args: &Args, params: &RenderParams, device: tch::Device) -> Result<f64> {
-    let style = match &args.style {
-        Some(path) => Style::open(path)?,
-        None => Style::embedded(),
-    };
+    let (styles, _) = crate::styles::read(args.style.as_deref(), &args.flags)?;
     // Explicit weights, else the cached ones, else the built-in network; never a fetch.
     let net = engine::weights::resolve(params.network, args.weights.as_deref(), device)?;
     // The movie's settings but for its motion: three frames cannot hold its schedules.
@@ -150,7 +163,7 @@ fn time_an_iteration(args: &Args, params: &RenderParams, device: tch::Device) ->
         angle: defaults.angle,
         ..params.clone()
     };
-    let engine = Engine::new(probe, style, net, device)?;
+    let engine = Engine::new(probe, styles, net, device)?;
     let mut state = engine.initial_state(&mut |_| {})?;
     engine.render(&mut state, 2, &mut |_| Ok(()), &mut |_| {})?;
     let t = Instant::now();
@@ -167,19 +180,23 @@ fn human(seconds: f64) -> String {
 }
 
 /// A plotted series: its name and how it is read from a row.
-type Series = (&'static str, fn(&Row) -> f64);
+type Series = (String, Box<dyn Fn(&Row) -> f64>);
 
-/// Five panels, one per series, each scaled to its own range (the zoom's in log space), with
-/// a grey line at each panel's middle; returns each panel's name and range, for the legend.
-fn plot(rows: &[Row], path: &std::path::Path) -> Result<Vec<String>> {
+/// One panel per series (zoom, centre x and y, angle, iterations, then each named style's
+/// weight), each scaled to its own range (the zoom's in log space), with a grey line at each
+/// panel's middle; returns each panel's name and range, for the legend.
+fn plot(rows: &[Row], styles: &[String], path: &std::path::Path) -> Result<Vec<String>> {
     let (width, panel, gap) = (800u32, 100u32, 12u32);
-    let series: [Series; 5] = [
-        ("zoom", |r| r.zoom.ln()),
-        ("centre x", |r| r.centre.0),
-        ("centre y", |r| r.centre.1),
-        ("angle", |r| r.angle),
-        ("iters", |r| f64::from(r.iters)),
+    let mut series: Vec<Series> = vec![
+        ("zoom".into(), Box::new(|r: &Row| r.zoom.ln())),
+        ("centre x".into(), Box::new(|r: &Row| r.centre.0)),
+        ("centre y".into(), Box::new(|r: &Row| r.centre.1)),
+        ("angle".into(), Box::new(|r: &Row| r.angle)),
+        ("iters".into(), Box::new(|r: &Row| f64::from(r.iters))),
     ];
+    for (i, name) in styles.iter().enumerate() {
+        series.push((format!("style {name}"), Box::new(move |r: &Row| r.weights[i])));
+    }
     let height = series.len() as u32 * (panel + gap) + gap;
     let mut img = image::RgbImage::from_pixel(width, height, image::Rgb([255, 255, 255]));
     let n = rows.len().max(2) as f64 - 1.0;

@@ -6,7 +6,6 @@ use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use engine::device::DeviceThread;
 use engine::params::{parse_size, Fps, LossKind, OptimizerKind, Precision, RenderParams, StyleScale};
-use engine::style::Style;
 use engine::vgg::{Network, WeightsOrigin};
 use engine::{Engine, ParamError};
 use proto::schedule::{self, Schedule};
@@ -43,6 +42,14 @@ pub struct RenderFlags {
     /// Optimiser iterations per frame, or a schedule (rounded to whole iterations).
     #[arg(long, default_value = "5")]
     pub iters: String,
+    /// A named style of a movie that blends several, NAME=PATH (a bare PATH is named by its
+    /// file stem); once per style, in place of the positional STYLE (README, "Styles over time").
+    #[arg(long = "style", id = "styles", value_name = "NAME=PATH")]
+    pub styles: Vec<String>,
+    /// How the named styles mix over the movie, a schedule of weights per style:
+    /// "0:(a), 20s:(a), 30s:(b) ease-in-out, 40s:(a:1, b:3)" (default: equal weights).
+    #[arg(long, requires = "styles")]
+    pub blend: Option<String>,
     /// Beats per minute: the unit of beat keys (8b) and of b in formulas.
     #[arg(long)]
     pub bpm: Option<f64>,
@@ -167,6 +174,7 @@ pub fn params(args: &RenderFlags, cuda: bool) -> Result<RenderParams, ParamError
             "" => return Err(ParamError::new("--loss", "expected gram or swd, got an empty value")),
             other => LossKind::from_wire(other)?,
         },
+        blend: crate::styles::blend(args)?,
     };
     p.validate()?;
     Ok(p)
@@ -175,12 +183,8 @@ pub fn params(args: &RenderFlags, cuda: bool) -> Result<RenderParams, ParamError
 pub fn run(args: Args, bar: &Bar) -> Result<()> {
     let device = args.torch.device()?;
     let params = params(&args.flags, device.is_cuda())?;
-    // The file is read once: decoded here (bad input fails before any work), submitted as is.
-    let (style, style_bytes) = match &args.style {
-        Some(path) => Style::open_with_bytes(path)?,
-        None => (Style::embedded(), engine::style::EMBEDDED.to_vec()),
-    };
-    let style_name = args.style.as_deref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
+    // Each file is read once: decoded here (bad input fails before any work), submitted as is.
+    let (styles, files) = crate::styles::read(args.style.as_deref(), &args.flags)?;
     let weights = match &args.weights {
         Some(path) => Some(path.clone()),
         None => super::weights::first_use(params.network, args.torch.offline, bar)?,
@@ -197,7 +201,7 @@ pub fn run(args: Args, bar: &Bar) -> Result<()> {
                 p.network.name()
             );
         }
-        Ok(Engine::new(p, style, net, device)?)
+        Ok(Engine::new(p, styles, net, device)?)
     })?;
     let outputs = Outputs {
         output: args.output.clone(),
@@ -227,15 +231,7 @@ pub fn run(args: Args, bar: &Bar) -> Result<()> {
     let mut follow = crate::progress::Follow::new(bar, args.quiet);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let summary = runtime
-        .block_on(render(
-            torch,
-            engine,
-            style_bytes,
-            style_name.as_deref().unwrap_or("wheatfield.jpg"),
-            &outputs,
-            cancel_rx,
-            |job| follow.update(job),
-        ))
+        .block_on(render(torch, engine, files, &outputs, cancel_rx, |job| follow.update(job)))
         .with_context(|| format!("render to {} failed", args.output.display()))?;
     bar.clear();
     let secs = summary.wall.as_secs_f64();

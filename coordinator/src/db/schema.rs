@@ -186,6 +186,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
      CREATE INDEX segments_by_job_state ON segments(job, state);
      CREATE INDEX segments_by_preferred ON segments(preferred_worker) WHERE preferred_worker IS NOT NULL;
      CREATE INDEX attempts_by_lease ON attempts(state, lease_until_ms);",
+    // 8: the styles of a job after its first (`style_sha256`), for movies that blend several:
+    // their SHA-256s in order, comma-separated.
+    "ALTER TABLE jobs ADD COLUMN more_styles TEXT NOT NULL DEFAULT '';",
 ];
 
 pub(super) fn migrate(conn: &Connection) -> Result<()> {

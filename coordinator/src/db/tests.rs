@@ -55,17 +55,26 @@ fn only_an_ended_job_is_deleted_and_a_shared_style_is_kept() {
     let mut c = open(Path::new(":memory:")).unwrap();
     let spec = v1::JobSpec::default();
     let a = submit(&mut c, &spec, 4, 2, "style-1", "", 0).unwrap();
-    let b = submit(&mut c, &spec, 4, 2, "style-1", "", 0).unwrap();
+    // A job blending three styles, the first shared with a and the second with d.
+    let b = submit(&mut c, &spec, 4, 2, "style-1,style-2,style-3", "", 0).unwrap();
+    let d = submit(&mut c, &spec, 4, 2, "style-2", "", 0).unwrap();
+    assert_eq!(job_styles(&c, b).unwrap(), ["style-1", "style-2", "style-3"]);
+    assert_eq!(job_styles(&c, d).unwrap(), ["style-2"]);
     let err = delete(&mut c, a).unwrap_err().to_string();
     assert_eq!(err, "job job-1 has not ended: it is queued; cancel it first");
     cancel(&mut c, a, 1).unwrap();
-    assert_eq!(delete(&mut c, a).unwrap(), ("style-1".to_string(), true), "job b still uses the style");
+    assert_eq!(delete(&mut c, a).unwrap(), [("style-1".to_string(), true)], "job b still uses the style");
     assert!(matches!(job(&c, a, true), Err(Error::JobNotFound(_))));
     let rows: i64 = c.query_row("SELECT COUNT(*) FROM segments WHERE job = ?1", [a], |r| r.get(0)).unwrap();
     assert_eq!(rows, 0);
     assert!(matches!(delete(&mut c, a), Err(Error::JobNotFound(_))));
     cancel(&mut c, b, 2).unwrap();
-    assert_eq!(delete(&mut c, b).unwrap(), ("style-1".to_string(), false), "the last user of the style");
+    let freed = [("style-1".to_string(), false), ("style-2".to_string(), true), ("style-3".to_string(), false)];
+    assert_eq!(delete(&mut c, b).unwrap(), freed, "the last user of styles 1 and 3; d uses 2");
+    let asked = ["style-1", "style-2", "style-4"].map(String::from).to_vec();
+    assert_eq!(unused_styles(&c, asked).unwrap(), ["style-1", "style-4"]);
+    cancel(&mut c, d, 3).unwrap();
+    assert_eq!(delete(&mut c, d).unwrap(), [("style-2".to_string(), false)]);
     assert!(list(&c, None).unwrap().is_empty());
 }
 

@@ -145,6 +145,7 @@ fn grant(tx: &Transaction, attempt: AttemptId, job: JobId, idx: u32, redelivered
         end_frame,
         start_attempt,
         start_state_sha256,
+        style_sha256s: crate::db::job_styles(tx, job)?,
         style_sha256,
         redelivered,
         next_end_frame,

@@ -1,10 +1,11 @@
 //! `JobService`: what users call (the CLI, scripts, a dashboard).
 
-use super::transfer::{stream_file, unique_name, BoxStream};
+use super::styles;
+use super::transfer::{stream_file, BoxStream};
 use super::{caller, Api};
 use crate::error::{Error, Result};
 use crate::store::keys;
-use crate::{check_spec, db, now_ms, sha256_hex, MAX_SEGMENTS, MAX_STYLE_BYTES};
+use crate::{check_spec, db, now_ms, MAX_SEGMENTS};
 use proto::v1::job_service_server::JobService;
 use proto::v1::{self, submit_job_request};
 use std::time::Duration;
@@ -40,6 +41,13 @@ impl JobService for Api {
             .into());
         }
         proto::limits::check_len("style_name", &header.style_name, proto::limits::MAX_NAME_LEN).map_err(Error::from)?;
+        if header.style_names.len() > proto::schedule::MAX_STYLES {
+            let message = format!("at most {} names, got {}", proto::schedule::MAX_STYLES, header.style_names.len());
+            return Err(Error::invalid("style_names", message).into());
+        }
+        for name in &header.style_names {
+            proto::limits::check_len("style_names", name, proto::limits::MAX_NAME_LEN).map_err(Error::from)?;
+        }
         // Off the runtime: a million frames of formulas take seconds to walk.
         let (params, spec) = tokio::task::spawn_blocking(move || check_spec(&spec).map(|p| (p, spec)))
             .await
@@ -58,100 +66,31 @@ impl JobService for Api {
             ))
             .into());
         }
-        let mut style = Vec::new();
-        let mut declared: Option<(u64, String)> = None;
-        // Held until the style is checked and stored: its bytes are in memory until then.
-        let mut _room = None;
-        while let Some(message) = stream.message().await? {
-            let Some(submit_job_request::Part::Style(blob)) = message.part else {
-                return Err(Error::invalid("header", "only the first message may carry the header").into());
-            };
-            if declared.is_none() {
-                let size = blob.total_size;
-                if size > MAX_STYLE_BYTES {
-                    let message = format!("style image is larger than {} MiB", MAX_STYLE_BYTES >> 20);
-                    return Err(Error::invalid("style", message).into());
-                }
-                _room = Some(self.0.uploads.reserve(size).await.map_err(Error::from)?);
-                declared = Some((size, blob.sha256));
-            }
-            let size = declared.as_ref().map_or(0, |d| d.0);
-            if (style.len() + blob.data.len()) as u64 > size {
-                let message = format!("more bytes arrived than the {size} the first piece declared");
-                return Err(Error::invalid("style", message).into());
-            }
-            style.extend_from_slice(&blob.data);
-        }
-        let sha = sha256_hex(&style);
-        if let Some((size, declared_sha)) = declared {
-            if size != style.len() as u64 || (!declared_sha.is_empty() && declared_sha != sha) {
-                return Err(Error::invalid(
-                    "style",
-                    format!(
-                        "checksum mismatch: declared {size} bytes, received {} bytes with sha256 {sha}",
-                        style.len()
-                    ),
-                )
-                .into());
+        let mut names = vec![header.style_name.clone()];
+        names.extend(header.style_names.iter().skip(1).cloned());
+        names.resize(params.style_count(), String::new());
+        for (i, name) in names.iter_mut().enumerate() {
+            if name.is_empty() {
+                *name = match &params.blend {
+                    Some(blend) => blend.names()[i].clone(),
+                    None => "style".into(),
+                };
             }
         }
-        let name = header.style_name.clone();
-        let store = self.0.store.clone();
-        let key = keys::style(&sha);
-        let style_sha = sha.clone();
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            let unreadable = |e: image::ImageError| {
-                Error::invalid(
-                    "style",
-                    format!("{name:?} is not a PNG or JPEG image: {}", e.to_string().to_lowercase()),
-                )
-            };
-            // The header first: a small file may declare a huge image, and decoding allocates
-            // what it declares.
-            let reader = image::ImageReader::new(std::io::Cursor::new(&style))
-                .with_guessed_format()
-                .map_err(|e| Error::invalid("style", format!("{name:?}: {e}")))?;
-            let (w, h) = reader.into_dimensions().map_err(unreadable)?;
-            if u64::from(w) * u64::from(h) > proto::limits::MAX_STYLE_IMAGE_PIXELS {
-                return Err(Error::invalid(
-                    "style",
-                    format!(
-                        "{name:?} is {w}x{h}, more than the {} megapixels a style image may have",
-                        proto::limits::MAX_STYLE_IMAGE_PIXELS / 1_000_000
-                    ),
-                ));
-            }
-            let img = image::load_from_memory(&style).map_err(unreadable)?;
-            if img.width() < 32 || img.height() < 32 {
-                return Err(Error::invalid(
-                    "style",
-                    format!("{name:?} is {}x{}; a style image needs at least 32x32 pixels", img.width(), img.height()),
-                ));
-            }
-            if !store.exists(&key) {
-                // A scratch name of its own: submits of the same new style run at once, and a
-                // shared name let one rename the other's file away (ENOENT). The key is the
-                // content's hash, so whichever lands first is the same bytes.
-                let tmp = store.scratch_dir().join(unique_name(&format!("style-{style_sha}")));
-                // Whatever happens (a full disk), nothing stays behind in scratch.
-                let placed = std::fs::write(&tmp, &style).and_then(|()| {
-                    if store.exists(&key) {
-                        Ok(())
-                    } else {
-                        store.put_file(&key, &tmp)
-                    }
-                });
-                let _ = std::fs::remove_file(&tmp);
-                placed.map_err(Error::store(format!("storing the style {key}")))?;
-            }
-            Ok(())
-        })
-        .await
-        .expect("style check panicked")?;
+        let shas = styles::receive(self, &mut stream, &names).await?;
+        let sha = shas.join(",");
         let frames = params.frames;
         let spec2 = spec.clone();
         let owner2 = owner.clone();
-        let seq = self.0.db(move |c| db::submit(c, &spec2, frames, segment_frames, &sha, &owner2, now_ms())).await?;
+        let submitted =
+            self.0.db(move |c| db::submit(c, &spec2, frames, segment_frames, &sha, &owner2, now_ms())).await;
+        let seq = match submitted {
+            Ok(seq) => seq,
+            Err(e) => {
+                styles::forget(self, shas).await;
+                return Err(e.into());
+            }
+        };
         tracing::info!(job = %seq, %owner, frames, segment_frames, priority = spec.priority, name = %spec.name, "job submitted");
         self.0.ready.notify_waiters();
         Ok(Response::new(self.job_view(seq, false).await?))
@@ -267,7 +206,7 @@ impl JobService for Api {
     ) -> Result<Response<v1::DeleteJobResponse>, Status> {
         let principal = caller(&request)?;
         let seq = self.owned_job(&principal, &request.into_inner().job_id).await?;
-        let (style, shared) = self.0.db_freeing(move |c| db::delete(c, seq)).await?;
+        let styles = self.0.db_freeing(move |c| db::delete(c, seq)).await?;
         self.0.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq);
         self.0.previews.remove(seq);
         // The record is gone first: a crash now leaves unreferenced files, never a record whose
@@ -276,8 +215,8 @@ impl JobService for Api {
         let freed = tokio::task::spawn_blocking(move || -> Result<u64, Error> {
             let prefix = keys::job(seq);
             let mut freed = store.delete_all(&prefix).map_err(Error::store(format!("deleting {prefix}")))?;
-            if !shared {
-                let key = keys::style(&style);
+            for (style, _) in styles.iter().filter(|(_, shared)| !shared) {
+                let key = keys::style(style);
                 freed += store.local_path(&key).and_then(std::fs::metadata).map_or(0, |m| m.len());
                 store.delete(&key).map_err(Error::store(format!("deleting {key}")))?;
             }

@@ -8,6 +8,7 @@
 //!   into scratch and checked.
 
 mod jobs;
+mod styles;
 pub(crate) mod transfer;
 pub(crate) use transfer::{unique_name, Incoming};
 mod workers;
@@ -101,6 +102,7 @@ impl Api {
             params: spec.params,
             output: spec.output,
             style_sha256: g.style_sha256,
+            style_sha256s: g.style_sha256s,
             start_state_attempt_id: g.start_attempt.0,
             start_state_sha256: g.start_state_sha256,
             lease_ms: self.0.policy.lease_ms as u32,

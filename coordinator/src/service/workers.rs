@@ -155,14 +155,15 @@ impl WorkerService for Api {
         request: Request<v1::FetchRequest>,
     ) -> Result<Response<Self::FetchStyleStream>, Status> {
         let attempt = AttemptId(request.get_ref().attempt_id);
+        let index = request.get_ref().style_index as usize;
         self.caller_holds(&request, attempt).await?;
         let policy = self.0.policy;
         let cur = self.0.db(move |c| lease::check(c, attempt, policy, now_ms())).await?;
         let job = cur.job;
-        let sha: String = self
-            .0
-            .db(move |c| Ok(c.query_row("SELECT style_sha256 FROM jobs WHERE seq = ?1", [job], |r| r.get(0))?))
-            .await?;
+        let styles = self.0.db(move |c| db::job_styles(c, job)).await?;
+        let sha = styles.get(index).cloned().ok_or_else(|| {
+            Error::invalid("style_index", format!("job {job} has {} styles, there is no style {index}", styles.len()))
+        })?;
         let key = keys::style(&sha);
         let path = self.0.stored_path(key, "the style").await?;
         Ok(Response::new(stream_file(path, sha)))

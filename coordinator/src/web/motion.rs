@@ -1,5 +1,6 @@
-//! A directed job's motion on its page: the zoom and the turn over the whole movie as a small
-//! chart (inline SVG, no script), a marker where the render is, and the camera there in words.
+//! A directed job's motion on its page: the zoom, the turn and each style's weight over the
+//! whole movie as a small chart (inline SVG, no script), a marker where the render is, and the
+//! camera and style weights there in words.
 
 use super::html::Esc;
 use proto::params::RenderParams;
@@ -33,6 +34,21 @@ pub(crate) fn section(p: &RenderParams, frame: u32) -> String {
     for (values, class) in [(&zoom, "zoom"), (&turn, "turn")] {
         let _ = write!(svg, "<polyline class=\"{class}\" fill=\"none\" points=\"{}\"/>", points(values));
     }
+    // Each style's weight, from 0 (bottom) to 1 (top).
+    let weights: Vec<Vec<f64>> = frames.iter().filter_map(|&f| motion.weights(f).ok()).collect();
+    let mut styles_legend = String::new();
+    if let (Some(blend), true) = (&p.blend, weights.len() == frames.len()) {
+        for (i, name) in blend.names().iter().enumerate() {
+            let line: Vec<f64> = weights.iter().map(|w| w[i]).collect();
+            let _ = write!(
+                svg,
+                "<polyline class=\"style\" fill=\"none\" points=\"{}\"><title>{}</title></polyline>",
+                weight_points(&line),
+                Esc(name)
+            );
+        }
+        styles_legend = format!(" Style weights of {} (dotted, 0 to 1).", Esc(&blend.names().join(", ")));
+    }
     let x = f64::from(frame.min(last)) / f64::from(last) * WIDTH;
     let _ = write!(svg, "<line class=\"now\" x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"0\" y2=\"{HEIGHT}\"/></svg>");
     let range = |v: &[f64], f: fn(f64) -> f64| {
@@ -43,11 +59,22 @@ pub(crate) fn section(p: &RenderParams, frame: u32) -> String {
     let (tlo, thi) = range(&turn, |d| d);
     format!(
         "<section aria-labelledby=\"h-motion\"><h2 id=\"h-motion\">Motion</h2>{svg}\
-         <p class=\"legend\">Zoom {zlo:.2}x to {zhi:.2}x a second (solid, log scale), turn {tlo:.1} to {thi:.1} degrees a second (dashed), over {:.0} s.</p>\
+         <p class=\"legend\">Zoom {zlo:.2}x to {zhi:.2}x a second (solid, log scale), turn {tlo:.1} to {thi:.1} degrees a second (dashed), over {:.0} s.{styles_legend}</p>\
          <p id=\"motion-words\">Now {}.</p></section>",
         f64::from(p.frames) / fps,
         Esc(&words)
     )
+}
+
+/// Weights (0 to 1) as SVG polyline points across the chart, on a fixed scale.
+fn weight_points(values: &[f64]) -> String {
+    let n = (values.len().max(2) - 1) as f64;
+    let points: Vec<String> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| format!("{:.1},{:.1}", i as f64 / n * WIDTH, HEIGHT - 4.0 - v * (HEIGHT - 8.0)))
+        .collect();
+    points.join(" ")
 }
 
 /// `values` as SVG polyline points across the chart, scaled to their own range.
@@ -86,5 +113,13 @@ mod tests {
         assert!(html.contains("Now at 1.0 s (frame 30): zoom 3.00x a second about 0.50,0.50, turning 10.0 degrees a second, 4 iterations a frame."), "{html}");
         // The marker sits a third of the way along a 90-frame movie.
         assert!(html.contains("x1=\"202.2\""), "{html}");
+
+        // A cross-fade: one dotted line per style, and the weights now in words.
+        let names = ["a".to_string(), "b".to_string()];
+        let blend = proto::schedule::Blend::parse(&names, "0:(a), 1s:(a), 2s:(b)").unwrap();
+        let html = section(&RenderParams { blend: Some(blend), ..RenderParams::default() }, 45);
+        assert_eq!(html.matches("<polyline class=\"style\"").count(), 2, "{html}");
+        assert!(html.contains("Style weights of a, b (dotted, 0 to 1)."), "{html}");
+        assert!(html.contains(", 4 iterations a frame, styles a 0.50, b 0.50."), "{html}");
     }
 }

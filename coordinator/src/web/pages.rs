@@ -236,6 +236,14 @@ pub(crate) async fn job_page(State(web): State<Web>, headers: HeaderMap, Path(id
         ),
         ("Tempo", p.bpm.map_or_else(|| "–".into(), |bpm| format!("{bpm} beats per minute"))),
         (
+            "Styles",
+            match (p.styles.len(), p.blend.as_str()) {
+                (0, _) => "one".into(),
+                (_, "") => format!("{}, weighing the same", p.styles.join(", ")),
+                (_, blend) => format!("{}, blended {blend}", p.styles.join(", ")),
+            },
+        ),
+        (
             "Optimiser",
             match p.learning_rate {
                 Some(lr) => format!("{} (learning rate {lr})", p.optimizer),

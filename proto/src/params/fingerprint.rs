@@ -60,14 +60,21 @@ impl RenderParams {
         if self.angle_is_set() {
             canon = format!("{canon}|angle={}", self.angle.text());
         }
-        if let Some(bpm) = self.bpm.filter(|_| self.schedules().iter().any(|s| s.uses_beats())) {
+        // Several styles: their names in order (the style digest lists theirs in the same
+        // order) and how they are mixed over time.
+        if let Some(blend) = &self.blend {
+            canon = format!("{canon}|styles={}|blend={}", blend.names().join(","), blend.text());
+        }
+        if let Some(bpm) = self.bpm.filter(|_| self.uses_beats()) {
             canon = format!("{canon}|bpm={}", number(bpm));
         }
         hex(&Sha256::digest(canon.as_bytes()))
     }
 
-    fn schedules(&self) -> [&Schedule; 4] {
-        [&self.zoom, &self.iters, &self.centre, &self.angle]
+    /// Whether any schedule, the blend's included, counts in beats.
+    pub fn uses_beats(&self) -> bool {
+        [&self.zoom, &self.iters, &self.centre, &self.angle].iter().any(|s| s.uses_beats())
+            || self.blend.as_ref().is_some_and(|b| b.uses_beats())
     }
 }
 
@@ -147,7 +154,20 @@ mod tests {
         };
         assert_eq!(fp(&same), fp(&base));
         let beats = RenderParams { zoom: parse(&ZOOM, "0:(2), 4b:(3)"), bpm: Some(120.0), ..base.clone() };
+        let names = ["a".to_string(), "b".to_string()];
+        let blend = |names: &[String], text: &str| RenderParams {
+            blend: Some(crate::schedule::Blend::parse(names, text).unwrap()),
+            ..RenderParams::default()
+        };
+        let swapped = ["b".to_string(), "a".to_string()];
+        let beat_fade = RenderParams { bpm: Some(120.0), ..blend(&names, "0:(a), 4b:(b)") };
         let moved = [
+            blend(&names, "0:(a), 10:(b)"),
+            blend(&names, "0:(a), 10:(b) ease-in"),
+            blend(&swapped, "0:(a), 10:(b)"),
+            RenderParams { blend: Some(crate::schedule::Blend::equal(&names)), ..base.clone() },
+            RenderParams { bpm: Some(100.0), ..beat_fade.clone() },
+            beat_fade,
             RenderParams { zoom: parse(&ZOOM, "0:(2), 10:(3)"), ..base.clone() },
             RenderParams { zoom: parse(&ZOOM, "0:(2), 10:(3) cubic"), ..base.clone() },
             RenderParams { iters: parse(&ITERS, "0:(4), 10:(5)"), ..base.clone() },

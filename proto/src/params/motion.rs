@@ -2,7 +2,7 @@
 //! each frame by the engine (and by anything that wants to know where the camera is).
 
 use super::{ParamError, RenderParams};
-use crate::schedule::{Placed, ANGLE, CENTRE, ITERS, ZOOM};
+use crate::schedule::{Placed, PlacedBlend, ANGLE, CENTRE, ITERS, ZOOM};
 
 /// How a frame is made from the one before it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -28,6 +28,7 @@ pub struct Motion<'a> {
     centre: Placed<'a>,
     angle: Placed<'a>,
     iters: Placed<'a>,
+    blend: Option<PlacedBlend<'a>>,
     fps: f64,
 }
 
@@ -39,6 +40,7 @@ impl RenderParams {
             || self.iters.as_constant().is_none()
             || self.centre_is_set()
             || self.angle_is_set()
+            || self.blend.is_some()
     }
 
     /// Whether the centre is anything but the middle (what renders before schedules had).
@@ -62,8 +64,12 @@ impl RenderParams {
             0.0 => String::new(),
             d => format!(", turning {d:.1} degrees a second"),
         };
+        let styles = match &self.blend {
+            Some(blend) => format!(", styles {}", style_words(blend.names(), &motion.weights(frame)?)),
+            None => String::new(),
+        };
         Ok(format!(
-            "at {:.1} s (frame {frame}): zoom {:.2}x a second about {:.2},{:.2}{turn}, {} iterations a frame",
+            "at {:.1} s (frame {frame}): zoom {:.2}x a second about {:.2},{:.2}{turn}, {} iterations a frame{styles}",
             f64::from(frame) / fps,
             camera.factor.powf(fps),
             camera.centre.0,
@@ -80,6 +86,7 @@ impl RenderParams {
             centre: self.centre.place(&CENTRE, &timing)?,
             angle: self.angle.place(&ANGLE, &timing)?,
             iters: self.iters.place(&ITERS, &timing)?,
+            blend: self.blend.as_ref().map(|b| b.place(&timing)).transpose()?,
             fps: timing.fps,
         })
     }
@@ -94,9 +101,24 @@ impl Motion<'_> {
         Ok(Camera { factor: zoom.powf(1.0 / self.fps), centre: (x, y), turn: (degrees / self.fps).to_radians() })
     }
 
+    /// Each style's share of frame `frame` (summing to 1; `[1.0]` for a movie of one style).
+    pub fn weights(&self, frame: u32) -> Result<Vec<f64>, ParamError> {
+        match &self.blend {
+            Some(blend) => blend.at(frame),
+            None => Ok(vec![1.0]),
+        }
+    }
+
     /// Optimiser iterations for frame `frame`, a whole number from 1.
     pub fn iters(&self, frame: u32) -> Result<u32, ParamError> {
         let [n, _] = self.iters.at(frame)?;
         Ok((n.round() as u32).max(1))
     }
+}
+
+/// Style weights in words, the ones in play only: `a 0.30, b 0.70`.
+pub fn style_words(names: &[String], weights: &[f64]) -> String {
+    let words: Vec<String> =
+        names.iter().zip(weights).filter(|(_, w)| **w > 0.0).map(|(n, w)| format!("{n} {w:.2}")).collect();
+    words.join(", ")
 }

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::limits::{quoted_prefix, MAX_FPS_DEN, MAX_LAYERS, MAX_LAYER_WEIGHT};
-use crate::schedule::{ANGLE, BPM_RANGE, CENTRE, ITERS, ZOOM};
+use crate::schedule::{check_style_name, ANGLE, BPM_RANGE, CENTRE, ITERS, MAX_STYLES, ZOOM};
 
 impl RenderParams {
     /// Every limit, each frame of every schedule included: what the CLI, the coordinator at
@@ -23,6 +23,9 @@ impl RenderParams {
             [(&self.zoom, &ZOOM), (&self.iters, &ITERS), (&self.centre, &CENTRE), (&self.angle, &ANGLE)]
         {
             schedule.check(spec, &timing, self.frames)?;
+        }
+        if let Some(blend) = &self.blend {
+            blend.check(&timing, self.frames)?;
         }
         Ok(())
     }
@@ -105,6 +108,9 @@ impl RenderParams {
                 "at least one layer needs a weight above 0: with none the loss is 0 and nothing renders",
             ));
         }
+        if let Some(blend) = &self.blend {
+            check_style_names(blend.names())?;
+        }
         if let Some(lr) = self.learning_rate {
             if !(lr.is_finite() && lr > 0.0 && lr <= 100.0) {
                 return Err(ParamError::new("--lr", format!("must be above 0 and at most 100, got {lr}")));
@@ -112,6 +118,23 @@ impl RenderParams {
         }
         Ok(())
     }
+}
+
+/// A movie's style names: one to `MAX_STYLES` of them, each a name, none twice.
+pub fn check_style_names(names: &[String]) -> Result<(), ParamError> {
+    if !(1..=MAX_STYLES).contains(&names.len()) {
+        return Err(ParamError::new(
+            "--style",
+            format!("a movie has 1 to {MAX_STYLES} named styles, got {}", names.len()),
+        ));
+    }
+    for (i, name) in names.iter().enumerate() {
+        check_style_name(name)?;
+        if names[..i].contains(name) {
+            return Err(ParamError::new("--style", format!("two styles are named {name:?}; each needs its own name")));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

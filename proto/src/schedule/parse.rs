@@ -41,7 +41,10 @@ impl Formula {
 }
 
 /// A piece of the text and the byte where it starts.
-type Piece<'a> = (usize, &'a str);
+pub(super) type Piece<'a> = (usize, &'a str);
+
+/// Reads the values inside a key's parentheses (the text and the byte where it starts).
+pub(super) type ValueReader<'a, 'r> = dyn Fn(usize, &'a str) -> Result<Vec<Value>, ParamError> + 'r;
 
 pub(super) fn schedule(spec: &Spec, text: &str) -> Result<Schedule, ParamError> {
     check_len(spec.flag, text, MAX_SCHEDULE_LEN)?;
@@ -97,9 +100,9 @@ fn numbers(values: &[Value]) -> Option<[f64; 2]> {
 }
 
 /// The text being read, for positions in messages.
-struct Cursor<'a> {
-    spec: &'a Spec,
-    text: &'a str,
+pub(super) struct Cursor<'a> {
+    pub(super) spec: &'a Spec,
+    pub(super) text: &'a str,
 }
 
 impl<'a> Cursor<'a> {
@@ -108,12 +111,12 @@ impl<'a> Cursor<'a> {
         self.text[..byte].chars().count() + 1
     }
 
-    fn error(&self, byte: usize, message: impl std::fmt::Display) -> ParamError {
+    pub(super) fn error(&self, byte: usize, message: impl std::fmt::Display) -> ParamError {
         ParamError::new(self.spec.flag, format!("character {}: {message}", self.column(byte)))
     }
 
     /// `piece` (starting at byte `start` of the text) split at its commas outside parentheses.
-    fn split(&self, start: usize, piece: &'a str) -> Result<Vec<Piece<'a>>, ParamError> {
+    pub(super) fn split(&self, start: usize, piece: &'a str) -> Result<Vec<Piece<'a>>, ParamError> {
         let mut parts = Vec::new();
         let (mut depth, mut from, mut opened) = (0usize, 0usize, Vec::new());
         for (i, ch) in piece.char_indices() {
@@ -142,7 +145,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// The byte of a ':' outside parentheses in `piece`, if any.
-    fn top_colon(&self, _start: usize, piece: &str) -> Option<usize> {
+    pub(super) fn top_colon(&self, _start: usize, piece: &str) -> Option<usize> {
         let mut depth = 0i32;
         for (i, ch) in piece.char_indices() {
             match ch {
@@ -157,6 +160,11 @@ impl<'a> Cursor<'a> {
 
     /// One key: `KEY:(VALUE[, VALUE]) [EASING]`.
     fn key(&self, start: usize, piece: &'a str) -> Result<Key, ParamError> {
+        self.key_with(start, piece, &|start, inner| self.values(start, inner, &self.split(start, inner)?))
+    }
+
+    /// One key whose parenthesised value (at byte `start`) is read by `read`.
+    pub(super) fn key_with(&self, start: usize, piece: &'a str, read: &ValueReader<'a, '_>) -> Result<Key, ParamError> {
         let lead = piece.len() - piece.trim_start().len();
         let (start, piece) = (start + lead, piece.trim());
         let written = piece.to_string();
@@ -177,8 +185,7 @@ impl<'a> Cursor<'a> {
             return Err(self.error(rest_start, "a key's value goes in parentheses: 120:(1.5)"));
         }
         let close = matching(rest).ok_or_else(|| self.error(rest_start, "this '(' is never closed"))?;
-        let inner = &rest[1..close];
-        let values = self.values(rest_start + 1, inner, &self.split(rest_start + 1, inner)?)?;
+        let values = read(rest_start + 1, &rest[1..close])?;
         let tail = rest[close + 1..].trim();
         let ease = if tail.is_empty() {
             Ease::Linear
@@ -232,7 +239,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// A number, or a formula of `t`, `s` and `b`.
-    fn value(&self, start: usize, piece: &str) -> Result<Value, ParamError> {
+    pub(super) fn value(&self, start: usize, piece: &str) -> Result<Value, ParamError> {
         let lead = piece.len() - piece.trim_start().len();
         let (start, piece) = (start + lead, piece.trim());
         if piece.is_empty() {

@@ -1,0 +1,121 @@
+//! Styles over time: a render's styles, each turned into its loss target (and colour space)
+//! once, and mixed by each frame's weights (`proto::schedule::Blend`) into what that frame is
+//! optimised against, its [`Look`].
+//!
+//! Mixing is a few weighted sums of Gram matrices (or a list of weighted samples, for the
+//! sliced distance) and of 3x3 colour moments: cheap next to one iteration, and done only when
+//! the weights change. Every input is a function of the global frame index, so a segment
+//! starting mid-fade mixes exactly what the one-piece render mixed there.
+//!
+//! The loss alone moves a frame's colours slowly: 4 iterations a frame took a fade from the
+//! grey gravel to the wheat field two seconds past its last key to reach two thirds of the
+//! wheat field's colourfulness. So while the weights move, each frame's colours are carried
+//! from the previous frame's blend to this one's by the optimal transport map between their
+//! colour distributions (`colour::transport`, Gaussian: an affine map), and the loss then
+//! draws the new style's texture into colours already its own; the fade is done by its last
+//! key (`tests/e2e/blend.rs`). Frames whose weights do not move are never touched, so a movie
+//! of one style renders exactly as before.
+
+use crate::colour::{ColourSpace, Preconditioner};
+use crate::error::{ParamError, Result};
+use crate::loss::StyleTarget;
+use crate::params::RenderParams;
+use crate::style::Style;
+use crate::vgg::Vgg;
+use tch::{Device, Kind};
+
+/// What one frame is optimised against: the styles mixed by its weights.
+pub(crate) struct Look {
+    pub target: StyleTarget,
+    /// The blend's colour space and its preconditioner, for a design that steps in colour.
+    pub colour: Option<(ColourSpace, Preconditioner)>,
+    pub weights: Vec<f64>,
+    /// The blend's colour distribution (mean and covariance of its styles' pixels).
+    pub palette: ColourSpace,
+}
+
+/// Each style's target at the output's size and colour space.
+pub(crate) struct Palette {
+    targets: Vec<StyleTarget>,
+    /// Each style's colour space, whether or not the design steps in colour.
+    spaces: Vec<ColourSpace>,
+    in_colour: bool,
+}
+
+impl Palette {
+    /// Targets (and, when `in_colour`, colour spaces) for every style, in order.
+    pub fn new(p: &RenderParams, styles: &[Style], net: &Vgg, device: Device, in_colour: bool) -> Result<Self> {
+        if styles.len() != p.style_count() {
+            return Err(ParamError::new(
+                "--style",
+                format!("the render was given {} style images, its parameters name {}", styles.len(), p.style_count()),
+            )
+            .into());
+        }
+        let targets = styles.iter().map(|s| target(p, s, net, device, 1.0)).collect::<Result<_>>()?;
+        let short = p.width.min(p.height);
+        let spaces: Vec<ColourSpace> = styles
+            .iter()
+            .map(|s| Ok(ColourSpace::of_style(&s.tensor(s.scaled_size(short, p.style_scale)?, Device::Cpu))))
+            .collect::<Result<_>>()?;
+        Ok(Self { targets, spaces, in_colour })
+    }
+
+    /// The colour distribution of a blend.
+    pub fn palette(&self, weights: &[f64]) -> ColourSpace {
+        let parts: Vec<(&ColourSpace, f64)> = self.spaces.iter().zip(weights.iter().copied()).collect();
+        ColourSpace::mixture(&parts)
+    }
+
+    /// The look of a frame whose styles weigh `weights`.
+    pub fn look(&self, weights: &[f64], device: Device) -> Look {
+        let parts: Vec<(&StyleTarget, f64)> = self.targets.iter().zip(weights.iter().copied()).collect();
+        Look {
+            target: StyleTarget::mix(&parts),
+            colour: self.colour(weights, device),
+            weights: weights.to_vec(),
+            palette: self.palette(weights),
+        }
+    }
+
+    /// The look of a warm-up stage whose output is `factor` of the full size: targets of the
+    /// styles at that scale, the colour space of the full size.
+    pub fn stage_look(
+        &self,
+        p: &RenderParams,
+        styles: &[Style],
+        net: &Vgg,
+        device: Device,
+        factor: f64,
+        weights: &[f64],
+    ) -> Result<Look> {
+        let targets = styles
+            .iter()
+            .zip(weights)
+            .map(|(s, w)| if *w > 0.0 { target(p, s, net, device, factor).map(Some) } else { Ok(None) })
+            .collect::<Result<Vec<_>>>()?;
+        let parts: Vec<(&StyleTarget, f64)> =
+            targets.iter().zip(weights).filter_map(|(t, w)| t.as_ref().map(|t| (t, *w))).collect();
+        Ok(Look {
+            target: StyleTarget::mix(&parts),
+            colour: self.colour(weights, device),
+            weights: weights.to_vec(),
+            palette: self.palette(weights),
+        })
+    }
+
+    fn colour(&self, weights: &[f64], device: Device) -> Option<(ColourSpace, Preconditioner)> {
+        self.in_colour.then(|| {
+            let space = self.palette(weights);
+            let precond = space.preconditioner(Kind::Float, device);
+            (space, precond)
+        })
+    }
+}
+
+/// A style's side of the loss for an output scaled by `factor` (warm-up stages use less than 1).
+fn target(p: &RenderParams, style: &Style, net: &Vgg, device: Device, factor: f64) -> Result<StyleTarget> {
+    let short = ((p.width.min(p.height) as f64) * factor).round() as u32;
+    let size = style.scaled_size(short, p.style_scale)?;
+    Ok(StyleTarget::new(net, &style.tensor(size, device), &p.loss_layers(), p.loss, p.seed))
+}
