@@ -9,8 +9,27 @@ use proto::v1;
 use serde_json::{json, Value};
 
 /// A movie slow enough on two CPU cores to watch for a while: 60 frames of 128x96.
-const WATCHED: &[&str] =
-    &["--size", "128x96", "--frames", "60", "--segment-frames", "20", "--iters", "3", "--warmup", "4"];
+/// A directed movie: its page charts the zoom and a cross-fade, with a marker that follows it.
+const WATCHED: &[&str] = &[
+    "--size",
+    "128x96",
+    "--frames",
+    "60",
+    "--segment-frames",
+    "20",
+    "--iters",
+    "3",
+    "--warmup",
+    "4",
+    "--zoom",
+    "0:(1.5), 2s:(3)",
+    "--style",
+    "wheat=wheatfield.jpg",
+    "--style",
+    "grey=gravel.png",
+    "--blend",
+    "0:(wheat), 20:(wheat), 50:(grey)",
+];
 
 /// The `value` of the progress bar in `row`'s row of the jobs table (-1 while there is none).
 fn jobs_progress(id: &str) -> String {
@@ -75,6 +94,15 @@ fn a_user_watches_her_farm_live_in_a_real_browser() {
     assert!(caption.as_str().unwrap().starts_with("Frame "), "{caption} ({newer})");
     let segments = browser.eval("return document.querySelectorAll('#job-segments > tr').length;", json!([]));
     assert_eq!(segments, 3, "one row per segment");
+    // The motion chart: zoom, turn and a line per style; its marker and words follow the render.
+    let lines = browser.eval("return document.querySelectorAll('#job-motion polyline').length;", json!([]));
+    assert_eq!(lines, 4, "zoom, turn and two styles");
+    let marker = "return document.querySelector('#job-motion line.now')?.getAttribute('x1') ?? '';";
+    let at = browser.eval(marker, json!([]));
+    browser.wait_for(120, "the marker to move", marker, |v| v != &at);
+    let words = browser.eval("return document.getElementById('motion-words').textContent;", json!([]));
+    assert!(words.as_str().is_some_and(|w| w.contains(" iterations a frame, styles ")), "{words}");
+    assert_eq!(browser.eval("return window.notReloaded === true;", json!([])), true);
     browser.screenshot(&shots.join("job.png"));
     assert_accessible(&browser, &axe, "the job page");
 

@@ -169,6 +169,7 @@ pub(crate) async fn job_events(State(web): State<Web>, headers: HeaderMap, Path(
                 ("job-segments", segments_html(&job, now)),
                 ("job-preview", preview_src(&job.id, preview.map(|p| p.0), has_poster).unwrap_or_default()),
                 ("job-caption", caption_html(preview.map(|p| p.1), has_poster)),
+                ("job-motion", super::motion::of_job(&job)),
             ];
             if !sent.send(&tx, parts).await {
                 return;

@@ -11,6 +11,16 @@ const SAMPLES: u32 = 240;
 const WIDTH: f64 = 600.0;
 const HEIGHT: f64 = 90.0;
 
+/// The motion section of a job's page, where it is now (empty for a movie that does not move
+/// but zoom).
+pub(crate) fn of_job(job: &proto::v1::Job) -> String {
+    let params = job.spec.as_ref().and_then(|s| s.params.as_ref());
+    match params.map(proto::wire::params_walked_at_submit) {
+        Some(Ok(params)) => section(&params, job.frames_done),
+        _ => String::new(),
+    }
+}
+
 /// The motion section of a job page, or nothing for a movie that does not move but zoom.
 pub(crate) fn section(p: &RenderParams, frame: u32) -> String {
     if !p.is_directed() {

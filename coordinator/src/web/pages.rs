@@ -209,9 +209,9 @@ pub(crate) async fn job_page(State(web): State<Web>, headers: HeaderMap, Path(id
          <tbody{}>{segments}</tbody></table></div></section>",
         html::live("job-segments", &segments)
     );
-    if let Ok(params) = proto::wire::params_walked_at_submit(&p) {
-        body.push_str(&super::motion::section(&params, job.frames_done));
-    }
+    // Live: the marker and the words follow the render.
+    let motion = super::motion::of_job(&job);
+    let _ = write!(body, "<div{}>{motion}</div>", html::live("job-motion", &motion));
     body.push_str("<section aria-labelledby=\"h-params\"><h2 id=\"h-params\">Parameters</h2><dl class=\"params\">");
     let layers = if p.layers.is_empty() {
         "every conv layer".to_string()
