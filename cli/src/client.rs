@@ -110,33 +110,42 @@ pub async fn submit(
     style: &[u8],
     style_name: &str,
 ) -> Result<v1::Job, ClientError> {
-    submit_styles(client, spec, &[(style, style_name)]).await
+    submit_styles(client, spec, &[(style, style_name)], None).await
 }
 
 /// Submits a job with its style images (bytes, file name) in the order of its style names,
-/// one after the other, each in 1 MiB pieces with its checksum.
+/// one after the other, each in 1 MiB pieces with its checksum, then its soundtrack if any.
 pub async fn submit_styles(
     client: &mut Client,
     spec: v1::JobSpec,
     styles: &[(&[u8], &str)],
+    audio: Option<(&[u8], &str)>,
 ) -> Result<v1::Job, ClientError> {
     use submit_job_request::Part;
     let header = v1::SubmitHeader {
         spec: Some(spec),
         style_name: styles.first().map_or_else(String::new, |s| s.1.into()),
         style_names: if styles.len() > 1 { styles.iter().map(|s| s.1.to_string()).collect() } else { Vec::new() },
+        audio_name: audio.map_or_else(String::new, |a| a.1.to_string()),
     };
     let mut messages = vec![v1::SubmitJobRequest { part: Some(Part::Header(header)) }];
-    for (style, _) in styles {
-        let sha = proto::params::hex(&Sha256::digest(style));
-        for (i, piece) in style.chunks(proto::BLOB_PIECE).enumerate() {
-            let blob = if i == 0 {
-                v1::Blob { total_size: style.len() as u64, sha256: sha.clone(), data: piece.to_vec() }
-            } else {
-                v1::Blob { data: piece.to_vec(), ..Default::default() }
-            };
-            messages.push(v1::SubmitJobRequest { part: Some(Part::Style(blob)) });
+    let blobs = |bytes: &[u8]| -> Vec<v1::Blob> {
+        let sha = proto::params::hex(&Sha256::digest(bytes));
+        let mut out: Vec<v1::Blob> = bytes
+            .chunks(proto::BLOB_PIECE)
+            .map(|piece| v1::Blob { data: piece.to_vec(), ..Default::default() })
+            .collect();
+        match out.first_mut() {
+            Some(first) => (first.total_size, first.sha256) = (bytes.len() as u64, sha),
+            None => out.push(v1::Blob { total_size: 0, sha256: sha, data: Vec::new() }),
         }
+        out
+    };
+    for (style, _) in styles {
+        messages.extend(blobs(style).into_iter().map(|b| v1::SubmitJobRequest { part: Some(Part::Style(b)) }));
+    }
+    if let Some((audio, _)) = audio {
+        messages.extend(blobs(audio).into_iter().map(|b| v1::SubmitJobRequest { part: Some(Part::Audio(b)) }));
     }
     Ok(client.submit_job(tokio_stream::iter(messages)).await?.into_inner())
 }

@@ -38,6 +38,8 @@ pub struct Outputs {
     /// Render in segments of this many frames; every hand-off then goes through the
     /// coordinator's store in its wire format, as between two cluster workers.
     pub segment_frames: Option<u32>,
+    /// With a soundtrack: the second of it the first frame plays with.
+    pub audio_offset: f64,
 }
 
 #[derive(Debug)]
@@ -89,6 +91,7 @@ pub async fn render(
     torch: DeviceThread,
     engine: Engine,
     styles: Vec<crate::styles::Upload>,
+    audio: Option<crate::styles::Upload>,
     outputs: &Outputs,
     mut cancel: watch::Receiver<bool>,
     mut on_update: impl FnMut(&v1::Job),
@@ -120,9 +123,11 @@ pub async fn render(
             segment_frames: outputs.segment_frames.unwrap_or(0),
             priority: 0,
             name: styles.iter().map(|s| s.file_name.as_str()).collect::<Vec<_>>().join(" + "),
+            audio_offset: outputs.audio_offset,
         };
         let files: Vec<(&[u8], &str)> = styles.iter().map(|s| (s.bytes.as_slice(), s.file_name.as_str())).collect();
-        let job = client::submit_styles(&mut jobs, spec, &files).await?;
+        let audio = audio.as_ref().map(|a| (a.bytes.as_slice(), a.file_name.as_str()));
+        let job = client::submit_styles(&mut jobs, spec, &files, audio).await?;
         let node_config = NodeConfig {
             coordinator: "in-process".into(),
             name: "local".into(),

@@ -80,6 +80,14 @@ pub fn read(positional: Option<&Path>, flags: &RenderFlags) -> anyhow::Result<(V
     })
 }
 
+/// The soundtrack `--audio` names, read (FFmpeg checks it where it is muxed: the coordinator).
+pub fn read_audio(flags: &RenderFlags) -> anyhow::Result<Option<Upload>> {
+    let Some(path) = &flags.audio else { return Ok(None) };
+    let bytes = std::fs::read(path)
+        .map_err(|e| anyhow::anyhow!("--audio: {}: {}", path.display(), e.to_string().to_lowercase()))?;
+    Ok(Some(Upload { file_name: file_name(path), bytes }))
+}
+
 fn file_name(path: &Path) -> String {
     path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
 }

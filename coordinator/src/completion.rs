@@ -378,9 +378,9 @@ impl Coordinator {
         let conn = self.conn.clone();
         let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || -> Result<(u64, String, Vec<String>)> {
-            let (spec, chunks) = {
+            let (spec, chunks, audio) = {
                 let c = conn.lock().unwrap_or_else(|e| e.into_inner());
-                (db::spec(&c, job)?, db::done_chunks(&c, job)?)
+                (db::spec(&c, job)?, db::done_chunks(&c, job)?, db::job_audio(&c, job)?)
             };
             let kind = proto::wire::output_from_wire(spec.output)?;
             let params = proto::wire::params_walked_at_submit(spec.params.as_ref().unwrap_or(&Default::default()))?;
@@ -398,24 +398,41 @@ impl Coordinator {
                 }
             }
             let tmp = store.scratch_dir().join(format!("output-{job}.{}", kind.extension()));
-            let result = stitch::stitch(kind, &parts, params.fps, &tmp).and_then(|()| {
-                let read = || Error::io("reading the stitched output");
-                let mut hasher = Sha256::new();
-                let mut file = std::fs::File::open(&tmp).map_err(read())?;
-                let mut buf = vec![0u8; 1 << 20];
-                let mut size = 0u64;
-                loop {
-                    let n = file.read(&mut buf).map_err(read())?;
-                    if n == 0 {
-                        break;
+            let result = stitch::stitch(kind, &parts, params.fps, &tmp)
+                .and_then(|()| {
+                    if audio.is_empty() {
+                        return Ok(());
                     }
-                    hasher.update(&buf[..n]);
-                    size += n as u64;
-                }
-                let key = keys::output(job, kind.extension());
-                store.put_file(&key, &tmp).map_err(Error::store(format!("storing the output as {key}")))?;
-                Ok((size, proto::params::hex(&hasher.finalize()), garbage))
-            });
+                    // The soundtrack, muxed into the stitched movie as AAC of its exact length.
+                    let key = keys::audio(&audio);
+                    let track = store.local_path(&key).map_err(Error::store(format!("the soundtrack ({key})")))?;
+                    let with = store.scratch_dir().join(format!("output-{job}-audio.{}", kind.extension()));
+                    let seconds = f64::from(params.frames) / params.fps.as_f64();
+                    let muxed =
+                        crate::soundtrack::mux(&tmp, &track, spec.audio_offset, seconds, &with).and_then(|()| {
+                            std::fs::rename(&with, &tmp).map_err(Error::io("placing the output with its soundtrack"))
+                        });
+                    let _ = std::fs::remove_file(&with);
+                    muxed
+                })
+                .and_then(|()| {
+                    let read = || Error::io("reading the stitched output");
+                    let mut hasher = Sha256::new();
+                    let mut file = std::fs::File::open(&tmp).map_err(read())?;
+                    let mut buf = vec![0u8; 1 << 20];
+                    let mut size = 0u64;
+                    loop {
+                        let n = file.read(&mut buf).map_err(read())?;
+                        if n == 0 {
+                            break;
+                        }
+                        hasher.update(&buf[..n]);
+                        size += n as u64;
+                    }
+                    let key = keys::output(job, kind.extension());
+                    store.put_file(&key, &tmp).map_err(Error::store(format!("storing the output as {key}")))?;
+                    Ok((size, proto::params::hex(&hasher.finalize()), garbage))
+                });
             let _ = std::fs::remove_file(&tmp);
             result
         })

@@ -53,26 +53,48 @@ pub fn job_seq(id: &str) -> Result<JobId> {
     JobId::parse(id).ok_or_else(|| Error::JobNotFound(crate::error::quoted_prefix(id)))
 }
 
-/// Inserts a job and its segments; the first segment is ready at once. `styles`: the styles'
-/// SHA-256s in order, comma-separated (one for a movie of one style), as the fingerprint knows
-/// them.
-pub fn submit(
+/// What a job was submitted with besides its spec: its styles' SHA-256s in order,
+/// comma-separated (one for a movie of one style, as the fingerprint knows them), and its
+/// soundtrack's ('' for none). A plain `&str` is the styles of a silent movie.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    pub styles: &'a str,
+    pub audio: &'a str,
+}
+
+impl<'a> From<&'a str> for Inputs<'a> {
+    fn from(styles: &'a str) -> Self {
+        Self { styles, audio: "" }
+    }
+}
+
+/// What deleting a job frees: each of its styles and its soundtrack, with whether another job
+/// still uses it.
+#[derive(Debug, PartialEq)]
+pub struct Deleted {
+    pub styles: Vec<(String, bool)>,
+    pub audio: Option<(String, bool)>,
+}
+
+/// Inserts a job and its segments; the first segment is ready at once.
+pub fn submit<'a>(
     conn: &mut Connection,
     spec: &v1::JobSpec,
     frames: u32,
     segment_frames: u32,
-    styles: &str,
+    inputs: impl Into<Inputs<'a>>,
     owner: &str,
     now: i64,
 ) -> Result<JobId> {
+    let Inputs { styles, audio } = inputs.into();
     use prost::Message;
     let tx = conn.transaction()?;
     let network = spec.params.as_ref().map(|p| p.network.as_str()).unwrap_or_default();
     let (first, more) = styles.split_once(',').unwrap_or((styles, ""));
     tx.execute(
-        "INSERT INTO jobs (spec, priority, state, frames, style_sha256, more_styles, created_ms, owner, network, segment_frames)
-         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![spec.encode_to_vec(), spec.priority, frames, first, more, now, owner, network, segment_frames],
+        "INSERT INTO jobs (spec, priority, state, frames, style_sha256, more_styles, audio_sha256, created_ms, owner, network, segment_frames)
+         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![spec.encode_to_vec(), spec.priority, frames, first, more, audio, now, owner, network, segment_frames],
     )?;
     let seq = JobId(tx.last_insert_rowid());
     cut_segments(&tx, seq, 0, 0, frames, segment_frames, now)?;
@@ -133,13 +155,14 @@ pub fn cancel(conn: &mut Connection, seq: JobId, now: i64) -> Result<()> {
 
 /// Forgets an ended job: its attempts, segments and record. Returns its styles' hashes, each
 /// with whether another job still uses that style (styles are stored once per content).
-pub fn delete(conn: &mut Connection, seq: JobId) -> Result<Vec<(String, bool)>> {
+pub fn delete(conn: &mut Connection, seq: JobId) -> Result<Deleted> {
     let tx = conn.transaction()?;
     let state = job_state(&tx, seq)?;
     if !state.is_final() {
         return Err(Error::JobNotEnded { id: seq.to_string(), state: state.described() });
     }
     let styles = job_styles(&tx, seq)?;
+    let audio = job_audio(&tx, seq)?;
     tx.execute("DELETE FROM attempts WHERE job = ?1", [seq])?;
     tx.execute("DELETE FROM segments WHERE job = ?1", [seq])?;
     tx.execute("DELETE FROM jobs WHERE seq = ?1", [seq])?;
@@ -151,6 +174,10 @@ pub fn delete(conn: &mut Connection, seq: JobId) -> Result<Vec<(String, bool)>> 
             out.push((style, shared));
         }
     }
+    let audio = match audio.as_str() {
+        "" => None,
+        sha => Some((sha.to_string(), !unused_audio(&tx, sha)?)),
+    };
     tx.commit()?;
     // Return the freed pages to the filesystem: without it the file only ever grew (17 MB
     // after a 100,000-segment job was deleted).
@@ -158,7 +185,17 @@ pub fn delete(conn: &mut Connection, seq: JobId) -> Result<Vec<(String, bool)>> 
     let mut vacuum = conn.prepare("PRAGMA incremental_vacuum")?;
     let mut rows = vacuum.query([])?;
     while rows.next()?.is_some() {}
-    Ok(out)
+    Ok(Deleted { styles: out, audio })
+}
+
+/// A job's soundtrack's SHA-256 ('' for none).
+pub fn job_audio(conn: &Connection, job: JobId) -> Result<String> {
+    Ok(conn.query_row("SELECT audio_sha256 FROM jobs WHERE seq = ?1", [job], |r| r.get(0))?)
+}
+
+/// Whether no job has the soundtrack `sha`.
+pub fn unused_audio(conn: &Connection, sha: &str) -> Result<bool> {
+    Ok(conn.query_row("SELECT 1 FROM jobs WHERE audio_sha256 = ?1 LIMIT 1", [sha], |_| Ok(())).optional()?.is_none())
 }
 
 /// Those of `styles` that no job uses.

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod preview;
 pub mod reserve;
 mod service;
+pub mod soundtrack;
 mod spec;
 pub mod stitch;
 pub mod store;

@@ -113,6 +113,11 @@ pub mod keys {
     pub fn style(sha256: &str) -> String {
         format!("styles/{sha256}")
     }
+
+    /// A soundtrack, stored once by content like a style.
+    pub fn audio(sha256: &str) -> String {
+        format!("audio/{sha256}")
+    }
     pub fn state(job: JobId, attempt: AttemptId) -> String {
         format!("jobs/{}/attempt-{attempt}.state", job.0)
     }

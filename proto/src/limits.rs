@@ -8,6 +8,10 @@ use crate::params::ParamError;
 
 /// Encoded size of a style image.
 pub const MAX_STYLE_BYTES: u64 = 64 << 20;
+/// Encoded size of a soundtrack: a ten-minute movie's in FLAC is about 60 MB, in WAV 100 MB.
+pub const MAX_AUDIO_BYTES: u64 = 512 << 20;
+/// Seconds `--audio-offset` may move a soundtrack either way.
+pub const MAX_AUDIO_OFFSET: f64 = 86_400.0;
 /// Pixels of a style image as stored in its file, read from the header before decoding.
 pub const MAX_STYLE_IMAGE_PIXELS: u64 = 50_000_000;
 /// A job's name and its style's file name.

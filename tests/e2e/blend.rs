@@ -69,7 +69,7 @@ fn a_cross_fade_moves_the_colours_from_one_style_to_the_other() {
 /// Submits `spec` with `styles` (bytes, file name) as alice.
 fn submit(c: &Cluster, spec: v1::JobSpec, styles: &[(&[u8], &str)]) -> Result<v1::Job, tonic::Status> {
     let mut jobs = c.jobs();
-    c.runtime.block_on(cli::client::submit_styles(&mut jobs, spec, styles)).map_err(|e| match e {
+    c.runtime.block_on(cli::client::submit_styles(&mut jobs, spec, styles, None)).map_err(|e| match e {
         cli::client::ClientError::Rpc(s) => s,
         other => panic!("{other}"),
     })

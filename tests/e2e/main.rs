@@ -20,5 +20,6 @@ mod movie;
 mod outputs;
 mod quality;
 mod segments;
+mod soundtrack;
 mod uploads;
 mod weights;

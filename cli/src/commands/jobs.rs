@@ -90,6 +90,7 @@ pub fn submit(args: Submit) -> Result<()> {
         .map_err(|_| anyhow::anyhow!("--format: expected mp4, gif, png or jpg, got {:?}", args.format))?;
     // Decoded here too: a file that is no image fails before anything is sent.
     let (_, styles) = crate::styles::read(args.style.as_deref(), &args.flags)?;
+    let audio = crate::styles::read_audio(&args.flags)?;
     let name = styles.iter().map(|s| s.file_name.as_str()).collect::<Vec<_>>().join(" + ");
     let spec = v1::JobSpec {
         params: Some(proto::wire::params_to_wire(&p)),
@@ -97,11 +98,13 @@ pub fn submit(args: Submit) -> Result<()> {
         segment_frames: args.flags.segment_frames.unwrap_or(0),
         priority: args.priority,
         name: name.clone(),
+        audio_offset: args.flags.audio_offset,
     };
     let job = runtime()?.block_on(async {
         let mut c = args.at.connect().await?;
         let files: Vec<(&[u8], &str)> = styles.iter().map(|s| (s.bytes.as_slice(), s.file_name.as_str())).collect();
-        client::submit_styles(&mut c, spec, &files).await
+        let audio = audio.as_ref().map(|a| (a.bytes.as_slice(), a.file_name.as_str()));
+        client::submit_styles(&mut c, spec, &files, audio).await
     })?;
     println!("{}", job.id);
     Ok(())

@@ -50,6 +50,14 @@ pub struct RenderFlags {
     /// "0:(a), 20s:(a), 30s:(b) ease-in-out, 40s:(a:1, b:3)" (default: equal weights).
     #[arg(long, requires = "styles")]
     pub blend: Option<String>,
+    /// A soundtrack (any format FFmpeg reads), muxed into the .mp4 as AAC, cut or padded with
+    /// silence to the movie's length.
+    #[arg(long, value_name = "FILE")]
+    pub audio: Option<PathBuf>,
+    /// The second of the soundtrack the movie's first frame plays with (negative: that many
+    /// seconds of silence first).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true, requires = "audio")]
+    pub audio_offset: f64,
     /// Beats per minute: the unit of beat keys (8b) and of b in formulas.
     #[arg(long)]
     pub bpm: Option<f64>,
@@ -185,6 +193,12 @@ pub fn run(args: Args, bar: &Bar) -> Result<()> {
     let params = params(&args.flags, device.is_cuda())?;
     // Each file is read once: decoded here (bad input fails before any work), submitted as is.
     let (styles, files) = crate::styles::read(args.style.as_deref(), &args.flags)?;
+    let audio = crate::styles::read_audio(&args.flags)?;
+    if audio.is_some()
+        && !matches!(engine::encode::OutputKind::from_path(&args.output), Ok(engine::encode::OutputKind::Mp4))
+    {
+        anyhow::bail!("--audio: a soundtrack needs an .mp4 output, got {}", args.output.display());
+    }
     let weights = match &args.weights {
         Some(path) => Some(path.clone()),
         None => super::weights::first_use(params.network, args.torch.offline, bar)?,
@@ -207,6 +221,7 @@ pub fn run(args: Args, bar: &Bar) -> Result<()> {
         output: args.output.clone(),
         frames_dir: args.frames_dir.clone(),
         segment_frames: args.flags.segment_frames,
+        audio_offset: args.flags.audio_offset,
     };
     // Fail on a bad output before the runtime and coordinator start.
     drop(crate::local::prepare(&engine, &outputs)?);
@@ -231,7 +246,7 @@ pub fn run(args: Args, bar: &Bar) -> Result<()> {
     let mut follow = crate::progress::Follow::new(bar, args.quiet);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let summary = runtime
-        .block_on(render(torch, engine, files, &outputs, cancel_rx, |job| follow.update(job)))
+        .block_on(render(torch, engine, files, audio, &outputs, cancel_rx, |job| follow.update(job)))
         .with_context(|| format!("render to {} failed", args.output.display()))?;
     bar.clear();
     let secs = summary.wall.as_secs_f64();

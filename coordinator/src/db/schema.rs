@@ -189,6 +189,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // 8: the styles of a job after its first (`style_sha256`), for movies that blend several:
     // their SHA-256s in order, comma-separated.
     "ALTER TABLE jobs ADD COLUMN more_styles TEXT NOT NULL DEFAULT '';",
+    // 9: a job's soundtrack, by its SHA-256 ('' for none).
+    "ALTER TABLE jobs ADD COLUMN audio_sha256 TEXT NOT NULL DEFAULT '';",
 ];
 
 pub(super) fn migrate(conn: &Connection) -> Result<()> {

@@ -57,24 +57,30 @@ fn only_an_ended_job_is_deleted_and_a_shared_style_is_kept() {
     let a = submit(&mut c, &spec, 4, 2, "style-1", "", 0).unwrap();
     // A job blending three styles, the first shared with a and the second with d.
     let b = submit(&mut c, &spec, 4, 2, "style-1,style-2,style-3", "", 0).unwrap();
-    let d = submit(&mut c, &spec, 4, 2, "style-2", "", 0).unwrap();
+    // Two jobs with the same soundtrack.
+    let d = submit(&mut c, &spec, 4, 2, Inputs { styles: "style-2", audio: "song" }, "", 0).unwrap();
+    let e = submit(&mut c, &spec, 4, 2, Inputs { styles: "style-4", audio: "song" }, "", 0).unwrap();
+    assert_eq!(job_audio(&c, d).unwrap(), "song");
     assert_eq!(job_styles(&c, b).unwrap(), ["style-1", "style-2", "style-3"]);
     assert_eq!(job_styles(&c, d).unwrap(), ["style-2"]);
     let err = delete(&mut c, a).unwrap_err().to_string();
     assert_eq!(err, "job job-1 has not ended: it is queued; cancel it first");
     cancel(&mut c, a, 1).unwrap();
-    assert_eq!(delete(&mut c, a).unwrap(), [("style-1".to_string(), true)], "job b still uses the style");
+    assert_eq!(delete(&mut c, a).unwrap().styles, [("style-1".to_string(), true)], "job b still uses the style");
     assert!(matches!(job(&c, a, true), Err(Error::JobNotFound(_))));
     let rows: i64 = c.query_row("SELECT COUNT(*) FROM segments WHERE job = ?1", [a], |r| r.get(0)).unwrap();
     assert_eq!(rows, 0);
     assert!(matches!(delete(&mut c, a), Err(Error::JobNotFound(_))));
     cancel(&mut c, b, 2).unwrap();
     let freed = [("style-1".to_string(), false), ("style-2".to_string(), true), ("style-3".to_string(), false)];
-    assert_eq!(delete(&mut c, b).unwrap(), freed, "the last user of styles 1 and 3; d uses 2");
-    let asked = ["style-1", "style-2", "style-4"].map(String::from).to_vec();
-    assert_eq!(unused_styles(&c, asked).unwrap(), ["style-1", "style-4"]);
+    assert_eq!(delete(&mut c, b).unwrap().styles, freed, "the last user of styles 1 and 3; d uses 2");
+    let asked = ["style-1", "style-2", "style-5"].map(String::from).to_vec();
+    assert_eq!(unused_styles(&c, asked).unwrap(), ["style-1", "style-5"]);
     cancel(&mut c, d, 3).unwrap();
-    assert_eq!(delete(&mut c, d).unwrap(), [("style-2".to_string(), false)]);
+    let deleted = delete(&mut c, d).unwrap();
+    assert_eq!(deleted, Deleted { styles: vec![("style-2".to_string(), false)], audio: Some(("song".into(), true)) });
+    cancel(&mut c, e, 4).unwrap();
+    assert_eq!(delete(&mut c, e).unwrap().audio, Some(("song".into(), false)), "the last user of the song");
     assert!(list(&c, None).unwrap().is_empty());
 }
 

@@ -48,6 +48,7 @@ impl JobService for Api {
         for name in &header.style_names {
             proto::limits::check_len("style_names", name, proto::limits::MAX_NAME_LEN).map_err(Error::from)?;
         }
+        proto::limits::check_len("audio_name", &header.audio_name, proto::limits::MAX_NAME_LEN).map_err(Error::from)?;
         // Off the runtime: a million frames of formulas take seconds to walk.
         let (params, spec) = tokio::task::spawn_blocking(move || check_spec(&spec).map(|p| (p, spec)))
             .await
@@ -77,17 +78,27 @@ impl JobService for Api {
                 };
             }
         }
-        let shas = styles::receive(self, &mut stream, &names).await?;
-        let sha = shas.join(",");
+        let audio_name = Some(header.audio_name.as_str()).filter(|n| !n.is_empty());
+        if audio_name.is_some() {
+            check_soundtrack(&spec).map_err(Status::from)?;
+        }
+        let stored = styles::receive(self, &mut stream, &names, audio_name).await?;
+        let sha = stored.styles.join(",");
+        let audio = stored.audio.clone().unwrap_or_default();
         let frames = params.frames;
         let spec2 = spec.clone();
         let owner2 = owner.clone();
-        let submitted =
-            self.0.db(move |c| db::submit(c, &spec2, frames, segment_frames, &sha, &owner2, now_ms())).await;
+        let submitted = self
+            .0
+            .db(move |c| {
+                let inputs = db::Inputs { styles: &sha, audio: &audio };
+                db::submit(c, &spec2, frames, segment_frames, inputs, &owner2, now_ms())
+            })
+            .await;
         let seq = match submitted {
             Ok(seq) => seq,
             Err(e) => {
-                styles::forget(self, shas).await;
+                styles::forget(self, stored).await;
                 return Err(e.into());
             }
         };
@@ -215,8 +226,9 @@ impl JobService for Api {
         let freed = tokio::task::spawn_blocking(move || -> Result<u64, Error> {
             let prefix = keys::job(seq);
             let mut freed = store.delete_all(&prefix).map_err(Error::store(format!("deleting {prefix}")))?;
-            for (style, _) in styles.iter().filter(|(_, shared)| !shared) {
-                let key = keys::style(style);
+            let unused_styles = styles.styles.iter().filter(|(_, shared)| !shared).map(|(s, _)| keys::style(s));
+            let unused_audio = styles.audio.iter().filter(|(_, shared)| !shared).map(|(s, _)| keys::audio(s));
+            for key in unused_styles.chain(unused_audio) {
                 freed += store.local_path(&key).and_then(std::fs::metadata).map_or(0, |m| m.len());
                 store.delete(&key).map_err(Error::store(format!("deleting {key}")))?;
             }
@@ -273,4 +285,19 @@ impl JobService for Api {
         self.0.job_changed(seq);
         Ok(Response::new(self.job_view(seq, false).await?))
     }
+}
+
+/// A soundtrack goes into an MP4, at an offset that is a number of bounded size.
+fn check_soundtrack(spec: &v1::JobSpec) -> Result<()> {
+    let output = proto::wire::output_from_wire(spec.output)?;
+    if output != proto::params::OutputKind::Mp4 {
+        let message = format!("a soundtrack needs an mp4 output, the job's is {}", output.extension());
+        return Err(Error::invalid("audio", message));
+    }
+    let most = proto::limits::MAX_AUDIO_OFFSET;
+    if !(spec.audio_offset.is_finite() && spec.audio_offset.abs() <= most) {
+        let message = format!("must be a number of seconds from -{most} to {most}, got {}", spec.audio_offset);
+        return Err(Error::Param(proto::params::ParamError::new("--audio-offset", message)));
+    }
+    Ok(())
 }

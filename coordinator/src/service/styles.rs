@@ -1,8 +1,10 @@
 //! The style images of a submit: they follow the header one after the other, in the order of
 //! the job's style names, each declared (size, hash) by its first piece. Each is held in memory
 //! against the upload budget only until it is checked (it decodes, its size is in bounds) and
-//! stored once by its content, so a movie of eight styles needs no more room than one. A submit
-//! that fails part-way removes the styles it stored that no job uses: bad input leaves nothing.
+//! stored once by its content, so a movie of eight styles needs no more room than one. A
+//! soundtrack may follow them: written to scratch as it arrives (never held in memory), checked
+//! by FFmpeg (`soundtrack::probe`) and stored once by content too. A submit that fails part-way
+//! removes what it stored that no job uses: bad input leaves nothing.
 
 use super::transfer::unique_name;
 use super::Api;
@@ -13,29 +15,50 @@ use proto::v1::{self, submit_job_request};
 use std::sync::Arc;
 use tonic::{Status, Streaming};
 
+/// What a submit brought besides its header, stored.
+#[derive(Default)]
+pub(super) struct Received {
+    /// The styles' SHA-256s in order.
+    pub styles: Vec<String>,
+    pub audio: Option<String>,
+}
+
 /// Receives, checks and stores `names.len()` styles (`names`: each image's file name, for
-/// messages); returns their SHA-256s in order.
+/// messages), then the soundtrack `audio` names, if any.
 pub(super) async fn receive(
     api: &Api,
     stream: &mut Streaming<v1::SubmitJobRequest>,
     names: &[String],
-) -> Result<Vec<String>, Status> {
-    let mut stored: Vec<String> = Vec::new();
+    audio: Option<&str>,
+) -> Result<Received, Status> {
+    let mut stored = Received::default();
     for (i, name) in names.iter().enumerate() {
         match receive_one(api, stream, name, i).await {
-            Ok(sha) => stored.push(sha),
+            Ok(sha) => stored.styles.push(sha),
             Err(status) => {
                 forget(api, stored).await;
                 return Err(status);
             }
         }
     }
-    // Nothing may follow the last style.
+    if let Some(name) = audio {
+        match receive_audio(api, stream, name).await {
+            Ok(sha) => stored.audio = Some(sha),
+            Err(status) => {
+                forget(api, stored).await;
+                return Err(status);
+            }
+        }
+    }
+    // Nothing may follow.
     if let Some(message) = stream.message().await.transpose() {
         forget(api, stored).await;
         let what = match message? {
             v1::SubmitJobRequest { part: Some(submit_job_request::Part::Header(_)) } => {
                 "only the first message may carry the header".to_string()
+            }
+            v1::SubmitJobRequest { part: Some(submit_job_request::Part::Audio(_)) } if audio.is_none() => {
+                "a soundtrack arrived, but the header names none (audio_name)".to_string()
             }
             _ => format!("more style images arrived than the {} the job names", names.len()),
         };
@@ -82,8 +105,13 @@ async fn receive_one(
             };
             return Err(Error::invalid(field(i), message).into());
         };
-        let Some(submit_job_request::Part::Style(blob)) = message.part else {
-            return Err(Error::invalid("header", "only the first message may carry the header").into());
+        let blob = match message.part {
+            Some(submit_job_request::Part::Style(blob)) => blob,
+            Some(submit_job_request::Part::Audio(_)) => {
+                let message = format!("{which}a soundtrack arrived before the style's bytes were all there");
+                return Err(Error::invalid(field(i), message).into());
+            }
+            _ => return Err(Error::invalid("header", "only the first message may carry the header").into()),
         };
         if declared.is_none() {
             let size = blob.total_size;
@@ -172,18 +200,105 @@ fn check_and_store(store: &Arc<dyn ArtifactStore>, name: &str, i: usize, style: 
     Ok(())
 }
 
-/// Removes styles this submit stored that no job uses (a later style of the same submit was
+/// Removes what this submit stored that no job uses (a later part of the same submit was
 /// refused, or the job could not be recorded).
-pub(super) async fn forget(api: &Api, styles: Vec<String>) {
-    if styles.is_empty() {
-        return;
-    }
-    let unused = api.0.db(move |c| db::unused_styles(c, styles)).await.unwrap_or_default();
+pub(super) async fn forget(api: &Api, stored: Received) {
+    let Received { styles, audio } = stored;
+    let unused = api
+        .0
+        .db(move |c| {
+            let mut keys: Vec<String> = db::unused_styles(c, styles)?.iter().map(|s| keys::style(s)).collect();
+            if let Some(sha) = audio.filter(|sha| db::unused_audio(c, sha).unwrap_or(false)) {
+                keys.push(keys::audio(&sha));
+            }
+            Ok(keys)
+        })
+        .await
+        .unwrap_or_default();
     let store = api.0.store.clone();
     let _ = tokio::task::spawn_blocking(move || {
-        for sha in unused {
-            let _ = store.delete(&keys::style(&sha));
+        for key in unused {
+            let _ = store.delete(&key);
         }
     })
     .await;
+}
+
+/// Receives a soundtrack into a scratch file (hashing it as it comes), checks it with FFmpeg
+/// and stores it; returns its SHA-256.
+async fn receive_audio(api: &Api, stream: &mut Streaming<v1::SubmitJobRequest>, name: &str) -> Result<String, Status> {
+    use sha2::{Digest, Sha256};
+    use tokio::io::AsyncWriteExt;
+    let store = api.0.store.clone();
+    let tmp = store.scratch_dir().join(unique_name("audio"));
+    // Removed on every way out; a crash leaves it to the scratch sweep at start.
+    struct Scratch(std::path::PathBuf);
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let scratch = Scratch(tmp.clone());
+    let mut file =
+        tokio::fs::File::create(&tmp).await.map_err(Error::io("creating a scratch file")).map_err(Status::from)?;
+    let mut hasher = Sha256::new();
+    let (mut got, mut declared): (u64, Option<(u64, String)>) = (0, None);
+    let most = proto::limits::MAX_AUDIO_BYTES;
+    loop {
+        if let Some((size, _)) = &declared {
+            if got == *size {
+                break;
+            }
+        }
+        let Some(message) = stream.message().await? else {
+            let message = match &declared {
+                Some((size, _)) => format!("{name:?}: the upload ended after {got} of the {size} bytes declared"),
+                None => format!("{name:?}: the upload ended before the soundtrack's bytes"),
+            };
+            return Err(Error::invalid("audio", message).into());
+        };
+        let Some(submit_job_request::Part::Audio(blob)) = message.part else {
+            return Err(Error::invalid("audio", "only the soundtrack's bytes may follow the styles").into());
+        };
+        if declared.is_none() {
+            if blob.total_size > most {
+                let message = format!("{name:?} is {} bytes, at most {most} allowed", blob.total_size);
+                return Err(Error::invalid("audio", message).into());
+            }
+            declared = Some((blob.total_size, blob.sha256.clone()));
+        }
+        let size = declared.as_ref().map_or(0, |d| d.0);
+        if got + blob.data.len() as u64 > size {
+            let message = format!("{name:?}: more bytes arrived than the {size} the first piece declared");
+            return Err(Error::invalid("audio", message).into());
+        }
+        hasher.update(&blob.data);
+        got += blob.data.len() as u64;
+        file.write_all(&blob.data)
+            .await
+            .map_err(Error::io("writing the soundtrack to scratch"))
+            .map_err(Status::from)?;
+    }
+    file.flush().await.map_err(Error::io("writing the soundtrack to scratch")).map_err(Status::from)?;
+    drop(file);
+    let sha = proto::params::hex(&hasher.finalize());
+    let (size, declared_sha) = declared.unwrap_or_default();
+    if !declared_sha.is_empty() && declared_sha != sha {
+        let message =
+            format!("{name:?}: checksum mismatch: declared {size} bytes, received {got} bytes with sha256 {sha}");
+        return Err(Error::invalid("audio", message).into());
+    }
+    let (name, out) = (name.to_string(), sha.clone());
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let probe = crate::soundtrack::probe(&scratch.0, &name)?;
+        tracing::debug!(codec = %probe.codec, seconds = probe.seconds, "soundtrack checked");
+        let key = keys::audio(&sha);
+        if !store.exists(&key) {
+            store.put_file(&key, &scratch.0).map_err(Error::store(format!("storing the soundtrack {key}")))?;
+        }
+        Ok(())
+    })
+    .await
+    .expect("soundtrack check panicked")?;
+    Ok(out)
 }

@@ -1,0 +1,144 @@
+//! Soundtracks: muxed into the MP4 as AAC, started at the offset, cut or padded with silence to
+//! the movie's length; a file that is not audio is refused before anything renders.
+
+use crate::helpers::{decode_video, example, gramzoom, stderr, tempdir, SMALL};
+use ffmpeg_next as ffmpeg;
+use std::path::Path;
+
+/// A mono 16-bit WAV of `seconds` of a 440 Hz tone at 44.1 kHz (a rate the output is not in).
+fn tone(path: &Path, seconds: f64) {
+    let rate = 44_100u32;
+    let n = (seconds * f64::from(rate)) as u32;
+    let mut wav = Vec::new();
+    wav.extend(b"RIFF");
+    wav.extend((36 + 2 * n).to_le_bytes());
+    wav.extend(b"WAVEfmt ");
+    wav.extend(16u32.to_le_bytes());
+    wav.extend(1u16.to_le_bytes()); // PCM
+    wav.extend(1u16.to_le_bytes()); // mono
+    wav.extend(rate.to_le_bytes());
+    wav.extend((2 * rate).to_le_bytes());
+    wav.extend(2u16.to_le_bytes());
+    wav.extend(16u16.to_le_bytes());
+    wav.extend(b"data");
+    wav.extend((2 * n).to_le_bytes());
+    for i in 0..n {
+        let v = (0.5 * (std::f64::consts::TAU * 440.0 * f64::from(i) / f64::from(rate)).sin() * 32767.0) as i16;
+        wav.extend(v.to_le_bytes());
+    }
+    std::fs::write(path, wav).unwrap();
+}
+
+/// The output's audio: its codec, sample rate and first channel's samples, as a player decodes
+/// them (priming samples dropped).
+fn decode_audio(path: &Path) -> (String, u32, Vec<f32>) {
+    ffmpeg::init().unwrap();
+    let mut input = ffmpeg::format::input(path).unwrap();
+    let stream = input.streams().best(ffmpeg::media::Type::Audio).expect("an audio stream");
+    let index = stream.index();
+    let mut decoder =
+        ffmpeg::codec::context::Context::from_parameters(stream.parameters()).unwrap().decoder().audio().unwrap();
+    let codec = decoder.id().name().to_string();
+    let mut samples = Vec::new();
+    let mut frame = ffmpeg::frame::Audio::empty();
+    let take = |frame: &ffmpeg::frame::Audio, samples: &mut Vec<f32>| {
+        assert_eq!(frame.format(), ffmpeg::format::Sample::F32(ffmpeg::format::sample::Type::Planar));
+        samples.extend_from_slice(&frame.plane::<f32>(0)[..frame.samples()]);
+    };
+    for (s, packet) in input.packets() {
+        if s.index() == index {
+            decoder.send_packet(&packet).unwrap();
+            while decoder.receive_frame(&mut frame).is_ok() {
+                take(&frame, &mut samples);
+            }
+        }
+    }
+    decoder.send_eof().unwrap();
+    while decoder.receive_frame(&mut frame).is_ok() {
+        take(&frame, &mut samples);
+    }
+    (codec, decoder.rate(), samples)
+}
+
+/// The audio stream's duration as the container lists it.
+fn stream_seconds(path: &Path) -> f64 {
+    let input = ffmpeg::format::input(path).unwrap();
+    let stream = input.streams().best(ffmpeg::media::Type::Audio).unwrap();
+    stream.duration() as f64 * f64::from(stream.time_base())
+}
+
+fn rms(x: &[f32]) -> f64 {
+    (x.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt()
+}
+
+/// A 1-second tone played from its quarter second under a 1.5-second movie: AAC of the
+/// movie's length within a frame, the tone where it belongs, silence after it ends; and the
+/// same movie in segments through the store keeps its frames and its sound.
+#[test]
+fn a_soundtrack_is_muxed_at_its_offset_and_cut_or_padded_to_the_movie() {
+    let dir = tempdir();
+    let d = dir.path();
+    tone(&d.join("tone.wav"), 1.0);
+    let wheat = example("wheatfield.jpg");
+    let out = d.join("movie.mp4");
+    let mut args = vec!["render", wheat.to_str().unwrap(), "-o", out.to_str().unwrap()];
+    args.extend(SMALL);
+    args.extend(["--frames", "15", "--fps", "10", "--segment-frames", "6"]);
+    let tone_wav = d.join("tone.wav");
+    args.extend(["--audio", tone_wav.to_str().unwrap(), "--audio-offset", "0.25"]);
+    let r = gramzoom(&args, d);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let video = decode_video(&out);
+    assert_eq!(video.frames, 15);
+    let (codec, rate, samples) = decode_audio(&out);
+    assert_eq!((codec.as_str(), rate), ("aac", 48_000));
+    // Decoded, the last AAC frame comes whole (1024 samples, 21 ms at most past the end).
+    let seconds = samples.len() as f64 / f64::from(rate);
+    let listed = stream_seconds(&out);
+    eprintln!("audio {seconds:.4} s decoded, {listed:.4} s listed, for a 1.5 s movie ({} samples)", samples.len());
+    for s in [seconds, listed] {
+        assert!((s - 1.5).abs() < 0.1, "the soundtrack lasts {s} s, the movie 1.5 s: more than a frame apart");
+    }
+    // The tone for its last 0.75 s (amplitude 0.5, RMS 0.35; mono goes to both channels at
+    // -3 dB, 0.25), then silence to the end.
+    let at = |s: f64| (s * f64::from(rate)) as usize;
+    let (sound, quiet) = (rms(&samples[at(0.05)..at(0.7)]), rms(&samples[at(0.8)..]));
+    eprintln!("rms while the tone plays {sound:.3}, after it {quiet:.4}");
+    assert!((sound - 0.25).abs() < 0.03, "the tone's rms is {sound}");
+    assert!(quiet < 0.01, "after the tone ends: rms {quiet}");
+
+    // A silence first (a negative offset): the tone starts half a second in.
+    let late = d.join("late.mp4");
+    args[3] = late.to_str().unwrap();
+    let n = args.len();
+    args[n - 1] = "-0.5";
+    let r = gramzoom(&args, d);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let (_, _, samples) = decode_audio(&late);
+    assert!(rms(&samples[..at(0.45)]) < 0.01 && rms(&samples[at(0.6)..at(1.4)]) > 0.2, "the tone starts at 0.5 s");
+}
+
+/// A file that is not audio, or audio for a GIF: refused, naming the flag, nothing written.
+#[test]
+fn a_soundtrack_that_is_not_audio_is_refused() {
+    let dir = tempdir();
+    let d = dir.path();
+    std::fs::write(d.join("notes.txt"), "not a song").unwrap();
+    tone(&d.join("tone.wav"), 0.2);
+    let wheat = example("wheatfield.jpg");
+    let p = |name: &str| d.join(name).to_str().unwrap().to_string();
+    for (audio, output, want) in [
+        (p("notes.txt"), "out.mp4", "audio: \"notes.txt\" is not a file FFmpeg reads"),
+        (wheat.to_str().unwrap().to_string(), "out.mp4", "audio: \"wheatfield.jpg\" has no audio stream"),
+        (p("tone.wav"), "out.gif", "--audio: a soundtrack needs an .mp4 output"),
+        (p("missing.wav"), "out.mp4", "missing.wav: no such file"),
+    ] {
+        let out = p(output);
+        let mut args = vec!["render", wheat.to_str().unwrap(), "-o", &out, "--audio", &audio];
+        args.extend(SMALL);
+        let r = gramzoom(&args, d);
+        assert!(!r.status.success(), "{audio} {output}");
+        assert!(stderr(&r).contains(want), "{audio}: {}", stderr(&r));
+        assert!(!d.join(output).exists(), "{output} was written");
+    }
+}
