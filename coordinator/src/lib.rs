@@ -111,7 +111,7 @@ impl Pace {
 fn refuse_lost_database(db: &std::path::Path, artifacts: &std::path::Path) -> Result<()> {
     let empty = std::fs::metadata(db).map_or(true, |m| m.len() == 0);
     let holds = |dir: &str| std::fs::read_dir(artifacts.join(dir)).is_ok_and(|mut d| d.next().is_some());
-    if empty && (holds("jobs") || holds("styles")) {
+    if empty && (holds("jobs") || holds("styles") || holds("audio")) {
         return Err(Error::Startup(format!(
             "{} is missing or empty, but {} holds earlier jobs' files: restore the database from a \
              backup of this directory, or move artifacts/ aside to start an empty farm",
