@@ -81,7 +81,10 @@ fn a_movie_file_is_its_flags_and_the_command_line_wins() {
 
     // Bad files: the file and line named, nothing rendered.
     let cases: [(&str, &str); 6] = [
-        ("size = \"64x48\"\nzom = 2\n", "line 2: unknown key \"zom\"; render takes angle, audio, audio_offset, blend, bpm, centre"),
+        (
+            "size = \"64x48\"\nzom = 2\n",
+            "line 2: unknown key \"zom\"; render takes angle, audio, audio_offset, blend, bpm, centre",
+        ),
         ("size = \"64x48\"\nzoom = [\n", "line 2: unclosed array"),
         ("size = { w = 64 }\n", "line 1: size: a table is not a setting"),
         ("offline = \"yes\"\n", "line 1: offline is a switch: write offline = true or leave it out"),
