@@ -27,11 +27,19 @@ use tch::{Device, Kind};
 /// What one frame is optimised against: the styles mixed by its weights.
 pub(crate) struct Look {
     pub target: StyleTarget,
-    /// The blend's colour space and its preconditioner, for a design that steps in colour.
-    pub colour: Option<(ColourSpace, Preconditioner)>,
     pub weights: Vec<f64>,
-    /// The blend's colour distribution (mean and covariance of its styles' pixels).
+    /// The blend's colour distribution (mean and covariance of its styles' pixels): the space a
+    /// design that steps in colour steps in, and what a moving blend carries colours by.
     pub palette: ColourSpace,
+    /// The palette's preconditioner, for a design that steps in colour.
+    pub precond: Option<Preconditioner>,
+}
+
+impl Look {
+    /// The colour space steps and noise are taken in, for a design that steps in colour.
+    pub fn colour_space(&self) -> Option<&ColourSpace> {
+        self.precond.as_ref().map(|_| &self.palette)
+    }
 }
 
 /// Each style's target at the output's size and colour space.
@@ -70,12 +78,7 @@ impl Palette {
     /// The look of a frame whose styles weigh `weights`.
     pub fn look(&self, weights: &[f64], device: Device) -> Look {
         let parts: Vec<(&StyleTarget, f64)> = self.targets.iter().zip(weights.iter().copied()).collect();
-        Look {
-            target: StyleTarget::mix(&parts),
-            colour: self.colour(weights, device),
-            weights: weights.to_vec(),
-            palette: self.palette(weights),
-        }
+        self.look_of(StyleTarget::mix(&parts), weights, device)
     }
 
     /// The look of a warm-up stage whose output is `factor` of the full size: targets of the
@@ -96,20 +99,14 @@ impl Palette {
             .collect::<Result<Vec<_>>>()?;
         let parts: Vec<(&StyleTarget, f64)> =
             targets.iter().zip(weights).filter_map(|(t, w)| t.as_ref().map(|t| (t, *w))).collect();
-        Ok(Look {
-            target: StyleTarget::mix(&parts),
-            colour: self.colour(weights, device),
-            weights: weights.to_vec(),
-            palette: self.palette(weights),
-        })
+        Ok(self.look_of(StyleTarget::mix(&parts), weights, device))
     }
 
-    fn colour(&self, weights: &[f64], device: Device) -> Option<(ColourSpace, Preconditioner)> {
-        self.in_colour.then(|| {
-            let space = self.palette(weights);
-            let precond = space.preconditioner(Kind::Float, device);
-            (space, precond)
-        })
+    /// A look with its palette mixed once, and the preconditioner made from it.
+    fn look_of(&self, target: StyleTarget, weights: &[f64], device: Device) -> Look {
+        let palette = self.palette(weights);
+        let precond = self.in_colour.then(|| palette.preconditioner(Kind::Float, device));
+        Look { target, weights: weights.to_vec(), palette, precond }
     }
 }
 

@@ -202,7 +202,7 @@ impl Engine {
         let (w0, h0) = stages[0];
         let noise: Vec<f32> = (0..3 * w0 as usize * h0 as usize).map(|_| rng.next_f32()).collect();
         let mut image = Tensor::from_slice(&noise).reshape([1, 3, h0 as i64, w0 as i64]).to_device(self.device);
-        if let Some((space, _)) = &full.colour {
+        if let Some(space) = full.colour_space() {
             image = space.noise(&image);
         }
         let mut optim = OptimState::new(p.optimizer, &image);
@@ -301,7 +301,7 @@ impl Engine {
                     state.image = tch::no_grad(|| crate::colour::transport(&from, &frame_look.palette, &state.image));
                 }
                 if let Some(incoming) = zoom.incoming() {
-                    let space = frame_look.colour.as_ref().map(|(space, _)| space);
+                    let space = frame_look.colour_space();
                     state.image = tch::no_grad(|| self.seed_incoming(&state.image, incoming, i, space));
                 }
                 state.optim.map_spatial(|t| zoom.apply(t));
@@ -374,7 +374,7 @@ impl Engine {
         let loss = look.target.loss(&self.net, &x.roll([shift.0, shift.1], [2, 3]), dirs);
         loss.backward();
         let grad = x.grad();
-        optim.step(image, &grad, self.params.learning_rate(), look.colour.as_ref().map(|(_, p)| p));
+        optim.step(image, &grad, self.params.learning_rate(), look.precond.as_ref());
         Ok(loss.detach())
     }
 }
