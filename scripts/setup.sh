@@ -29,7 +29,9 @@ TORCH_PREFIX="$DEPS_DIR/torch-$TORCH_VERSION"
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 packages=(pkg-config clang libclang-dev libavcodec-dev libavformat-dev libavutil-dev
-          libswscale-dev libavfilter-dev libavdevice-dev libswresample-dev ffmpeg libsqlite3-dev)
+          libswscale-dev libavfilter-dev libavdevice-dev libswresample-dev ffmpeg libsqlite3-dev
+          # aubio's beat tracker, run as its own program (GPL-3) for `--beats`.
+          aubio-tools)
 # The browser tests drive Debian's Chromium through its ChromeDriver (W3C WebDriver).
 if [ "$BROWSER" -eq 1 ]; then
   packages+=(chromium chromium-driver fonts-dejavu-core)

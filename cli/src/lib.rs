@@ -9,6 +9,7 @@
 //! - `movie`: movie files, a movie's flags as TOML keys (`gramzoom render movie.toml`).
 //! - `progress`: the progress bar on a terminal, progress log lines elsewhere, and logging.
 
+pub mod beats;
 pub mod client;
 pub mod commands;
 pub mod local;

@@ -130,6 +130,53 @@ pub fn mux(video: &Path, audio: &Path, offset: f64, seconds: f64, out: &Path) ->
     Ok(())
 }
 
+/// Writes the part of `audio` a movie of `seconds` plays from second `offset` as a mono 16-bit
+/// WAV at 48 kHz: what a beat tracker listens to. Neither the silence before a negative offset
+/// nor any after the file's end is written (a long movie to a short song stays a short file);
+/// returns the second of the movie the WAV starts at. Streams: nothing but a frame of samples
+/// is held, however long the file.
+pub fn write_wav(audio: &Path, offset: f64, seconds: f64, out: &Path) -> Result<f64> {
+    use std::io::{Seek, SeekFrom, Write};
+    let io = |e: std::io::Error| Error::Stitch(format!("writing {}: {}", out.display(), e.to_string().to_lowercase()));
+    let mut wav = std::io::BufWriter::new(std::fs::File::create(out).map_err(io)?);
+    wav.write_all(&[0; 44]).map_err(io)?;
+    let lead = (-offset).max(0.0);
+    let total = ((seconds - lead).max(0.0) * f64::from(RATE)).round() as usize;
+    let mut track = Track::new(total, offset.max(0.0), 4096);
+    let mut samples = 0u64;
+    let mut write = |(left, right): Planes, wav: &mut std::io::BufWriter<std::fs::File>| -> Result<()> {
+        for (l, r) in left.iter().zip(&right) {
+            let v = ((l + r) * 0.5).clamp(-1.0, 1.0);
+            wav.write_all(&((v * 32767.0).round() as i16).to_le_bytes()).map_err(io)?;
+        }
+        samples += left.len() as u64;
+        Ok(())
+    };
+    if total > 0 {
+        decode(audio, &mut track, &mut |planes| write(planes, &mut wav))?;
+        let rest = (std::mem::take(&mut track.left), std::mem::take(&mut track.right));
+        write(rest, &mut wav)?;
+    }
+    let data = u32::try_from(samples * 2).map_err(|_| Error::Stitch("the soundtrack is too long for a WAV".into()))?;
+    let mut header = Vec::with_capacity(44);
+    header.extend_from_slice(b"RIFF");
+    header.extend_from_slice(&(36 + data).to_le_bytes());
+    header.extend_from_slice(b"WAVEfmt ");
+    header.extend_from_slice(&16u32.to_le_bytes());
+    header.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    header.extend_from_slice(&1u16.to_le_bytes()); // mono
+    header.extend_from_slice(&RATE.to_le_bytes());
+    header.extend_from_slice(&(RATE * 2).to_le_bytes());
+    header.extend_from_slice(&2u16.to_le_bytes());
+    header.extend_from_slice(&16u16.to_le_bytes());
+    header.extend_from_slice(b"data");
+    header.extend_from_slice(&data.to_le_bytes());
+    let mut file = wav.into_inner().map_err(|e| io(e.into_error()))?;
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    file.write_all(&header).map_err(io)?;
+    Ok(lead)
+}
+
 /// The soundtrack's samples on their way to the encoder: the offset skipped or padded, cut at
 /// the movie's end, handed on a frame of the encoder's size at a time.
 struct Track {

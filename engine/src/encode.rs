@@ -127,6 +127,21 @@ pub struct Mp4 {
 /// x264 threads per encoder (see `Mp4::new`).
 pub const ENCODER_THREADS: usize = 4;
 
+/// The instruction sets x264 may use, where its own choice would not do: on a CPU with AVX-512,
+/// AVX2 and below. With its AVX-512 functions, x264 encoded the same frames to different bytes
+/// now and then on a loaded machine (one macroblock of a frame, 4 to 9% of runs of the test
+/// below with other work in the process; at any thread count, one included, and with identical
+/// input planes), and never in 108 runs without them; AVX2 is also faster there (1080p: 3.1 s
+/// against 3.9 s for 120 frames), and the bytes are then those of an AVX2 machine's, so workers
+/// with and without AVX-512 encode a chunk alike.
+fn x264_instructions() -> Option<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        return Some("AVX2");
+    }
+    None
+}
+
 impl Mp4 {
     pub fn new(file: PartialFile, width: u32, height: u32, fps: Fps) -> Result<Self, EncodeError> {
         use ffmpeg::format::Pixel;
@@ -159,6 +174,9 @@ impl Mp4 {
         // 1080p frames from a GPU. With the count fixed, the same frames give the same bytes
         // however loaded the machine is (tested below).
         opts.set("threads", &ENCODER_THREADS.to_string());
+        if let Some(asm) = x264_instructions() {
+            opts.set("x264-params", &format!("asm={asm}"));
+        }
         let encoder = enc.open_with(opts).map_err(ff("open libx264"))?;
         {
             let mut ost = octx.add_stream(codec).map_err(ff("add stream"))?;

@@ -4,8 +4,9 @@
 //! lives here, in the one crate both the coordinator and the worker link, and not in the CLI.
 
 pub use crate::network::{LayerSpec, Network};
-use crate::schedule::{Blend, Schedule, Timing};
+use crate::schedule::{BeatGrid, Blend, Schedule, Timing};
 use std::path::Path;
+use std::sync::Arc;
 
 mod fingerprint;
 mod motion;
@@ -184,6 +185,8 @@ pub struct RenderParams {
     pub angle: Schedule,
     /// Beats per minute: the unit of `b` keys and of `b` in formulas.
     pub bpm: Option<f64>,
+    /// The soundtrack's beats (`--beats`), in place of `bpm`.
+    pub beats: Option<Arc<BeatGrid>>,
     pub warmup: u32,
     pub seed: u64,
     pub optimizer: OptimizerKind,
@@ -213,6 +216,7 @@ impl Default for RenderParams {
             centre: Schedule::constant2(0.5, 0.5),
             angle: Schedule::constant(0.0),
             bpm: None,
+            beats: None,
             warmup: 120,
             seed: 0,
             optimizer: OptimizerKind::Adam,
@@ -244,7 +248,7 @@ impl RenderParams {
 
     /// Time as the schedules see it.
     pub fn timing(&self) -> Timing {
-        Timing { fps: self.fps.as_f64(), bpm: self.bpm }
+        Timing { fps: self.fps.as_f64(), bpm: self.bpm, beats: self.beats.clone() }
     }
 
     pub fn learning_rate(&self) -> f64 {

@@ -15,12 +15,15 @@
 //! nothing. Keys stay in their own units: a movie made longer keeps its second and beat keys
 //! where they were in time. What a schedule may hold, and its range, is its [`Spec`].
 
+mod beats;
 mod blend;
 mod parse;
 
+pub use beats::{BeatGrid, MAX_BEATS};
 pub use blend::{check_style_name, Blend, PlacedBlend, BLEND, MAX_STYLES, MAX_STYLE_NAME};
 
 use crate::params::ParamError;
+use std::sync::Arc;
 
 /// Bytes of one schedule's text.
 pub const MAX_SCHEDULE_LEN: usize = 64 << 10;
@@ -65,17 +68,41 @@ pub const ITERS: Spec = Spec {
     unit: "iterations per frame",
 };
 
-/// Time as a schedule sees it: the job's frame rate and tempo.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Time as a schedule sees it: the job's frame rate and tempo, a constant one or the
+/// soundtrack's beats.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Timing {
     pub fps: f64,
     pub bpm: Option<f64>,
+    pub beats: Option<Arc<BeatGrid>>,
 }
 
 impl Timing {
     fn vars(&self, frame: f64) -> Vars {
         let s = frame / self.fps;
-        Vars { t: frame, s, b: self.bpm.map_or(0.0, |bpm| s * bpm / 60.0) }
+        Vars { t: frame, s, b: self.beat_at(s).unwrap_or(0.0) }
+    }
+
+    /// Beats at second `s`, when the movie has a tempo.
+    fn beat_at(&self, s: f64) -> Option<f64> {
+        match (&self.beats, self.bpm) {
+            (Some(grid), _) => Some(grid.beat_at(s)),
+            (None, Some(bpm)) => Some(s * bpm / 60.0),
+            (None, None) => None,
+        }
+    }
+
+    /// The second of beat `b`, when the movie has a tempo.
+    fn seconds_at(&self, b: f64) -> Option<f64> {
+        match (&self.beats, self.bpm) {
+            (Some(grid), _) => Some(grid.seconds_at(b)),
+            (None, Some(bpm)) => Some(b * 60.0 / bpm),
+            (None, None) => None,
+        }
+    }
+
+    fn has_tempo(&self) -> bool {
+        self.bpm.is_some() || self.beats.is_some()
     }
 }
 
@@ -223,7 +250,7 @@ impl Schedule {
             Body::Constant(_) => Vec::new(),
             Body::Keys(keys) => keys.iter().map(|k| k.frame(spec, timing)).collect::<Result<_, _>>()?,
         };
-        Ok(Placed { schedule: self, spec, timing: *timing, positions })
+        Ok(Placed { schedule: self, spec, timing: timing.clone(), positions })
     }
 
     /// Checks the schedule against a movie of `frames` frames: keys in order and not past its
@@ -270,7 +297,7 @@ impl Schedule {
                 last = Some((at, key));
             }
         }
-        if timing.bpm.is_none() && self.uses_beats() {
+        if !timing.has_tempo() && self.uses_beats() {
             return Err(ParamError::new(spec.flag, "uses beats (b), which needs --bpm (or --beats from the audio)"));
         }
         Ok(())
@@ -360,8 +387,8 @@ impl Key {
         Ok(match self.at {
             At::Frame(f) => f,
             At::Second(s) => s * timing.fps,
-            At::Beat(b) => match timing.bpm {
-                Some(bpm) => b * 60.0 / bpm * timing.fps,
+            At::Beat(b) => match timing.seconds_at(b) {
+                Some(s) => s * timing.fps,
                 None => return Err(self.error(spec, "is in beats, which needs --bpm (or --beats from the audio)")),
             },
         })

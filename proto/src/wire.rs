@@ -2,8 +2,9 @@
 //! a request that converts is a request the engine accepts.
 
 use crate::params::{Fps, Network, OptimizerKind, OutputKind, ParamError, RenderParams};
-use crate::schedule::{Blend, Schedule, ANGLE, CENTRE, ITERS, ZOOM};
+use crate::schedule::{BeatGrid, Blend, Schedule, ANGLE, CENTRE, ITERS, ZOOM};
 use crate::v1;
+use std::sync::Arc;
 
 pub fn params_to_wire(p: &RenderParams) -> v1::RenderParams {
     v1::RenderParams {
@@ -37,6 +38,7 @@ pub fn params_to_wire(p: &RenderParams) -> v1::RenderParams {
         },
         styles: p.blend.as_ref().map_or_else(Vec::new, |b| b.names().to_vec()),
         blend: p.blend.as_ref().map_or_else(String::new, |b| b.text().into()),
+        beats: p.beats.as_ref().map_or_else(Vec::new, |g| g.times().to_vec()),
     }
 }
 
@@ -83,6 +85,10 @@ fn decode(w: &v1::RenderParams) -> Result<RenderParams, ParamError> {
             text => Schedule::parse(&ANGLE, text)?,
         },
         bpm: w.bpm,
+        beats: match w.beats.as_slice() {
+            [] => None,
+            times => Some(Arc::new(BeatGrid::new(times.to_vec())?)),
+        },
         warmup: w.warmup,
         seed: w.seed,
         optimizer: w.optimizer.parse::<OptimizerKind>()?,
@@ -155,6 +161,12 @@ mod tests {
         let back = params_from_wire(&params_to_wire(&directed)).unwrap();
         assert_eq!(back, directed);
         assert_eq!(back.fingerprint("s", "w"), directed.fingerprint("s", "w"));
+        let grid = crate::schedule::BeatGrid::new(vec![0.2, 0.7, 1.21, 1.7]).unwrap();
+        let on_beats = RenderParams { bpm: None, beats: Some(Arc::new(grid)), ..directed.clone() };
+        let back = params_from_wire(&params_to_wire(&on_beats)).unwrap();
+        assert_eq!(back, on_beats);
+        assert_eq!(back.fingerprint("s", "w"), on_beats.fingerprint("s", "w"));
+        assert_ne!(on_beats.fingerprint("s", "w"), directed.fingerprint("s", "w"));
         // A client from before schedules sends numbers only: the movie it always got.
         let old = v1::RenderParams { zoom: 3.0, iters: 5, ..params_to_wire(&RenderParams::default()) };
         let old = params_from_wire(&old).unwrap();
@@ -164,7 +176,7 @@ mod tests {
         );
 
         type Mutation = fn(&mut v1::RenderParams);
-        let cases: [(Mutation, &str); 12] = [
+        let cases: [(Mutation, &str); 15] = [
             (|w| w.optimizer = "sgd".into(), "--optimizer"),
             (|w| w.loss = "l2".into(), "--loss"),
             (|w| w.precision = "fp8".into(), "--precision"),
@@ -177,6 +189,9 @@ mod tests {
             (|w| w.centre = "0.5".into(), "--centre"),
             (|w| w.angle = "0:(b)".into(), "--angle"),
             (|w| w.bpm = Some(f64::NAN), "--bpm"),
+            (|w| w.beats = vec![1.0, 0.5], "--beats"),
+            (|w| w.beats = vec![0.0; crate::schedule::MAX_BEATS + 1], "--beats"),
+            (|w| (w.bpm, w.beats) = (Some(120.0), vec![0.0, 0.5]), "--bpm"),
         ];
         for (mutate, field) in cases {
             let mut w = params_to_wire(&p);

@@ -7,6 +7,35 @@ use std::path::Path;
 
 /// A mono 16-bit WAV of `seconds` of a 440 Hz tone at 44.1 kHz (a rate the output is not in).
 fn tone(path: &Path, seconds: f64) {
+    wav(path, seconds, |t| 0.5 * (std::f64::consts::TAU * 440.0 * t).sin());
+}
+
+/// A drum at `bpm` from second `first`: a 60 Hz thump with a burst of noise on each beat and a
+/// quieter one between, over a hiss at -40 dB as any recording has (aubio drops beats that fall
+/// in blocks quieter than -90 dB, which only a synthetic signal has between its beats).
+fn drum(path: &Path, seconds: f64, bpm: f64, first: f64) {
+    let period = 60.0 / bpm;
+    // Noise in [-1, 1) from the time alone: the same file every run.
+    let noise = |t: f64| {
+        let mut x = (t * 48_000.0) as u64 ^ 0x9e37_79b9_7f4a_7c15;
+        x = (x ^ (x >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (x >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+    };
+    wav(path, seconds, |t| {
+        let hiss = 0.01 * noise(t + 1000.0);
+        if t < first {
+            return hiss;
+        }
+        let since = (t - first).rem_euclid(period);
+        let half = (t - first).rem_euclid(period / 2.0);
+        let thump = 0.6 * (std::f64::consts::TAU * 60.0 * since).sin() * (-25.0 * since).exp();
+        hiss + thump + 0.4 * noise(t) * (-60.0 * since).exp() + 0.1 * noise(t + 500.0) * (-200.0 * half).exp()
+    });
+}
+
+/// A mono 16-bit WAV at 44.1 kHz of `sample(t)`, t in seconds.
+fn wav(path: &Path, seconds: f64, sample: impl Fn(f64) -> f64) {
     let rate = 44_100u32;
     let n = (seconds * f64::from(rate)) as u32;
     let mut wav = Vec::new();
@@ -23,7 +52,7 @@ fn tone(path: &Path, seconds: f64) {
     wav.extend(b"data");
     wav.extend((2 * n).to_le_bytes());
     for i in 0..n {
-        let v = (0.5 * (std::f64::consts::TAU * 440.0 * f64::from(i) / f64::from(rate)).sin() * 32767.0) as i16;
+        let v = (sample(f64::from(i) / f64::from(rate)) * 32767.0) as i16;
         wav.extend(v.to_le_bytes());
     }
     std::fs::write(path, wav).unwrap();
@@ -141,4 +170,79 @@ fn a_soundtrack_that_is_not_audio_is_refused() {
         assert!(stderr(&r).contains(want), "{audio}: {}", stderr(&r));
         assert!(!d.join(output).exists(), "{output} was written");
     }
+}
+
+/// `--beats`: aubio's tracker hears a drum at 120 beats per minute from a quarter second, and
+/// beat keys land on its beats: every beat of the movie within 30 ms, the tempo within a beat
+/// per minute, the grid moved by the offset, a render with a beat-keyed zoom; and the errors.
+#[test]
+fn beat_keys_follow_the_soundtrack_beats() {
+    let dir = tempdir();
+    let d = dir.path();
+    drum(&d.join("drum.wav"), 10.0, 120.0, 0.25);
+    wav(&d.join("silence.wav"), 10.0, |_| 0.0);
+    let drum_wav = d.join("drum.wav");
+    let plan = |extra: &[&str]| {
+        let mut args = vec!["plan", "--no-estimate", "--size", "64x48", "--fps", "10", "--seconds", "8"];
+        args.extend(["--audio", drum_wav.to_str().unwrap()]);
+        args.extend(extra);
+        gramzoom(&args, d)
+    };
+    let beats_of = |out: &std::process::Output| -> (usize, f64, Vec<f64>) {
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text.lines().find(|l| l.starts_with("tempo: ")).unwrap_or_else(|| panic!("no tempo in {text}"));
+        // "tempo: 16 beats of the soundtrack (120.0 beats per minute), at 0.25, 0.75, ..., s"
+        let count: usize = line["tempo: ".len()..].split(' ').next().unwrap().parse().unwrap();
+        let bpm: f64 = line.split('(').nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+        let times = line.split(", at ").nth(1).unwrap().trim_end_matches(" s").split(", ");
+        (count, bpm, times.filter_map(|t| t.parse().ok()).collect())
+    };
+    let r = plan(&["--beats", "--zoom", "0:(1.5), 4b:(3)"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let (count, bpm, times) = beats_of(&r);
+    eprintln!("{count} beats at {bpm} bpm: {times:?}");
+    assert_eq!(count, 16, "0.25 s to 7.75 s");
+    assert!((bpm - 120.0).abs() < 1.0, "{bpm} beats per minute");
+    let on_the_drum = |times: &[f64], first: f64| {
+        assert!(times.len() >= 8, "{times:?}");
+        for (i, t) in times.iter().enumerate() {
+            let truth = first + 0.5 * i as f64;
+            assert!((t - truth).abs() < 0.03, "beat {i} at {t} s, played at {truth} s");
+        }
+    };
+    on_the_drum(&times, 0.25);
+    // The movie starting 0.1 s into the song: every beat 0.1 s earlier.
+    let r = plan(&["--beats", "--audio-offset", "0.1"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    on_the_drum(&beats_of(&r).2, 0.15);
+
+    // Through the job API, segments and all: the render takes the grid.
+    let out = d.join("beats.mp4");
+    let wheat = example("wheatfield.jpg");
+    let mut args = vec!["render", wheat.to_str().unwrap(), "-o", out.to_str().unwrap()];
+    args.extend(SMALL);
+    args.extend(["--fps", "10", "--frames", "16", "--segment-frames", "5", "--audio", drum_wav.to_str().unwrap()]);
+    args.extend(["--beats", "--zoom", "0:(1.5), 2b:(3)"]);
+    let r = gramzoom(&args, d);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert_eq!(decode_video(&out).frames, 16);
+
+    let silence = d.join("silence.wav");
+    for (extra, want) in [
+        (vec!["--beats", "--bpm", "120"], "cannot be used with"),
+        (vec!["--beats", "--audio", silence.to_str().unwrap()], "--beats: the beat tracker found 0 beats"),
+    ] {
+        let mut args = vec!["plan", "--no-estimate", "--size", "64x48", "--seconds", "4"];
+        if !extra.contains(&"--audio") {
+            args.extend(["--audio", drum_wav.to_str().unwrap()]);
+        }
+        args.extend(extra.iter().copied());
+        let r = gramzoom(&args, d);
+        assert!(!r.status.success() && stderr(&r).contains(want), "{extra:?}: {}", stderr(&r));
+    }
+    // No tracker on PATH: said, with what to install.
+    let mut args = vec!["plan", "--no-estimate", "--size", "64x48", "--seconds", "4", "--beats"];
+    args.extend(["--audio", drum_wav.to_str().unwrap()]);
+    let r = crate::helpers::command(d).env("PATH", "/nonexistent").args(&args).output().unwrap();
+    assert!(stderr(&r).contains("needs aubio's beat tracker, aubiotrack"), "{}", stderr(&r));
 }

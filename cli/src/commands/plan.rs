@@ -66,6 +66,20 @@ pub fn run(args: Args) -> Result<()> {
         fps,
         params.warmup
     );
+    if let Some(grid) = &params.beats {
+        let t = grid.times();
+        let shown: Vec<String> = t.iter().take(8).map(|s| format!("{s:.2}")).collect();
+        outln!(
+            out,
+            "tempo: {} beats of the soundtrack ({:.1} beats per minute), at {}{} s",
+            t.len(),
+            grid.bpm(),
+            shown.join(", "),
+            if t.len() > 8 { ", ..." } else { "" }
+        );
+    } else if let Some(bpm) = params.bpm {
+        outln!(out, "tempo: {bpm} beats per minute");
+    }
     let names = params.blend.as_ref().map(|b| b.names().to_vec());
     let styles_column = if names.is_some() { "  styles" } else { "" };
     outln!(

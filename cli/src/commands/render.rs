@@ -61,6 +61,10 @@ pub struct RenderFlags {
     /// Beats per minute: the unit of beat keys (8b) and of b in formulas.
     #[arg(long)]
     pub bpm: Option<f64>,
+    /// Follow the soundtrack's beats: beat keys (8b) and b in formulas count the beats aubio's
+    /// beat tracker finds in --audio (beat 0 the movie's first), in place of a constant --bpm.
+    #[arg(long, requires = "audio", conflicts_with = "bpm")]
+    pub beats: bool,
     /// Optimiser iterations of progressive growth before the first frame.
     #[arg(long, default_value_t = 150)]
     pub warmup: u32,
@@ -183,6 +187,16 @@ pub fn params(args: &RenderFlags, cuda: bool) -> Result<RenderParams, ParamError
             other => LossKind::from_wire(other)?,
         },
         blend: crate::styles::blend(args)?,
+        beats: None,
+    };
+    let p = match (&args.audio, args.beats) {
+        (_, false) => p,
+        (None, true) => return Err(ParamError::new("--beats", "follows the soundtrack's beats: give it with --audio")),
+        (Some(audio), true) => {
+            let seconds = f64::from(p.frames) / p.fps.as_f64();
+            let grid = crate::beats::detect(audio, args.audio_offset, seconds)?;
+            RenderParams { beats: Some(std::sync::Arc::new(grid)), ..p }
+        }
     };
     p.validate()?;
     Ok(p)

@@ -234,7 +234,7 @@ pub(crate) async fn job_page(State(web): State<Web>, headers: HeaderMap, Path(id
                 p.warmup
             ),
         ),
-        ("Tempo", p.bpm.map_or_else(|| "–".into(), |bpm| format!("{bpm} beats per minute"))),
+        ("Tempo", tempo(&p)),
         (
             "Styles",
             match (p.styles.len(), p.blend.as_str()) {
@@ -484,5 +484,20 @@ fn shown(schedule: &str, constant: String, unit: &str) -> String {
         constant
     } else {
         format!("{schedule} ({unit})")
+    }
+}
+
+/// The movie's tempo: a constant one, or the soundtrack's beats with their mean tempo.
+fn tempo(p: &v1::RenderParams) -> String {
+    match (p.bpm, p.beats.as_slice()) {
+        (_, [first, .., last]) => {
+            let bpm = 60.0 * (p.beats.len() - 1) as f64 / (last - first);
+            format!(
+                "{} beats of the soundtrack, {first:.2} s to {last:.2} s ({bpm:.1} beats per minute)",
+                p.beats.len()
+            )
+        }
+        (Some(bpm), _) => format!("{bpm} beats per minute"),
+        (None, _) => "–".into(),
     }
 }

@@ -68,6 +68,10 @@ impl RenderParams {
         if let Some(bpm) = self.bpm.filter(|_| self.uses_beats()) {
             canon = format!("{canon}|bpm={}", number(bpm));
         }
+        if let Some(grid) = self.beats.as_ref().filter(|_| self.uses_beats()) {
+            let times: Vec<String> = grid.times().iter().map(|&t| number(t)).collect();
+            canon = format!("{canon}|beats={}", times.join(","));
+        }
         hex(&Sha256::digest(canon.as_bytes()))
     }
 
@@ -154,6 +158,10 @@ mod tests {
         };
         assert_eq!(fp(&same), fp(&base));
         let beats = RenderParams { zoom: parse(&ZOOM, "0:(2), 4b:(3)"), bpm: Some(120.0), ..base.clone() };
+        let grid = |times: Vec<f64>| Some(std::sync::Arc::new(crate::schedule::BeatGrid::new(times).unwrap()));
+        // The soundtrack's beats change pixels only where a schedule counts beats.
+        let on_grid = RenderParams { bpm: None, beats: grid(vec![0.25, 0.75, 1.25]), ..beats.clone() };
+        assert_eq!(fp(&RenderParams { beats: grid(vec![0.25, 0.75]), ..base.clone() }), fp(&base));
         let names = ["a".to_string(), "b".to_string()];
         let blend = |names: &[String], text: &str| RenderParams {
             blend: Some(crate::schedule::Blend::parse(names, text).unwrap()),
@@ -174,6 +182,8 @@ mod tests {
             RenderParams { centre: parse(&CENTRE, "0.4, 0.5"), ..base.clone() },
             RenderParams { angle: parse(&ANGLE, "5"), ..base.clone() },
             RenderParams { bpm: Some(121.0), ..beats.clone() },
+            RenderParams { beats: grid(vec![0.25, 0.75, 1.26]), ..on_grid.clone() },
+            on_grid,
             beats,
             base,
         ];

@@ -59,6 +59,9 @@ impl RenderParams {
                 format!("must be between 1 and {MAX_FRAMES}, got {}", self.frames),
             ));
         }
+        if self.bpm.is_some() && self.beats.is_some() {
+            return Err(ParamError::new("--bpm", "and --beats both set the tempo; give one"));
+        }
         if let Some(bpm) = self.bpm {
             let (low, high) = BPM_RANGE;
             if !(bpm.is_finite() && (low..=high).contains(&bpm)) {

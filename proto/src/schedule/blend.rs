@@ -124,7 +124,7 @@ impl Blend {
     /// The weights placed for `timing`.
     pub fn place(&self, timing: &Timing) -> Result<PlacedBlend<'_>, ParamError> {
         let placed = self.weights.iter().map(|w| w.place(&BLEND, timing)).collect::<Result<_, _>>()?;
-        Ok(PlacedBlend { placed, timing: *timing })
+        Ok(PlacedBlend { placed, timing: timing.clone() })
     }
 
     /// Every frame's weights: keys in order and in the movie, each weight finite and in range,
@@ -207,7 +207,7 @@ mod tests {
         vec!["a".into(), "b".into()]
     }
 
-    const TIMING: Timing = Timing { fps: 10.0, bpm: Some(120.0) };
+    const TIMING: Timing = Timing { fps: 10.0, bpm: Some(120.0), beats: None };
 
     #[test]
     fn a_cross_fade_moves_the_weights_from_one_style_to_the_other() {

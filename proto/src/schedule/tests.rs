@@ -1,7 +1,7 @@
 use super::*;
 
-const TEN_FPS: Timing = Timing { fps: 10.0, bpm: None };
-const WITH_BPM: Timing = Timing { fps: 10.0, bpm: Some(120.0) };
+const TEN_FPS: Timing = Timing { fps: 10.0, bpm: None, beats: None };
+const WITH_BPM: Timing = Timing { fps: 10.0, bpm: Some(120.0), beats: None };
 
 fn value(spec: &Spec, text: &str, timing: &Timing, frame: u32) -> f64 {
     Schedule::parse(spec, text).unwrap().at(spec, timing, frame).unwrap()[0]
@@ -75,7 +75,7 @@ fn second_and_beat_keys_stay_in_time_when_the_movie_is_longer() {
         assert_eq!(s.at(&ANGLE, &WITH_BPM, 20).unwrap()[0], 20.0, "{frames} frames");
     }
     // At 20 fps the same keys fall on other frames, at the same seconds.
-    let fast = Timing { fps: 20.0, bpm: Some(120.0) };
+    let fast = Timing { fps: 20.0, bpm: Some(120.0), beats: None };
     assert_eq!(s.at(&ANGLE, &fast, 40).unwrap()[0], 20.0);
 }
 
