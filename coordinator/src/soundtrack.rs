@@ -1,8 +1,10 @@
 //! Soundtracks: an audio file is checked at submit (FFmpeg opens it, finds an audio stream it
-//! has a decoder for, and decodes audio from it), and muxed into the stitched MP4 as AAC
-//! (48 kHz stereo), started at the job's offset and cut or padded with silence to the movie's
-//! length to the sample. Every soundtrack is transcoded, even one already in AAC: the movie's
-//! exact length then holds whatever the file's frame boundaries (stream copy is left for later).
+//! has a decoder for, and decodes audio from it), and muxed into the stitched MP4 started at the
+//! job's offset and lasting the movie's length: copied as it is when it is AAC or MP3 and covers
+//! the movie (`copy`), otherwise transcoded to AAC (48 kHz stereo), cut or padded with silence
+//! to the sample.
+
+mod copy;
 
 use crate::error::{Error, Result};
 use ffmpeg_next as ffmpeg;
@@ -58,6 +60,11 @@ pub fn probe(path: &Path, name: &str) -> Result<Probe> {
 /// movie's first frame plays with second `offset` of the audio (negative: silence first), and
 /// the audio lasts `seconds`, the movie's length.
 pub fn mux(video: &Path, audio: &Path, offset: f64, seconds: f64, out: &Path) -> Result<()> {
+    match copy::mux(video, audio, offset, seconds, out) {
+        Ok(true) => return Ok(()),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "the soundtrack could not be copied as it is; transcoding it"),
+    }
     let mut vin = format::input(video).map_err(ff("opening the stitched video"))?;
     let (vindex, vtb, vparams) = {
         let s = vin

@@ -246,3 +246,52 @@ fn beat_keys_follow_the_soundtrack_beats() {
     let r = crate::helpers::command(d).env("PATH", "/nonexistent").args(&args).output().unwrap();
     assert!(stderr(&r).contains("needs aubio's beat tracker, aubiotrack"), "{}", stderr(&r));
 }
+
+/// The audio stream's packets, as bytes.
+fn audio_packets(path: &Path) -> Vec<Vec<u8>> {
+    ffmpeg::init().unwrap();
+    let mut input = ffmpeg::format::input(path).unwrap();
+    let index = input.streams().best(ffmpeg::media::Type::Audio).expect("an audio stream").index();
+    input.packets().filter(|(s, _)| s.index() == index).map(|(_, p)| p.data().unwrap_or(&[]).to_vec()).collect()
+}
+
+/// A soundtrack already in AAC that covers the movie is copied packet for packet from its
+/// offset, lasting the movie's length within half a packet; one that needs silence first is
+/// transcoded.
+#[test]
+fn a_soundtrack_in_aac_is_copied_as_it_is() {
+    let dir = tempdir();
+    let d = dir.path();
+    tone(&d.join("tone.wav"), 3.0);
+    let wheat = example("wheatfield.jpg");
+    let render = |out: &str, frames: &str, audio: &Path, offset: &str| {
+        let out = d.join(out);
+        let mut args = vec!["render", wheat.to_str().unwrap(), "-o", out.to_str().unwrap()];
+        args.extend(SMALL);
+        args.extend(["--frames", frames, "--fps", "10", "--audio", audio.to_str().unwrap()]);
+        args.extend(["--audio-offset", offset]);
+        let r = gramzoom(&args, d);
+        assert!(r.status.success(), "{}", stderr(&r));
+        out
+    };
+    // A 3-second movie with the tone transcoded to AAC: the source of the next.
+    let source = render("source.mp4", "30", &d.join("tone.wav"), "0");
+    let copied = render("copied.mp4", "10", &source, "0.5");
+    let (all, part) = (audio_packets(&source), audio_packets(&copied));
+    let start = all.iter().position(|p| *p == part[0]).expect("the first packet is one of the source's");
+    assert_eq!(&all[start..start + part.len()], &part[..], "the packets follow the source's from there");
+    // 1024 samples a packet at 48 kHz: the offset's packet is the 24th (its priming one first).
+    let at = start as f64 * 1024.0 / 48_000.0;
+    let listed = stream_seconds(&copied);
+    eprintln!("copied {} packets from {at:.3} s; the audio lasts {listed:.4} s for a 1 s movie", part.len());
+    assert!((at - 0.5).abs() <= 0.05, "copied from {at} s, not 0.5 s");
+    assert!((listed - 1.0).abs() <= 0.012, "the copied soundtrack lasts {listed} s, the movie 1 s");
+    assert_eq!(decode_audio(&copied).0, "aac");
+    // Silence first cannot be copied: transcoded, and still the movie's length.
+    let late = render("late.mp4", "10", &source, "-0.2");
+    let late_packets = audio_packets(&late);
+    // (Silence encodes to the same few bytes whoever encodes it: only packets of sound count.)
+    let shared = late_packets.iter().filter(|p| p.len() > 64 && all.contains(p)).count();
+    assert!(shared == 0, "{shared} packets of a soundtrack to pad were copied");
+    assert!((stream_seconds(&late) - 1.0).abs() < 0.03);
+}

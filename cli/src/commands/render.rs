@@ -50,8 +50,8 @@ pub struct RenderFlags {
     /// "0:(a), 20s:(a), 30s:(b) ease-in-out, 40s:(a:1, b:3)" (default: equal weights).
     #[arg(long, requires = "styles")]
     pub blend: Option<String>,
-    /// A soundtrack (any format FFmpeg reads), muxed into the .mp4 as AAC, cut or padded with
-    /// silence to the movie's length.
+    /// A soundtrack (any format FFmpeg reads), muxed into the .mp4 (AAC and MP3 as they are,
+    /// anything else as AAC), cut or padded with silence to the movie's length.
     #[arg(long, value_name = "FILE")]
     pub audio: Option<PathBuf>,
     /// The second of the soundtrack the movie's first frame plays with (negative: that many
