@@ -114,19 +114,20 @@ pub async fn submit(
 }
 
 /// Submits a job with its style images (bytes, file name) in the order of its style names,
-/// one after the other, each in 1 MiB pieces with its checksum, then its soundtrack if any.
+/// one after the other, each in 1 MiB pieces with its checksum, then its soundtrack if any,
+/// streamed from its file as it is sent.
 pub async fn submit_styles(
     client: &mut Client,
     spec: v1::JobSpec,
     styles: &[(&[u8], &str)],
-    audio: Option<(&[u8], &str)>,
+    audio: Option<&crate::styles::AudioFile>,
 ) -> Result<v1::Job, ClientError> {
     use submit_job_request::Part;
     let header = v1::SubmitHeader {
         spec: Some(spec),
         style_name: styles.first().map_or_else(String::new, |s| s.1.into()),
         style_names: if styles.len() > 1 { styles.iter().map(|s| s.1.to_string()).collect() } else { Vec::new() },
-        audio_name: audio.map_or_else(String::new, |a| a.1.to_string()),
+        audio_name: audio.map_or_else(String::new, |a| a.file_name.clone()),
     };
     let mut messages = vec![v1::SubmitJobRequest { part: Some(Part::Header(header)) }];
     let blobs = |bytes: &[u8]| -> Vec<v1::Blob> {
@@ -144,10 +145,43 @@ pub async fn submit_styles(
     for (style, _) in styles {
         messages.extend(blobs(style).into_iter().map(|b| v1::SubmitJobRequest { part: Some(Part::Style(b)) }));
     }
-    if let Some((audio, _)) = audio {
-        messages.extend(blobs(audio).into_iter().map(|b| v1::SubmitJobRequest { part: Some(Part::Audio(b)) }));
+    let Some(audio) = audio else {
+        return Ok(client.submit_job(tokio_stream::iter(messages)).await?.into_inner());
+    };
+    // The soundtrack's pieces are read on a blocking thread as the stream takes them, a few
+    // ahead; a file that changed since it was hashed fails the coordinator's checksum.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let reader = {
+        let audio = audio.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Read;
+            let mut file = std::fs::File::open(&audio.path)?;
+            let mut first = Some((audio.size, audio.sha256));
+            loop {
+                let mut data = vec![0u8; proto::BLOB_PIECE];
+                let n = file.read(&mut data)?;
+                data.truncate(n);
+                if n == 0 && first.is_none() {
+                    return Ok(());
+                }
+                let (total_size, sha256) = first.take().unwrap_or_default();
+                let blob = v1::Blob { total_size, sha256, data };
+                if tx.blocking_send(v1::SubmitJobRequest { part: Some(Part::Audio(blob)) }).is_err() || n == 0 {
+                    return Ok(());
+                }
+            }
+        })
+    };
+    use tokio_stream::StreamExt;
+    let parts = tokio_stream::iter(messages).chain(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let submitted = client.submit_job(parts).await;
+    if let Ok(Err(e)) = reader.await {
+        return Err(ClientError::Output {
+            path: audio.path.display().to_string(),
+            reason: format!("reading the soundtrack: {}", e.to_string().to_lowercase()),
+        });
     }
-    Ok(client.submit_job(tokio_stream::iter(messages)).await?.into_inner())
+    Ok(submitted?.into_inner())
 }
 
 pub fn state(job: &v1::Job) -> v1::JobState {

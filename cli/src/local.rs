@@ -91,7 +91,7 @@ pub async fn render(
     torch: DeviceThread,
     engine: Engine,
     styles: Vec<crate::styles::Upload>,
-    audio: Option<crate::styles::Upload>,
+    audio: Option<crate::styles::AudioFile>,
     outputs: &Outputs,
     mut cancel: watch::Receiver<bool>,
     mut on_update: impl FnMut(&v1::Job),
@@ -126,8 +126,7 @@ pub async fn render(
             audio_offset: outputs.audio_offset,
         };
         let files: Vec<(&[u8], &str)> = styles.iter().map(|s| (s.bytes.as_slice(), s.file_name.as_str())).collect();
-        let audio = audio.as_ref().map(|a| (a.bytes.as_slice(), a.file_name.as_str()));
-        let job = client::submit_styles(&mut jobs, spec, &files, audio).await?;
+        let job = client::submit_styles(&mut jobs, spec, &files, audio.as_ref()).await?;
         let node_config = NodeConfig {
             coordinator: "in-process".into(),
             name: "local".into(),

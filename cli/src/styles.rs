@@ -80,12 +80,39 @@ pub fn read(positional: Option<&Path>, flags: &RenderFlags) -> anyhow::Result<(V
     })
 }
 
-/// The soundtrack `--audio` names, read (FFmpeg checks it where it is muxed: the coordinator).
-pub fn read_audio(flags: &RenderFlags) -> anyhow::Result<Option<Upload>> {
+/// A soundtrack to send: its file, read for its size and checksum here and streamed from the
+/// file in pieces at submit, never held whole (it may be hundreds of MiB).
+#[derive(Debug, Clone)]
+pub struct AudioFile {
+    pub path: PathBuf,
+    pub file_name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// The soundtrack `--audio` names, checked for size and hashed (FFmpeg checks its content where
+/// it is muxed: the coordinator).
+pub fn read_audio(flags: &RenderFlags) -> anyhow::Result<Option<AudioFile>> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
     let Some(path) = &flags.audio else { return Ok(None) };
-    let bytes = std::fs::read(path)
-        .map_err(|e| anyhow::anyhow!("--audio: {}: {}", path.display(), e.to_string().to_lowercase()))?;
-    Ok(Some(Upload { file_name: file_name(path), bytes }))
+    let fail = |e: std::io::Error| anyhow::anyhow!("--audio: {}: {}", path.display(), e.to_string().to_lowercase());
+    let mut file = std::fs::File::open(path).map_err(fail)?;
+    let limit = proto::limits::MAX_AUDIO_BYTES;
+    let (mut hasher, mut size, mut piece) = (Sha256::new(), 0u64, vec![0u8; proto::BLOB_PIECE]);
+    loop {
+        let n = file.read(&mut piece).map_err(fail)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&piece[..n]);
+        size += n as u64;
+        if size > limit {
+            anyhow::bail!("--audio: {} is more than {} MiB, the most a soundtrack may be", path.display(), limit >> 20);
+        }
+    }
+    let sha256 = proto::params::hex(&hasher.finalize());
+    Ok(Some(AudioFile { path: path.clone(), file_name: file_name(path), size, sha256 }))
 }
 
 fn file_name(path: &Path) -> String {

@@ -153,6 +153,8 @@ fn a_soundtrack_that_is_not_audio_is_refused() {
     let dir = tempdir();
     let d = dir.path();
     std::fs::write(d.join("notes.txt"), "not a song").unwrap();
+    // Past the limit: refused by the client before a byte is sent (a sparse file: no disk).
+    std::fs::File::create(d.join("huge.wav")).unwrap().set_len((512 << 20) + 1).unwrap();
     tone(&d.join("tone.wav"), 0.2);
     let wheat = example("wheatfield.jpg");
     let p = |name: &str| d.join(name).to_str().unwrap().to_string();
@@ -161,6 +163,7 @@ fn a_soundtrack_that_is_not_audio_is_refused() {
         (wheat.to_str().unwrap().to_string(), "out.mp4", "audio: \"wheatfield.jpg\" has no audio stream"),
         (p("tone.wav"), "out.gif", "--audio: a soundtrack needs an .mp4 output"),
         (p("missing.wav"), "out.mp4", "missing.wav: no such file"),
+        (p("huge.wav"), "out.mp4", "huge.wav is more than 512 MiB, the most a soundtrack may be"),
     ] {
         let out = p(output);
         let mut args = vec!["render", wheat.to_str().unwrap(), "-o", &out, "--audio", &audio];

@@ -103,8 +103,7 @@ pub fn submit(args: Submit) -> Result<()> {
     let job = runtime()?.block_on(async {
         let mut c = args.at.connect().await?;
         let files: Vec<(&[u8], &str)> = styles.iter().map(|s| (s.bytes.as_slice(), s.file_name.as_str())).collect();
-        let audio = audio.as_ref().map(|a| (a.bytes.as_slice(), a.file_name.as_str()));
-        client::submit_styles(&mut c, spec, &files, audio).await
+        client::submit_styles(&mut c, spec, &files, audio.as_ref()).await
     })?;
     println!("{}", job.id);
     Ok(())
