@@ -65,18 +65,7 @@ pub fn mux(video: &Path, audio: &Path, offset: f64, seconds: f64, out: &Path) ->
         Ok(false) => {}
         Err(e) => tracing::warn!(error = %e, "the soundtrack could not be copied as it is; transcoding it"),
     }
-    let mut vin = format::input(video).map_err(ff("opening the stitched video"))?;
-    let (vindex, vtb, vparams) = {
-        let s = vin
-            .streams()
-            .best(media::Type::Video)
-            .ok_or_else(|| Error::Stitch("the stitched video has no video".into()))?;
-        (s.index(), s.time_base(), s.parameters())
-    };
-    let mut octx = format::output(out).map_err(ff("creating the output"))?;
-    let mut vost = octx.add_stream(ffmpeg::encoder::find(codec::Id::None)).map_err(ff("adding the video stream"))?;
-    vost.set_parameters(vparams);
-    vost.set_time_base(vtb);
+    let (mut vin, vindex, vtb, mut octx) = with_video(video, out)?;
     // The encoder's stream: AAC, planar floats, as FFmpeg's own AAC encoder takes them.
     let aac =
         ffmpeg::encoder::find(codec::Id::AAC).ok_or_else(|| Error::Stitch("this FFmpeg has no AAC encoder".into()))?;
@@ -182,6 +171,27 @@ pub fn write_wav(audio: &Path, offset: f64, seconds: f64, out: &Path) -> Result<
     file.seek(SeekFrom::Start(0)).map_err(io)?;
     file.write_all(&header).map_err(io)?;
     Ok(lead)
+}
+
+/// The stitched `video`, opened, and the output `out` with its video stream (stream 0) added:
+/// the input, its video stream's index and time base, and the output.
+fn with_video(
+    video: &Path,
+    out: &Path,
+) -> Result<(format::context::Input, usize, ffmpeg::Rational, format::context::Output)> {
+    let vin = format::input(video).map_err(ff("opening the stitched video"))?;
+    let (vindex, vtb, vparams) = {
+        let s = vin
+            .streams()
+            .best(media::Type::Video)
+            .ok_or_else(|| Error::Stitch("the stitched video has no video".into()))?;
+        (s.index(), s.time_base(), s.parameters())
+    };
+    let mut octx = format::output(out).map_err(ff("creating the output"))?;
+    let mut vost = octx.add_stream(ffmpeg::encoder::find(codec::Id::None)).map_err(ff("adding the video stream"))?;
+    vost.set_parameters(vparams);
+    vost.set_time_base(vtb);
+    Ok((vin, vindex, vtb, octx))
 }
 
 /// The soundtrack's samples on their way to the encoder: the offset skipped or padded, cut at

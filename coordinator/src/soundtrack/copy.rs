@@ -56,18 +56,7 @@ pub(super) fn mux(video: &Path, audio: &Path, offset: f64, seconds: f64, out: &P
     }
     let Some(first) = packets.first().and_then(|p| p.pts()) else { return Ok(false) };
 
-    let mut vin = format::input(video).map_err(ff("opening the stitched video"))?;
-    let (vindex, vtb, vparams) = {
-        let s = vin
-            .streams()
-            .best(media::Type::Video)
-            .ok_or_else(|| Error::Stitch("the stitched video has no video".into()))?;
-        (s.index(), s.time_base(), s.parameters())
-    };
-    let mut octx = format::output(out).map_err(ff("creating the output"))?;
-    let mut vost = octx.add_stream(ffmpeg::encoder::find(codec::Id::None)).map_err(ff("adding the video stream"))?;
-    vost.set_parameters(vparams);
-    vost.set_time_base(vtb);
+    let (mut vin, vindex, vtb, mut octx) = super::with_video(video, out)?;
     let mut aost = octx.add_stream(ffmpeg::encoder::find(codec::Id::None)).map_err(ff("adding the audio stream"))?;
     aost.set_parameters(aparams);
     aost.set_time_base(atb);
