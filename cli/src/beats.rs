@@ -49,17 +49,7 @@ pub fn detect(audio: &Path, offset: f64, seconds: f64) -> Result<BeatGrid, Param
             )),
             _ => error(format!("cannot run {TRACKER}: {}", lower(&e))),
         })?;
-    let read = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            if let Some(pipe) = pipe {
-                let _ = pipe.take(MAX_OUTPUT).read_to_string(&mut text);
-            }
-            text
-        })
-    };
-    let out = read(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let err = read(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let (out, err) = (drain(child.stdout.take()), drain(child.stderr.take()));
     // The tracker hears a minute of music in about a second; a hung one is stopped.
     let limit = Duration::from_secs_f64(30.0 + seconds / 10.0);
     let status = loop {
@@ -93,4 +83,16 @@ pub fn detect(audio: &Path, offset: f64, seconds: f64) -> Result<BeatGrid, Param
         "beats of the soundtrack"
     );
     Ok(grid)
+}
+
+/// Reads what a pipe says, up to [`MAX_OUTPUT`], on a thread of its own, so that neither of the
+/// tracker's pipes fills while it runs.
+fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(pipe) = pipe {
+            let _ = pipe.take(MAX_OUTPUT).read_to_string(&mut text);
+        }
+        text
+    })
 }

@@ -97,11 +97,8 @@ pub fn mux(video: &Path, audio: &Path, offset: f64, seconds: f64, out: &Path) ->
     let seconds_of = |p: &ffmpeg::Packet, tb: ffmpeg::Rational| p.dts().unwrap_or(0) as f64 * f64::from(tb);
     // Writes the video's packets up to `until` seconds (all with None), then `audio`'s.
     let mut write = |octx: &mut format::context::Output, audio: &mut Vec<ffmpeg::Packet>, until: Option<f64>| {
-        while let Some(mut packet) = video.next_if(|p| until.is_none_or(|t| seconds_of(p, vtb) <= t)) {
-            packet.rescale_ts(vtb, vtb_out);
-            packet.set_stream(0);
-            packet.set_position(-1);
-            packet.write_interleaved(octx).map_err(ff("writing video"))?;
+        while let Some(packet) = video.next_if(|p| until.is_none_or(|t| seconds_of(p, vtb) <= t)) {
+            write_video(packet, vtb, vtb_out, octx)?;
         }
         for packet in audio.drain(..) {
             packet.write_interleaved(octx).map_err(ff("writing audio"))?;
@@ -192,6 +189,19 @@ fn with_video(
     vost.set_parameters(vparams);
     vost.set_time_base(vtb);
     Ok((vin, vindex, vtb, octx))
+}
+
+/// Writes a packet of the stitched video (time base `from`) as the output's stream 0 (`to`).
+fn write_video(
+    mut packet: ffmpeg::Packet,
+    from: ffmpeg::Rational,
+    to: ffmpeg::Rational,
+    octx: &mut format::context::Output,
+) -> Result<()> {
+    packet.rescale_ts(from, to);
+    packet.set_stream(0);
+    packet.set_position(-1);
+    packet.write_interleaved(octx).map_err(ff("writing video"))
 }
 
 /// The soundtrack's samples on their way to the encoder: the offset skipped or padded, cut at

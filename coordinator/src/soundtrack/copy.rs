@@ -5,7 +5,7 @@
 //! at 30 fps. Where copying cannot make the movie's soundtrack (another codec, silence to put
 //! before it or after its end, a container tag MP4 refuses), [`super::mux`] transcodes.
 
-use super::{ff, Error, Result};
+use super::{ff, write_video, Error, Result};
 use ffmpeg_next as ffmpeg;
 use ffmpeg_next::{codec, format, media};
 use std::path::Path;
@@ -67,11 +67,8 @@ pub(super) fn mux(video: &Path, audio: &Path, offset: f64, seconds: f64, out: &P
     let mut video = vin.packets().filter(|(s, _)| s.index() == vindex).map(|(_, p)| p).peekable();
     for mut packet in packets {
         let at = (packet.pts().unwrap_or(first) - first) as f64 * tb_s;
-        while let Some(mut v) = video.next_if(|p| p.dts().unwrap_or(0) as f64 * f64::from(vtb) <= at) {
-            v.rescale_ts(vtb, vtb_out);
-            v.set_stream(0);
-            v.set_position(-1);
-            v.write_interleaved(&mut octx).map_err(ff("writing video"))?;
+        while let Some(v) = video.next_if(|p| p.dts().unwrap_or(0) as f64 * f64::from(vtb) <= at) {
+            write_video(v, vtb, vtb_out, &mut octx)?;
         }
         // The movie's first frame plays with the offset's packet.
         packet.set_pts(packet.pts().map(|p| p - first));
@@ -81,11 +78,8 @@ pub(super) fn mux(video: &Path, audio: &Path, offset: f64, seconds: f64, out: &P
         packet.set_position(-1);
         packet.write_interleaved(&mut octx).map_err(ff("writing audio"))?;
     }
-    for mut v in video {
-        v.rescale_ts(vtb, vtb_out);
-        v.set_stream(0);
-        v.set_position(-1);
-        v.write_interleaved(&mut octx).map_err(ff("writing video"))?;
+    for v in video {
+        write_video(v, vtb, vtb_out, &mut octx)?;
     }
     octx.write_trailer().map_err(ff("writing the output's trailer"))?;
     Ok(true)

@@ -103,10 +103,49 @@ fn points(values: &[f64]) -> String {
         .join(" ")
 }
 
+/// A setting that may be a schedule: the constant as users know it, or the schedule as written
+/// with its unit.
+pub(crate) fn shown(schedule: &str, constant: String, unit: &str) -> String {
+    if schedule.is_empty() {
+        constant
+    } else {
+        format!("{schedule} ({unit})")
+    }
+}
+
+/// The movie's tempo: a constant one, or the soundtrack's beats with their mean tempo.
+pub(crate) fn tempo(p: &proto::v1::RenderParams) -> String {
+    match (p.bpm, proto::schedule::BeatGrid::new(p.beats.clone())) {
+        (_, Ok(grid)) => {
+            let t = grid.times();
+            format!(
+                "{} beats of the soundtrack, {:.2} s to {:.2} s ({:.1} beats per minute)",
+                t.len(),
+                t[0],
+                t[t.len() - 1],
+                grid.bpm()
+            )
+        }
+        (Some(bpm), _) => format!("{bpm} beats per minute"),
+        (None, _) => "–".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proto::schedule::{Schedule, ANGLE, ZOOM};
+
+    #[test]
+    fn the_tempo_is_a_constant_or_the_soundtracks_beats() {
+        let wire = |bpm: Option<f64>, beats: Vec<f64>| proto::v1::RenderParams { bpm, beats, ..Default::default() };
+        assert_eq!(tempo(&wire(None, vec![])), "–");
+        assert_eq!(tempo(&wire(Some(128.0), vec![])), "128 beats per minute");
+        assert_eq!(
+            tempo(&wire(None, vec![0.25, 0.75, 1.25])),
+            "3 beats of the soundtrack, 0.25 s to 1.25 s (120.0 beats per minute)"
+        );
+    }
 
     #[test]
     fn a_directed_job_shows_its_motion_and_a_plain_one_nothing() {

@@ -3,7 +3,7 @@
 //! markup, and only the parts that change are sent again.
 
 use super::html::{self, badge, progress, Esc, Nav, Who};
-use super::{refused, Viewer, Web};
+use super::{motion, refused, Viewer, Web};
 use crate::{db, now_ms};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -223,18 +223,18 @@ pub(crate) async fn job_page(State(web): State<Web>, headers: HeaderMap, Path(id
     for (k, v) in [
         ("Size", format!("{}×{}", p.width, p.height)),
         ("Frames", format!("{} at {fps} fps", p.frames)),
-        ("Zoom", shown(&p.zoom_schedule, format!("{}× per second", p.zoom), "magnification per second")),
-        ("Centre", shown(&p.centre, "the middle".into(), "X,Y as fractions of the frame")),
-        ("Rotation", shown(&p.angle, "none".into(), "degrees per second")),
+        ("Zoom", motion::shown(&p.zoom_schedule, format!("{}× per second", p.zoom), "magnification per second")),
+        ("Centre", motion::shown(&p.centre, "the middle".into(), "X,Y as fractions of the frame")),
+        ("Rotation", motion::shown(&p.angle, "none".into(), "degrees per second")),
         (
             "Iterations",
             format!(
                 "{}, {} warm-up",
-                shown(&p.iters_schedule, format!("{} per frame", p.iters), "per frame"),
+                motion::shown(&p.iters_schedule, format!("{} per frame", p.iters), "per frame"),
                 p.warmup
             ),
         ),
-        ("Tempo", tempo(&p)),
+        ("Tempo", motion::tempo(&p)),
         (
             "Styles",
             match (p.styles.len(), p.blend.as_str()) {
@@ -474,30 +474,5 @@ impl Web {
             out.push_str("<tr><td colspan=\"8\" class=\"empty\">No workers seen in the last day. Start one with <code>gramzoom worker</code>.</td></tr>");
         }
         Ok(out)
-    }
-}
-
-/// A setting that may be a schedule: the constant as users know it, or the schedule as written
-/// with its unit.
-fn shown(schedule: &str, constant: String, unit: &str) -> String {
-    if schedule.is_empty() {
-        constant
-    } else {
-        format!("{schedule} ({unit})")
-    }
-}
-
-/// The movie's tempo: a constant one, or the soundtrack's beats with their mean tempo.
-fn tempo(p: &v1::RenderParams) -> String {
-    match (p.bpm, p.beats.as_slice()) {
-        (_, [first, .., last]) => {
-            let bpm = 60.0 * (p.beats.len() - 1) as f64 / (last - first);
-            format!(
-                "{} beats of the soundtrack, {first:.2} s to {last:.2} s ({bpm:.1} beats per minute)",
-                p.beats.len()
-            )
-        }
-        (Some(bpm), _) => format!("{bpm} beats per minute"),
-        (None, _) => "–".into(),
     }
 }
