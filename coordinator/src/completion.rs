@@ -375,13 +375,10 @@ impl Coordinator {
     /// One try at stitching `job`; records the output when it succeeds.
     async fn stitch_once(self: Arc<Self>, job: JobId) -> Result<()> {
         let store = self.store.clone();
-        let conn = self.conn.clone();
         let started = std::time::Instant::now();
+        let (spec, chunks, audio) =
+            self.db(move |c| Ok((db::spec(c, job)?, db::done_chunks(c, job)?, db::job_audio(c, job)?))).await?;
         let result = tokio::task::spawn_blocking(move || -> Result<(u64, String, Vec<String>)> {
-            let (spec, chunks, audio) = {
-                let c = conn.lock().unwrap_or_else(|e| e.into_inner());
-                (db::spec(&c, job)?, db::done_chunks(&c, job)?, db::job_audio(&c, job)?)
-            };
             let kind = proto::wire::output_from_wire(spec.output)?;
             let params = proto::wire::params_walked_at_submit(spec.params.as_ref().unwrap_or(&Default::default()))?;
             let mut parts = Vec::new();

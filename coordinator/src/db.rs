@@ -13,10 +13,12 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use std::path::Path;
 
 mod ids;
+mod queue;
 mod schema;
 mod state;
 mod views;
 pub use ids::*;
+pub use queue::{Database, Lane};
 use schema::{migrate, SCHEMA};
 pub use state::*;
 pub use views::*;

@@ -24,7 +24,7 @@ impl Coordinator {
     pub(crate) async fn jobs_for(&self, principal: &Principal, query: JobQuery) -> Result<Vec<v1::Job>> {
         let owner = principal.job_owner_filter().map(str::to_string);
         let mut jobs = self
-            .db(move |c| match query {
+            .db_read(move |c| match query {
                 JobQuery::All => db::list(c, owner.as_deref()),
                 JobQuery::Newest { state, limit } => db::recent(c, owner.as_deref(), state.as_deref(), limit),
             })
@@ -44,7 +44,7 @@ impl Coordinator {
 
     /// The job with a page of its segments.
     pub(crate) async fn job_view_page(&self, seq: JobId, page: Option<db::SegmentPage>) -> Result<v1::Job> {
-        let mut job = self.db(move |c| db::job_page(c, seq, page)).await?;
+        let mut job = self.db_read(move |c| db::job_page(c, seq, page)).await?;
         self.apply_live(seq, &mut job);
         Ok(job)
     }
@@ -52,7 +52,7 @@ impl Coordinator {
     /// The workers seen lately (any user may look at the farm: names, devices, health).
     pub(crate) async fn workers(&self) -> Result<Vec<v1::Worker>> {
         let after = self.policy.quarantine_after;
-        self.db(move |c| db::workers(c, after, now_ms())).await
+        self.db_read(move |c| db::workers(c, after, now_ms())).await
     }
 
     /// Adds what only heartbeats know (warm-up, pace) to a job read from the database.

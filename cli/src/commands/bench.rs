@@ -82,6 +82,11 @@ pub struct Args {
     /// Seconds a --farm worker "renders" each segment (heartbeating) before it completes it.
     #[arg(long, default_value_t = 10.0, requires = "farm")]
     pub farm_render_secs: f64,
+    /// How much --farm's render times vary: each segment takes --farm-render-secs times a
+    /// factor drawn evenly from 1 +- this. 0 keeps every worker in step, all finishing their
+    /// segments within the second they started in (the worst case for the coordinator).
+    #[arg(long, default_value_t = 0.25, requires = "farm")]
+    pub farm_render_spread: f64,
     /// Instead of timing the engine: run N `gramzoom render` processes of the same movie at
     /// once (each --sizes, default 96x64; --frames, default 24), and one alone, and print the
     /// wall times, to check how renders share this machine.
@@ -113,12 +118,16 @@ pub fn run(args: Args, bar: &crate::progress::Bar) -> Result<()> {
         if !(args.farm_render_secs.is_finite() && (0.0..=3600.0).contains(&args.farm_render_secs)) {
             anyhow::bail!("--farm-render-secs must be 0 to 3600, got {}", args.farm_render_secs);
         }
+        if !(args.farm_render_spread.is_finite() && (0.0..=1.0).contains(&args.farm_render_spread)) {
+            anyhow::bail!("--farm-render-spread must be 0 to 1, got {}", args.farm_render_spread);
+        }
         let farm = super::bench_farm::Farm {
             workers,
             jobs: args.farm_jobs,
             seconds: args.farm_secs,
             viewers: args.farm_viewers,
             render_secs: args.farm_render_secs,
+            render_spread: args.farm_render_spread,
         };
         return super::bench_farm::run(farm);
     }

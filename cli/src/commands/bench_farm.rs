@@ -27,8 +27,23 @@ pub struct Farm {
     pub jobs: u32,
     pub seconds: u64,
     pub viewers: u32,
-    /// Seconds a simulated worker spends "rendering" a segment before it completes it.
+    /// Seconds a simulated worker spends "rendering" a segment before it completes it, on
+    /// average.
     pub render_secs: f64,
+    /// Each segment's time is `render_secs` times a factor drawn evenly from 1 +- this: real
+    /// segments vary with their content and their worker, and equal times keep the whole farm
+    /// finishing in the same second, segment after segment.
+    pub render_spread: f64,
+}
+
+/// The render time of a worker's `n`th segment: a fixed function of both (splitmix64), so a run
+/// can be repeated.
+fn render_time(farm: &Farm, worker: u32, n: u64) -> Duration {
+    let mut z = (u64::from(worker) << 32 ^ n).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    let unit = (z ^ (z >> 31)) as f64 / u64::MAX as f64;
+    Duration::from_secs_f64(farm.render_secs * (1.0 + farm.render_spread * (2.0 * unit - 1.0)))
 }
 
 /// The weights digest the simulated workers declare (their states carry it in their
@@ -151,6 +166,7 @@ async fn work(
     };
     credentials.set_session(&registered.session);
     let beat = Duration::from_millis(u64::from(registered.heartbeat_ms.max(50)));
+    let mut rendered = 0;
     while !stop.load(Ordering::Relaxed) {
         let t = Instant::now();
         let ask = v1::AcquireRequest { worker_id: registered.worker_id.clone(), wait_ms: 5_000 };
@@ -165,9 +181,11 @@ async fn work(
         let Some(a) = assignment else { continue };
         stats.time(&stats.acquire, t);
         let rendering = Instant::now();
+        let takes = render_time(&farm, n, rendered);
+        rendered += 1;
         let mut lost = false;
-        while rendering.elapsed().as_secs_f64() < farm.render_secs && !stop.load(Ordering::Relaxed) {
-            tokio::time::sleep(beat.min(Duration::from_secs_f64(farm.render_secs))).await;
+        while rendering.elapsed() < takes && !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(beat.min(takes - rendering.elapsed())).await;
             let t = Instant::now();
             let hb = v1::HeartbeatRequest {
                 attempt_id: a.attempt_id,
@@ -296,7 +314,8 @@ pub fn run(farm: Farm) -> Result<()> {
         // this machine's descriptors and the simulator's CPU are what that saves.
         let mut channels = Vec::new();
         for _ in 0..farm.workers.div_ceil(64) {
-            channels.push(tonic::transport::Endpoint::from_shared(served.url.clone())?.connect().await?);
+            channels
+                .push(tonic::transport::Endpoint::from_shared(served.url.clone())?.tcp_nodelay(true).connect().await?);
         }
         let mut tasks = Vec::new();
         for n in 0..farm.workers {
@@ -324,8 +343,12 @@ pub fn run(farm: Farm) -> Result<()> {
     }
     let segments = stats.segments.load(Ordering::Relaxed);
     println!(
-        "farm: {} workers, {} viewers, {:.0} s, segments of {SEGMENT} frames at {WIDTH}x{HEIGHT} rendered {:.1} s each",
-        farm.workers, farm.viewers, wall, farm.render_secs
+        "farm: {} workers, {} viewers, {:.0} s, segments of {SEGMENT} frames at {WIDTH}x{HEIGHT} rendered {:.1} s +- {:.0}% each",
+        farm.workers,
+        farm.viewers,
+        wall,
+        farm.render_secs,
+        farm.render_spread * 100.0
     );
     line("acquire", &stats.acquire);
     line("heartbeat", &stats.heartbeat);

@@ -89,10 +89,9 @@ impl Api {
         self.0.job_view(seq, include_segments).await
     }
 
-    async fn assignment(&self, g: lease::Grant) -> Result<v1::Assignment> {
-        let job = g.job;
-        let spec = self.0.db(move |c| db::spec(c, job)).await?;
-        Ok(v1::Assignment {
+    /// What a worker is sent for grant `g` of a job submitted as `spec`.
+    fn assignment(&self, g: lease::Grant, spec: v1::JobSpec) -> v1::Assignment {
+        v1::Assignment {
             attempt_id: g.attempt.0,
             job_id: g.job.to_string(),
             segment_index: g.idx,
@@ -107,7 +106,7 @@ impl Api {
             start_state_sha256: g.start_state_sha256,
             lease_ms: self.0.policy.lease_ms as u32,
             next_end_frame: g.next_end_frame,
-        })
+        }
     }
 }
 
@@ -145,14 +144,9 @@ impl Api {
     /// database call: this runs on every heartbeat. (An unknown attempt passes here and is
     /// refused by the fencing check that follows.)
     async fn holds(&self, digest: String, attempt: AttemptId) -> Result<(), Status> {
-        let (me, holder) =
-            self.0.db(move |c| Ok((db::session_worker(c, &digest)?, db::attempt_worker(c, attempt)?))).await?;
-        let me = me.ok_or_else(unknown_session)?;
-        match holder {
-            Some(holder) if holder != me => {
-                Err(Status::permission_denied(format!("attempt {attempt} was granted to another worker, not {me}")))
-            }
-            _ => Ok(()),
+        match self.0.db(move |c| refusal(c, &digest, attempt)).await? {
+            Some(refused) => Err(refused),
+            None => Ok(()),
         }
     }
 
@@ -160,6 +154,20 @@ impl Api {
     async fn caller_holds<T>(&self, request: &Request<T>, attempt: AttemptId) -> Result<(), Status> {
         self.holds(session_digest(request)?, attempt).await
     }
+}
+
+/// Why the worker whose session hashes to `digest` may not act on `attempt`, if it may not: a
+/// database step of its own, so a heartbeat can check and beat in one call.
+fn refusal(c: &rusqlite::Connection, digest: &str, attempt: AttemptId) -> crate::error::Result<Option<Status>> {
+    let Some(me) = db::session_worker(c, digest)? else {
+        return Ok(Some(unknown_session()));
+    };
+    Ok(match db::attempt_worker(c, attempt)? {
+        Some(holder) if holder != me => {
+            Some(Status::permission_denied(format!("attempt {attempt} was granted to another worker, not {me}")))
+        }
+        _ => None,
+    })
 }
 
 /// The SHA-256 of the session a worker's request carries (the database knows only digests).
@@ -238,29 +246,39 @@ mod tests {
 
         // node-1 is quarantined, then registers again (after the others went quiet).
         let until = now_ms() + 600_000;
-        let quarantined = |c: &rusqlite::Connection, id: &str| -> i64 {
+        let quarantined = |id: &str| {
             let seq: i64 = id.trim_start_matches("worker-").parse().unwrap();
-            c.query_row("SELECT quarantined_until_ms FROM workers WHERE seq = ?1", [seq], |r| r.get(0)).unwrap()
+            api.0.database.call(db::Lane::Normal, move |c| -> i64 {
+                c.query_row("SELECT quarantined_until_ms FROM workers WHERE seq = ?1", [seq], |r| r.get(0)).unwrap()
+            })
         };
-        {
-            let c = api.0.conn.lock().unwrap();
-            let seq: i64 = first.worker_id.trim_start_matches("worker-").parse().unwrap();
-            c.execute("UPDATE workers SET quarantined_until_ms = ?2 WHERE seq = ?1", [seq, until]).unwrap();
-            c.execute("UPDATE workers SET last_seen_ms = 0 WHERE principal = 'gpu'", []).unwrap();
-        }
+        let seq: i64 = first.worker_id.trim_start_matches("worker-").parse().unwrap();
+        api.0
+            .database
+            .call(db::Lane::Normal, move |c| {
+                c.execute("UPDATE workers SET quarantined_until_ms = ?2 WHERE seq = ?1", [seq, until]).unwrap();
+                c.execute("UPDATE workers SET last_seen_ms = 0 WHERE principal = 'gpu'", []).unwrap();
+            })
+            .await;
         let again = register(&gpu, "node-1").await.unwrap();
         assert_ne!(again.worker_id, first.worker_id);
-        assert_eq!(quarantined(&api.0.conn.lock().unwrap(), &again.worker_id), until, "escaped its quarantine");
+        assert_eq!(quarantined(&again.worker_id).await, until, "escaped its quarantine");
         let fresh = register(&gpu, "node-9").await.unwrap();
-        assert_eq!(quarantined(&api.0.conn.lock().unwrap(), &fresh.worker_id), 0);
+        assert_eq!(quarantined(&fresh.worker_id).await, 0);
 
         // An hour later the registrations that never took work are gone, the quarantined one
         // stays until its quarantine ends.
-        let c = api.0.conn.lock().unwrap();
         let later = now_ms() + db::PRUNE_WORKER_MS + 1;
-        let pruned = db::prune_workers(&c, later - db::PRUNE_WORKER_MS, now_ms()).unwrap();
+        let (pruned, left) = api
+            .0
+            .database
+            .call(db::Lane::Normal, move |c| {
+                let pruned = db::prune_workers(c, later - db::PRUNE_WORKER_MS, now_ms()).unwrap();
+                let left: i64 = c.query_row("SELECT COUNT(*) FROM workers", [], |r| r.get(0)).unwrap();
+                (pruned, left)
+            })
+            .await;
         assert_eq!(pruned, 4, "node-2, node-3, other's node-1 and node-9; both node-1 rows are quarantined");
-        let left: i64 = c.query_row("SELECT COUNT(*) FROM workers", [], |r| r.get(0)).unwrap();
         assert_eq!(left, 2);
     }
 
@@ -274,11 +292,8 @@ mod tests {
         use tokio_stream::StreamExt;
         let dir = tempfile::tempdir().unwrap();
         let api = Api(Coordinator::open(crate::Config::new(dir.path().to_path_buf())).unwrap());
-        {
-            let mut c = api.0.conn.lock().unwrap();
-            let spec = v1::JobSpec { name: "queued".into(), ..Default::default() };
-            db::submit(&mut c, &spec, 4, 2, "style", "alice", 0).unwrap();
-        }
+        let spec = v1::JobSpec { name: "queued".into(), ..Default::default() };
+        api.0.database.call(db::Lane::Normal, move |c| db::submit(c, &spec, 4, 2, "style", "alice", 0).unwrap()).await;
         let alice = Principal { role: crate::auth::Role::User, name: "alice".into() };
         let watch = |who: &Principal| {
             let request = as_principal(who, v1::WatchJobRequest { job_id: "job-1".into() });

@@ -64,7 +64,11 @@ impl WorkerService for Api {
 
     async fn acquire(&self, request: Request<v1::AcquireRequest>) -> Result<Response<v1::AcquireResponse>, Status> {
         let r = request.get_ref().clone();
-        let worker = self.is_caller(&request, &r.worker_id).await?;
+        // Refused as `is_caller` says (it is asked only then: the lookup is part of each look).
+        let refused =
+            || async { self.is_caller(&request, &r.worker_id).await.err().unwrap_or_else(super::unknown_session) };
+        let Some(worker) = db::WorkerId::parse(&r.worker_id) else { return Err(refused().await) };
+        let digest = super::session_digest(&request)?;
         let deadline = Instant::now() + Duration::from_millis(r.wait_ms as u64).min(MAX_WAIT);
         let policy = self.0.policy;
         let mut closing = self.0.closing.subscribe();
@@ -73,7 +77,22 @@ impl WorkerService for Api {
             let notified = self.0.ready.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(grant) = self.0.db(move |c| lease::acquire(c, worker, policy, now_ms())).await? {
+            // The caller's identity, the choice and the job's spec in one database call: under a
+            // burst of workers asking at once, each call waits for the queue ahead of it.
+            let digest = digest.clone();
+            let looked = self
+                .0
+                .db(move |c| {
+                    if db::session_worker(c, &digest)? != Some(worker) {
+                        return Ok(Err(()));
+                    }
+                    let Some(grant) = lease::acquire(c, worker, policy, now_ms())? else { return Ok(Ok(None)) };
+                    let spec = db::spec(c, grant.job)?;
+                    Ok(Ok(Some((grant, spec))))
+                })
+                .await?;
+            let Ok(looked) = looked else { return Err(refused().await) };
+            if let Some((grant, spec)) = looked {
                 let what = if grant.redelivered {
                     "segment assigned again: the worker never received it"
                 } else {
@@ -81,7 +100,7 @@ impl WorkerService for Api {
                 };
                 tracing::info!(worker = %r.worker_id, job = %grant.job, segment = grant.idx, attempt = %grant.attempt, frames = %format!("{}..{}", grant.start_frame, grant.end_frame), "{what}");
                 self.0.job_changed(grant.job);
-                let assignment = self.assignment(grant).await?;
+                let assignment = self.assignment(grant, spec);
                 return Ok(Response::new(v1::AcquireResponse { assignment: Some(assignment) }));
             }
             let now = Instant::now();
@@ -102,16 +121,24 @@ impl WorkerService for Api {
         &self,
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
-        self.caller_holds(&request, AttemptId(request.get_ref().attempt_id)).await?;
+        let digest = super::session_digest(&request)?;
         let r = request.into_inner();
         let policy = self.0.policy;
         let (attempt, frames) = (AttemptId(r.attempt_id), r.frames_done);
         let preview = r.preview;
+        // The caller's right to the attempt and the fencing in one call of the heartbeat lane.
         // Fenced first: only a current attempt is watched (heartbeats naming attempts that do
         // not exist, or ended, once grew the watchdog without bound).
-        let result = self.0.db(move |c| lease::heartbeat(c, attempt, frames, policy, now_ms())).await;
+        let result = self
+            .0
+            .db_heartbeat(move |c| match super::refusal(c, &digest, attempt)? {
+                Some(refused) => Ok(Err(refused)),
+                None => lease::heartbeat(c, attempt, frames, policy, now_ms()).map(Ok),
+            })
+            .await;
         let (cur, frames) = match result {
-            Ok(v) => v,
+            Ok(Ok(v)) => v,
+            Ok(Err(refused)) => return Err(refused),
             Err(e) => {
                 self.0.watchdog.forget(attempt);
                 self.0.segments_may_be_ready();
@@ -120,7 +147,7 @@ impl WorkerService for Api {
         };
         if let Some(reason) = self.0.watchdog.observe(attempt, r.iterations, now_ms()) {
             let why = reason.clone();
-            self.0.db(move |c| lease::stall(c, attempt, &why, policy, now_ms())).await?;
+            self.0.db_heartbeat(move |c| lease::stall(c, attempt, &why, policy, now_ms())).await?;
             self.0.watchdog.forget(attempt);
             self.0.segments_may_be_ready();
             return Err(Error::StaleAttempt { id: attempt, reason }.into());

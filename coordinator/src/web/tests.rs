@@ -26,13 +26,12 @@ impl Farm {
         let auth = format!("user alice {ALICE}\nuser bob {BOB}\nadmin ops {OPS}\nworker gpu {GPU}\n");
         config.auth = Some(Arc::new(Tokens::parse(&auth).unwrap()));
         let coordinator = Coordinator::open(config).unwrap();
-        {
-            let mut c = coordinator.conn.lock().unwrap();
+        coordinator.database.call_blocking(|c| {
             for owner in ["alice", "bob"] {
                 let spec = proto::v1::JobSpec { name: format!("{owner}'s <movie>"), ..Default::default() };
-                db::submit(&mut c, &spec, 4, 2, "style", owner, 0).unwrap();
+                db::submit(c, &spec, 4, 2, "style", owner, 0).unwrap();
             }
-        }
+        });
         let app = router(coordinator.clone());
         Self { _dir: dir, coordinator, app }
     }
@@ -71,10 +70,14 @@ impl Farm {
         page[at..at + 32].to_string()
     }
 
-    fn state(&self, seq: db::JobId) -> db::JobState {
-        let mut c = self.coordinator.conn.lock().unwrap();
-        let tx = c.transaction().unwrap();
-        db::job_state(&tx, seq).unwrap()
+    async fn state(&self, seq: db::JobId) -> db::JobState {
+        self.coordinator
+            .database
+            .call(db::Lane::Normal, move |c| {
+                let tx = c.transaction().unwrap();
+                db::job_state(&tx, seq).unwrap()
+            })
+            .await
     }
 }
 
@@ -99,7 +102,7 @@ async fn a_user_sees_and_acts_on_her_own_jobs_only() {
         let status = farm.post(&format!("/jobs/job-2/{action}"), ALICE, &format!("csrf={mine}"), "same-origin").await;
         assert_eq!(status, StatusCode::NOT_FOUND, "alice could {action} bob's job");
     }
-    assert_eq!(farm.state(db::JobId(2)), db::JobState::Queued);
+    assert_eq!(farm.state(db::JobId(2)).await, db::JobState::Queued);
 
     // Her own job: only with her form token, and only from the dashboard itself.
     let bobs = farm.csrf("job-2", BOB).await;
@@ -112,18 +115,18 @@ async fn a_user_sees_and_acts_on_her_own_jobs_only() {
     ] {
         let status = farm.post("/jobs/job-1/cancel", ALICE, &form, site).await;
         assert!(status.is_client_error(), "{form:?} from {site}: {status}");
-        assert_eq!(farm.state(db::JobId(1)), db::JobState::Queued, "{form:?} from {site} cancelled the job");
+        assert_eq!(farm.state(db::JobId(1)).await, db::JobState::Queued, "{form:?} from {site} cancelled the job");
     }
     let status = farm.post("/jobs/job-1/cancel", ALICE, &format!("csrf={mine}"), "same-origin").await;
     assert_eq!(status, StatusCode::SEE_OTHER);
-    assert_eq!(farm.state(db::JobId(1)), db::JobState::Cancelled);
+    assert_eq!(farm.state(db::JobId(1)).await, db::JobState::Cancelled);
     // An admin may act on anyone's job.
     let ops = farm.csrf("job-2", OPS).await;
     assert_eq!(
         farm.post("/jobs/job-2/cancel", OPS, &format!("csrf={ops}"), "same-origin").await,
         StatusCode::SEE_OTHER
     );
-    assert_eq!(farm.state(db::JobId(2)), db::JobState::Cancelled);
+    assert_eq!(farm.state(db::JobId(2)).await, db::JobState::Cancelled);
 }
 
 #[tokio::test]
