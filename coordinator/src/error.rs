@@ -48,6 +48,9 @@ pub enum Error {
     BadChunk { start_frame: u32, message: String },
     #[error("starting: {0}")]
     Startup(String),
+    /// A submitted spec's check did not finish (it panicked).
+    #[error("checking the job: {0}")]
+    Check(String),
     #[error("data directory {} is in use by another coordinator ({holder}); stop that one first, or give this one its own --data", data.display())]
     DataInUse { data: std::path::PathBuf, holder: String },
     #[error("grpc transport: {0}")]
@@ -141,6 +144,7 @@ impl From<Error> for tonic::Status {
             | Error::Stitch(_)
             | Error::BadChunk { .. }
             | Error::Startup(_)
+            | Error::Check(_)
             | Error::DataInUse { .. }
             | Error::Transport(_) => {
                 tracing::error!(error = %message, "internal error");

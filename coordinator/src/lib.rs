@@ -122,6 +122,11 @@ fn refuse_lost_database(db: &std::path::Path, artifacts: &std::path::Path) -> Re
     Ok(())
 }
 
+/// How many submitted specs are checked at once: half the cores, at least one.
+fn spec_checkers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
 /// The shared core behind both gRPC services.
 pub struct Coordinator {
     config: Config,
@@ -150,6 +155,8 @@ pub struct Coordinator {
     watches: streams::StreamLimit,
     /// Bytes of style uploads held at once.
     uploads: budget::UploadBudget,
+    /// Submitted specs being checked at once (see [`Coordinator::check_submitted`]).
+    spec_checks: Arc<tokio::sync::Semaphore>,
     /// The jobs whose stitch loop runs, each with the signal that wakes it early.
     stitching: Mutex<HashMap<JobId, Arc<tokio::sync::Notify>>>,
     /// Held while this coordinator runs: no other may open the same `--data`. Last, so it is
@@ -207,6 +214,7 @@ impl Coordinator {
             live_pages: streams::StreamLimit::new(streams::MAX_LIVE_PAGES, streams::MAX_LIVE_PAGES_EACH),
             watches: streams::StreamLimit::new(streams::MAX_WATCHES, streams::MAX_WATCHES_EACH),
             uploads,
+            spec_checks: Arc::new(tokio::sync::Semaphore::new(spec_checkers())),
             stitching: Mutex::new(HashMap::new()),
         });
         for job in stitching {
@@ -281,6 +289,20 @@ impl Coordinator {
     pub(crate) async fn stored_path(&self, key: String, what: &str) -> Result<std::path::PathBuf> {
         let op = format!("reading {what} {key}");
         self.store_io(move |store| store.local_path(&key)).await.map_err(Error::store(op))
+    }
+
+    /// Runs `check` (a submitted spec's check) off the runtime, at most [`spec_checkers`] at once
+    /// and the rest waiting their turn in order: walking every frame of a long job's schedules
+    /// takes up to a few seconds of CPU, and a burst of such submits must leave cores to the
+    /// heartbeats and uploads of the farm.
+    async fn check_submitted<T: Send + 'static>(&self, check: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let permit = self.spec_checks.clone().acquire_owned().await.expect("never closed");
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            check()
+        })
+        .await
+        .map_err(|e| Error::Check(e.to_string()))
     }
 
     /// Runs `f` on the database's thread, after the calls queued before it.
@@ -469,6 +491,39 @@ impl InProcess {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A burst of submits is checked a few at a time (half the cores), the rest waiting in turn,
+    /// and every one is checked.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn submitted_specs_are_checked_a_few_at_a_time() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let dir = tempfile::tempdir().unwrap();
+        let coordinator = Coordinator::open(Config::new(dir.path().to_path_buf())).unwrap();
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let checks: Vec<_> = (0..12)
+            .map(|n| {
+                let (coordinator, running, most) = (coordinator.clone(), running.clone(), most.clone());
+                tokio::spawn(async move {
+                    coordinator
+                        .check_submitted(move || {
+                            most.fetch_max(running.fetch_add(1, SeqCst) + 1, SeqCst);
+                            std::thread::sleep(Duration::from_millis(20));
+                            running.fetch_sub(1, SeqCst);
+                            n
+                        })
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut done = Vec::new();
+        for check in checks {
+            done.push(check.await.unwrap());
+        }
+        assert_eq!(done, (0..12).collect::<Vec<_>>());
+        let most = most.load(SeqCst);
+        assert!((1..=spec_checkers()).contains(&most), "{most} checks at once, at most {}", spec_checkers());
+    }
 
     #[tokio::test]
     async fn a_lost_database_beside_stored_files_is_refused_not_started_empty() {

@@ -50,9 +50,7 @@ impl JobService for Api {
         }
         proto::limits::check_len("audio_name", &header.audio_name, proto::limits::MAX_NAME_LEN).map_err(Error::from)?;
         // Off the runtime: a million frames of formulas take seconds to walk.
-        let (params, spec) = tokio::task::spawn_blocking(move || check_spec(&spec).map(|p| (p, spec)))
-            .await
-            .map_err(|e| Status::internal(format!("checking the job: {e}")))??;
+        let (params, spec) = self.0.check_submitted(move || check_spec(&spec).map(|p| (p, spec))).await??;
         let segment_frames = match spec.segment_frames {
             0 => self.0.config.segment_frames,
             n => n,
