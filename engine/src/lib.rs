@@ -17,6 +17,7 @@
 //! [`State::from_bytes`] to hand the state on.
 
 mod blend;
+pub mod block;
 pub mod colour;
 pub mod device;
 pub mod encode;

@@ -25,7 +25,7 @@ struct Layer {
 
 /// The sliced distance's random directions for one draw, a (C, K) matrix per layer of the loss.
 /// Drawn once and used for every iteration that shares the draw.
-pub struct Directions(Vec<Tensor>);
+pub struct Directions(pub(crate) Vec<Tensor>);
 
 pub struct StyleTarget {
     kind: LossKind,
@@ -106,6 +106,36 @@ impl StyleTarget {
                 Some(Directions(dirs.iter().zip(&self.layers).map(|(d, l)| d.to_kind(l.target.kind())).collect()))
             }
         }
+    }
+
+    /// The feature layers the loss reads, in order.
+    pub fn indexes(&self) -> &[usize] {
+        &self.indexes
+    }
+
+    pub fn kind(&self) -> LossKind {
+        self.kind
+    }
+
+    /// Each layer's weight and Gram target (1 x C x C), for a Gram loss.
+    pub(crate) fn gram_layers(&self) -> impl Iterator<Item = (f64, &Tensor)> {
+        self.layers.iter().map(|l| (l.weight, &l.target))
+    }
+
+    pub(crate) fn layer_weight(&self, layer: usize) -> f64 {
+        self.layers[layer].weight
+    }
+
+    /// The style's (or blend's) sorted projections of layer `layer` along `t` (K x C),
+    /// resampled to `n` quantiles: what a sliced distance compares an image's sorted projections
+    /// with.
+    pub(crate) fn quantiles(&self, layer: usize, t: &Tensor, n: i64) -> Tensor {
+        let l = &self.layers[layer];
+        tch::no_grad(|| {
+            l.more.iter().fold(swd::quantiles(&l.target, t, n) * l.first_weight, |sum, (s, w)| {
+                sum + swd::quantiles(s, t, n) * *w
+            })
+        })
     }
 
     /// The style loss of `image` (1x3xHxW in [0, 1]) as a scalar that keeps the graph, with

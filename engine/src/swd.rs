@@ -94,7 +94,7 @@ pub fn distance_to_blend(features: &Tensor, samples: &[(&Tensor, f64)], directio
 
 /// The style's projections along `t` (K x C), sorted and resampled to `n` quantiles by linear
 /// interpolation.
-fn quantiles(samples: &Tensor, t: &Tensor, n: i64) -> Tensor {
+pub(crate) fn quantiles(samples: &Tensor, t: &Tensor, n: i64) -> Tensor {
     let (theirs, _) = t.matmul(samples).sort(1, false);
     if theirs.size()[1] == n {
         theirs

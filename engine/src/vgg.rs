@@ -194,6 +194,31 @@ impl Vgg {
         self.convs.iter().map(|c| c.spec.name.clone()).collect()
     }
 
+    /// How much coarser than the image layer `index`'s feature map is: 2^(pools before it).
+    pub fn scale(&self, index: usize) -> i64 {
+        1 << self.convs.iter().take(index + 1).filter(|c| c.spec.pool_before).count()
+    }
+
+    /// The margin a block needs around its tile for the features of `layers` at its positions
+    /// to be the whole frame's, and the alignment its corners keep (`block`). A feature at a
+    /// layer `s` times coarser reads its `s` pixels and `L` more on either side, where each 3x3
+    /// convolution adds the current pixel spacing to `L` and a pool doubles the spacing. `None`
+    /// for a network that reads an image pyramid (its blur reflects at the block's borders).
+    pub fn reach(&self, layers: &[usize]) -> Option<crate::block::Reach> {
+        let last = layers.iter().copied().max().unwrap_or(0);
+        let (mut spacing, mut extent) = (1i64, 0i64);
+        for conv in self.convs.iter().take(last + 1) {
+            if conv.spec.image_level.is_some() {
+                return None;
+            }
+            if conv.spec.pool_before {
+                spacing *= 2;
+            }
+            extent += (conv.spec.kernel / 2) as i64 * spacing;
+        }
+        Some(crate::block::Reach { margin: (extent + spacing - 1) / spacing * spacing, align: spacing })
+    }
+
     /// Post-ReLU activations of the conv layers at `layers` (indices into `layer_names`), for an
     /// RGB batch in [0, 1]. Stops after the deepest requested layer.
     pub fn features(&self, image: &Tensor, layers: &[usize]) -> Vec<Tensor> {
