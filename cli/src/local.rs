@@ -131,6 +131,8 @@ pub async fn render(
             coordinator: "in-process".into(),
             name: "local".into(),
             device,
+            // The engine below is built already, with its blocks.
+            blocks: Default::default(),
             weights: None,
             frames_dir: outputs.frames_dir.clone(),
             max_segments: None,

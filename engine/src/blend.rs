@@ -16,6 +16,7 @@
 //! key (`tests/e2e/blend.rs`). Frames whose weights do not move are never touched, so a movie
 //! of one style renders exactly as before.
 
+use crate::block::Layout;
 use crate::colour::{ColourSpace, Preconditioner};
 use crate::error::{ParamError, Result};
 use crate::loss::StyleTarget;
@@ -48,11 +49,20 @@ pub(crate) struct Palette {
     /// Each style's colour space, whether or not the design steps in colour.
     spaces: Vec<ColourSpace>,
     in_colour: bool,
+    /// The blocks a style's features are computed in (`None`: whole), as the frames' are.
+    blocks: Option<Layout>,
 }
 
 impl Palette {
     /// Targets (and, when `in_colour`, colour spaces) for every style, in order.
-    pub fn new(p: &RenderParams, styles: &[Style], net: &Vgg, device: Device, in_colour: bool) -> Result<Self> {
+    pub fn new(
+        p: &RenderParams,
+        styles: &[Style],
+        net: &Vgg,
+        device: Device,
+        in_colour: bool,
+        blocks: Option<Layout>,
+    ) -> Result<Self> {
         if styles.len() != p.style_count() {
             return Err(ParamError::new(
                 "--style",
@@ -60,13 +70,13 @@ impl Palette {
             )
             .into());
         }
-        let targets = styles.iter().map(|s| target(p, s, net, device, 1.0)).collect::<Result<_>>()?;
+        let targets = styles.iter().map(|s| target(p, s, net, device, 1.0, blocks.as_ref())).collect::<Result<_>>()?;
         let short = p.width.min(p.height);
         let spaces: Vec<ColourSpace> = styles
             .iter()
             .map(|s| Ok(ColourSpace::of_style(&s.tensor(s.scaled_size(short, p.style_scale)?, Device::Cpu))))
             .collect::<Result<_>>()?;
-        Ok(Self { targets, spaces, in_colour })
+        Ok(Self { targets, spaces, in_colour, blocks })
     }
 
     /// The colour distribution of a blend.
@@ -92,11 +102,18 @@ impl Palette {
         factor: f64,
         weights: &[f64],
     ) -> Result<Look> {
-        let targets = styles
-            .iter()
-            .zip(weights)
-            .map(|(s, w)| if *w > 0.0 { target(p, s, net, device, factor).map(Some) } else { Ok(None) })
-            .collect::<Result<Vec<_>>>()?;
+        let targets =
+            styles
+                .iter()
+                .zip(weights)
+                .map(|(s, w)| {
+                    if *w > 0.0 {
+                        target(p, s, net, device, factor, self.blocks.as_ref()).map(Some)
+                    } else {
+                        Ok(None)
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
         let parts: Vec<(&StyleTarget, f64)> =
             targets.iter().zip(weights).filter_map(|(t, w)| t.as_ref().map(|t| (t, *w))).collect();
         Ok(self.look_of(StyleTarget::mix(&parts), weights, device))
@@ -111,8 +128,20 @@ impl Palette {
 }
 
 /// A style's side of the loss for an output scaled by `factor` (warm-up stages use less than 1).
-fn target(p: &RenderParams, style: &Style, net: &Vgg, device: Device, factor: f64) -> Result<StyleTarget> {
+fn target(
+    p: &RenderParams,
+    style: &Style,
+    net: &Vgg,
+    device: Device,
+    factor: f64,
+    blocks: Option<&Layout>,
+) -> Result<StyleTarget> {
     let short = ((p.width.min(p.height) as f64) * factor).round() as u32;
     let size = style.scaled_size(short, p.style_scale)?;
-    Ok(StyleTarget::new(net, &style.tensor(size, device), &p.loss_layers(), p.loss, p.seed))
+    let image = style.tensor(size, device);
+    let (_, _, h, w) = image.size4().expect("a style is NCHW");
+    Ok(match blocks.filter(|l| l.count(w, h) > 1) {
+        Some(layout) => StyleTarget::new_in_blocks(net, &image, &p.loss_layers(), p.loss, p.seed, layout),
+        None => StyleTarget::new(net, &image, &p.loss_layers(), p.loss, p.seed),
+    })
 }

@@ -178,6 +178,39 @@ fn crop(image: &Tensor, (x, y): (Span, Span)) -> Tensor {
     image.narrow(2, y.run.0, y.run.1 - y.run.0).narrow(3, x.run.0, x.run.1 - x.run.0)
 }
 
+/// Where a block's owned features of one layer sit in that layer's whole feature map.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Region {
+    pub row: i64,
+    pub rows: i64,
+    pub col: i64,
+    pub cols: i64,
+}
+
+/// Runs `net` over `image` block by block without a graph, handing each block's owned features
+/// of each layer of `indexes`, as (C, n) in `kind`, row-major, to `each` with their region.
+pub(crate) fn for_each_owned(
+    net: &Vgg,
+    image: &Tensor,
+    indexes: &[usize],
+    layout: &Layout,
+    kind: Kind,
+    mut each: impl FnMut(usize, Tensor, Region),
+) {
+    let (_, _, h, w) = image.size4().expect("images are NCHW");
+    tch::no_grad(|| {
+        for block in layout.blocks(w, h) {
+            let feats = net.features(&crop(image, block), indexes);
+            for (l, f) in feats.iter().enumerate() {
+                let s = net.scale(indexes[l]);
+                let ((_, cols), (_, rows)) = (block.0.owned_at(s), block.1.owned_at(s));
+                let region = Region { row: block.1.own.0 / s, rows, col: block.0.own.0 / s, cols };
+                each(l, owned(f, block, s, kind), region);
+            }
+        }
+    })
+}
+
 /// What pass 1 leaves for pass 2: per layer, how to turn a block's owned features (C, n) into
 /// the loss's derivative there.
 enum Derivative {
@@ -190,12 +223,14 @@ enum Derivative {
 
 /// The style loss of `image` (1x3xHxW, the roll already applied) and its gradient, computed
 /// block by block. The loss is detached; the gradient has the image's shape and kind.
+/// `step(done, total)` is called after each block of each pass.
 pub(crate) fn loss_and_grad(
     target: &StyleTarget,
     net: &Vgg,
     image: &Tensor,
     dirs: Option<&Directions>,
     layout: &Layout,
+    step: &mut dyn FnMut(u32, u32),
 ) -> (Tensor, Tensor) {
     let (_, _, h, w) = image.size4().expect("images are NCHW");
     let image = image.detach();
@@ -203,11 +238,12 @@ pub(crate) fn loss_and_grad(
     let indexes = target.indexes();
     let scales: Vec<i64> = indexes.iter().map(|&i| net.scale(i)).collect();
     let kind = if image.kind() == Kind::Double { Kind::Double } else { Kind::Float };
-    let (loss, derivatives) = tch::no_grad(|| pass_one(target, net, &image, dirs, &blocks, &scales, kind));
+    let total = 2 * blocks.len() as u32;
+    let (loss, derivatives) = tch::no_grad(|| pass_one(target, net, &image, dirs, &blocks, &scales, kind, step));
 
     let grad = image.zeros_like();
     let mut offsets = vec![0i64; indexes.len()];
-    for &block in &blocks {
+    for (b, &block) in blocks.iter().enumerate() {
         let x = crop(&image, block).set_requires_grad(true);
         let feats = net.features(&x, indexes);
         let mut surrogate = Tensor::zeros([], (kind, image.device()));
@@ -229,6 +265,7 @@ pub(crate) fn loss_and_grad(
             .narrow(2, by.run.0, by.run.1 - by.run.0)
             .narrow(3, bx.run.0, bx.run.1 - bx.run.0)
             .g_add_(&x.grad().to_kind(grad.kind()));
+        step(blocks.len() as u32 + b as u32 + 1, total);
     }
     (loss, grad)
 }
@@ -241,15 +278,18 @@ fn pass_one(
     blocks: &[(Span, Span)],
     scales: &[i64],
     kind: Kind,
+    step: &mut dyn FnMut(u32, u32),
 ) -> (Tensor, Vec<Derivative>) {
     let indexes = target.indexes();
+    let total = 2 * blocks.len() as u32;
     let mut loss = Tensor::zeros([], (kind, image.device()));
     match (target.kind(), dirs) {
         (LossKind::Gram, _) => {
             let mut sums: Vec<Option<Tensor>> = (0..indexes.len()).map(|_| None).collect();
             let mut counts = vec![0i64; indexes.len()];
-            for &block in blocks {
+            for (b, &block) in blocks.iter().enumerate() {
                 let feats = net.features(&crop(image, block), indexes);
+                step(b as u32 + 1, total);
                 for (l, f) in feats.iter().enumerate() {
                     let m = owned(f, block, scales[l], kind) - GRAM_SHIFT;
                     counts[l] += m.size()[1];
@@ -276,8 +316,9 @@ fn pass_one(
         }
         (LossKind::Swd, Some(Directions(dirs))) => {
             let mut projections: Vec<Vec<Tensor>> = (0..indexes.len()).map(|_| Vec::new()).collect();
-            for &block in blocks {
+            for (b, &block) in blocks.iter().enumerate() {
                 let feats = net.features(&crop(image, block), indexes);
+                step(b as u32 + 1, total);
                 for (l, f) in feats.iter().enumerate() {
                     let m = owned(f, block, scales[l], kind);
                     projections[l].push(dirs[l].transpose(0, 1).matmul(&m));
@@ -352,7 +393,16 @@ mod tests {
                         for &(tw, th) in &tiles {
                             let layout = Layout::new(tw, th, reach).unwrap();
                             assert!(layout.count(w, h) > 1, "{tw}x{th} on {w}x{h} is one block");
-                            let (bl, bg) = loss_and_grad(&target, &net, &x, dirs.as_ref(), &layout);
+                            let mut steps = Vec::new();
+                            let (bl, bg) = loss_and_grad(&target, &net, &x, dirs.as_ref(), &layout, &mut |d, t| {
+                                steps.push((d, t))
+                            });
+                            let n = 2 * layout.count(w, h) as u32;
+                            assert_eq!(
+                                steps,
+                                (1..=n).map(|d| (d, n)).collect::<Vec<_>>(),
+                                "each block of each pass reported"
+                            );
                             let bl = bl.double_value(&[]);
                             let at =
                                 format!("{kind:?} {loss_kind:?}, layers {layers:?}, frame {w}x{h}, tiles {tw}x{th}");

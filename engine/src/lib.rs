@@ -25,6 +25,7 @@ pub mod error;
 pub mod gram;
 pub mod handoff;
 pub mod loss;
+pub mod memory;
 pub mod optim;
 pub mod pth;
 pub mod quality;

@@ -57,6 +57,77 @@ impl StyleTarget {
         Self { kind, layers, indexes }
     }
 
+    /// `new`, with the style's features computed in `layout`'s blocks (`block`), so that a
+    /// style scaled to a frame too large for memory costs a block's memory. The same targets up
+    /// to float rounding (sums in another order); the sliced distance keeps the same positions.
+    pub fn new_in_blocks(
+        net: &Vgg,
+        style: &Tensor,
+        layers: &[(usize, f64)],
+        kind: LossKind,
+        seed: u64,
+        layout: &crate::block::Layout,
+    ) -> Self {
+        let indexes: Vec<usize> = layers.iter().map(|l| l.0).collect();
+        let (_, _, h, w) = style.size4().expect("a style is NCHW");
+        let wide = swd::wide_kind(style.kind());
+        let sizes: Vec<(i64, i64)> = indexes.iter().map(|&i| (h / net.scale(i), w / net.scale(i))).collect();
+        let targets: Vec<Tensor> = match kind {
+            LossKind::Gram => {
+                let mut sums: Vec<Option<Tensor>> = (0..layers.len()).map(|_| None).collect();
+                crate::block::for_each_owned(net, style, &indexes, layout, wide, |l, f, _| {
+                    let m = f - crate::gram::GRAM_SHIFT;
+                    let product = m.matmul(&m.transpose(0, 1));
+                    sums[l] = Some(match sums[l].take() {
+                        Some(s) => s + product,
+                        None => product,
+                    });
+                });
+                sums.into_iter()
+                    .zip(&sizes)
+                    .map(|(s, (lh, lw))| (s.expect("every layer has positions") / (lh * lw) as f64).unsqueeze(0))
+                    .collect()
+            }
+            LossKind::Swd => {
+                // Which column of the samples each kept position fills, per layer.
+                let picks: Vec<Vec<i64>> = indexes
+                    .iter()
+                    .zip(&sizes)
+                    .map(|(&i, (lh, lw))| {
+                        let mut rng = Stream::new(seed, i as u64, Purpose::Samples);
+                        swd::picks(lh * lw, &mut rng).unwrap_or_else(|| (0..lh * lw).collect())
+                    })
+                    .collect();
+                let mut out: Vec<Option<Tensor>> = (0..layers.len()).map(|_| None).collect();
+                crate::block::for_each_owned(net, style, &indexes, layout, wide, |l, f, r| {
+                    let samples = out[l]
+                        .get_or_insert_with(|| f.new_zeros([f.size()[0], picks[l].len() as i64], (wide, f.device())));
+                    let width = sizes[l].1;
+                    let (slots, local): (Vec<i64>, Vec<i64>) = picks[l]
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(slot, &p)| {
+                            let (y, x) = (p / width - r.row, p % width - r.col);
+                            ((0..r.rows).contains(&y) && (0..r.cols).contains(&x))
+                                .then_some((slot as i64, y * r.cols + x))
+                        })
+                        .unzip();
+                    if !slots.is_empty() {
+                        let at = |v: &[i64]| Tensor::from_slice(v).to_device(f.device());
+                        let _ = samples.index_copy_(1, &at(&slots), &f.index_select(1, &at(&local)));
+                    }
+                });
+                out.into_iter().map(|t| t.expect("every layer has positions")).collect()
+            }
+        };
+        let layers = targets
+            .into_iter()
+            .zip(layers)
+            .map(|(target, &(_, weight))| Layer { weight, target, more: Vec::new(), first_weight: 1.0 })
+            .collect();
+        Self { kind, layers, indexes }
+    }
+
     /// The targets of several styles (built alike, from the same layers and loss) mixed by
     /// `weights` (summing to 1). A style weighing 1 is that style's target exactly, so a blend
     /// that holds one style renders the frames that style alone would.
@@ -204,6 +275,31 @@ mod tests {
             let an = grad.double_value(&[0, c, i, j]);
             let scale = an.abs().max(fd.abs()).max(1e-6);
             assert!((fd - an).abs() / scale < 1e-4, "({c},{i},{j}): finite difference {fd} vs analytic {an}");
+        }
+    }
+
+    /// A style's targets computed in blocks are its whole targets: the same Gram matrices up to
+    /// rounding, the same sampled feature vectors for the sliced distance (with a layer large
+    /// enough to be sampled and layers kept whole), on a style whose size is no multiple of the
+    /// pooling.
+    #[test]
+    fn style_targets_in_blocks_are_the_whole_styles() {
+        let net = Vgg::random(crate::vgg::Network::Vgg16, Device::Cpu);
+        let style = Tensor::rand([1, 3, 150, 133], (Kind::Float, Device::Cpu));
+        let layers = [(0, 1.0), (2, 0.5), (4, 1.0), (7, 2.0)];
+        let reach = net.reach(&[0, 2, 4, 7]).unwrap();
+        for tile in [(32, 32), (48, 96)] {
+            let layout = crate::block::Layout::new(tile.0, tile.1, reach).unwrap();
+            for kind in [LossKind::Gram, LossKind::Swd] {
+                let whole = StyleTarget::new(&net, &style, &layers, kind, 9);
+                let blocks = StyleTarget::new_in_blocks(&net, &style, &layers, kind, 9, &layout);
+                for (a, b) in whole.layers.iter().zip(&blocks.layers) {
+                    assert_eq!(a.target.size(), b.target.size(), "{kind:?}");
+                    let err =
+                        (&a.target - &b.target).abs().max().double_value(&[]) / a.target.abs().max().double_value(&[]);
+                    assert!(err < 1e-5, "{kind:?} {tile:?}: targets differ by {err}");
+                }
+            }
         }
     }
 

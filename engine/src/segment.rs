@@ -8,6 +8,7 @@
 //! rendering [0, k) then [k, n) from a serialised state give bit-identical frames on the CPU.
 
 use crate::blend::{Look, Palette};
+use crate::block::{BlockChoice, Layout};
 use crate::colour::ColourSpace;
 use crate::error::{EngineError, Result, Stage};
 use crate::handoff::State;
@@ -77,12 +78,16 @@ pub enum Progress {
     Iteration { frames_done: u32, frames_total: u32 },
     /// A frame finished, with its last iteration's loss.
     Frame { frames_done: u32, frames_total: u32, loss: f64 },
+    /// A step of an iteration computed in blocks (`block`): `done` of `total`, each block
+    /// counting twice (its forward pass, then its gradient). A huge frame's iteration can take
+    /// minutes; its blocks show that it moves.
+    Block { done: u32, total: u32 },
 }
 
 impl Progress {
     /// Whether an optimiser iteration just ran (a finished frame reports after its last one).
     pub fn is_iteration(&self) -> bool {
-        !matches!(self, Self::Frame { .. })
+        matches!(self, Self::Warmup { .. } | Self::Iteration { .. })
     }
 }
 
@@ -99,11 +104,27 @@ pub struct Engine {
     finish: Arc<AtomicBool>,
     /// A CPU render's part in sharing the machine with other renders (see `share`).
     share: Option<CpuShare>,
+    /// The blocks a frame's loss is computed in (`block`), `None` for the whole frame at once;
+    /// chosen for the output's size (warm-up stages take fewer).
+    blocks: Option<Layout>,
 }
 
 impl Engine {
     /// `styles`: one style, or every style the parameters name, in their order.
     pub fn new(params: RenderParams, styles: impl Into<Styles>, net: Vgg, device: Device) -> Result<Self> {
+        Self::with_blocks(params, styles, net, device, BlockChoice::Auto)
+    }
+
+    /// `new`, computing the loss as `blocks` says (`--blocks`): refused before any work when
+    /// the frame or its blocks do not fit the device's memory, or a block is smaller than the
+    /// margin its layers need.
+    pub fn with_blocks(
+        params: RenderParams,
+        styles: impl Into<Styles>,
+        net: Vgg,
+        device: Device,
+        blocks: BlockChoice,
+    ) -> Result<Self> {
         let styles = styles.into();
         // Every limit but the frame-by-frame walk of the schedules, which takes seconds on a
         // long job and is the submitter's (CLI, coordinator): each frame rendered evaluates its
@@ -116,8 +137,10 @@ impl Engine {
         };
         let in_colour =
             matches!(net.origin, crate::vgg::WeightsOrigin::Random(design) if design.steps_in_colour_space());
-        let palette = Palette::new(&params, &styles.0, &net, device, in_colour)?;
+        let blocks = plan_blocks(blocks, &params, &net, device)?;
+        let palette = Palette::new(&params, &styles.0, &net, device, in_colour, blocks)?;
         Ok(Self {
+            blocks,
             palette,
             params,
             device,
@@ -128,6 +151,11 @@ impl Engine {
             finish: Arc::new(AtomicBool::new(false)),
             share: if device == Device::Cpu { CpuShare::for_process() } else { None },
         })
+    }
+
+    /// The blocks a frame's loss is computed in, `None` for the whole frame at once.
+    pub fn blocks(&self) -> Option<Layout> {
+        self.blocks
     }
 
     pub fn params(&self) -> &RenderParams {
@@ -236,7 +264,7 @@ impl Engine {
                     shift = (rolls.below(sh as u64) as i64, rolls.below(sw as u64) as i64);
                 }
                 let dirs = look.target.directions(&mut draws);
-                let loss = self.iterate(look, &mut image, &mut optim, shift, dirs.as_ref())?;
+                let loss = self.iterate(look, &mut image, &mut optim, shift, dirs.as_ref(), progress)?;
                 done += 1;
                 // The loss is read back (a device sync) only now and then, not every iteration.
                 let checked = k + 1 == n || done.is_multiple_of(WARMUP_CHECK_EVERY);
@@ -315,7 +343,14 @@ impl Engine {
                 if k % roll_every.unwrap_or(iters) == 0 {
                     shift = (rolls.below(h as u64) as i64, rolls.below(w as u64) as i64);
                 }
-                last = Some(self.iterate(&frame_look, &mut state.image, &mut state.optim, shift, dirs.as_ref())?);
+                last = Some(self.iterate(
+                    &frame_look,
+                    &mut state.image,
+                    &mut state.optim,
+                    shift,
+                    dirs.as_ref(),
+                    progress,
+                )?);
                 progress(Progress::Iteration { frames_done: i - start, frames_total: total });
             }
             // One read-back of the loss per frame (the frame itself is read back next anyway):
@@ -363,6 +398,7 @@ impl Engine {
         optim: &mut OptimState,
         shift: (i64, i64),
         dirs: Option<&Directions>,
+        progress: &mut dyn FnMut(Progress),
     ) -> Result<Tensor> {
         if self.cancel.load(Ordering::Relaxed) {
             return Err(EngineError::Cancelled);
@@ -370,13 +406,44 @@ impl Engine {
         if let Some(share) = &self.share {
             share.adjust();
         }
-        let x = image.detach().set_requires_grad(true);
-        let loss = look.target.loss(&self.net, &x.roll([shift.0, shift.1], [2, 3]), dirs);
-        loss.backward();
-        let grad = x.grad();
+        let (_, _, h, w) = image.size4().expect("images are NCHW");
+        let (loss, grad) = match self.blocks.filter(|layout| layout.count(w, h) > 1) {
+            None => {
+                let x = image.detach().set_requires_grad(true);
+                let loss = look.target.loss(&self.net, &x.roll([shift.0, shift.1], [2, 3]), dirs);
+                loss.backward();
+                (loss.detach(), x.grad())
+            }
+            Some(layout) => {
+                let rolled = tch::no_grad(|| image.roll([shift.0, shift.1], [2, 3]));
+                let mut step = |done, total| progress(Progress::Block { done, total });
+                let (loss, grad) =
+                    crate::block::loss_and_grad(&look.target, &self.net, &rolled, dirs, &layout, &mut step);
+                (loss, grad.roll([-shift.0, -shift.1], [2, 3]))
+            }
+        };
         optim.step(image, &grad, self.params.learning_rate(), look.precond.as_ref());
-        Ok(loss.detach())
+        Ok(loss)
     }
+}
+
+/// The blocks `choice` asks for, for the output's size on `device` (see `memory::resolve`).
+fn plan_blocks(choice: BlockChoice, params: &RenderParams, net: &Vgg, device: Device) -> Result<Option<Layout>> {
+    let layers: Vec<usize> = params.loss_layers().iter().map(|l| l.0).collect();
+    let footprint = crate::memory::Footprint::of(net, &layers, params.loss);
+    let available = crate::memory::available(device);
+    let layout =
+        crate::memory::resolve(choice, net.reach(&layers), footprint, (params.width, params.height), available)?;
+    if let Some(l) = &layout {
+        tracing::info!(
+            tile = %format!("{}x{}", l.tile.0, l.tile.1),
+            margin = l.reach.margin,
+            blocks = l.count(params.width as i64, params.height as i64),
+            available_mib = available.map(|a| a >> 20),
+            "the frame's loss is computed in blocks"
+        );
+    }
+    Ok(layout)
 }
 
 /// Warm-up iterations between checks of the loss (each check waits for the device).

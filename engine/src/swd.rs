@@ -39,11 +39,25 @@ fn wide(t: &Tensor) -> Tensor {
 pub fn samples(features: &Tensor, rng: &mut Stream) -> Tensor {
     let (_, c, h, w) = features.size4().expect("features are NCHW");
     let f = wide(features).reshape([c, h * w]);
-    if h * w <= MAX_SAMPLES {
-        return f;
+    match picks(h * w, rng) {
+        None => f,
+        Some(picks) => f.index_select(1, &Tensor::from_slice(&picks).to_device(f.device())),
     }
-    let picks: Vec<i64> = (0..MAX_SAMPLES).map(|_| rng.below((h * w) as u64) as i64).collect();
-    f.index_select(1, &Tensor::from_slice(&picks).to_device(f.device()))
+}
+
+/// The positions (row-major) a layer of `positions` keeps as its samples, drawn from `rng`
+/// with replacement; `None` when it keeps them all, in order.
+pub(crate) fn picks(positions: i64, rng: &mut Stream) -> Option<Vec<i64>> {
+    (positions > MAX_SAMPLES).then(|| (0..MAX_SAMPLES).map(|_| rng.below(positions as u64) as i64).collect())
+}
+
+/// `wide` for the style's features computed in blocks.
+pub(crate) fn wide_kind(kind: Kind) -> Kind {
+    if kind == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    }
 }
 
 /// Random unit directions for every layer of one iteration: a (C, K) matrix per channel count

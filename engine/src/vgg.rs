@@ -194,6 +194,11 @@ impl Vgg {
         self.convs.iter().map(|c| c.spec.name.clone()).collect()
     }
 
+    /// Output channels of layer `index`.
+    pub fn channels(&self, index: usize) -> i64 {
+        self.convs[index].spec.cout as i64
+    }
+
     /// How much coarser than the image layer `index`'s feature map is: 2^(pools before it).
     pub fn scale(&self, index: usize) -> i64 {
         1 << self.convs.iter().take(index + 1).filter(|c| c.spec.pool_before).count()

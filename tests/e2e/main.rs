@@ -7,6 +7,7 @@ mod auth;
 mod bench;
 mod blame;
 mod blend;
+mod blocks;
 mod browser;
 mod cli_errors;
 mod cluster;

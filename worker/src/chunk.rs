@@ -87,6 +87,12 @@ pub(crate) fn render_segment(
             progress.iterations.fetch_add(1, Ordering::Relaxed);
         }
         let (frames, warmup_done, warmup_total) = match pr {
+            Progress::Block { .. } => {
+                // Part of an iteration: the render moves (the watchdog counts it), nothing else.
+                metrics.health.progressed(Instant::now());
+                progress.iterations.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             Progress::Warmup { done, total, .. } => (0, done, total),
             Progress::Iteration { frames_done, .. } | Progress::Frame { frames_done, .. } => (frames_done, 0, 0),
         };

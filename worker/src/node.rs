@@ -37,6 +37,8 @@ pub struct NodeConfig {
     pub coordinator: String,
     pub name: String,
     pub device: Device,
+    /// How a frame's loss is computed (`--blocks`).
+    pub blocks: engine::block::BlockChoice,
     pub weights: Option<PathBuf>,
     /// Also write every rendered frame here as a lossless PNG.
     pub frames_dir: Option<PathBuf>,

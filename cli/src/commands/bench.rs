@@ -173,7 +173,7 @@ pub fn run(args: Args, bar: &crate::progress::Bar) -> Result<()> {
         None => println!("peak: unknown for this device (TFLOP/s shown without a share)"),
     }
     println!(
-        "{:>9} {:>10} {:>9} {:>9} {:>11} {:>9} {:>7} {:>9}",
+        "{:>9} {:>10} {:>9} {:>9} {:>11} {:>9} {:>7} {:>9} {:>16}",
         "precision",
         "size",
         "ms/iter",
@@ -181,7 +181,8 @@ pub fn run(args: Args, bar: &crate::progress::Bar) -> Result<()> {
         "frames/min",
         "TFLOP/s",
         "of peak",
-        if device.is_cuda() { "GPU MiB" } else { "RSS MiB" }
+        if device.is_cuda() { "GPU MiB" } else { "peak RSS MiB" },
+        "blocks"
     );
 
     // Random features: --designs times each named design (he, he-colour, ...) against another.
@@ -228,7 +229,12 @@ pub fn run(args: Args, bar: &crate::progress::Bar) -> Result<()> {
             (None, Some(n)) => n,
             (None, None) => engine::weights::resolve(network, weights_file.as_deref(), device)?,
         };
-        let engine = Engine::new(params, Style::embedded(), net_here, device)?;
+        let engine = Engine::with_blocks(params, Style::embedded(), net_here, device, args.torch.blocks)?;
+        // The blocks used and how many a frame takes, "whole" for the frame at once.
+        let blocks = engine.blocks().map_or_else(
+            || "whole".to_string(),
+            |l| format!("{}x{} x{}", l.tile.0, l.tile.1, l.count(width as i64, height as i64)),
+        );
         let mut state = engine.initial_state(&mut |_| {})?;
         engine.render(&mut state, 1, &mut |_| Ok(()), &mut |_| {})?;
         if let tch::Device::Cuda(i) = device {
@@ -248,7 +254,7 @@ pub fn run(args: Args, bar: &crate::progress::Bar) -> Result<()> {
             print!("{:>18} ", d.name());
         }
         println!(
-            "{:>9} {:>10} {:>9.1} {:>9.3} {:>11.1} {:>9.2} {:>7} {:>9}",
+            "{:>9} {:>10} {:>9.1} {:>9.3} {:>11.1} {:>9.2} {:>7} {:>9} {:>16}",
             precision.name(),
             size.trim(),
             per_iter * 1000.0,
@@ -256,7 +262,8 @@ pub fn run(args: Args, bar: &crate::progress::Bar) -> Result<()> {
             60.0 / per_frame,
             tflops,
             share,
-            memory
+            memory,
+            blocks
         );
     }
     schedule_cost(&sizes[0..1], device)?;

@@ -75,6 +75,7 @@ fn spawn(
         .args(["--precision", &args.precision, "--device", &args.torch.device])
         .arg("-o")
         .arg(dir.join(format!("movie-{i}.mp4")));
+    cmd.args(["--blocks", &args.torch.blocks.to_string()]);
     if let Some(t) = args.torch.threads {
         cmd.args(["--threads", &t.to_string()]);
     }

@@ -44,6 +44,12 @@ pub struct TorchFlags {
     /// split with the other CPU renders running on the machine; a count given here is kept).
     #[arg(long, env = "GRAMZOOM_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
+    /// How a frame's style loss is computed: auto (the whole frame at once when it fits the
+    /// device's memory, blocks sized to fit otherwise), off (the whole frame, refused up front
+    /// when it does not fit) or WIDTHxHEIGHT blocks. Blocks give the same result up to float
+    /// rounding; they cost margins around each block and a second forward pass.
+    #[arg(long, env = "GRAMZOOM_BLOCKS", default_value = "auto", value_name = "auto|off|WxH")]
+    pub blocks: engine::block::BlockChoice,
     /// Never fetch pretrained weights: without --weights or a cached file, use the built-in
     /// network (also GRAMZOOM_OFFLINE=1). By default the first use fetches torchvision's file.
     #[arg(long, env = "GRAMZOOM_OFFLINE", value_parser = clap::builder::FalseyValueParser::new())]

@@ -220,6 +220,7 @@ pub fn run(args: Args, bar: &Bar) -> Result<()> {
     // Every libtorch call of this render, from loading weights on, runs on one thread.
     let torch = DeviceThread::spawn(args.torch.threads());
     let p = params.clone();
+    let blocks = args.torch.blocks;
     let engine = torch.run_blocking(move || -> Result<Engine> {
         let net = engine::weights::resolve(p.network, weights.as_deref(), device)?;
         if matches!(net.origin, WeightsOrigin::Random(_)) {
@@ -229,7 +230,7 @@ pub fn run(args: Args, bar: &Bar) -> Result<()> {
                 p.network.name()
             );
         }
-        Ok(Engine::new(p, styles, net, device)?)
+        Ok(Engine::with_blocks(p, styles, net, device, blocks)?)
     })?;
     let outputs = Outputs {
         output: args.output.clone(),
