@@ -131,7 +131,8 @@ pub async fn render(
             coordinator: "in-process".into(),
             name: "local".into(),
             device,
-            // The engine below is built already, with its blocks.
+            devices: vec![device],
+            // The engine below is built already, with its blocks and devices.
             blocks: Default::default(),
             weights: None,
             frames_dir: outputs.frames_dir.clone(),

@@ -79,6 +79,11 @@ impl Palette {
         Ok(Self { targets, spaces, in_colour, blocks })
     }
 
+    /// Whether the design steps in colour (the palette makes preconditioners).
+    pub fn in_colour(&self) -> bool {
+        self.in_colour
+    }
+
     /// The colour distribution of a blend.
     pub fn palette(&self, weights: &[f64]) -> ColourSpace {
         let parts: Vec<(&ColourSpace, f64)> = self.spaces.iter().zip(weights.iter().copied()).collect();

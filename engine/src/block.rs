@@ -31,6 +31,7 @@ use crate::error::ParamError;
 use crate::gram::GRAM_SHIFT;
 use crate::loss::{Directions, StyleTarget};
 use crate::params::LossKind;
+use crate::spread::{Spread, Work};
 use crate::vgg::Vgg;
 use tch::{Kind, Tensor};
 
@@ -211,10 +212,9 @@ pub(crate) fn for_each_owned(
     })
 }
 
-/// What pass 1 leaves for pass 2: per layer, how to turn a block's owned features (C, n) into
-/// the loss's derivative there.
+/// What pass 1 leaves for pass 2, per layer.
 enum Derivative {
-    /// 2/N (dL/dG) (f - shift): the matrix 2/N dL/dG.
+    /// The derivative at a position is this (C x C) matrix times its f - shift: 2/N dL/dG.
     Gram(Tensor),
     /// The derivative along each direction at every owned position, (K, N) in block order, and
     /// the directions (C, K).
@@ -222,54 +222,78 @@ enum Derivative {
 }
 
 /// The style loss of `image` (1x3xHxW, the roll already applied) and its gradient, computed
-/// block by block. The loss is detached; the gradient has the image's shape and kind.
-/// `step(done, total)` is called after each block of each pass.
+/// block by block, spread over `spread`'s devices when given. The loss is detached; the
+/// gradient has the image's shape and kind. `step(done, total)` is called after each block of
+/// each pass.
 pub(crate) fn loss_and_grad(
     target: &StyleTarget,
     net: &Vgg,
     image: &Tensor,
     dirs: Option<&Directions>,
     layout: &Layout,
+    spread: Option<&Spread>,
     step: &mut dyn FnMut(u32, u32),
 ) -> (Tensor, Tensor) {
     let (_, _, h, w) = image.size4().expect("images are NCHW");
     let image = image.detach();
     let blocks = layout.blocks(w, h);
-    let indexes = target.indexes();
+    let indexes = target.indexes().to_vec();
     let scales: Vec<i64> = indexes.iter().map(|&i| net.scale(i)).collect();
     let kind = if image.kind() == Kind::Double { Kind::Double } else { Kind::Float };
     let total = 2 * blocks.len() as u32;
-    let (loss, derivatives) = tch::no_grad(|| pass_one(target, net, &image, dirs, &blocks, &scales, kind, step));
+    let home = image.device();
+    let (loss, derivatives, counts) = pass_one(target, net, &image, dirs, &blocks, &scales, kind, spread, step);
 
     let grad = image.zeros_like();
     let mut offsets = vec![0i64; indexes.len()];
-    for (b, &block) in blocks.iter().enumerate() {
-        let x = crop(&image, block).set_requires_grad(true);
-        let feats = net.features(&x, indexes);
-        let mut surrogate = Tensor::zeros([], (kind, image.device()));
-        for (l, f) in feats.iter().enumerate() {
-            let mine = owned(f, block, scales[l], kind);
-            let n = mine.size()[1];
-            let d = tch::no_grad(|| match &derivatives[l] {
-                Derivative::Gram(m) => m.matmul(&(mine.detach() - GRAM_SHIFT)),
+    let make = |b: usize| -> Work<Tensor> {
+        let block = blocks[b];
+        let crop = crop(&image, block);
+        // This block's derivatives: the Gram matrices, or its own columns of the projections'.
+        let derivatives: Vec<(Tensor, Option<Tensor>)> = derivatives
+            .iter()
+            .enumerate()
+            .map(|(l, d)| match d {
+                Derivative::Gram(m) => (m.shallow_clone(), None),
                 Derivative::Sliced { by_position, directions } => {
-                    directions.matmul(&by_position.narrow(1, offsets[l], n))
+                    let mine = by_position.narrow(1, offsets[l], counts[b][l]);
+                    offsets[l] += counts[b][l];
+                    (directions.shallow_clone(), Some(mine))
                 }
-            });
-            offsets[l] += n;
-            surrogate += (mine * d).sum(kind);
-        }
-        surrogate.backward();
-        let (bx, by) = block;
+            })
+            .collect();
+        let (indexes, scales) = (indexes.clone(), scales.clone());
+        Box::new(move |net: &Vgg| {
+            let device = net.device();
+            let x = crop.to_device(device).detach().set_requires_grad(true);
+            let feats = net.features(&x, &indexes);
+            let mut surrogate = Tensor::zeros([], (kind, device));
+            for (l, f) in feats.iter().enumerate() {
+                let mine = owned(f, block, scales[l], kind);
+                let d = tch::no_grad(|| match &derivatives[l] {
+                    (m, None) => m.to_device(device).matmul(&(mine.detach() - GRAM_SHIFT)),
+                    (directions, Some(along)) => directions.to_device(device).matmul(&along.to_device(device)),
+                });
+                surrogate += (mine * d).sum(kind);
+            }
+            surrogate.backward();
+            x.grad().to_device(home)
+        })
+    };
+    crate::spread::run(spread, net, blocks.len(), make, |b, g| {
+        let (bx, by) = blocks[b];
         let _ = grad
             .narrow(2, by.run.0, by.run.1 - by.run.0)
             .narrow(3, bx.run.0, bx.run.1 - bx.run.0)
-            .g_add_(&x.grad().to_kind(grad.kind()));
+            .g_add_(&g.to_kind(grad.kind()));
         step(blocks.len() as u32 + b as u32 + 1, total);
-    }
+    });
     (loss, grad)
 }
 
+/// Pass 1: the global loss and its derivatives, and each block's count of owned positions per
+/// layer.
+#[allow(clippy::too_many_arguments)]
 fn pass_one(
     target: &StyleTarget,
     net: &Vgg,
@@ -278,70 +302,97 @@ fn pass_one(
     blocks: &[(Span, Span)],
     scales: &[i64],
     kind: Kind,
+    spread: Option<&Spread>,
     step: &mut dyn FnMut(u32, u32),
-) -> (Tensor, Vec<Derivative>) {
-    let indexes = target.indexes();
+) -> (Tensor, Vec<Derivative>, Vec<Vec<i64>>) {
+    let indexes = target.indexes().to_vec();
+    let layers = indexes.len();
     let total = 2 * blocks.len() as u32;
-    let mut loss = Tensor::zeros([], (kind, image.device()));
-    match (target.kind(), dirs) {
-        (LossKind::Gram, _) => {
-            let mut sums: Vec<Option<Tensor>> = (0..indexes.len()).map(|_| None).collect();
-            let mut counts = vec![0i64; indexes.len()];
-            for (b, &block) in blocks.iter().enumerate() {
-                let feats = net.features(&crop(image, block), indexes);
-                step(b as u32 + 1, total);
-                for (l, f) in feats.iter().enumerate() {
-                    let m = owned(f, block, scales[l], kind) - GRAM_SHIFT;
-                    counts[l] += m.size()[1];
-                    let product = m.matmul(&m.transpose(0, 1));
-                    sums[l] = Some(match sums[l].take() {
-                        Some(s) => s + product,
-                        None => product,
-                    });
-                }
+    let home = image.device();
+    let gram = target.kind() == LossKind::Gram;
+    let directions: Vec<Tensor> = match (gram, dirs) {
+        (true, _) => Vec::new(),
+        (false, Some(Directions(d))) => d.iter().map(Tensor::shallow_clone).collect(),
+        (false, None) => panic!("a sliced distance needs its directions"),
+    };
+    // Per block and layer: the Gram sum of its positions, or its projections (K, n).
+    let make = |b: usize| -> Work<Vec<(Tensor, i64)>> {
+        let block = blocks[b];
+        let crop = crop(image, block);
+        let (indexes, scales) = (indexes.clone(), scales.to_vec());
+        let directions: Vec<Tensor> = directions.iter().map(Tensor::shallow_clone).collect();
+        Box::new(move |net: &Vgg| {
+            tch::no_grad(|| {
+                let device = net.device();
+                let feats = net.features(&crop.to_device(device), &indexes);
+                feats
+                    .iter()
+                    .enumerate()
+                    .map(|(l, f)| {
+                        let m = owned(f, block, scales[l], kind);
+                        let n = m.size()[1];
+                        let part = if directions.is_empty() {
+                            let m = m - GRAM_SHIFT;
+                            m.matmul(&m.transpose(0, 1))
+                        } else {
+                            directions[l].to_device(device).transpose(0, 1).matmul(&m)
+                        };
+                        (part.to_device(home), n)
+                    })
+                    .collect()
+            })
+        })
+    };
+    let mut parts: Vec<Vec<Tensor>> = (0..layers).map(|_| Vec::new()).collect();
+    let mut sums: Vec<Option<Tensor>> = (0..layers).map(|_| None).collect();
+    let mut counts = Vec::with_capacity(blocks.len());
+    crate::spread::run(spread, net, blocks.len(), make, |b, out| {
+        counts.push(out.iter().map(|(_, n)| *n).collect::<Vec<i64>>());
+        for (l, (part, _)) in out.into_iter().enumerate() {
+            if gram {
+                sums[l] = Some(match sums[l].take() {
+                    Some(s) => s + part,
+                    None => part,
+                });
+            } else {
+                parts[l].push(part);
             }
-            let derivatives = sums
-                .into_iter()
-                .zip(counts)
+        }
+        step(b as u32 + 1, total);
+    });
+    tch::no_grad(|| {
+        let mut loss = Tensor::zeros([], (kind, home));
+        let derivatives = if gram {
+            sums.into_iter()
+                .enumerate()
                 .zip(target.gram_layers())
-                .map(|((sum, n), (weight, style))| {
+                .map(|((l, sum), (weight, style))| {
+                    let n: i64 = counts.iter().map(|c| c[l]).sum();
                     let gram = sum.expect("every layer has positions") / n as f64;
                     let c = gram.size()[0] as f64;
                     let gap = gram - style.reshape([c as i64, c as i64]);
                     loss += gap.square().sum(kind) * (weight / (c * c));
                     Derivative::Gram(gap * (4.0 * weight / (c * c * n as f64)))
                 })
-                .collect();
-            (loss, derivatives)
-        }
-        (LossKind::Swd, Some(Directions(dirs))) => {
-            let mut projections: Vec<Vec<Tensor>> = (0..indexes.len()).map(|_| Vec::new()).collect();
-            for (b, &block) in blocks.iter().enumerate() {
-                let feats = net.features(&crop(image, block), indexes);
-                step(b as u32 + 1, total);
-                for (l, f) in feats.iter().enumerate() {
-                    let m = owned(f, block, scales[l], kind);
-                    projections[l].push(dirs[l].transpose(0, 1).matmul(&m));
-                }
-            }
-            let derivatives = projections
+                .collect()
+        } else {
+            parts
                 .into_iter()
                 .enumerate()
                 .map(|(l, parts)| {
                     let all = Tensor::cat(&parts, 1);
                     let (k, n) = (all.size()[0], all.size()[1]);
                     let (sorted, order) = all.sort(1, false);
-                    let gap = sorted - target.quantiles(l, &dirs[l].transpose(0, 1), n);
+                    let gap = sorted - target.quantiles(l, &directions[l].transpose(0, 1), n);
                     let weight = target.layer_weight(l);
                     loss += gap.square().mean(kind) * weight;
                     let by_position = all.zeros_like().scatter(1, &order, &(gap * (2.0 * weight / (k * n) as f64)));
-                    Derivative::Sliced { by_position, directions: dirs[l].shallow_clone() }
+                    Derivative::Sliced { by_position, directions: directions[l].shallow_clone() }
                 })
-                .collect();
-            (loss, derivatives)
-        }
-        (LossKind::Swd, None) => panic!("a sliced distance needs its directions"),
-    }
+                .collect()
+        };
+        (loss, derivatives, counts)
+    })
 }
 
 #[cfg(test)]
@@ -394,9 +445,10 @@ mod tests {
                             let layout = Layout::new(tw, th, reach).unwrap();
                             assert!(layout.count(w, h) > 1, "{tw}x{th} on {w}x{h} is one block");
                             let mut steps = Vec::new();
-                            let (bl, bg) = loss_and_grad(&target, &net, &x, dirs.as_ref(), &layout, &mut |d, t| {
-                                steps.push((d, t))
-                            });
+                            let (bl, bg) =
+                                loss_and_grad(&target, &net, &x, dirs.as_ref(), &layout, None, &mut |d, t| {
+                                    steps.push((d, t))
+                                });
                             let n = 2 * layout.count(w, h) as u32;
                             assert_eq!(
                                 steps,
@@ -417,6 +469,28 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Spread over three CPU "devices" (threads of their own, one libtorch thread each, as the
+    /// render thread here), the loss and gradient are the one device's bit for bit, both losses.
+    #[test]
+    fn blocks_spread_over_devices_give_the_same_bits() {
+        tch::set_num_threads(1);
+        let net = Vgg::random(Network::Vgg16, Device::Cpu);
+        let layers = [(0, 1.0), (2, 0.5), (4, 1.0), (7, 2.0)];
+        let layout = Layout::new(32, 32, net.reach(&[0, 2, 4, 7]).unwrap()).unwrap();
+        let spread = crate::spread::Spread::new(&net, &[Device::Cpu, Device::Cpu]);
+        let x = rand(2, 80, 96);
+        for kind in [LossKind::Gram, LossKind::Swd] {
+            let target = StyleTarget::new(&net, &rand(1, 64, 64), &layers, kind, 0);
+            let dirs = target.directions(&mut Stream::new(3, 0, Purpose::Directions));
+            let mut steps = 0;
+            let (l1, g1) = loss_and_grad(&target, &net, &x, dirs.as_ref(), &layout, None, &mut |_, _| {});
+            let (l3, g3) =
+                loss_and_grad(&target, &net, &x, dirs.as_ref(), &layout, Some(&spread), &mut |_, _| steps += 1);
+            assert_eq!(steps, 2 * layout.count(96, 80), "{kind:?}: every block of both passes reported");
+            assert!(l1.equal(&l3) && g1.equal(&g3), "{kind:?}: spread over 3 devices differs from one");
         }
     }
 

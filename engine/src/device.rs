@@ -37,6 +37,42 @@ pub fn parse(spec: &str) -> Result<Device, EngineError> {
     }
 }
 
+/// The most devices one render spreads over.
+pub const MAX_DEVICES: usize = 16;
+
+/// `--device` as a list, `cuda:0,cuda:1` (or `cpu,cpu` for tests): the devices one render
+/// spreads its blocks over, the first holding the image. One device is `parse`'s. A list holds
+/// devices of one kind (a CPU would hold back every GPU beside it), each CUDA device once.
+pub fn parse_list(spec: &str) -> Result<Vec<Device>, EngineError> {
+    let items: Vec<&str> = spec.split(',').map(str::trim).collect();
+    if items.len() == 1 {
+        return Ok(vec![parse(spec)?]);
+    }
+    let bad = |reason: String| -> EngineError { ParamError::new("--device", reason).into() };
+    if items.len() > MAX_DEVICES {
+        return Err(bad(format!("at most {MAX_DEVICES} devices in a list, got {}", items.len())));
+    }
+    let mut devices: Vec<Device> = Vec::with_capacity(items.len());
+    for item in items {
+        if item == "auto" || item.is_empty() {
+            return Err(bad(format!("a list names each device, cpu or cuda:N, got {:?}", item)));
+        }
+        let device = parse(item)?;
+        if let Some(first) = devices.first() {
+            if first.is_cuda() != device.is_cuda() {
+                return Err(bad(format!(
+                    "a render spreads over devices of one kind, all cpu or all cuda:N, got {spec:?}"
+                )));
+            }
+        }
+        if device.is_cuda() && devices.contains(&device) {
+            return Err(bad(format!("{item} is named twice in {spec:?}")));
+        }
+        devices.push(device);
+    }
+    Ok(devices)
+}
+
 /// Where the CPU thread count of libtorch's kernels came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThreadSource {
@@ -196,6 +232,38 @@ mod tests {
         assert_eq!(parse("cpu").unwrap(), tch::Device::Cpu);
         assert!(parse("gpu").unwrap_err().to_string().starts_with("--device: expected auto"));
         assert!(parse("cuda:x").unwrap_err().to_string().starts_with("--device: expected auto"));
+    }
+
+    /// Lists: CPU repeats are allowed (tests spread over threads), every bad list names the
+    /// flag and what is wrong, before any work. Without CUDA, a CUDA device is "not visible".
+    #[test]
+    fn device_lists_parse_and_bad_ones_say_why() {
+        assert_eq!(parse_list("cpu").unwrap(), [Device::Cpu]);
+        assert_eq!(parse_list("cpu, cpu").unwrap(), [Device::Cpu, Device::Cpu]);
+        let cuda = tch::Cuda::device_count();
+        let many = vec!["cpu"; MAX_DEVICES + 1].join(",");
+        let cases = [
+            ("cpu,auto", "a list names each device"),
+            ("cpu,,cpu", "a list names each device"),
+            (many.as_str(), "at most 16 devices"),
+            ("cpu,gpu", "expected auto, cpu, cuda or cuda:N"),
+        ];
+        for (spec, want) in cases {
+            let e = parse_list(spec).unwrap_err().to_string();
+            assert!(e.contains("--device") && e.contains(want), "{spec}: {e}");
+        }
+        let mixed = parse_list("cpu,cuda:0").unwrap_err().to_string();
+        let twice = parse_list("cuda:0,cuda:0").unwrap_err().to_string();
+        let beyond = parse_list(&format!("cuda:0,cuda:{cuda}")).unwrap_err().to_string();
+        if cuda == 0 {
+            for e in [&mixed, &twice, &beyond] {
+                assert!(e.contains("no CUDA device is visible"), "{e}");
+            }
+        } else {
+            assert!(mixed.contains("devices of one kind"), "{mixed}");
+            assert!(twice.contains("cuda:0 is named twice"), "{twice}");
+            assert!(beyond.contains(&format!("only {cuda} CUDA device(s) visible")), "{beyond}");
+        }
     }
 
     #[test]

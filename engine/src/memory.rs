@@ -144,6 +144,19 @@ pub fn resolve(
     }
 }
 
+/// Blocks that cut a frame into one per device (`devices` of them, as near to squares as the
+/// count allows), or `None` when the tiles would be smaller than the margin.
+pub fn split(devices: usize, reach: Reach, width: u32, height: u32) -> Option<Layout> {
+    let (w, h) = (width as f64, height as f64);
+    let (cols, rows) =
+        (1..=devices).filter(|c| devices.is_multiple_of(*c)).map(|c| (c, devices / c)).min_by(|a, b| {
+            let skew = |(c, r): (usize, usize)| ((w / c as f64) / (h / r as f64)).ln().abs();
+            skew(*a).total_cmp(&skew(*b))
+        })?;
+    let tile = |side: f64, n: usize| (side / n as f64).ceil() as u32;
+    Layout::new(tile(w, cols), tile(h, rows), reach).ok()
+}
+
 /// Bytes the device can still give a render: for the CPU what the kernel reports available,
 /// capped by the process's cgroup (a container's memory limit); for a CUDA device its free
 /// memory. `None` when it cannot be told.
@@ -226,8 +239,9 @@ fn cuda_free(index: usize) -> Option<u64> {
             let result = if info.is_null() || get.is_null() || set.is_null() {
                 None
             } else {
-                let (info, get, set): (GetInfo, GetDevice, SetDevice) =
-                    (std::mem::transmute(info), std::mem::transmute(get), std::mem::transmute(set));
+                let info = std::mem::transmute::<*mut libc::c_void, GetInfo>(info);
+                let get = std::mem::transmute::<*mut libc::c_void, GetDevice>(get);
+                let set = std::mem::transmute::<*mut libc::c_void, SetDevice>(set);
                 let mut current = 0i32;
                 let (mut free, mut total) = (0usize, 0usize);
                 if get(&mut current) == 0 && set(index as i32) == 0 {

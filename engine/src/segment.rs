@@ -107,6 +107,10 @@ pub struct Engine {
     /// The blocks a frame's loss is computed in (`block`), `None` for the whole frame at once;
     /// chosen for the output's size (warm-up stages take fewer).
     blocks: Option<Layout>,
+    /// What `--blocks` asked for, for `spread_over` to choose blocks when it was `auto`.
+    block_choice: BlockChoice,
+    /// The extra devices a render spreads its blocks over (`spread`).
+    spread: Option<crate::spread::Spread>,
 }
 
 impl Engine {
@@ -125,6 +129,7 @@ impl Engine {
         device: Device,
         blocks: BlockChoice,
     ) -> Result<Self> {
+        let blocks_choice = blocks;
         let styles = styles.into();
         // Every limit but the frame-by-frame walk of the schedules, which takes seconds on a
         // long job and is the submitter's (CLI, coordinator): each frame rendered evaluates its
@@ -141,6 +146,8 @@ impl Engine {
         let palette = Palette::new(&params, &styles.0, &net, device, in_colour, blocks)?;
         Ok(Self {
             blocks,
+            block_choice: blocks_choice,
+            spread: None,
             palette,
             params,
             device,
@@ -151,6 +158,63 @@ impl Engine {
             finish: Arc::new(AtomicBool::new(false)),
             share: if device == Device::Cpu { CpuShare::for_process() } else { None },
         })
+    }
+
+    /// The same engine spreading each iteration's blocks over `devices` (`--device
+    /// cuda:0,cuda:1`), the first being the engine's own: one thread per extra device with a
+    /// copy of the network. With `--blocks auto` and a frame that fits whole, the frame is cut
+    /// into one block per device; with `off` the extra devices idle (a warning says so).
+    pub fn spread_over(mut self, devices: &[Device]) -> Result<Self> {
+        if devices.first() != Some(&self.device) {
+            return Err(crate::error::ParamError::new(
+                "--device",
+                format!("the first device of the list must be the render's own, {:?}", self.device),
+            )
+            .into());
+        }
+        let extra = &devices[1..];
+        if extra.is_empty() {
+            return Ok(self);
+        }
+        if self.blocks.is_none() {
+            match self.block_choice {
+                BlockChoice::Auto => {
+                    let layers: Vec<usize> = self.params.loss_layers().iter().map(|l| l.0).collect();
+                    let split = self.net.reach(&layers).and_then(|reach| {
+                        crate::memory::split(devices.len(), reach, self.params.width, self.params.height)
+                    });
+                    match split {
+                        Some(layout) => {
+                            self.palette = Palette::new(
+                                &self.params,
+                                &self.styles,
+                                &self.net,
+                                self.device,
+                                self.palette.in_colour(),
+                                Some(layout),
+                            )?;
+                            self.blocks = Some(layout);
+                        }
+                        None => tracing::warn!(
+                            devices = devices.len(),
+                            "the frame is too small to cut into a block per device: rendering on the first device"
+                        ),
+                    }
+                }
+                _ => tracing::warn!(
+                    devices = devices.len(),
+                    "--blocks off: the frame is computed whole, on the first device; the others idle"
+                ),
+            }
+        }
+        self.spread = Some(crate::spread::Spread::new(&self.net, extra));
+        tracing::info!(devices = devices.len(), blocks = ?self.blocks.map(|l| l.tile), "each frame's blocks are spread over devices");
+        Ok(self)
+    }
+
+    /// How many devices a render uses (more than one once spread over several).
+    pub fn device_count(&self) -> usize {
+        self.spread.as_ref().map_or(1, |s| s.count())
     }
 
     /// The blocks a frame's loss is computed in, `None` for the whole frame at once.
@@ -417,8 +481,15 @@ impl Engine {
             Some(layout) => {
                 let rolled = tch::no_grad(|| image.roll([shift.0, shift.1], [2, 3]));
                 let mut step = |done, total| progress(Progress::Block { done, total });
-                let (loss, grad) =
-                    crate::block::loss_and_grad(&look.target, &self.net, &rolled, dirs, &layout, &mut step);
+                let (loss, grad) = crate::block::loss_and_grad(
+                    &look.target,
+                    &self.net,
+                    &rolled,
+                    dirs,
+                    &layout,
+                    self.spread.as_ref(),
+                    &mut step,
+                );
                 (loss, grad.roll([-shift.0, -shift.1], [2, 3]))
             }
         };

@@ -190,6 +190,28 @@ impl Vgg {
         }
     }
 
+    /// The device the network's weights are on.
+    pub fn device(&self) -> Device {
+        self.mean.device()
+    }
+
+    /// The same network on another device (a render spread over several, `spread`).
+    pub fn to_device(&self, device: Device) -> Self {
+        let convs = self
+            .convs
+            .iter()
+            .map(|c| Conv { spec: c.spec.clone(), weight: c.weight.to_device(device), bias: c.bias.to_device(device) })
+            .collect();
+        Self {
+            convs,
+            avg_pool: self.avg_pool,
+            channels_last: self.channels_last,
+            mean: self.mean.to_device(device),
+            std: self.std.to_device(device),
+            origin: self.origin.clone(),
+        }
+    }
+
     pub fn layer_names(&self) -> Vec<String> {
         self.convs.iter().map(|c| c.spec.name.clone()).collect()
     }

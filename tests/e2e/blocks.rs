@@ -99,30 +99,82 @@ fn a_render_in_blocks_is_the_whole_frames_render_and_resumes_bit_for_bit() {
     }
 }
 
-/// Settings that cannot work fail before any work, each naming `--blocks` and what would: a
+/// Settings that cannot work fail before any work, each naming the flag and what would: a
 /// block smaller than the default layers' margin, a whole frame larger than the memory the
 /// machine offers (capped here by GRAMZOOM_MEMORY_GIB so the check holds on any machine), and
-/// a value that is not a size. None leaves an output behind.
+/// a value that is not a size, a device list naming `auto` or a device that is not there.
+/// None leaves an output behind.
 #[test]
 fn block_settings_that_cannot_work_are_refused_before_any_work() {
     let dir = tempdir();
     let out = dir.path().join("x.mp4");
     let out = out.to_str().unwrap();
     let base = ["render", "-o", out, "--frames", "2", "--quiet"];
-    let cases: [(&[&str], &str); 3] = [
-        (&["--size", "256x256", "--blocks", "32x32"], "a block of 32x32 is smaller than the margin of 96 pixels"),
-        (&["--size", "7680x4320", "--blocks", "off"], "off: a whole 7680x4320 frame needs about"),
-        (&["--size", "256x256", "--blocks", "big"], "expected auto, off or WIDTHxHEIGHT"),
+    let cases: [(&[&str], &str, &str); 5] = [
+        (
+            &["--size", "256x256", "--blocks", "32x32"],
+            "--blocks",
+            "a block of 32x32 is smaller than the margin of 96 pixels",
+        ),
+        (&["--size", "7680x4320", "--blocks", "off"], "--blocks", "off: a whole 7680x4320 frame needs about"),
+        (&["--size", "256x256", "--blocks", "big"], "--blocks", "expected auto, off or WIDTHxHEIGHT"),
+        (&["--size", "256x256", "--device", "cpu,auto"], "--device", "a list names each device"),
+        (&["--size", "256x256", "--device", "cpu,cuda:7"], "cuda:7", "CUDA device"),
     ];
-    for (extra, want) in cases {
+    for (extra, flag, want) in cases {
         let args: Vec<&str> = base.iter().chain(extra).copied().collect();
         let t = std::time::Instant::now();
         let mut cmd = crate::helpers::command(dir.path());
         let r = cmd.env("GRAMZOOM_MEMORY_GIB", "8").args(&args).output().unwrap();
         let err = stderr(&r);
         assert!(!r.status.success(), "{extra:?} was accepted");
-        assert!(err.contains("--blocks") && err.contains(want), "{extra:?}: {err}");
+        assert!(err.contains(flag) && err.contains(want), "{extra:?}: {err}");
         assert!(t.elapsed().as_secs() < 60, "{extra:?} took {:?} to refuse", t.elapsed());
         assert!(!std::path::Path::new(out).exists(), "{extra:?} left an output");
     }
+}
+
+/// Through the CLI: a movie whose blocks are spread over two CPU "devices" (a thread each, one
+/// libtorch thread each) is the one-device movie with the same blocks, bit for bit.
+#[test]
+fn a_render_spread_over_devices_is_the_one_device_render() {
+    let dir = tempdir();
+    let style = example("gravel.png");
+    let mut dumps = Vec::new();
+    for device in ["cpu", "cpu,cpu"] {
+        let frames = dir.path().join(device.replace(',', "-"));
+        let out = dir.path().join(format!("{}.mp4", device.replace(',', "-")));
+        let args = [
+            "render",
+            style.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--size",
+            "96x80",
+            "--frames",
+            "5",
+            "--warmup",
+            "8",
+            "--iters",
+            "2",
+            "--layers",
+            "conv1_1=1,conv2_1=1,conv3_1=1,conv4_1=1",
+            "--blocks",
+            "48x48",
+            "--threads",
+            "1",
+            "--device",
+            device,
+            "--frames-dir",
+            frames.to_str().unwrap(),
+            "--quiet",
+        ];
+        let r = crate::helpers::command(dir.path()).env("RUST_LOG", "info").args(args).output().unwrap();
+        assert!(r.status.success(), "{device}: {}", stderr(&r));
+        let spread = stderr(&r).contains("each frame's blocks are spread over devices devices=2");
+        assert_eq!(spread, device == "cpu,cpu", "{device}: {}", stderr(&r));
+        dumps.push(crate::helpers::frames_in(&frames));
+    }
+    assert_eq!(dumps[0].len(), 5);
+    assert!(dumps[0] == dumps[1], "the render spread over cpu,cpu differs from the one on cpu");
 }

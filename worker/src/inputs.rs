@@ -98,6 +98,7 @@ impl Node {
         let wire = a.params.clone().unwrap_or_default();
         let (device, weights, job) = (self.config.device, self.config.weights.clone(), a.job_id.clone());
         let blocks = self.config.blocks;
+        let devices = self.config.devices.clone();
         self.torch
             .run(move || -> Result<Engine, EngineError> {
                 let params = proto::wire::params_walked_at_submit(&wire)?;
@@ -107,7 +108,7 @@ impl Node {
                     .map(|(i, bytes)| Style::from_bytes(bytes, &PathBuf::from(format!("<style {} of {job}>", i + 1))))
                     .collect::<Result<Vec<_>, _>>()?;
                 let net = engine::weights::resolve(params.network, weights.as_deref(), device)?;
-                Engine::with_blocks(params, styles, net, device, blocks)
+                Engine::with_blocks(params, styles, net, device, blocks)?.spread_over(&devices)
             })
             .await
             .map_err(|e| e.to_string())

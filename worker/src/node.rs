@@ -37,6 +37,9 @@ pub struct NodeConfig {
     pub coordinator: String,
     pub name: String,
     pub device: Device,
+    /// Every device of `--device`, `device` first: a list spreads each frame's blocks over
+    /// them (`engine::spread`).
+    pub devices: Vec<Device>,
     /// How a frame's loss is computed (`--blocks`).
     pub blocks: engine::block::BlockChoice,
     pub weights: Option<PathBuf>,

@@ -229,12 +229,17 @@ pub fn run(args: Args, bar: &crate::progress::Bar) -> Result<()> {
             (None, Some(n)) => n,
             (None, None) => engine::weights::resolve(network, weights_file.as_deref(), device)?,
         };
-        let engine = Engine::with_blocks(params, Style::embedded(), net_here, device, args.torch.blocks)?;
+        let engine = Engine::with_blocks(params, Style::embedded(), net_here, device, args.torch.blocks)?
+            .spread_over(&args.torch.devices()?)?;
         // The blocks used and how many a frame takes, "whole" for the frame at once.
         let blocks = engine.blocks().map_or_else(
             || "whole".to_string(),
             |l| format!("{}x{} x{}", l.tile.0, l.tile.1, l.count(width as i64, height as i64)),
         );
+        let blocks = match engine.device_count() {
+            1 => blocks,
+            n => format!("{blocks} on {n}"),
+        };
         let mut state = engine.initial_state(&mut |_| {})?;
         engine.render(&mut state, 1, &mut |_| Ok(()), &mut |_| {})?;
         if let tch::Device::Cuda(i) = device {

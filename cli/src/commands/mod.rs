@@ -36,7 +36,8 @@ impl TlsFlags {
 /// Where libtorch runs; shared by `render`, `worker` and `bench`.
 #[derive(clap::Args)]
 pub struct TorchFlags {
-    /// auto, cpu, cuda or cuda:N.
+    /// auto, cpu, cuda or cuda:N; or a list, cuda:0,cuda:1,..., to spread each frame's blocks
+    /// over several GPUs (render, bench and worker).
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// CPU threads for libtorch (default: libtorch's own, from OMP_NUM_THREADS or one per
@@ -57,8 +58,14 @@ pub struct TorchFlags {
 }
 
 impl TorchFlags {
+    /// The render's device, the first of a list.
     pub fn device(&self) -> Result<tch::Device, engine::EngineError> {
-        engine::device::parse(&self.device)
+        Ok(self.devices()?[0])
+    }
+
+    /// Every device of `--device`, the render's own first.
+    pub fn devices(&self) -> Result<Vec<tch::Device>, engine::EngineError> {
+        engine::device::parse_list(&self.device)
     }
 
     pub fn threads(&self) -> Option<usize> {

@@ -221,6 +221,7 @@ pub fn run(args: Args, bar: &Bar) -> Result<()> {
     let torch = DeviceThread::spawn(args.torch.threads());
     let p = params.clone();
     let blocks = args.torch.blocks;
+    let devices = args.torch.devices()?;
     let engine = torch.run_blocking(move || -> Result<Engine> {
         let net = engine::weights::resolve(p.network, weights.as_deref(), device)?;
         if matches!(net.origin, WeightsOrigin::Random(_)) {
@@ -230,7 +231,7 @@ pub fn run(args: Args, bar: &Bar) -> Result<()> {
                 p.network.name()
             );
         }
-        Ok(Engine::with_blocks(p, styles, net, device, blocks)?)
+        Ok(Engine::with_blocks(p, styles, net, device, blocks)?.spread_over(&devices)?)
     })?;
     let outputs = Outputs {
         output: args.output.clone(),

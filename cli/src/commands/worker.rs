@@ -82,6 +82,7 @@ pub fn run(args: Args, bar: &crate::progress::Bar) -> Result<()> {
         coordinator: args.coordinator,
         name: args.name.unwrap_or_else(|| format!("{host}-{}", std::process::id())),
         device,
+        devices: args.torch.devices()?,
         blocks: args.torch.blocks,
         weights: args.weights,
         frames_dir: args.frames_dir,
