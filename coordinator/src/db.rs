@@ -92,11 +92,12 @@ pub fn submit<'a>(
     use prost::Message;
     let tx = conn.transaction()?;
     let network = spec.params.as_ref().map(|p| p.network.as_str()).unwrap_or_default();
+    let pixels = spec.params.as_ref().map_or(0, |p| u64::from(p.width) * u64::from(p.height));
     let (first, more) = styles.split_once(',').unwrap_or((styles, ""));
     tx.execute(
-        "INSERT INTO jobs (spec, priority, state, frames, style_sha256, more_styles, audio_sha256, created_ms, owner, network, segment_frames)
-         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![spec.encode_to_vec(), spec.priority, frames, first, more, audio, now, owner, network, segment_frames],
+        "INSERT INTO jobs (spec, priority, state, frames, style_sha256, more_styles, audio_sha256, created_ms, owner, network, segment_frames, pixels)
+         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![spec.encode_to_vec(), spec.priority, frames, first, more, audio, now, owner, network, segment_frames, pixels],
     )?;
     let seq = JobId(tx.last_insert_rowid());
     cut_segments(&tx, seq, 0, 0, frames, segment_frames, now)?;
@@ -308,24 +309,29 @@ pub fn stored_attempts(conn: &Connection, seq: JobId) -> Result<Vec<AttemptId>> 
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// What a worker registers with.
+#[derive(Debug, Clone, Copy)]
+pub struct Registration<'a> {
+    pub name: &'a str,
+    pub device: &'a str,
+    pub principal: &'a str,
+    pub session_sha256: &'a str,
+    pub weights: &'a [v1::NetworkWeights],
+    /// How many devices it spreads a frame over (0 counts as 1).
+    pub devices: u32,
+}
+
 /// Registers a worker for `principal`; its session is known here only by its SHA-256.
-pub fn register_worker(
-    conn: &Connection,
-    name: &str,
-    device: &str,
-    principal: &str,
-    session_sha256: &str,
-    weights: &[v1::NetworkWeights],
-    now: i64,
-) -> Result<WorkerId> {
+pub fn register_worker(conn: &Connection, w: &Registration<'_>, now: i64) -> Result<WorkerId> {
+    let Registration { name, device, principal, session_sha256, weights, devices } = *w;
     let tx = conn.unchecked_transaction()?;
     // A quarantine follows the worker's identity (its principal and name), not its row: a
     // worker that registers again is still quarantined.
     tx.execute(
-        "INSERT INTO workers (name, device, registered_ms, last_seen_ms, principal, session_sha256, quarantined_until_ms)
+        "INSERT INTO workers (name, device, registered_ms, last_seen_ms, principal, session_sha256, quarantined_until_ms, devices)
          VALUES (?1, ?2, ?3, ?3, ?4, ?5,
-                 (SELECT COALESCE(MAX(quarantined_until_ms), 0) FROM workers WHERE principal = ?4 AND name = ?1))",
-        params![name, device, now, principal, session_sha256],
+                 (SELECT COALESCE(MAX(quarantined_until_ms), 0) FROM workers WHERE principal = ?4 AND name = ?1), ?6)",
+        params![name, device, now, principal, session_sha256, devices.max(1)],
     )?;
     let seq = tx.last_insert_rowid();
     for w in weights {

@@ -38,7 +38,7 @@ pub fn parse(spec: &str) -> Result<Device, EngineError> {
 }
 
 /// The most devices one render spreads over.
-pub const MAX_DEVICES: usize = 16;
+pub const MAX_DEVICES: usize = proto::limits::MAX_WORKER_DEVICES;
 
 /// `--device` as a list, `cuda:0,cuda:1` (or `cpu,cpu` for tests): the devices one render
 /// spreads its blocks over, the first holding the image. One device is `parse`'s. A list holds

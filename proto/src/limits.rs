@@ -18,6 +18,8 @@ pub const MAX_STYLE_IMAGE_PIXELS: u64 = 50_000_000;
 pub const MAX_NAME_LEN: usize = 256;
 /// A worker's name and device description.
 pub const MAX_WORKER_NAME_LEN: usize = 128;
+/// Devices a worker may spread a frame over (as `engine::device::MAX_DEVICES`).
+pub const MAX_WORKER_DEVICES: usize = 16;
 /// Networks a worker may list weights for when it registers.
 pub const MAX_WORKER_WEIGHTS: usize = 8;
 /// Encoded size of a preview JPEG (a heartbeat's, or a poster).

@@ -271,7 +271,7 @@ impl FakeWorker {
             // Each its own name, as a farm's nodes have: a quarantine follows a token and a name.
             static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
             let name = format!("fake-{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-            let r = v1::RegisterRequest { name, device: "none".into(), weights };
+            let r = v1::RegisterRequest { name, device: "none".into(), weights, devices: 1 };
             let r = client.register(r).await?.into_inner();
             credentials.set_session(&r.session);
             Ok(Self { client, id: r.worker_id })

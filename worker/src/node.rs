@@ -156,6 +156,7 @@ impl Node {
                 name: self.config.name.clone(),
                 device: format!("{:?}", self.config.device),
                 weights: weights.clone(),
+                devices: self.config.devices.len() as u32,
             };
             match self.client.register(request).await {
                 Ok(r) => {

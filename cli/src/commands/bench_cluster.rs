@@ -54,7 +54,7 @@ async fn register(url: &str) -> Result<(Worker, String)> {
     let mut w = WorkerServiceClient::with_interceptor(channel, credentials.clone());
     // It declares weights: the coordinator computes the fingerprint a state must carry from them.
     let weights = ["vgg16", "vgg19"].map(|n| v1::NetworkWeights { network: n.into(), digest: BENCH_WEIGHTS.into() });
-    let r = v1::RegisterRequest { name: "bench".into(), device: "none".into(), weights: weights.to_vec() };
+    let r = v1::RegisterRequest { name: "bench".into(), device: "none".into(), weights: weights.to_vec(), devices: 1 };
     let r = w.register(r).await?.into_inner();
     credentials.set_session(&r.session);
     Ok((w, r.worker_id))

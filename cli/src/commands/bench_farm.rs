@@ -159,7 +159,8 @@ async fn work(
     let credentials = Credentials::default();
     let mut w: Worker = WorkerServiceClient::with_interceptor(channel, credentials.clone());
     let weights = ["vgg16", "vgg19"].map(|n| v1::NetworkWeights { network: n.into(), digest: WEIGHTS.into() });
-    let r = v1::RegisterRequest { name: format!("sim-{n}"), device: "none".into(), weights: weights.to_vec() };
+    let r =
+        v1::RegisterRequest { name: format!("sim-{n}"), device: "none".into(), weights: weights.to_vec(), devices: 1 };
     let registered = match w.register(r).await {
         Ok(r) => r.into_inner(),
         Err(s) => return stats.failed("register", &s),

@@ -191,6 +191,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "ALTER TABLE jobs ADD COLUMN more_styles TEXT NOT NULL DEFAULT '';",
     // 9: a job's soundtrack, by its SHA-256 ('' for none).
     "ALTER TABLE jobs ADD COLUMN audio_sha256 TEXT NOT NULL DEFAULT '';",
+    // 10: a job's frame size in pixels and a worker's devices, so that large frames go first to
+    // workers that spread a frame over several (earlier jobs count as small).
+    "ALTER TABLE jobs ADD COLUMN pixels INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE workers ADD COLUMN devices INTEGER NOT NULL DEFAULT 1;",
 ];
 
 pub(super) fn migrate(conn: &Connection) -> Result<()> {

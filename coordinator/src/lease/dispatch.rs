@@ -54,7 +54,7 @@ pub fn acquire(conn: &mut Connection, worker: WorkerId, policy: Policy, now: i64
     // jobs in priority order and stops at the first fit), where one query ordered by both once
     // sorted every ready segment of the queue on every call: at 10,000 queued jobs that was
     // the coordinator's main cost.
-    let params = params![worker, now - policy.affinity_grace_ms, now - AVAILABLE_MS, now];
+    let params = params![worker, now - policy.affinity_grace_ms, now - AVAILABLE_MS, now, LARGE_FRAME_PIXELS];
     let pick = |r: &rusqlite::Row| Ok((r.get::<_, i64>(0)?, r.get::<_, JobId>(1)?, r.get::<_, u32>(2)?));
     let reserved = tx
         .query_row(
@@ -97,11 +97,25 @@ pub fn acquire(conn: &mut Connection, worker: WorkerId, policy: Policy, now: i64
     Ok(Some(grant))
 }
 
+/// Frames of at least this many pixels (QHD, 2560x1440) go first to the workers that spread a
+/// frame over the most devices.
+const LARGE_FRAME_PIXELS: i64 = 2560 * 1440;
+
 /// Whether segment `s` of job `j` may go to worker `?1` now (`?2`: when a reservation lapses,
-/// `?3`: since when a worker counts as available, `?4`: now): ready, in a job that is not
+/// `?3`: since when a worker counts as available, `?4`: now, `?5`: `LARGE_FRAME_PIXELS`): ready, in a job that is not
 /// over, rendered with weights the worker has, not reserved for another worker that is still
-/// free to take it, and not one this worker failed while another that did not is available.
+/// free to take it, not one this worker failed while another that did not is available, and not
+/// a large frame while a free worker with more devices (and the job's weights) is available.
 const CANDIDATE: &str = "s.state = 'ready' AND j.state IN ('queued', 'running')
+    AND NOT (j.pixels >= ?5
+             AND EXISTS (SELECT 1 FROM workers o
+                         WHERE o.devices > (SELECT devices FROM workers WHERE seq = ?1)
+                           AND o.last_seen_ms >= ?3 AND o.quarantined_until_ms <= ?4
+                           AND (j.weights_digest = ''
+                                OR EXISTS (SELECT 1 FROM worker_weights ow WHERE ow.worker = o.seq
+                                             AND ow.network = j.network AND ow.digest = j.weights_digest))
+                           AND NOT EXISTS (SELECT 1 FROM attempts r
+                                           WHERE r.worker = o.seq AND r.state = 'running')))
     AND (j.weights_digest = ''
          OR EXISTS (SELECT 1 FROM worker_weights ww WHERE ww.worker = ?1 AND ww.network = j.network
                       AND ww.digest = j.weights_digest))

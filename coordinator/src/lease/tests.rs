@@ -30,9 +30,15 @@ fn setup(jobs: &[(i32, u32)]) -> (Connection, Vec<JobId>) {
         })
         .collect();
     for name in ["a", "b", "c", "d"] {
-        db::register_worker(&conn, name, "cpu", "", name, &[], 0).unwrap();
+        register(&conn, name, 1, 0);
     }
     (conn, seqs)
+}
+
+/// Registers worker `name` with `devices` devices at `now`.
+fn register(conn: &Connection, name: &str, devices: u32, now: i64) -> WorkerId {
+    let w = db::Registration { name, device: "cpu", principal: "", session_sha256: name, weights: &[], devices };
+    db::register_worker(conn, &w, now).unwrap()
 }
 
 fn take(conn: &mut Connection, worker: WorkerId, now: i64) -> Option<(JobId, u32, AttemptId)> {
@@ -389,7 +395,7 @@ fn a_preempted_attempt_keeps_what_it_finished_and_the_rest_becomes_the_next_segm
 #[test]
 fn a_job_that_leaves_its_segment_length_open_is_cut_by_the_first_segments_pace() {
     let mut c = db::open(std::path::Path::new(":memory:")).unwrap();
-    db::register_worker(&c, "a", "cpu", "", "a", &[], 0).unwrap();
+    register(&c, "a", 1, 0);
     let sized = Policy { segment_secs: 60.0, lease_ms: 10_000, ..POLICY };
     let open = v1::JobSpec::default(); // segment_frames 0: the coordinator's choice
     let fixed = v1::JobSpec { segment_frames: 10, ..Default::default() };
@@ -455,4 +461,25 @@ fn a_chunk_that_cannot_be_joined_has_its_segment_rendered_again_within_its_retri
     let error: String = c.query_row("SELECT error FROM jobs WHERE seq = ?1", [job], |r| r.get(0)).unwrap();
     assert!(error.contains("its chunk could not be joined to the movie: EINVAL"), "{error}");
     assert_eq!(blame::disown_chunk(&mut c, job, 9, "EINVAL", POLICY, 80).unwrap(), None, "no such chunk");
+}
+
+/// A frame of QHD or more waits for a free worker that spreads frames over more devices while
+/// one is available; with that worker busy, a one-device worker takes it. Smaller frames go to
+/// whoever asks.
+#[test]
+fn large_frames_go_first_to_workers_with_more_devices() {
+    let mut c = db::open(std::path::Path::new(":memory:")).unwrap();
+    let spec = |width, height| v1::JobSpec {
+        params: Some(v1::RenderParams { width, height, ..Default::default() }),
+        ..Default::default()
+    };
+    let large = db::submit(&mut c, &spec(3840, 2160), 4, 2, "style", "", 0).unwrap();
+    let small = db::submit(&mut c, &spec(1920, 1080), 4, 2, "style", "", 0).unwrap();
+    let one = register(&c, "one", 1, 0);
+    let four = register(&c, "four", 4, 0);
+    let other = register(&c, "other", 0, 0);
+    assert_eq!(take(&mut c, one, 10).map(|t| t.0), Some(small), "the large frame waits for the four-device worker");
+    assert_eq!(take(&mut c, four, 10).map(|t| t.0), Some(large));
+    let later = db::submit(&mut c, &spec(2560, 1440), 4, 2, "style", "", 10).unwrap();
+    assert_eq!(take(&mut c, other, 20).map(|t| t.0), Some(later), "the four-device worker is busy");
 }

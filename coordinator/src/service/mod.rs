@@ -220,6 +220,28 @@ mod tests {
         assert_eq!(api.0.watchdog.watched(), 0);
     }
 
+    /// A worker claiming more devices than a render can spread over is refused, naming the
+    /// field; 16 is accepted.
+    #[tokio::test]
+    async fn a_worker_registers_at_most_sixteen_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = Api(Coordinator::open(crate::Config::new(dir.path().to_path_buf())).unwrap());
+        for (devices, ok) in [(16, true), (17, false), (u32::MAX, false)] {
+            let r = v1::RegisterRequest { name: "w".into(), devices, ..Default::default() };
+            match api.register(as_principal(&Principal::open(), r)).await {
+                Ok(_) => assert!(ok, "{devices} devices accepted"),
+                Err(status) => {
+                    assert!(!ok, "{devices}: {status:?}");
+                    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+                    assert!(
+                        status.message().contains("devices") && status.message().contains("at most 16"),
+                        "{status:?}"
+                    );
+                }
+            }
+        }
+    }
+
     /// One token cannot register without bound, a quarantine follows a worker that registers
     /// again under its name, and registrations never used are pruned.
     #[tokio::test]

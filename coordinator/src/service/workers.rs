@@ -42,18 +42,34 @@ impl WorkerService for Api {
         getrandom::getrandom(&mut secret).map_err(|e| Status::internal(format!("no randomness for a session: {e}")))?;
         let session = proto::params::hex(&secret);
         let digest = proto::params::hex(&Sha256::digest(session.as_bytes()));
+        if r.devices as usize > proto::limits::MAX_WORKER_DEVICES {
+            return Err(Error::invalid(
+                "devices",
+                format!("at most {} devices a worker, got {}", proto::limits::MAX_WORKER_DEVICES, r.devices),
+            )
+            .into());
+        }
         let (name, device, p, weights) = (r.name.clone(), r.device.clone(), principal.clone(), r.weights.clone());
+        let devices = r.devices;
         let limit = self.0.config.max_workers_per_token;
         let id = self
             .0
             .db(move |c| {
                 let now = now_ms();
                 db::admit_worker(c, &p, limit, now)?;
-                db::register_worker(c, &name, &device, &p, &digest, &weights, now)
+                let registration = db::Registration {
+                    name: &name,
+                    device: &device,
+                    principal: &p,
+                    session_sha256: &digest,
+                    weights: &weights,
+                    devices,
+                };
+                db::register_worker(c, &registration, now)
             })
             .await?;
         let weights: Vec<String> = r.weights.iter().map(|w| format!("{}={}", w.network, w.digest)).collect();
-        tracing::info!(worker = %id, name = %r.name, device = %r.device, %principal, weights = %weights.join(","), "worker registered");
+        tracing::info!(worker = %id, name = %r.name, device = %r.device, devices = r.devices.max(1), %principal, weights = %weights.join(","), "worker registered");
         Ok(Response::new(v1::RegisterResponse {
             worker_id: id.to_string(),
             lease_ms: self.0.config.lease.as_millis() as u32,
