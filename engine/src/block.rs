@@ -435,7 +435,7 @@ mod tests {
                 (vec![(1, 1.0), (10, 1.0)], [(64, 64), (64, 80)]),
             ] {
                 let reach = net.reach(&layers.iter().map(|l| l.0).collect::<Vec<_>>()).expect("vgg has a reach");
-                for (h, w) in [(96, 128), (117, 83)] {
+                for (h, w) in [(72, 80), (57, 83)] {
                     let x = rand(2, h, w).to_kind(kind);
                     for loss_kind in [LossKind::Gram, LossKind::Swd] {
                         let target = StyleTarget::new(&net, &style, &layers, loss_kind, 0);

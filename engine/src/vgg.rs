@@ -175,19 +175,7 @@ impl Vgg {
 
     /// The same network in another precision (double for gradient checks, half on GPUs).
     pub fn to_kind(&self, kind: Kind) -> Self {
-        let convs = self
-            .convs
-            .iter()
-            .map(|c| Conv { spec: c.spec.clone(), weight: c.weight.to_kind(kind), bias: c.bias.to_kind(kind) })
-            .collect();
-        Self {
-            convs,
-            avg_pool: self.avg_pool,
-            channels_last: self.channels_last,
-            mean: self.mean.to_kind(kind),
-            std: self.std.to_kind(kind),
-            origin: self.origin.clone(),
-        }
+        self.map(|t| t.to_kind(kind))
     }
 
     /// The device the network's weights are on.
@@ -197,17 +185,19 @@ impl Vgg {
 
     /// The same network on another device (a render spread over several, `spread`).
     pub fn to_device(&self, device: Device) -> Self {
-        let convs = self
-            .convs
-            .iter()
-            .map(|c| Conv { spec: c.spec.clone(), weight: c.weight.to_device(device), bias: c.bias.to_device(device) })
-            .collect();
+        self.map(|t| t.to_device(device))
+    }
+
+    /// The same network with `f` applied to every tensor it holds.
+    fn map(&self, f: impl Fn(&Tensor) -> Tensor) -> Self {
+        let convs =
+            self.convs.iter().map(|c| Conv { spec: c.spec.clone(), weight: f(&c.weight), bias: f(&c.bias) }).collect();
         Self {
             convs,
             avg_pool: self.avg_pool,
             channels_last: self.channels_last,
-            mean: self.mean.to_device(device),
-            std: self.std.to_device(device),
+            mean: f(&self.mean),
+            std: f(&self.std),
             origin: self.origin.clone(),
         }
     }

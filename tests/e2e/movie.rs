@@ -83,7 +83,7 @@ fn a_movie_file_is_its_flags_and_the_command_line_wins() {
     let cases: [(&str, &str); 6] = [
         (
             "size = \"64x48\"\nzom = 2\n",
-            "line 2: unknown key \"zom\"; render takes angle, audio, audio_offset, beats, blend, bpm, centre",
+            "line 2: unknown key \"zom\"; render takes angle, audio, audio_offset, beats, blend, blocks, bpm, centre",
         ),
         ("size = \"64x48\"\nzoom = [\n", "line 2: unclosed array"),
         ("size = { w = 64 }\n", "line 1: size: a table is not a setting"),

@@ -154,6 +154,7 @@ fn a_small_style_keeps_its_fine_detail_in_a_larger_movie() {
             style_scale: scale,
             ..RenderParams::default()
         };
+        crate::helpers::pin_measured_threads();
         let engine = Engine::new(params.clone(), style, Vgg::random(params.network, device), device).unwrap();
         let mut state = engine.initial_state(&mut |_| {}).unwrap();
         let mut detail = Vec::new();
@@ -193,6 +194,7 @@ fn a_bf16_movie_keeps_the_texture_statistics_of_the_fp32_one() {
             precision,
             ..RenderParams::default()
         };
+        crate::helpers::pin_measured_threads();
         let engine = Engine::new(params.clone(), style, Vgg::random(params.network, device), device).unwrap();
         let mut state = engine.initial_state(&mut |_| {}).unwrap();
         let mut last = None;
@@ -246,6 +248,7 @@ fn a_long_movie_stays_in_the_style_second_after_second() {
         RenderParams { width, height, frames: 30 * seconds, warmup: 90, iters: 3.into(), ..RenderParams::default() };
     let reference = style.tensor(style.scaled_size(height, params.style_scale).unwrap(), device);
     let ((style_mean, _), style_detail) = (colour_stats(&reference), luma_gradient(&reference));
+    crate::helpers::pin_measured_threads();
     let engine = Engine::new(params.clone(), style, Vgg::random(params.network, device), device).unwrap();
     let mut state = engine.initial_state(&mut |_| {}).unwrap();
     let mut frames = Vec::new();
