@@ -6,7 +6,7 @@
 
 use crate::block::{BlockChoice, Layout, Reach};
 use crate::error::ParamError;
-use crate::params::LossKind;
+use crate::params::{LossKind, RenderParams};
 use crate::vgg::Vgg;
 use tch::Device;
 
@@ -142,6 +142,46 @@ pub fn resolve(
             Layout::new(side(w), side(h), reach).map(Some)
         }
     }
+}
+
+/// The blocks `choice` asks for a render of `params` on `device` (see `resolve`), logged when
+/// the frame is cut.
+pub fn plan(
+    choice: BlockChoice,
+    params: &RenderParams,
+    net: &Vgg,
+    device: Device,
+) -> Result<Option<Layout>, ParamError> {
+    let layers: Vec<usize> = params.loss_layers().iter().map(|l| l.0).collect();
+    let footprint = Footprint::of(net, &layers, params.loss);
+    let available = available(device);
+    let layout = resolve(choice, net.reach(&layers), footprint, (params.width, params.height), available)?;
+    if let Some(l) = &layout {
+        tracing::info!(
+            tile = %format!("{}x{}", l.tile.0, l.tile.1),
+            margin = l.reach.margin,
+            blocks = l.count(params.width as i64, params.height as i64),
+            available_mib = available.map(|a| a >> 20),
+            "the frame's loss is computed in blocks"
+        );
+    }
+    Ok(layout)
+}
+
+/// For a frame computed whole and spread over `devices`: the blocks `split` cuts it into when
+/// `choice` is auto, or `None` (with a warning: the extra devices idle) when it was not, or the
+/// frame is too small.
+pub fn split_for(choice: BlockChoice, params: &RenderParams, net: &Vgg, devices: usize) -> Option<Layout> {
+    if choice != BlockChoice::Auto {
+        tracing::warn!(devices, "--blocks off: the frame is computed whole, on the first device; the others idle");
+        return None;
+    }
+    let layers: Vec<usize> = params.loss_layers().iter().map(|l| l.0).collect();
+    let split = net.reach(&layers).and_then(|reach| split(devices, reach, params.width, params.height));
+    if split.is_none() {
+        tracing::warn!(devices, "the frame is too small to cut into a block per device: rendering on the first device");
+    }
+    split
 }
 
 /// Blocks that cut a frame into one per device (`devices` of them, as near to squares as the

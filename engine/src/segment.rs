@@ -142,7 +142,7 @@ impl Engine {
         };
         let in_colour =
             matches!(net.origin, crate::vgg::WeightsOrigin::Random(design) if design.steps_in_colour_space());
-        let blocks = plan_blocks(blocks, &params, &net, device)?;
+        let blocks = crate::memory::plan(blocks, &params, &net, device)?;
         let palette = Palette::new(&params, &styles.0, &net, device, in_colour, blocks)?;
         Ok(Self {
             blocks,
@@ -176,36 +176,12 @@ impl Engine {
         if extra.is_empty() {
             return Ok(self);
         }
-        if self.blocks.is_none() {
-            match self.block_choice {
-                BlockChoice::Auto => {
-                    let layers: Vec<usize> = self.params.loss_layers().iter().map(|l| l.0).collect();
-                    let split = self.net.reach(&layers).and_then(|reach| {
-                        crate::memory::split(devices.len(), reach, self.params.width, self.params.height)
-                    });
-                    match split {
-                        Some(layout) => {
-                            self.palette = Palette::new(
-                                &self.params,
-                                &self.styles,
-                                &self.net,
-                                self.device,
-                                self.palette.in_colour(),
-                                Some(layout),
-                            )?;
-                            self.blocks = Some(layout);
-                        }
-                        None => tracing::warn!(
-                            devices = devices.len(),
-                            "the frame is too small to cut into a block per device: rendering on the first device"
-                        ),
-                    }
-                }
-                _ => tracing::warn!(
-                    devices = devices.len(),
-                    "--blocks off: the frame is computed whole, on the first device; the others idle"
-                ),
-            }
+        let whole = self.blocks.is_none();
+        let split = whole.then(|| crate::memory::split_for(self.block_choice, &self.params, &self.net, devices.len()));
+        if let Some(layout) = split.flatten() {
+            let in_colour = self.palette.in_colour();
+            self.palette = Palette::new(&self.params, &self.styles, &self.net, self.device, in_colour, Some(layout))?;
+            self.blocks = Some(layout);
         }
         self.spread = Some(crate::spread::Spread::new(&self.net, extra));
         tracing::info!(devices = devices.len(), blocks = ?self.blocks.map(|l| l.tile), "each frame's blocks are spread over devices");
@@ -496,25 +472,6 @@ impl Engine {
         optim.step(image, &grad, self.params.learning_rate(), look.precond.as_ref());
         Ok(loss)
     }
-}
-
-/// The blocks `choice` asks for, for the output's size on `device` (see `memory::resolve`).
-fn plan_blocks(choice: BlockChoice, params: &RenderParams, net: &Vgg, device: Device) -> Result<Option<Layout>> {
-    let layers: Vec<usize> = params.loss_layers().iter().map(|l| l.0).collect();
-    let footprint = crate::memory::Footprint::of(net, &layers, params.loss);
-    let available = crate::memory::available(device);
-    let layout =
-        crate::memory::resolve(choice, net.reach(&layers), footprint, (params.width, params.height), available)?;
-    if let Some(l) = &layout {
-        tracing::info!(
-            tile = %format!("{}x{}", l.tile.0, l.tile.1),
-            margin = l.reach.margin,
-            blocks = l.count(params.width as i64, params.height as i64),
-            available_mib = available.map(|a| a >> 20),
-            "the frame's loss is computed in blocks"
-        );
-    }
-    Ok(layout)
 }
 
 /// Warm-up iterations between checks of the loss (each check waits for the device).
