@@ -10,40 +10,20 @@ use engine::vgg::{Network, Vgg};
 use engine::zoom::{jitter, Zoom};
 use engine::{Engine, RenderParams};
 
-/// Every network a user can choose, with every loss, on a colourful style, and the default on a
-/// grey one: no line through the centre, each frame is its predecessor zoomed, colours, colour
-/// speckle and the scale of detail follow the style, and a grey style renders grey. Checked for
-/// all the cases before any assertion fails, so one run reports them all. The line ratio is the
-/// mean of three seeds: at 96x80 one strong edge that happens to cross the centre, where a zoom
-/// keeps content longest, moves it by 0.1 to 0.3 (measured 1.06 to 1.41 for one design as
-/// unrelated details changed), which one movie cannot tell from a line the engine draws.
-#[test]
-fn movie_is_a_clean_zoom_in_the_style() {
-    let cases = [
-        (Network::Vgg16, LossKind::Gram, "immunohistochemistry.png"),
-        (Network::Vgg16, LossKind::Swd, "immunohistochemistry.png"),
-        (Network::Vgg19, LossKind::Gram, "immunohistochemistry.png"),
-        (Network::Vgg19, LossKind::Swd, "immunohistochemistry.png"),
-        (Network::Vgg16, LossKind::Gram, "gravel.png"),
-    ];
-    let failures: Vec<String> = cases
-        .into_iter()
-        .filter_map(|(network, loss, style)| {
-            let problems = clean_zoom_problems(network, loss, style);
-            eprintln!("{} {} {style}: {}", network.name(), loss.name(), problems.join("; "));
-            problems
-                .iter()
-                .any(|p| p.starts_with("FAIL"))
-                .then(|| format!("{} with {} loss on {style}: {}", network.name(), loss.name(), problems.join("; ")))
-        })
-        .collect();
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
-
-/// The measurements of one design, each marked FAIL when out of bounds.
-fn clean_zoom_problems(network: Network, loss: LossKind, style_name: &str) -> Vec<String> {
-    let device = tch::Device::Cpu;
-    let style = Style::open(&crate::helpers::example(style_name)).unwrap();
+/// Every network a user can choose, with every loss, renders a clean zoom in the style: no line
+/// through the centre, each frame is its predecessor zoomed, colours, colour speckle and the
+/// scale of detail follow the style. One test a design, so that they run beside the rest of the
+/// suite rather than after it; the default design on a grey style is checked by the long movie
+/// below, at a size where lines are judged better.
+///
+/// The line ratio is the mean of three seeds: at 96x80 the content that happens to sit at the
+/// centre, where a zoom keeps it longest, moves one movie's ratio by about 0.15 (six seeds of
+/// vgg16 gram: rows 1.17 +- 0.17, columns 1.24 +- 0.15), and a render with the zoom's sub-pixel
+/// jitter turned off, the line this check exists for, scored 1.50 (rows) and 1.30 (columns),
+/// so one movie cannot tell a line the engine draws from a chance edge (ARCHITECTURE.md
+/// "Quality tests").
+fn assert_clean_zoom(network: Network, loss: LossKind) {
+    let style_name = "immunohistochemistry.png";
     let params = RenderParams {
         width: 96,
         height: 80,
@@ -54,13 +34,8 @@ fn clean_zoom_problems(network: Network, loss: LossKind, style_name: &str) -> Ve
         loss,
         ..RenderParams::default()
     };
-    let reference = style.tensor(style.scaled_size(80, params.style_scale).unwrap(), device);
     let render = |seed: u64| crate::helpers::render_movie(&RenderParams { seed, ..params.clone() }, style_name);
     let movies: Vec<Vec<engine::Frame>> = (0..3).map(render).collect();
-    let frames = &movies[0];
-    let mut out = Vec::new();
-    let mut check = |ok: bool, what: String| out.push(if ok { what } else { format!("FAIL {what}") });
-
     let lines: Vec<(f64, f64)> = movies.iter().map(|m| centre_line_ratio(&m[20..])).collect();
     let rows = lines.iter().map(|l| l.0).sum::<f64>() / lines.len() as f64;
     let cols = lines.iter().map(|l| l.1).sum::<f64>() / lines.len() as f64;
@@ -72,19 +47,71 @@ fn clean_zoom_problems(network: Network, loss: LossKind, style_name: &str) -> Ve
         LossKind::Gram => 1.3,
         LossKind::Swd => 1.4,
     };
-    check(
+    let mut problems = vec![mark(
         rows < bound && cols < bound,
         format!(
             "central band gradient vs median, three seeds: rows {rows:.2} ({}), columns {cols:.2} ({})",
             each(|l| l.0),
             each(|l| l.1)
         ),
-    );
+    )];
+    problems.extend(movie_problems(&params, style_name, &movies[0]));
+    eprintln!("{} {} {style_name}: {}", network.name(), loss.name(), problems.join("; "));
+    assert!(!problems.iter().any(|p| p.starts_with("FAIL")), "{}", problems.join("\n"));
+}
 
-    for t in [25usize, 32, 39] {
+/// A measurement as reported, marked FAIL when out of bounds.
+fn mark(ok: bool, what: String) -> String {
+    if ok {
+        what
+    } else {
+        format!("FAIL {what}")
+    }
+}
+
+/// One test a design (network and loss).
+mod clean_zoom {
+    use super::*;
+
+    #[test]
+    fn vgg16_gram() {
+        assert_clean_zoom(Network::Vgg16, LossKind::Gram);
+    }
+
+    #[test]
+    fn vgg16_swd() {
+        assert_clean_zoom(Network::Vgg16, LossKind::Swd);
+    }
+
+    #[test]
+    fn vgg19_gram() {
+        assert_clean_zoom(Network::Vgg19, LossKind::Gram);
+    }
+
+    #[test]
+    fn vgg19_swd() {
+        assert_clean_zoom(Network::Vgg19, LossKind::Swd);
+    }
+}
+
+/// The measurements of one movie against its style but its lines (judged per size), each
+/// marked FAIL when out of bounds: three frames of the second half against their zoomed
+/// predecessors, the last frame's colours and scale of detail, the
+/// second half's colour speckle, and for a grey style, grey.
+fn movie_problems(params: &RenderParams, style_name: &str, frames: &[engine::Frame]) -> Vec<String> {
+    let device = tch::Device::Cpu;
+    let style = Style::open(&crate::helpers::example(style_name)).unwrap();
+    let reference = style.tensor(style.scaled_size(params.height, params.style_scale).unwrap(), device);
+    let (width, height) = (params.width as usize, params.height as usize);
+    let n = frames.len();
+    let second_half = &frames[n / 2..];
+    let mut out = Vec::new();
+    let mut check = |ok: bool, what: String| out.push(mark(ok, what));
+
+    for t in [n - 15, n - 8, n - 1] {
         let z = Zoom::new(
-            96,
-            80,
+            width,
+            height,
             &params.motion().unwrap().camera(t as u32).unwrap(),
             jitter(params.seed, t as u32 - 1),
             jitter(params.seed, t as u32),
@@ -94,7 +121,7 @@ fn clean_zoom_problems(network: Network, loss: LossKind, style_name: &str) -> Ve
         let now = frames[t].to_tensor();
         let same = rms(&now, &predicted);
         // An unrelated frame with the same texture statistics: the prediction moved by half a frame.
-        let unrelated = rms(&now, &predicted.roll([40, 48], [2, 3]));
+        let unrelated = rms(&now, &predicted.roll([height as i64 / 2, width as i64 / 2], [2, 3]));
         check(
             same < 0.5 * unrelated,
             format!("frame {t}: {same:.1} levels from its zoomed predecessor vs {unrelated:.1} unrelated"),
@@ -108,17 +135,9 @@ fn clean_zoom_problems(network: Network, loss: LossKind, style_name: &str) -> Ve
     check(mean_err < 20.0, format!("channel means within {mean_err:.1} levels of the style's"));
     check(spread_err < 20.0, format!("channel spreads within {spread_err:.1} levels of the style's"));
     let detail = detail_distance(&last, &reference);
-    // The gravel's pixel-fine grain is softened a little by every frame's resampling, and 4
-    // iterations a frame of random features do not restore all of it (measured 0.83, 1.17
-    // before the colour steps raised fine grey detail; ARCHITECTURE.md "Colour steps").
-    let detail_bound = if style_name == "gravel.png" { 1.0 } else { 0.8 };
-    check(
-        detail <= detail_bound,
-        format!("detail-scale distance {detail:.2} (1.0 = bands off by 2x on average; at most {detail_bound})"),
-    );
+    check(detail <= 0.8, format!("detail-scale distance {detail:.2} (1.0 = bands off by 2x on average; at most 0.8)"));
     // Colour speckle: the chroma gradient of the second half's frames against the style's, as
     // log2 of the ratio (a grey style has almost none: 1 level is the floor).
-    let second_half = &frames[20..];
     let chroma = second_half.iter().map(|f| chroma_gradient(&f.to_tensor())).sum::<f64>() / second_half.len() as f64;
     let speckle = (chroma / chroma_gradient(&reference).max(1.0)).log2();
     check(speckle <= 1.3, format!("colour speckle {speckle:.2} (log2 of the chroma gradient vs the style's)"));
@@ -232,37 +251,23 @@ fn a_bf16_movie_keeps_the_texture_statistics_of_the_fp32_one() {
     assert!(!fp32.equal(&bf16), "bf16 rendered exactly what fp32 did: the precision was not applied");
 }
 
-/// A longer movie at a larger size than the other checks, second by second: colours stay near
-/// the style's, detail neither fades nor grows, the zoom keeps bringing new texture (no freezing
-/// into a repeating pattern), and no line crosses the centre (at most 1.2 here: a larger frame
-/// averages more pixels per row, so the metric is steadier than at 96x80). Measured: colour 7
-/// to 10 levels off, detail 52% to 60% of the gravel's (its grain is finer than 4 iterations a
-/// frame of random features reach), 51 levels of change a second, lines 1.18.
+/// A longer movie of the default design on a grey style no other check uses, second by second:
+/// colours stay near the style's, detail neither fades nor grows, the zoom keeps bringing new
+/// texture (no freezing into a repeating pattern), and the clean-zoom checks above (no line
+/// through the centre, grey stays grey, no colour speckle, detail at the style's scale).
+/// Measured: colour 0.1 to 1.8 levels off, detail 85% to 89% of the gravel's, 44 to 45 levels of
+/// change a second, lines 1.00 / 1.09, detail-scale distance 0.58 (the 96x80 movies of the
+/// clean-zoom checks measured 0.83 on this style), speckle -0.46, chroma 1.7.
 #[test]
 fn a_long_movie_stays_in_the_style_second_after_second() {
     let device = tch::Device::Cpu;
-    // A style no other quality check uses.
     let style = Style::open(&crate::helpers::example("gravel.png")).unwrap();
     let (width, height, seconds) = (192u32, 108u32, 6u32);
     let params =
         RenderParams { width, height, frames: 30 * seconds, warmup: 90, iters: 3.into(), ..RenderParams::default() };
     let reference = style.tensor(style.scaled_size(height, params.style_scale).unwrap(), device);
     let ((style_mean, _), style_detail) = (colour_stats(&reference), luma_gradient(&reference));
-    crate::helpers::pin_measured_threads();
-    let engine = Engine::new(params.clone(), style, Vgg::random(params.network, device), device).unwrap();
-    let mut state = engine.initial_state(&mut |_| {}).unwrap();
-    let mut frames = Vec::new();
-    engine
-        .render(
-            &mut state,
-            params.frames,
-            &mut |f| {
-                frames.push(f);
-                Ok(())
-            },
-            &mut |_| {},
-        )
-        .unwrap();
+    let frames = crate::helpers::render_movie(&params, "gravel.png");
 
     let mut report = Vec::new();
     let mut failures = Vec::new();
@@ -303,11 +308,17 @@ fn a_long_movie_stays_in_the_style_second_after_second() {
             failures.push(format!("second {}: only {moved:.1} levels from a second earlier (frozen)", s + 1));
         }
     }
+    // At 192x108 one movie judges lines: a row averages twice the texture of 96x80's, and a
+    // render with the zoom's jitter turned off scored 1.53 (rows) and 1.28 (columns) here.
     let (rows, cols) = centre_line_ratio(&frames[frames.len() / 2..]);
     report.push(format!("lines: rows {rows:.2}, columns {cols:.2}"));
     if rows.max(cols) > 1.2 {
         failures.push(format!("central band gradient vs median: rows {rows:.2}, columns {cols:.2}"));
     }
+    // The clean-zoom checks of the default design on a grey style.
+    let problems = movie_problems(&params, "gravel.png", &frames);
+    report.extend(problems.iter().cloned());
+    failures.extend(problems.into_iter().filter(|p| p.starts_with("FAIL")));
     eprintln!("{}", report.join("\n"));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
