@@ -155,20 +155,27 @@ pub fn render_movie(params: &engine::RenderParams, style: &str) -> Vec<engine::F
     render_movie_of(params, &[style])
 }
 
-/// libtorch threads of the calling thread for renders whose pictures are measured (the quality,
-/// direction and blend checks): their bounds were measured at two threads, this machine's
-/// default. A CPU render's last bits follow its thread count, and a thread's first libtorch call
-/// takes the count the last `set_num_threads` anywhere in the process left (libtorch keeps it
-/// globally), so without pinning, a test that ran `in_parallel` before (one thread) changed
-/// these renders' bits, and so did a machine with other cores.
-pub fn pin_measured_threads() {
+/// A turn for a render whose pictures are measured (the quality, direction and blend checks):
+/// such renders run one at a time in this process, each at two libtorch threads, until the
+/// guard drops.
+///
+/// Two threads: their bounds were measured there, this machine's default. A CPU render's last
+/// bits follow its thread count, and a thread's first libtorch call takes the count the last
+/// `set_num_threads` anywhere in the process left (libtorch keeps it globally), so without
+/// pinning, a test that ran `in_parallel` before (one thread) changed these renders' bits, and
+/// so did a machine with other cores. One at a time: two at once put four OpenMP threads on
+/// two cores, beside the other tests' processes.
+pub fn measured_render() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let turn = TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     tch::set_num_threads(2);
+    turn
 }
 
-/// The same for a movie of several styles (`params.blend` names them in this order), at the
-/// pinned thread count.
+/// The same for a movie of several styles (`params.blend` names them in this order), in a
+/// measured render's turn.
 pub fn render_movie_of(params: &engine::RenderParams, styles: &[&str]) -> Vec<engine::Frame> {
-    pin_measured_threads();
+    let _turn = measured_render();
     let device = tch::Device::Cpu;
     let styles: Vec<_> = styles.iter().map(|s| engine::style::Style::open(&example(s)).unwrap()).collect();
     let net = engine::vgg::Vgg::random(params.network, device);

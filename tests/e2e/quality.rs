@@ -173,7 +173,7 @@ fn a_small_style_keeps_its_fine_detail_in_a_larger_movie() {
             style_scale: scale,
             ..RenderParams::default()
         };
-        crate::helpers::pin_measured_threads();
+        let _turn = crate::helpers::measured_render();
         let engine = Engine::new(params.clone(), style, Vgg::random(params.network, device), device).unwrap();
         let mut state = engine.initial_state(&mut |_| {}).unwrap();
         let mut detail = Vec::new();
@@ -213,7 +213,7 @@ fn a_bf16_movie_keeps_the_texture_statistics_of_the_fp32_one() {
             precision,
             ..RenderParams::default()
         };
-        crate::helpers::pin_measured_threads();
+        let _turn = crate::helpers::measured_render();
         let engine = Engine::new(params.clone(), style, Vgg::random(params.network, device), device).unwrap();
         let mut state = engine.initial_state(&mut |_| {}).unwrap();
         let mut last = None;

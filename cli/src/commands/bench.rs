@@ -15,7 +15,8 @@ pub struct Args {
     #[arg(long)]
     pub sizes: Option<String>,
     /// Frames timed per size, after one untimed frame (default 3); with --concurrent, the
-    /// movie's frames (default 24).
+    /// movie's frames (default 24); with --compare-features, a quarter of each movie's frames
+    /// (at least 8, so movies of 32 frames or more).
     #[arg(long)]
     pub frames: Option<u32>,
     /// Optimiser iterations per frame.
