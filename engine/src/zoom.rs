@@ -285,6 +285,62 @@ mod tests {
         assert!(err < 1e-4, "max difference {err}");
     }
 
+    /// The line of the original gramzoom, as a mechanism: each frame the zoom blurs every row
+    /// a little except those at the fixed point (phase 0), and what escapes the blur there
+    /// piles up over the frames into a line through the centre. Modelled without a network: a
+    /// 96x80 movie at the default 2x a second and 30 fps whose optimiser is fresh noise added
+    /// after each zoom. With the movie's jitter no central row or column keeps more gradient
+    /// than the median one (measured 1.02 rows, 1.02 columns); with the offsets at zero the
+    /// same measure shows the line (1.29, 1.31), so the check can see what it is for. Exact and design-free, unlike a rendered movie, whose
+    /// centre holds chance content for many frames (ARCHITECTURE.md "Quality tests").
+    #[test]
+    fn with_the_jitter_no_row_or_column_escapes_the_zooms_blur_at_the_fixed_point() {
+        let (w, h) = (96usize, 80usize);
+        let camera = Camera::zoom(2f64.powf(1.0 / 30.0));
+        let noise = |t: u64| {
+            let mut s = crate::rng::Stream::new(11, t, crate::rng::Purpose::InitNoise);
+            let v: Vec<f32> = (0..w * h).map(|_| s.next_normal()).collect();
+            Tensor::from_slice(&v).reshape([1, 1, h as i64, w as i64])
+        };
+        // The largest ratio, over the central 20% rows (columns), of a row's mean |gradient|
+        // over the last 240 of 300 frames to the median row's.
+        let lines = |jittered: bool| {
+            let offset = |t: u32| if jittered { jitter(3, t) } else { (0.0, 0.0) };
+            let mut image = noise(0);
+            let (mut rows, mut cols) = (Tensor::zeros([h as i64 - 1], (Kind::Double, Device::Cpu)), None);
+            for t in 1..=300u32 {
+                let zoom = Zoom::new(w, h, &camera, offset(t - 1), offset(t), Device::Cpu);
+                image = zoom.apply(&image) * 0.95 + noise(t.into()) * 0.3;
+                if t > 60 {
+                    let y = image.get(0).get(0).to_kind(Kind::Double);
+                    rows += (y.narrow(0, 1, h as i64 - 1) - y.narrow(0, 0, h as i64 - 1)).abs().mean_dim(
+                        1,
+                        false,
+                        Kind::Double,
+                    );
+                    let c = (y.narrow(1, 1, w as i64 - 1) - y.narrow(1, 0, w as i64 - 1)).abs().mean_dim(
+                        0,
+                        false,
+                        Kind::Double,
+                    );
+                    cols = Some(cols.map_or(c.shallow_clone(), |a: Tensor| a + c));
+                }
+            }
+            let band = |p: Tensor| {
+                let mut p = Vec::<f64>::try_from(p).unwrap();
+                let n = p.len() + 1;
+                let central: Vec<f64> = p[n * 2 / 5..(n * 3).div_ceil(5).min(p.len())].to_vec();
+                p.sort_by(f64::total_cmp);
+                central.iter().fold(0.0f64, |m, v| m.max(v / p[p.len() / 2]))
+            };
+            (band(rows), band(cols.unwrap()))
+        };
+        let (on, off) = (lines(true), lines(false));
+        eprintln!("jitter on: rows {:.3} columns {:.3}; off: rows {:.3} columns {:.3}", on.0, on.1, off.0, off.1);
+        assert!(on.0 < 1.1 && on.1 < 1.1, "with the jitter, a line through the centre: {on:?}");
+        assert!(off.0 > 1.2 && off.1 > 1.2, "without it the measure must see the line: {off:?}");
+    }
+
     #[test]
     fn centre_is_the_fixed_point_and_identity_is_exact() {
         // A single bright pixel at the fixed point stays there, whether it zooms or turns.

@@ -52,7 +52,7 @@ fn every_optimiser_precision_and_loss_resumes_bit_for_bit() {
     use engine::{style::Style, vgg::Vgg, Engine, RenderParams};
     let device = tch::Device::Cpu;
     let small =
-        RenderParams { width: 64, height: 48, frames: 11, warmup: 12, iters: 2.into(), ..RenderParams::default() };
+        RenderParams { width: 48, height: 32, frames: 11, warmup: 12, iters: 2.into(), ..RenderParams::default() };
     let cases = [
         ("adam", small.clone()),
         ("lbfgs", RenderParams { optimizer: OptimizerKind::Lbfgs, ..small.clone() }),
