@@ -47,7 +47,7 @@ fn a_worker_that_fails_everything_is_quarantined_and_shown_so() {
 #[test]
 fn a_start_state_gone_bad_in_the_store_is_rendered_again_and_the_loader_is_not_blamed() {
     let mut c = Cluster::start("30", &[]);
-    let id = c.submit(&["--size", "64x48", "--frames", "4", "--segment-frames", "2", "--iters", "2"]);
+    let id = c.submit(&["--size", "64x48", "--frames", "4", "--segment-frames", "2", "--iters", "2", "--warmup", "4"]);
     c.worker("a", &["--max-segments", "1"]);
     let job = c.wait(&id, 240, "segment 0", |j| j.segments_done == 1);
     let producer = job.segments[0].attempts[0].id;
