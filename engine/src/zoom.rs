@@ -291,8 +291,9 @@ mod tests {
     /// 96x80 movie at the default 2x a second and 30 fps whose optimiser is fresh noise added
     /// after each zoom. With the movie's jitter no central row or column keeps more gradient
     /// than the median one (measured 1.02 rows, 1.02 columns); with the offsets at zero the
-    /// same measure shows the line (1.29, 1.31), so the check can see what it is for. Exact and design-free, unlike a rendered movie, whose
-    /// centre holds chance content for many frames (ARCHITECTURE.md "Quality tests").
+    /// same measure shows the line (1.29, 1.31), so the check can see what it is for. Exact and
+    /// design-free, unlike a rendered movie, whose centre holds chance content for many frames
+    /// (ARCHITECTURE.md "Quality tests").
     #[test]
     fn with_the_jitter_no_row_or_column_escapes_the_zooms_blur_at_the_fixed_point() {
         let (w, h) = (96usize, 80usize);
@@ -302,38 +303,20 @@ mod tests {
             let v: Vec<f32> = (0..w * h).map(|_| s.next_normal()).collect();
             Tensor::from_slice(&v).reshape([1, 1, h as i64, w as i64])
         };
-        // The largest ratio, over the central 20% rows (columns), of a row's mean |gradient|
-        // over the last 240 of 300 frames to the median row's.
+        // The central band's ratio (`quality::centre_line_ratio`) over the last 240 of 300
+        // frames.
         let lines = |jittered: bool| {
             let offset = |t: u32| if jittered { jitter(3, t) } else { (0.0, 0.0) };
             let mut image = noise(0);
-            let (mut rows, mut cols) = (Tensor::zeros([h as i64 - 1], (Kind::Double, Device::Cpu)), None);
+            let mut planes = Vec::new();
             for t in 1..=300u32 {
                 let zoom = Zoom::new(w, h, &camera, offset(t - 1), offset(t), Device::Cpu);
                 image = zoom.apply(&image) * 0.95 + noise(t.into()) * 0.3;
                 if t > 60 {
-                    let y = image.get(0).get(0).to_kind(Kind::Double);
-                    rows += (y.narrow(0, 1, h as i64 - 1) - y.narrow(0, 0, h as i64 - 1)).abs().mean_dim(
-                        1,
-                        false,
-                        Kind::Double,
-                    );
-                    let c = (y.narrow(1, 1, w as i64 - 1) - y.narrow(1, 0, w as i64 - 1)).abs().mean_dim(
-                        0,
-                        false,
-                        Kind::Double,
-                    );
-                    cols = Some(cols.map_or(c.shallow_clone(), |a: Tensor| a + c));
+                    planes.push(image.get(0).get(0).to_kind(Kind::Double));
                 }
             }
-            let band = |p: Tensor| {
-                let mut p = Vec::<f64>::try_from(p).unwrap();
-                let n = p.len() + 1;
-                let central: Vec<f64> = p[n * 2 / 5..(n * 3).div_ceil(5).min(p.len())].to_vec();
-                p.sort_by(f64::total_cmp);
-                central.iter().fold(0.0f64, |m, v| m.max(v / p[p.len() / 2]))
-            };
-            (band(rows), band(cols.unwrap()))
+            crate::quality::centre_band_ratio(crate::quality::plane_gradient_profiles(planes))
         };
         let (on, off) = (lines(true), lines(false));
         eprintln!("jitter on: rows {:.3} columns {:.3}; off: rows {:.3} columns {:.3}", on.0, on.1, off.0, off.1);

@@ -84,8 +84,8 @@ mod clean_zoom {
 
 /// The measurements of one movie against its style but its lines (judged per size), each
 /// marked FAIL when out of bounds: three frames of the second half against their zoomed
-/// predecessors, the last frame's colours and scale of detail, the
-/// second half's colour speckle, and for a grey style, grey.
+/// predecessors, the last frame's colours and scale of detail, the second half's colour
+/// speckle, and for a grey style, grey.
 fn movie_problems(params: &RenderParams, style_name: &str, frames: &[engine::Frame]) -> Vec<String> {
     let device = tch::Device::Cpu;
     let style = Style::open(&crate::helpers::example(style_name)).unwrap();
