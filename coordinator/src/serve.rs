@@ -82,9 +82,15 @@ where
         closing.closing.send_replace(true);
     };
     let result = service::serve(coordinator, incoming, shutdown).await;
+    // Awaited after the abort: each task holds the coordinator, and with it the database, until
+    // it is dropped, so returning earlier would let a caller remove the data directory under a
+    // database still open (a local render's scratch directory: "checkpointing the database
+    // failed error=disk I/O error" after every render).
     sweeper.abort();
+    let _ = sweeper.await;
     if let Some(h) = http {
         h.abort();
+        let _ = h.await;
     }
     result
 }

@@ -7,11 +7,26 @@ fn bench_concurrent_times_renders_alone_and_together_and_names_a_failed_render()
     let dir = tempdir();
     let d = dir.path();
     let ok = gramzoom(
-        &["bench", "--concurrent", "2", "--repeats", "1", "--sizes", "32x32", "--frames", "1", "--iters", "1"],
+        &[
+            "bench",
+            "--concurrent",
+            "2",
+            "--repeats",
+            "1",
+            "--sizes",
+            "32x32",
+            "--frames",
+            "1",
+            "--iters",
+            "1",
+            "--warmup",
+            "2",
+        ],
         d,
     );
     assert!(ok.status.success(), "{}", stderr(&ok));
     let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(out.contains("1 frames, 1 iters, warm-up 2 iters"), "the renders' settings are named: {out}");
     let row = out.lines().find(|l| l.trim_start().starts_with("32x32")).unwrap_or_else(|| panic!("no row: {out}"));
     let cols: Vec<f64> = row.split_whitespace().skip(1).map(|c| c.trim_end_matches('x').parse().unwrap()).collect();
     let [alone, together, ratio, per_render] = cols[..] else { panic!("{row}") };

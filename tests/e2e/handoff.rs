@@ -4,7 +4,7 @@
 
 use crate::cluster::{assert_frames_match_reference, MOVIE};
 use crate::farm::Cluster;
-use crate::helpers::{decode_video, example, frames_in, gramzoom, tempdir};
+use crate::helpers::{decode_video, example, frames_in, gramzoom, tempdir, SHALLOW};
 use proto::v1;
 use std::time::Instant;
 
@@ -56,7 +56,7 @@ const LONG: &[&str] =
 fn a_preempted_worker_hands_over_what_it_finished_and_the_rest_is_split_off() {
     let mut c = Cluster::start("10", &[]);
     let a = c.worker("a", &[]);
-    let id = c.submit(LONG);
+    let id = c.submit(&[LONG, SHALLOW].concat());
     c.wait(&id, 120, "a few frames into the segment", |j| {
         j.segments[0].attempts.first().is_some_and(|x| x.frames_done >= 4)
     });
@@ -89,7 +89,7 @@ fn a_preempted_worker_hands_over_what_it_finished_and_the_rest_is_split_off() {
     let style = example("wheatfield.jpg");
     let mut args = vec!["render", style.to_str().unwrap(), "-o", out.to_str().unwrap(), "-q"];
     args.extend(["--frames-dir", frames.to_str().unwrap()]);
-    args.extend(LONG.iter().take(LONG.len() - 2));
+    args.extend(LONG.iter().take(LONG.len() - 2).chain(SHALLOW));
     assert!(gramzoom(&args, dir.path()).status.success());
     assert!(frames_in(&frames) == frames_in(&c.path("frames")), "frames differ from a one-piece render");
     assert_eq!(decode_video(&c.download(&id, "split.mp4")).frames, 30);
@@ -102,7 +102,7 @@ fn a_job_without_a_segment_length_gets_one_sized_from_its_first_segment() {
     // processes once took over 0.5 s, which made the 1 s of an earlier version too tight).
     let mut c = Cluster::start("10", &["--segment-frames", "2", "--segment-secs", "4"]);
     c.worker("a", &[]);
-    let id = c.submit(&["--size", "64x48", "--frames", "120", "--warmup", "4", "--iters", "3"]);
+    let id = c.submit(&[&["--size", "64x48", "--frames", "120", "--warmup", "4", "--iters", "3"], SHALLOW].concat());
     let job = c.wait_done(&id);
     assert!(job.segment_frames_measured, "{job:#?}");
     let spans: Vec<(u32, u32)> = job.segments.iter().map(|s| (s.start_frame, s.end_frame)).collect();

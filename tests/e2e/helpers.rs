@@ -59,6 +59,12 @@ pub fn stderr(out: &Output) -> String {
 /// Small, fast render flags shared by the tests (64x48, short warm-up, 2 iterations a frame).
 pub const SMALL: &[&str] = &["--size", "64x48", "--warmup", "12", "--iters", "2", "--quiet"];
 
+/// The network's two shallowest style layers: for renders that test how work moves between
+/// processes, not what the pictures look like. A third of the default's cost per iteration,
+/// with every hand-off, state and frame as real as the default's (`cluster::MOVIE` and the
+/// segment tests keep every layer).
+pub const SHALLOW: &[&str] = &["--layers", "conv1_1,conv2_1"];
+
 /// Frame count, duration in seconds, frame rate and size of a video file, by decoding it.
 pub struct Decoded {
     pub frames: usize,
@@ -117,9 +123,9 @@ pub fn code<T>(r: Result<T, tonic::Status>) -> tonic::Code {
 
 /// Runs `f` on every item on all the CPUs at once, one libtorch thread per item, and returns
 /// the results in order: renders compared bit for bit with each other, on a core each, without
-/// OpenMP teams spinning against each other (see `engine::share`). Not for the quality checks:
-/// their bounds were measured at libtorch's own thread count, and a CPU render's last bits
-/// follow the thread count. A panic in any item fails the caller.
+/// OpenMP teams spinning against each other (see `engine::share`). Renders whose pictures are
+/// measured still take a [`measured_render`] turn in `f`, which bounds them across tests. A
+/// panic in any item fails the caller.
 pub fn in_parallel<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
     let n = items.len();
     let queue = std::sync::Mutex::new(items.into_iter().enumerate().collect::<Vec<_>>());
@@ -156,20 +162,48 @@ pub fn render_movie(params: &engine::RenderParams, style: &str) -> Vec<engine::F
 }
 
 /// A turn for a render whose pictures are measured (the quality, direction and blend checks):
-/// such renders run one at a time in this process, each at two libtorch threads, until the
-/// guard drops.
+/// such renders run at one libtorch thread each, as many at once as the machine has CPUs, until
+/// the guard drops.
 ///
-/// Two threads: their bounds were measured there, this machine's default. A CPU render's last
-/// bits follow its thread count, and a thread's first libtorch call takes the count the last
-/// `set_num_threads` anywhere in the process left (libtorch keeps it globally), so without
-/// pinning, a test that ran `in_parallel` before (one thread) changed these renders' bits, and
-/// so did a machine with other cores. One at a time: two at once put four OpenMP threads on
-/// two cores, beside the other tests' processes.
-pub fn measured_render() -> std::sync::MutexGuard<'static, ()> {
-    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let turn = TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    tch::set_num_threads(2);
-    turn
+/// One thread: a CPU render's last bits follow its thread count, so its measured values (and
+/// the bounds they were measured against) must not depend on the machine's cores, nor on what
+/// another test left as libtorch's count (libtorch keeps the last `set_num_threads` process-wide
+/// and a thread's first libtorch call takes it: each turn sets it on its own thread). And a
+/// render of two or more threads shares its cores with the other tests' processes: its OpenMP
+/// team busy-waits at every barrier for a team mate the scheduler gave to another process (the
+/// spinning `engine::share` describes), which made a 2-thread direction render burn about four
+/// times its work here. At one thread nothing spins, and two renders use two cores fully.
+pub fn measured_render() -> MeasuredTurn {
+    let mut free = free_turns();
+    loop {
+        let n = free.get_or_insert_with(|| std::thread::available_parallelism().map_or(1, |c| c.get()));
+        if *n > 0 {
+            *n -= 1;
+            break;
+        }
+        free = TURN_RETURNED.wait(free).unwrap_or_else(std::sync::PoisonError::into_inner);
+    }
+    drop(free);
+    tch::set_num_threads(1);
+    MeasuredTurn(())
+}
+
+/// Measured renders that may start now (`None` until the first asks: then the CPU count).
+static FREE_TURNS: std::sync::Mutex<Option<usize>> = std::sync::Mutex::new(None);
+static TURN_RETURNED: std::sync::Condvar = std::sync::Condvar::new();
+
+fn free_turns() -> std::sync::MutexGuard<'static, Option<usize>> {
+    FREE_TURNS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A measured render's turn, given back when dropped (by a panicking render too).
+pub struct MeasuredTurn(());
+
+impl Drop for MeasuredTurn {
+    fn drop(&mut self) {
+        *free_turns().as_mut().expect("counted when taken") += 1;
+        TURN_RETURNED.notify_one();
+    }
 }
 
 /// The same for a movie of several styles (`params.blend` names them in this order), in a

@@ -149,8 +149,7 @@ fn a_small_style_keeps_its_fine_detail_in_a_larger_movie() {
     crop.write_to(&mut png, image::ImageFormat::Png).unwrap();
     let own = engine::style::rgb_to_tensor(&crop);
     let style_detail = luma_gradient(&own);
-    let mut kept = Vec::new();
-    for scale in [StyleScale::Auto, StyleScale::Times(1.0)] {
+    let kept = crate::helpers::in_parallel(vec![StyleScale::Auto, StyleScale::Times(1.0)], |scale| {
         let style = Style::from_bytes(png.get_ref(), std::path::Path::new("crop.png")).unwrap();
         let params = RenderParams {
             width: 192,
@@ -170,8 +169,8 @@ fn a_small_style_keeps_its_fine_detail_in_a_larger_movie() {
             Ok(())
         };
         engine.render(&mut state, params.frames, &mut measure, &mut |_| {}).unwrap();
-        kept.push(detail.iter().sum::<f64>() / detail.len() as f64 / style_detail);
-    }
+        detail.iter().sum::<f64>() / detail.len() as f64 / style_detail
+    });
     let (auto, upscaled) = (kept[0], kept[1]);
     eprintln!("fine detail kept: auto {:.0}%, upscaled {:.0}%", auto * 100.0, upscaled * 100.0);
     assert!(auto > 0.8, "auto keeps {:.0}% of the style's fine detail", auto * 100.0);
@@ -218,13 +217,16 @@ fn a_bf16_movie_keeps_the_texture_statistics_of_the_fp32_one() {
             .unwrap();
         last.unwrap()
     };
-    let (fp32, bf16, other_seed) = (render(Precision::Fp32, 0), render(Precision::Bf16, 0), render(Precision::Fp32, 1));
+    let cases = vec![(Precision::Fp32, 0), (Precision::Bf16, 0), (Precision::Fp32, 1)];
+    let [fp32, bf16, other_seed] = &crate::helpers::in_parallel(cases, |(p, seed)| render(p, seed))[..] else {
+        unreachable!("three renders")
+    };
     let colour_gap = |a: &tch::Tensor, b: &tch::Tensor| {
         let ((ma, sa), (mb, sb)) = (colour_stats(a), colour_stats(b));
         (0..3).map(|c| (ma[c] - mb[c]).abs().max((sa[c] - sb[c]).abs())).fold(0.0, f64::max)
     };
-    let (bf16_colour, seed_colour) = (colour_gap(&fp32, &bf16), colour_gap(&fp32, &other_seed));
-    let (bf16_detail, seed_detail) = (detail_distance(&fp32, &bf16), detail_distance(&fp32, &other_seed));
+    let (bf16_colour, seed_colour) = (colour_gap(fp32, bf16), colour_gap(fp32, other_seed));
+    let (bf16_detail, seed_detail) = (detail_distance(fp32, bf16), detail_distance(fp32, other_seed));
     eprintln!(
         "bf16 vs fp32: colour {bf16_colour:.1} levels, detail {bf16_detail:.3}; another seed: {seed_colour:.1}, {seed_detail:.3}"
     );
@@ -236,7 +238,7 @@ fn a_bf16_movie_keeps_the_texture_statistics_of_the_fp32_one() {
         bf16_detail < seed_detail.max(0.05) * 1.5,
         "bf16 detail distance {bf16_detail:.3} (seed: {seed_detail:.3})"
     );
-    assert!(!fp32.equal(&bf16), "bf16 rendered exactly what fp32 did: the precision was not applied");
+    assert!(!fp32.equal(bf16), "bf16 rendered exactly what fp32 did: the precision was not applied");
 }
 
 /// A longer movie of the default design on a grey style no other check uses, second by second:

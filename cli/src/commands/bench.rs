@@ -100,6 +100,10 @@ pub struct Args {
     /// How many times --concurrent times each case; the median is shown.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=100), requires = "concurrent")]
     pub repeats: u16,
+    /// Warm-up iterations of each --concurrent render (default: the render's own); a small one
+    /// times the movie's frames rather than the warm-up.
+    #[arg(long, requires = "concurrent")]
+    pub warmup: Option<u32>,
 }
 
 pub fn run(args: Args, bar: &crate::progress::Bar) -> Result<()> {

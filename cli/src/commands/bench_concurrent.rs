@@ -16,9 +16,10 @@ pub fn run(args: &Args, n: usize) -> Result<()> {
     let dir = tempfile::tempdir().context("making a folder for the renders' outputs")?;
     let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
     println!(
-        "{n} renders at once against one alone: {frames} frames, {} iters, {}, style {}, {cpus} CPUs available, \
-         median of {}",
+        "{n} renders at once against one alone: {frames} frames, {} iters, warm-up {}, {}, style {}, \
+         {cpus} CPUs available, median of {}",
         args.iters,
+        args.warmup.map_or("the render's".into(), |w| format!("{w} iters")),
         args.loss,
         args.style.as_deref().map_or("embedded".into(), |s| s.display().to_string()),
         args.repeats
@@ -76,6 +77,9 @@ fn spawn(
         .arg("-o")
         .arg(dir.join(format!("movie-{i}.mp4")));
     cmd.args(["--blocks", &args.torch.blocks.to_string()]);
+    if let Some(w) = args.warmup {
+        cmd.args(["--warmup", &w.to_string()]);
+    }
     if let Some(t) = args.torch.threads {
         cmd.args(["--threads", &t.to_string()]);
     }
