@@ -138,7 +138,12 @@ impl Engine {
         let fingerprint = params.fingerprint(&styles.digest(), &net.origin.digest());
         let net = match params.precision {
             crate::params::Precision::Fp32 | crate::params::Precision::Tf32 => net,
-            crate::params::Precision::Bf16 => net.to_kind(tch::Kind::BFloat16).channels_last(),
+            crate::params::Precision::Bf16 => {
+                if let Some(warning) = crate::device::bf16_cpu_warning(device, crate::device::cpu_has_native_bf16()) {
+                    tracing::warn!("{warning}");
+                }
+                net.to_kind(tch::Kind::BFloat16).channels_last()
+            }
         };
         let in_colour =
             matches!(net.origin, crate::vgg::WeightsOrigin::Random(design) if design.steps_in_colour_space());

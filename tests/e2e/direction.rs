@@ -84,9 +84,11 @@ fn the_zoom_measured_in_the_frames_follows_its_schedule() {
 /// continue the edge but tile the movie with copies of itself, and their borders show as a
 /// lattice of straight lines; samples clamped to the edge smear it into streaks. Measured on a
 /// movie zooming out to 0.6 of its view a second, over its second second, as the mean gradient
-/// across each row and column against the median's: no line inside the frame (at most 1.3 of
-/// the median: measured 1.24; wrapped samples drew a lattice, 1.69) and a border band of
-/// texture, neither grain nor streaks (0.6 to 1.6: measured 1.26; full-amplitude noise scored
+/// across each row and column against the median's: no line inside the frame (at most 1.45 of
+/// the median; wrapped samples drew a lattice, 1.69, while a movie's chance edges score 1.20 to
+/// 1.29: seeds 0 to 4 at one thread on an AVX2 CPU, 1.24 at two on an AVX-512 one, so the
+/// earlier bound of 1.3 sat inside chance) and a border band of texture, neither grain nor
+/// streaks (0.6 to 1.6: measured 0.82 to 1.32 over those seeds; full-amplitude noise scored
 /// 2.39, samples clamped to the edge 0.12).
 #[test]
 fn zooming_out_grows_texture_with_no_seam_and_no_copies() {
@@ -120,6 +122,6 @@ fn zooming_out_grows_texture_with_no_seam_and_no_copies() {
         }
     }
     eprintln!("strongest line inside: {:.2} at {}; border band: {:.2} at {}", inside.0, inside.1, border.0, border.1);
-    assert!(inside.0 <= 1.3, "a line through the frame at {} ({:.2} of the median)", inside.1, inside.0);
+    assert!(inside.0 <= 1.45, "a line through the frame at {} ({:.2} of the median)", inside.1, inside.0);
     assert!((0.6..=1.6).contains(&border.0), "the border at {} is {:.2} of the median", border.1, border.0);
 }

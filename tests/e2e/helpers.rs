@@ -60,9 +60,9 @@ pub fn stderr(out: &Output) -> String {
 pub const SMALL: &[&str] = &["--size", "64x48", "--warmup", "12", "--iters", "2", "--quiet"];
 
 /// The network's two shallowest style layers: for renders that test how work moves between
-/// processes, not what the pictures look like. A third of the default's cost per iteration,
-/// with every hand-off, state and frame as real as the default's (`cluster::MOVIE` and the
-/// segment tests keep every layer).
+/// processes or what lands in an output file, not what the pictures look like. A third of the
+/// default's cost per iteration, with every hand-off, state, frame and output as real as the
+/// default's (`cluster::MOVIE` and the segment tests keep every layer).
 pub const SHALLOW: &[&str] = &["--layers", "conv1_1,conv2_1"];
 
 /// Frame count, duration in seconds, frame rate and size of a video file, by decoding it.

@@ -1,12 +1,12 @@
 //! A tiny render in each output format, decoded back.
 
-use crate::helpers::{command, decode_video, example, gramzoom, stderr, tempdir, SMALL};
+use crate::helpers::{command, decode_video, example, gramzoom, stderr, tempdir, SHALLOW, SMALL};
 
 fn render(dir: &std::path::Path, out: &str, extra: &[&str]) -> std::path::PathBuf {
     let path = dir.join(out);
     let style = example("immunohistochemistry.png");
     let mut args = vec!["render", style.to_str().unwrap(), "-o", path.to_str().unwrap()];
-    args.extend(SMALL);
+    args.extend(SMALL.iter().chain(SHALLOW));
     args.extend(extra);
     let r = gramzoom(&args, dir);
     assert!(r.status.success(), "{out}: {}", stderr(&r));

@@ -1,7 +1,7 @@
 //! Soundtracks: muxed into the MP4 as AAC, started at the offset, cut or padded with silence to
 //! the movie's length; a file that is not audio is refused before anything renders.
 
-use crate::helpers::{decode_video, example, gramzoom, stderr, tempdir, SMALL};
+use crate::helpers::{decode_video, example, gramzoom, stderr, tempdir, SHALLOW, SMALL};
 use ffmpeg_next as ffmpeg;
 use std::path::Path;
 
@@ -111,7 +111,7 @@ fn a_soundtrack_is_muxed_at_its_offset_and_cut_or_padded_to_the_movie() {
     let wheat = example("wheatfield.jpg");
     let out = d.join("movie.mp4");
     let mut args = vec!["render", wheat.to_str().unwrap(), "-o", out.to_str().unwrap()];
-    args.extend(SMALL);
+    args.extend(SMALL.iter().chain(SHALLOW));
     args.extend(["--frames", "15", "--fps", "10", "--segment-frames", "6"]);
     let tone_wav = d.join("tone.wav");
     args.extend(["--audio", tone_wav.to_str().unwrap(), "--audio-offset", "0.25"]);
@@ -167,7 +167,7 @@ fn a_soundtrack_that_is_not_audio_is_refused() {
     ] {
         let out = p(output);
         let mut args = vec!["render", wheat.to_str().unwrap(), "-o", &out, "--audio", &audio];
-        args.extend(SMALL);
+        args.extend(SMALL.iter().chain(SHALLOW));
         let r = gramzoom(&args, d);
         assert!(!r.status.success(), "{audio} {output}");
         assert!(stderr(&r).contains(want), "{audio}: {}", stderr(&r));
@@ -223,7 +223,7 @@ fn beat_keys_follow_the_soundtrack_beats() {
     let out = d.join("beats.mp4");
     let wheat = example("wheatfield.jpg");
     let mut args = vec!["render", wheat.to_str().unwrap(), "-o", out.to_str().unwrap()];
-    args.extend(SMALL);
+    args.extend(SMALL.iter().chain(SHALLOW));
     args.extend(["--fps", "10", "--frames", "16", "--segment-frames", "5", "--audio", drum_wav.to_str().unwrap()]);
     args.extend(["--beats", "--zoom", "0:(1.5), 2b:(3)"]);
     let r = gramzoom(&args, d);
@@ -270,7 +270,7 @@ fn a_soundtrack_in_aac_is_copied_as_it_is() {
     let render = |out: &str, frames: &str, audio: &Path, offset: &str| {
         let out = d.join(out);
         let mut args = vec!["render", wheat.to_str().unwrap(), "-o", out.to_str().unwrap()];
-        args.extend(SMALL);
+        args.extend(SMALL.iter().chain(SHALLOW));
         args.extend(["--frames", frames, "--fps", "10", "--audio", audio.to_str().unwrap()]);
         args.extend(["--audio-offset", offset]);
         let r = gramzoom(&args, d);
