@@ -171,8 +171,9 @@ pub fn render_movie(params: &engine::RenderParams, style: &str) -> Vec<engine::F
 /// and a thread's first libtorch call takes it: each turn sets it on its own thread). And a
 /// render of two or more threads shares its cores with the other tests' processes: its OpenMP
 /// team busy-waits at every barrier for a team mate the scheduler gave to another process (the
-/// spinning `engine::share` describes), which made a 2-thread direction render burn about four
-/// times its work here. At one thread nothing spins, and two renders use two cores fully.
+/// spinning `engine::share` describes): a 2-thread cross-fade or direction render used two to
+/// three times the CPU of the same render at one thread. At one thread nothing spins, and two
+/// renders use two cores fully.
 pub fn measured_render() -> MeasuredTurn {
     let mut free = free_turns();
     loop {
