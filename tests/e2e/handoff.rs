@@ -49,31 +49,17 @@ fn frames_rendered_ahead_are_dropped_when_other_work_comes_first() {
 }
 
 /// 30 frames in one segment, slow enough per frame to be caught in the middle: on the two
-/// shallowest layers (a third of the cost of every layer) at 20 iterations, about 0.6 s a frame
-/// on a 2 GHz AVX2 core, and several heartbeats (1.7 s apart) within the segment on a CPU a
-/// few times faster.
-const LONG: &[&str] = &[
-    "--size",
-    "64x48",
-    "--frames",
-    "30",
-    "--warmup",
-    "12",
-    "--iters",
-    "20",
-    "--seed",
-    "3",
-    "--layers",
-    "conv1_1,conv2_1",
-    "--segment-frames",
-    "30",
-];
+/// shallowest layers ([`SHALLOW`], a third of the cost of every layer) at 20 iterations, about
+/// 0.6 s a frame on a 2 GHz AVX2 core, and several heartbeats (1.7 s apart) within the segment on
+/// a CPU a few times faster.
+const LONG: &[&str] =
+    &["--size", "64x48", "--frames", "30", "--warmup", "12", "--iters", "20", "--seed", "3", "--segment-frames", "30"];
 
 #[test]
 fn a_preempted_worker_hands_over_what_it_finished_and_the_rest_is_split_off() {
     let mut c = Cluster::start("10", &[]);
     let a = c.worker("a", &[]);
-    let id = c.submit(LONG);
+    let id = c.submit(&[LONG, SHALLOW].concat());
     c.wait(&id, 120, "a few frames into the segment", |j| {
         j.segments[0].attempts.first().is_some_and(|x| x.frames_done >= 4)
     });
@@ -106,7 +92,7 @@ fn a_preempted_worker_hands_over_what_it_finished_and_the_rest_is_split_off() {
     let style = example("wheatfield.jpg");
     let mut args = vec!["render", style.to_str().unwrap(), "-o", out.to_str().unwrap(), "-q"];
     args.extend(["--frames-dir", frames.to_str().unwrap()]);
-    args.extend(LONG.iter().take(LONG.len() - 2));
+    args.extend(LONG.iter().take(LONG.len() - 2).chain(SHALLOW));
     assert!(gramzoom(&args, dir.path()).status.success());
     assert!(frames_in(&frames) == frames_in(&c.path("frames")), "frames differ from a one-piece render");
     assert_eq!(decode_video(&c.download(&id, "split.mp4")).frames, 30);
