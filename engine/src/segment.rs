@@ -140,7 +140,9 @@ impl Engine {
             crate::params::Precision::Fp32 | crate::params::Precision::Tf32 => net,
             crate::params::Precision::Bf16 => {
                 if let Some(warning) = crate::device::bf16_cpu_warning(device, crate::device::cpu_has_native_bf16()) {
-                    tracing::warn!("{warning}");
+                    // Once a process: a CPU worker builds an engine for every segment it renders.
+                    static WARNED: std::sync::Once = std::sync::Once::new();
+                    WARNED.call_once(|| tracing::warn!("{warning}"));
                 }
                 net.to_kind(tch::Kind::BFloat16).channels_last()
             }

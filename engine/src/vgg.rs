@@ -5,9 +5,88 @@ use crate::error::{EngineError, Result};
 use crate::rng::{Purpose, Stream};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use tch::{Device, Kind, Tensor};
 
 pub use proto::params::{LayerSpec, Network};
+
+/// Random filters already drawn in this process, the most recently used first, by network and
+/// whether they are zero-mean. Drawing VGG16's 14.7 M weights costs about a second of CPU (an
+/// f64 logarithm and cosine each), and an engine is built for every segment a worker renders
+/// (in the test suite, hundreds of times a run). The copy costs memory: VGG16's filters are
+/// 59 MB, VGG19's 80 MB (a CPU render of 64x48 grows from about 280 to 334 MB), so two are
+/// kept: a process renders with one network at a time, and `bench --compare-features` goes
+/// through them in turn.
+static DRAWN: Mutex<Vec<((Network, bool), Filters)>> = Mutex::new(Vec::new());
+const DRAWN_KEPT: usize = 2;
+
+/// Each layer's filters, flattened in torchvision's weight layout.
+type Filters = Arc<Vec<Vec<f32>>>;
+
+/// The He-normal filters of `network`'s layers, in order (see `draw_filters`), drawn once per
+/// process.
+fn random_filters(network: Network, zero_mean: bool) -> Filters {
+    let key = (network, zero_mean);
+    // A poisoned lock only means another thread panicked while holding it; the list is whole.
+    let lock = || DRAWN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    {
+        let mut drawn = lock();
+        if let Some(at) = drawn.iter().position(|(k, _)| *k == key) {
+            let hit = drawn.remove(at);
+            let filters = hit.1.clone();
+            drawn.insert(0, hit);
+            return filters;
+        }
+    }
+    // Drawn without the lock: two threads asking at once both draw (the same bits).
+    let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1);
+    let filters = Arc::new(draw_filters(network, zero_mean, threads));
+    let mut drawn = lock();
+    drawn.retain(|(k, _)| *k != key);
+    drawn.insert(0, (key, filters.clone()));
+    drawn.truncate(DRAWN_KEPT);
+    filters
+}
+
+/// He-normal filters (std sqrt(2 / fan-in)) from one fixed stream, layer after layer, made
+/// zero-mean per output channel when asked. Every weight is a pure function of its place in
+/// the stream, so each layer is drawn in pieces on `threads` threads (libtorch's count: the
+/// render's CPU share) and comes out bit for bit as drawn in a row, as every earlier release
+/// drew them.
+fn draw_filters(network: Network, zero_mean: bool, threads: usize) -> Vec<Vec<f32>> {
+    let mut rng = Stream::new(0x6772_616d_7a6f_6f6d, 0, Purpose::Network);
+    let threads = threads.clamp(1, 16);
+    network
+        .layers()
+        .into_iter()
+        .map(|spec| {
+            let fan_in = spec.cin * spec.kernel * spec.kernel;
+            let std = (2.0 / fan_in as f32).sqrt();
+            let mut w = vec![0f32; spec.cout * fan_in];
+            let piece = w.len().div_ceil(threads).max(1);
+            let draw = |k: usize, part: &mut [f32]| {
+                rng.normals_after((k * piece) as u64, part);
+                part.iter_mut().for_each(|v| *v *= std);
+            };
+            std::thread::scope(|scope| {
+                let mut parts = w.chunks_mut(piece).enumerate();
+                let here = parts.next();
+                for (k, part) in parts {
+                    scope.spawn(move || draw(k, part));
+                }
+                if let Some((k, part)) = here {
+                    draw(k, part);
+                }
+            });
+            rng.skip_normals(w.len() as u64);
+            for filter in w.chunks_mut(fan_in).filter(|_| zero_mean) {
+                let mean = filter.iter().sum::<f32>() / fan_in as f32;
+                filter.iter_mut().for_each(|v| *v -= mean);
+            }
+            w
+        })
+        .collect()
+}
 
 fn weight_shape(l: &LayerSpec) -> [i64; 4] {
     let k = l.kernel as i64;
@@ -98,20 +177,14 @@ impl Vgg {
     /// Random features from a fixed seed, generated on the CPU by our own RNG so that every
     /// device and every worker of a cluster gets the same network.
     pub fn random_with(network: Network, design: RandomDesign, device: Device) -> Self {
-        let mut rng = Stream::new(0x6772_616d_7a6f_6f6d, 0, Purpose::Network);
+        let zero_mean = matches!(design, RandomDesign::ZeroMean | RandomDesign::ZeroMeanAvgPool);
+        let filters = random_filters(network, zero_mean);
         let convs = network
             .layers()
             .into_iter()
-            .map(|spec| {
-                let fan_in = spec.cin * spec.kernel * spec.kernel;
-                let std = (2.0 / fan_in as f32).sqrt();
-                let mut w: Vec<f32> = (0..spec.cout * fan_in).map(|_| rng.next_normal() * std).collect();
-                let zero_mean = matches!(design, RandomDesign::ZeroMean | RandomDesign::ZeroMeanAvgPool);
-                for filter in w.chunks_mut(fan_in).filter(|_| zero_mean) {
-                    let mean = filter.iter().sum::<f32>() / fan_in as f32;
-                    filter.iter_mut().for_each(|v| *v -= mean);
-                }
-                let weight = Tensor::from_slice(&w).reshape(weight_shape(&spec)).to_device(device);
+            .zip(filters.iter())
+            .map(|(spec, w)| {
+                let weight = Tensor::from_slice(w).reshape(weight_shape(&spec)).to_device(device);
                 let bias = Tensor::zeros([spec.cout as i64], (Kind::Float, device));
                 Conv { spec, weight, bias }
             })
@@ -319,6 +392,31 @@ mod tests {
             assert_eq!(b.stride()[1], 1, "channels are innermost");
             let err = (a - b).abs().max().double_value(&[]) / a.abs().max().double_value(&[]);
             assert!(err < 1e-5, "relative difference {err}");
+        }
+    }
+
+    /// The random filters are the ones every release has drawn (workers of this version and
+    /// of the last must render the same frames for the same fingerprint): the first layer's
+    /// first weight and the last layer's last as stop 35 drew them one after another, every
+    /// weight the same whether drawn on one thread or several, and the process's cached copy
+    /// the same as a fresh draw.
+    #[test]
+    fn random_filters_are_the_ones_every_release_drew() {
+        let cases = [
+            (Network::Vgg16, false, 1.4820899069309235e-1, -1.663735695183277e-2),
+            (Network::Vgg19, true, 1.0131677985191345e-1, -3.211885318160057e-2),
+        ];
+        for (network, zero_mean, first, last) in cases {
+            let one = draw_filters(network, zero_mean, 1);
+            assert_eq!(f64::from(one[0][0]), first, "{network:?}");
+            assert_eq!(f64::from(*one.last().unwrap().last().unwrap()), last, "{network:?}");
+            let same = |a: &[Vec<f32>], b: &[Vec<f32>]| {
+                a.len() == b.len()
+                    && a.iter().zip(b).all(|(x, y)| x.iter().map(|v| v.to_bits()).eq(y.iter().map(|v| v.to_bits())))
+            };
+            assert!(same(&one, &draw_filters(network, zero_mean, 3)), "{network:?} on three threads");
+            assert!(same(&one, &random_filters(network, zero_mean)), "{network:?} drawn for the process");
+            assert!(same(&one, &random_filters(network, zero_mean)), "{network:?} from the process's copy");
         }
     }
 
