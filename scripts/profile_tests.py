@@ -80,6 +80,8 @@ def sample(root, threads, procs):
             else:
                 with open(f"/proc/{pid}/cmdline") as f:
                     cmd = f.read().replace("\0", " ").strip()
+                # A process that has exited but not been waited for shows no command line.
+                cmd = cmd or procs.get(pid, ("?", 0))[0]
                 procs[pid] = (cmd, cpu_seconds(f"/proc/{pid}/stat"))
         except OSError:
             pass
