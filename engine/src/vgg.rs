@@ -397,17 +397,33 @@ mod tests {
 
     /// The random filters are the ones every release has drawn (workers of this version and
     /// of the last must render the same frames for the same fingerprint): the first layer's
-    /// first weight and the last layer's last as stop 35 drew them one after another, every
-    /// weight the same whether drawn on one thread or several, and the process's cached copy
-    /// the same as a fresh draw.
+    /// first weight, the last layer's last, and the sum and sum of squares of all as stop 35
+    /// drew them one after another; every weight the same whether drawn on one thread or
+    /// several, and the process's cached copy the same as a fresh draw.
     #[test]
     fn random_filters_are_the_ones_every_release_drew() {
         let cases = [
-            (Network::Vgg16, false, 1.4820899069309235e-1, -1.663735695183277e-2),
-            (Network::Vgg19, true, 1.0131677985191345e-1, -3.211885318160057e-2),
+            (
+                Network::Vgg16,
+                false,
+                1.4820899069309235e-1,
+                -1.663735695183277e-2,
+                (9.087413330941867e1, 8.439250796729742e3),
+            ),
+            (
+                Network::Vgg19,
+                true,
+                1.0131677985191345e-1,
+                -3.211885318160057e-2,
+                (8.140240072407323e-5, 1.0988365187302557e4),
+            ),
         ];
-        for (network, zero_mean, first, last) in cases {
+        for (network, zero_mean, first, last, sums) in cases {
             let one = draw_filters(network, zero_mean, 1);
+            // Every weight, through its sum and sum of squares in f64 in order.
+            let sum: f64 = one.iter().flatten().map(|v| f64::from(*v)).sum();
+            let sq: f64 = one.iter().flatten().map(|v| f64::from(*v) * f64::from(*v)).sum();
+            assert_eq!((sum, sq), sums, "{network:?}");
             assert_eq!(f64::from(one[0][0]), first, "{network:?}");
             assert_eq!(f64::from(*one.last().unwrap().last().unwrap()), last, "{network:?}");
             let same = |a: &[Vec<f32>], b: &[Vec<f32>]| {
