@@ -21,6 +21,7 @@ use crate::colour::{ColourSpace, Preconditioner};
 use crate::error::{ParamError, Result};
 use crate::loss::StyleTarget;
 use crate::params::RenderParams;
+use crate::spectrum::{SpectrumTarget, StyleSpectrum};
 use crate::style::Style;
 use crate::vgg::Vgg;
 use tch::{Device, Kind};
@@ -34,6 +35,8 @@ pub(crate) struct Look {
     pub palette: ColourSpace,
     /// The palette's preconditioner, for a design that steps in colour.
     pub precond: Option<Preconditioner>,
+    /// The blend's spectrum, for a design with the spectrum term (`spectrum`).
+    pub spectrum: Option<SpectrumTarget>,
 }
 
 impl Look {
@@ -49,6 +52,8 @@ pub(crate) struct Palette {
     /// Each style's colour space, whether or not the design steps in colour.
     spaces: Vec<ColourSpace>,
     in_colour: bool,
+    /// Each style's spectrum, for a design with the spectrum term.
+    spectra: Option<Vec<StyleSpectrum>>,
     /// The blocks a style's features are computed in (`None`: whole), as the frames' are.
     blocks: Option<Layout>,
 }
@@ -61,6 +66,7 @@ impl Palette {
         net: &Vgg,
         device: Device,
         in_colour: bool,
+        spectrum: bool,
         blocks: Option<Layout>,
     ) -> Result<Self> {
         if styles.len() != p.style_count() {
@@ -72,16 +78,13 @@ impl Palette {
         }
         let targets = styles.iter().map(|s| target(p, s, net, device, 1.0, blocks.as_ref())).collect::<Result<_>>()?;
         let short = p.width.min(p.height);
-        let spaces: Vec<ColourSpace> = styles
+        let scaled: Vec<_> = styles
             .iter()
-            .map(|s| Ok(ColourSpace::of_style(&s.tensor(s.scaled_size(short, p.style_scale)?, Device::Cpu))))
+            .map(|s| Ok(s.tensor(s.scaled_size(short, p.style_scale)?, Device::Cpu)))
             .collect::<Result<_>>()?;
-        Ok(Self { targets, spaces, in_colour, blocks })
-    }
-
-    /// Whether the design steps in colour (the palette makes preconditioners).
-    pub fn in_colour(&self) -> bool {
-        self.in_colour
+        let spaces = scaled.iter().map(ColourSpace::of_style).collect();
+        let spectra = spectrum.then(|| scaled.iter().map(StyleSpectrum::of_style).collect());
+        Ok(Self { targets, spaces, in_colour, spectra, blocks })
     }
 
     /// The colour distribution of a blend.
@@ -93,7 +96,8 @@ impl Palette {
     /// The look of a frame whose styles weigh `weights`.
     pub fn look(&self, weights: &[f64], device: Device) -> Look {
         let parts: Vec<(&StyleTarget, f64)> = self.targets.iter().zip(weights.iter().copied()).collect();
-        self.look_of(StyleTarget::mix(&parts), weights, device)
+        let spectrum = self.spectra.as_ref().map(|spectra| mix_spectra(spectra, weights));
+        self.look_of(StyleTarget::mix(&parts), weights, spectrum, device)
     }
 
     /// The look of a warm-up stage whose output is `factor` of the full size: targets of the
@@ -121,15 +125,38 @@ impl Palette {
                 .collect::<Result<Vec<_>>>()?;
         let parts: Vec<(&StyleTarget, f64)> =
             targets.iter().zip(weights).filter_map(|(t, w)| t.as_ref().map(|t| (t, *w))).collect();
-        Ok(self.look_of(StyleTarget::mix(&parts), weights, device))
+        // The styles' spectra at the stage's scale, as their targets are.
+        let spectrum = match self.spectra {
+            None => None,
+            Some(_) => {
+                let short = ((p.width.min(p.height) as f64) * factor).round() as u32;
+                let spectra = styles
+                    .iter()
+                    .zip(weights)
+                    .filter(|(_, w)| **w > 0.0)
+                    .map(|(s, w)| {
+                        let image = s.tensor(s.scaled_size(short, p.style_scale)?, Device::Cpu);
+                        Ok((StyleSpectrum::of_style(&image), *w))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let parts: Vec<(&StyleSpectrum, f64)> = spectra.iter().map(|(s, w)| (s, *w)).collect();
+                Some(SpectrumTarget::mix(&parts))
+            }
+        };
+        Ok(self.look_of(StyleTarget::mix(&parts), weights, spectrum, device))
     }
 
     /// A look with its palette mixed once, and the preconditioner made from it.
-    fn look_of(&self, target: StyleTarget, weights: &[f64], device: Device) -> Look {
+    fn look_of(&self, target: StyleTarget, weights: &[f64], spectrum: Option<SpectrumTarget>, device: Device) -> Look {
         let palette = self.palette(weights);
         let precond = self.in_colour.then(|| palette.preconditioner(Kind::Float, device));
-        Look { target, weights: weights.to_vec(), palette, precond }
+        Look { target, weights: weights.to_vec(), palette, precond, spectrum }
     }
+}
+
+fn mix_spectra(spectra: &[StyleSpectrum], weights: &[f64]) -> SpectrumTarget {
+    let parts: Vec<(&StyleSpectrum, f64)> = spectra.iter().zip(weights.iter().copied()).collect();
+    SpectrumTarget::mix(&parts)
 }
 
 /// A style's side of the loss for an output scaled by `factor` (warm-up stages use less than 1).

@@ -1,5 +1,5 @@
 //! Optimisation steps in the style's colour space: the built-in network's cure for colour
-//! speckle (`RandomDesign::HeColour`, the default).
+//! speckle (`RandomDesign::HeColour`, and the default `HeSpectrum`).
 //!
 //! Adam normalises every pixel channel's step by its own gradient history, so a direction the
 //! loss barely constrains gets steps as large as one it does: with random features, which mix

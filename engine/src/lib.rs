@@ -32,6 +32,7 @@ pub mod quality;
 pub mod rng;
 pub mod segment;
 pub mod share;
+pub mod spectrum;
 pub mod spread;
 pub mod style;
 pub mod swd;

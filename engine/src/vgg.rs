@@ -132,14 +132,19 @@ pub enum RandomDesign {
     /// He-normal filters with average pooling.
     HeAvgPool,
     /// He-normal filters, max-pooling, and optimiser steps taken in the style's colour space
-    /// with chroma blurred (`colour`): no colour speckle, grey styles stay grey. The default.
+    /// with chroma blurred (`colour`): no colour speckle, grey styles stay grey. The default
+    /// from stop 18 to stop 37.
     HeColour,
+    /// `HeColour`, and the frame's grey drawn towards the style's Fourier modulus (`spectrum`):
+    /// the scales and directions of the style's detail, which Gram matrices of random shallow
+    /// features do not hold (a regular lattice such as a brick wall). The default.
+    HeSpectrum,
 }
 
 impl RandomDesign {
-    pub const ALL: [RandomDesign; 5] =
-        [Self::He, Self::ZeroMean, Self::ZeroMeanAvgPool, Self::HeAvgPool, Self::HeColour];
-    pub const DEFAULT: RandomDesign = Self::HeColour;
+    pub const ALL: [RandomDesign; 6] =
+        [Self::He, Self::ZeroMean, Self::ZeroMeanAvgPool, Self::HeAvgPool, Self::HeColour, Self::HeSpectrum];
+    pub const DEFAULT: RandomDesign = Self::HeSpectrum;
 
     pub fn name(self) -> &'static str {
         match self {
@@ -148,12 +153,18 @@ impl RandomDesign {
             Self::ZeroMeanAvgPool => "zero-mean-avgpool",
             Self::HeAvgPool => "he-avgpool",
             Self::HeColour => "he-colour",
+            Self::HeSpectrum => "he-spectrum",
         }
     }
 
     /// Whether the optimiser steps in the style's colour space (`colour`).
     pub fn steps_in_colour_space(self) -> bool {
-        self == Self::HeColour
+        matches!(self, Self::HeColour | Self::HeSpectrum)
+    }
+
+    /// Whether the frame's grey is drawn towards the style's spectrum (`spectrum`).
+    pub fn matches_spectrum(self) -> bool {
+        self == Self::HeSpectrum
     }
 }
 

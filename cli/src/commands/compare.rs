@@ -189,7 +189,8 @@ pub fn gallery(args: &Args, dir: &Path, device: tch::Device) -> Result<()> {
          chroma gradient against the style's; chroma: mean CIELAB chroma minus the style's; \
          lines: 1.0 is none, over the second half of a movie this short they move by 0.1 to \
          0.3 with chance details, so the tests judge them on longer or several movies). \
-         `vgg16-he` was the default until stop 18, `vgg16-he-colour` is the default now \
+         `vgg16-he` was the default until stop 18, `vgg16-he-colour` until stop 37, \
+         `vgg16-he-spectrum` is the default now \
          (ARCHITECTURE.md, \"Random features\").",
         w,
         h,
