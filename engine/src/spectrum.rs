@@ -19,9 +19,9 @@
 //! density: with orthonormal FFTs a bin's expected power is the density at its frequency,
 //! whatever the image's size, so the frame's target at each of its bins is the style's density
 //! at that frequency, interpolated between the style's bins, and averaged over them where the
-//! style's bins are finer than the frame's. The mean (the zero frequency) is left to the
-//! colour steps. Everything is a function of the style and the frame's size, so segmented
-//! renders compute the same bits.
+//! style's bins are finer than the frame's. The mean and the coarsest frequencies
+//! (`FREE_CYCLES`) are left to the colour steps and the Gram loss. Everything is a function of
+//! the style and the frame's size, so segmented renders compute the same bits.
 
 use std::cell::RefCell;
 use std::f64::consts::PI;

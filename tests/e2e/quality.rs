@@ -245,9 +245,12 @@ fn a_bf16_movie_keeps_the_texture_statistics_of_the_fp32_one() {
 /// colours stay near the style's, detail neither fades nor grows, the zoom keeps bringing new
 /// texture (no freezing into a repeating pattern), and the clean-zoom checks above (no line
 /// through the centre, grey stays grey, no colour speckle, detail at the style's scale).
-/// Measured: colour 0.1 to 1.8 levels off, detail 85% to 89% of the gravel's, 44 to 45 levels of
-/// change a second, lines 1.00 / 1.09, detail-scale distance 0.58 (the 96x80 movies of the
-/// clean-zoom checks measured 0.83 on this style), speckle -0.46, chroma 1.7.
+/// Measured with `he-colour`, the former default: colour 0.1 to 1.8 levels off, detail 85% to
+/// 89% of the gravel's, 44 to 45 levels of change a second, lines 1.00 / 1.09, detail-scale
+/// distance 0.58 (the 96x80 movies of the clean-zoom checks measured 0.83 on this style),
+/// speckle -0.46, chroma 1.7. With `he-spectrum` (stop 37, one thread, AMD EPYC): colour 1.1 to 2.1 levels
+/// off, detail 88% to 91%, 43 to 44 levels of change, lines 1.03 / 1.02, detail-scale distance
+/// 0.31, speckle -0.46, chroma 1.7.
 #[test]
 fn a_long_movie_stays_in_the_style_second_after_second() {
     let device = tch::Device::Cpu;
