@@ -23,7 +23,7 @@ use crate::loss::StyleTarget;
 use crate::params::RenderParams;
 use crate::spectrum::{SpectrumTarget, StyleSpectrum};
 use crate::style::Style;
-use crate::vgg::Vgg;
+use crate::vgg::{RandomDesign, Vgg};
 use tch::{Device, Kind};
 
 /// What one frame is optimised against: the styles mixed by its weights.
@@ -59,16 +59,13 @@ pub(crate) struct Palette {
 }
 
 impl Palette {
-    /// Targets (and, when `in_colour`, colour spaces) for every style, in order.
-    pub fn new(
-        p: &RenderParams,
-        styles: &[Style],
-        net: &Vgg,
-        device: Device,
-        in_colour: bool,
-        spectrum: bool,
-        blocks: Option<Layout>,
-    ) -> Result<Self> {
+    /// Targets, colour spaces and, for a design with the spectrum term, spectra for every
+    /// style, in order.
+    pub fn new(p: &RenderParams, styles: &[Style], net: &Vgg, device: Device, blocks: Option<Layout>) -> Result<Self> {
+        // How the network's design steps; pretrained weights take plain steps.
+        let design = net.origin.design();
+        let in_colour = design.is_some_and(RandomDesign::steps_in_colour_space);
+        let spectrum = design.is_some_and(RandomDesign::matches_spectrum);
         if styles.len() != p.style_count() {
             return Err(ParamError::new(
                 "--style",

@@ -147,9 +147,8 @@ impl Engine {
                 net.to_kind(tch::Kind::BFloat16).channels_last()
             }
         };
-        let (in_colour, spectrum) = steps(&net);
         let blocks = crate::memory::plan(blocks, &params, &net, device)?;
-        let palette = Palette::new(&params, &styles.0, &net, device, in_colour, spectrum, blocks)?;
+        let palette = Palette::new(&params, &styles.0, &net, device, blocks)?;
         Ok(Self {
             blocks,
             block_choice: blocks_choice,
@@ -185,9 +184,7 @@ impl Engine {
         let whole = self.blocks.is_none();
         let split = whole.then(|| crate::memory::split_for(self.block_choice, &self.params, &self.net, devices.len()));
         if let Some(layout) = split.flatten() {
-            let (in_colour, spectrum) = steps(&self.net);
-            self.palette =
-                Palette::new(&self.params, &self.styles, &self.net, self.device, in_colour, spectrum, Some(layout))?;
+            self.palette = Palette::new(&self.params, &self.styles, &self.net, self.device, Some(layout))?;
             self.blocks = Some(layout);
         }
         self.spread = Some(crate::spread::Spread::new(&self.net, extra));
@@ -483,15 +480,6 @@ impl Engine {
         };
         optim.step(image, &grad, self.params.learning_rate(), look.precond.as_ref());
         Ok(loss)
-    }
-}
-
-/// How a network's design steps: in the style's colour space, and with the spectrum term.
-/// Pretrained weights do neither.
-fn steps(net: &Vgg) -> (bool, bool) {
-    match net.origin {
-        crate::vgg::WeightsOrigin::Random(design) => (design.steps_in_colour_space(), design.matches_spectrum()),
-        crate::vgg::WeightsOrigin::File { .. } => (false, false),
     }
 }
 

@@ -116,6 +116,14 @@ impl WeightsOrigin {
             Self::File { sha256, .. } => sha256.clone(),
         }
     }
+
+    /// The random design, for random features.
+    pub fn design(&self) -> Option<RandomDesign> {
+        match self {
+            Self::Random(design) => Some(*design),
+            Self::File { .. } => None,
+        }
+    }
 }
 
 /// How random features are made, compared by `gramzoom bench --compare-features`.
