@@ -19,20 +19,30 @@
 //! density: with orthonormal FFTs a bin's expected power is the density at its frequency,
 //! whatever the image's size, so the frame's target at each of its bins is the style's density
 //! at that frequency, interpolated between the style's bins, and averaged over them where the
-//! style's bins are finer than the frame's. The mean and the coarsest frequencies
-//! (`FREE_CYCLES`) are left to the colour steps and the Gram loss. Everything is a function of
-//! the style and the frame's size, so segmented renders compute the same bits.
+//! style's bins are finer than the frame's. The mean is left to the colour steps, and so are
+//! the coarsest frequencies (`FREE_CYCLES`) of a style whose periodic component lost much of
+//! its variance (`LOST_MAX`): there its coarsest frequencies are not the style's. Everything is
+//! a function of the style and the frame's size, so segmented renders compute the same bits.
 
 use std::cell::RefCell;
 use std::f64::consts::PI;
 use tch::{Device, Kind, Tensor};
 
-/// The coarsest frequencies the term holds, in cycles per the style's shorter side: below, a
-/// style's periodogram is mostly its layout (a few large regions) rather than its texture,
-/// and its periodic component has lost part of that power with its borders (on the
-/// immunohistochemistry style, about half of it below 7 cycles): held there, the frames lost a
-/// sixth of their grey spread (41 levels against the style's 48). The Gram loss keeps them.
+/// The coarsest frequencies the term holds on a style whose layout runs into its borders, in
+/// cycles per the style's shorter side (see `LOST_MAX`): below, such a style's periodogram is
+/// mostly its layout (a few large regions) rather than its texture, and its periodic component
+/// has lost part of that power with its borders (on the immunohistochemistry style, about half
+/// of it below 7 cycles): held there, the frames lost a sixth of their grey spread (41 levels
+/// against the style's 48). The Gram loss keeps them.
 pub const FREE_CYCLES: f64 = 3.0;
+
+/// The share of a style's grey variance its periodic component may lose for the term to hold
+/// every frequency but the mean. Textures and paintings that wrap almost seamlessly lose 0.4
+/// to 2.4% (gravel, the brick wall, the wheat field at 108 to 128 px), photographs and the
+/// immunohistochemistry slide 28 to 36%: for the former the periodic component's coarsest
+/// frequencies are the style's, and leaving them free cost the wheat field its layout (its
+/// frames' detail distance 0.91 free, 0.07 held, 192x128).
+pub const LOST_MAX: f64 = 0.1;
 
 /// How strongly the spectrum's gradient counts beside the style loss's, as a share of the
 /// latter's root mean square (see `SpectrumTarget::gradient`).
@@ -44,7 +54,7 @@ pub const WEIGHT: f64 = 0.5;
 pub struct StyleSpectrum {
     power: Tensor,
     /// Below this frequency (cycles per pixel) the term leaves the frame alone: `FREE_CYCLES`
-    /// over the style's shorter side.
+    /// over the style's shorter side, or 0 (see `LOST_MAX`).
     free_below: f64,
 }
 
@@ -57,7 +67,11 @@ impl StyleSpectrum {
         let power = p.fft_fft2(None::<&[i64]>, [0, 1], "ortho").abs().square();
         let power = power.fft_fftshift(Some([0i64, 1].as_slice()));
         let short = power.size()[0].min(power.size()[1]).max(1);
-        Self { power: power.unsqueeze(0).unsqueeze(0), free_below: FREE_CYCLES / short as f64 }
+        // The share of the style's grey variance its periodic component lost with the jumps
+        // across its borders: what its layout put there.
+        let lost = 1.0 - p.var(false).double_value(&[]) / grey.var(false).double_value(&[]).max(1e-12);
+        let free_below = if lost > LOST_MAX { FREE_CYCLES / short as f64 } else { 0.0 };
+        Self { power: power.unsqueeze(0).unsqueeze(0), free_below }
     }
 
     /// The density at the bins of an orthonormal `rfft2` of an h x w image, (h, w/2 + 1).
@@ -232,6 +246,25 @@ mod tests {
         let mean_power = |p: &Tensor| p.mean(Kind::Double).double_value(&[]);
         let ratio = mean_power(&half) / mean_power(&own);
         assert!((0.8..1.25).contains(&ratio), "{ratio}");
+    }
+
+    /// A texture that wraps almost seamlessly has every frequency but the mean held; the same
+    /// texture under a layout that runs into its borders (dark left, bright right: its periodic
+    /// component loses most of that) leaves its coarsest frequencies free.
+    #[test]
+    fn coarse_frequencies_are_held_unless_the_layout_runs_into_the_borders() {
+        let free_bins = |style: &Tensor| {
+            let target = SpectrumTarget::mix(&[(&StyleSpectrum::of_style(style), 1.0)]);
+            target.modulus(32, 40, Device::Cpu).lt(0.0).sum(Kind::Int64).int64_value(&[])
+        };
+        let noise = texture(32, 40, 4);
+        assert_eq!(free_bins(&noise), 1, "only the mean");
+        let ramp = Tensor::arange(40, (Kind::Double, Device::Cpu)) / 39.0;
+        let layout = noise * 0.2 + ramp.view([1, 1, 1, 40]) * 0.8;
+        // Under 3 cycles per 32 px: the rfft bins within about 3 rows and 4 columns of the mean
+        // (18 of them on a 32x40 frame, give or take the ones on the circle).
+        let free = free_bins(&layout);
+        assert!((14..=20).contains(&free), "{free} bins free");
     }
 
     /// The gradient is that of 1/2 sum (|F| - target)^2 (finite differences), and a frame whose

@@ -112,7 +112,7 @@ impl WeightsOrigin {
     /// Part of the render fingerprint: a state made with one network must not resume on another.
     pub fn digest(&self) -> String {
         match self {
-            Self::Random(design) => format!("random-v1-{}", design.name()),
+            Self::Random(design) => format!("random-v1-{}", design.revised_name()),
             Self::File { sha256, .. } => sha256.clone(),
         }
     }
@@ -162,6 +162,16 @@ impl RandomDesign {
             Self::HeAvgPool => "he-avgpool",
             Self::HeColour => "he-colour",
             Self::HeSpectrum => "he-spectrum",
+        }
+    }
+
+    /// The name in the weights' digest: a design whose frames change gets a new one, so that a
+    /// state it stored is refused by a render that would go on differently. `he-spectrum` holds
+    /// the coarsest frequencies of seamless styles since stop 38 (`spectrum::LOST_MAX`).
+    fn revised_name(self) -> &'static str {
+        match self {
+            Self::HeSpectrum => "he-spectrum-2",
+            other => other.name(),
         }
     }
 
@@ -396,6 +406,24 @@ mod tests {
         assert_eq!(l19.last().unwrap().index, 34);
         assert_eq!(l19[4].name, "conv3_1");
         assert!(l19[4].pool_before);
+    }
+
+    /// Stored states carry these digests: a design's never changes while its frames do not,
+    /// and a design whose frames changed has a new one.
+    #[test]
+    fn random_designs_keep_their_digests() {
+        let digests: Vec<String> = RandomDesign::ALL.iter().map(|d| WeightsOrigin::Random(*d).digest()).collect();
+        assert_eq!(
+            digests,
+            [
+                "random-v1-he",
+                "random-v1-zero-mean",
+                "random-v1-zero-mean-avgpool",
+                "random-v1-he-avgpool",
+                "random-v1-he-colour",
+                "random-v1-he-spectrum-2",
+            ]
+        );
     }
 
     /// The channels-last network computes the same features, and keeps the layout through the
