@@ -10,7 +10,7 @@ a movie cut down to test speed (a 4-iteration warm-up), not what a user sees; th
     scripts/screenshots.py [--out docs] [--frames-in 12] [--keep]
 
 Needs a release build (target/release/gramzoom) and `scripts/setup.sh --browser` (Chromium,
-ChromeDriver). About 10 minutes on 2 CPU cores. Standard library only.
+ChromeDriver). About 5 minutes on 2 CPU cores. Standard library only.
 """
 
 import argparse
@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -42,11 +43,12 @@ MOVIE = [
 
 
 def log_value(path, prefix, deadline):
-    """The rest of the first line of `path` after `prefix`, waiting until `deadline`."""
+    """The first word after `prefix` on the first line of `path` that starts with it, waiting
+    until `deadline` (the coordinator prints `listening on ADDR` and `http listening on ADDR`)."""
     while time.time() < deadline:
         for line in path.read_text(errors="replace").splitlines():
-            if prefix in line:
-                return line.split(prefix, 1)[1].split()[0]
+            if line.startswith(prefix):
+                return line[len(prefix):].split()[0]
         time.sleep(0.1)
     sys.exit(f"screenshots: no '{prefix}' in {path} in time:\n{path.read_text(errors='replace')}")
 
@@ -79,11 +81,15 @@ class Driver:
         self.session = self.call("POST", "/session", caps)["sessionId"]
 
     def call(self, method, path, body=None):
-        data = None if body is None else json.dumps(body).encode()
+        # A POST carries a JSON object, if only an empty one (ChromeDriver refuses none).
+        data = json.dumps({} if body is None else body).encode() if method == "POST" else None
         req = urllib.request.Request(self.base + path, data=data, method=method,
                                      headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return json.load(r)["value"]
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return json.load(r)["value"]
+        except urllib.error.HTTPError as e:
+            sys.exit(f"screenshots: webdriver {method} {path}: {e.code} {e.read().decode(errors='replace')[:500]}")
 
     def cmd(self, method, path, body=None):
         return self.call(method, f"/session/{self.session}{path}", body)
@@ -114,8 +120,11 @@ class Driver:
     def close(self):
         try:
             self.call("DELETE", f"/session/{self.session}")
+        except (SystemExit, OSError):
+            pass  # the browser is going anyway: the driver below takes it down
         finally:
             self.proc.terminate()
+            self.proc.wait()
 
 
 def main():
@@ -140,12 +149,15 @@ def main():
             [gramzoom, "serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data", work / "data",
              "--auth", work / "tokens"], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env))
         deadline = time.time() + 30
-        grpc = log_value(log, " listening on ", deadline)
+        grpc = log_value(log, "listening on ", deadline)
         http = log_value(log, "http listening on ", deadline)
         url = f"http://{grpc}"
         user = dict(env, GRAMZOOM_TOKEN=USER_TOKEN)
-        job = subprocess.run([gramzoom, "submit", "--coordinator", url, *MOVIE], env=user, check=True,
-                             capture_output=True, text=True).stdout.strip()
+        submit = subprocess.run([gramzoom, "submit", "--coordinator", url, *MOVIE], env=user,
+                                capture_output=True, text=True)
+        if submit.returncode != 0:
+            sys.exit(f"screenshots: submit failed:\n{submit.stderr}")
+        job = submit.stdout.strip()
         procs.append(subprocess.Popen(
             [gramzoom, "worker", "--coordinator", url, "--name", "gpu-7", "--device", "cpu",
              "--frames-dir", work / "frames", "--preview-secs", "2"],

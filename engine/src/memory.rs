@@ -20,6 +20,9 @@ const USABLE: f64 = 0.8;
 /// value), on an H100 a 4K frame took 29.5 GB (3.6 KB a pixel, 6.3). The larger, rounded up.
 const BYTES_PER_VALUE: f64 = 6.5;
 
+/// What the spectrum term (`spectrum`) holds per frame pixel during an iteration.
+pub const SPECTRUM_BYTES_PER_PIXEL: f64 = 8.0 * 4.0;
+
 /// Per-pixel memory of an iteration: what grows with the computed block, and what grows with
 /// the whole frame whatever the blocks (the image, its gradient, the optimiser's state, and for
 /// a sliced distance the projections that are sorted together).
@@ -44,6 +47,12 @@ impl Footprint {
         // Image, gradient, Adam's two moments, the step and its preconditioned copies: about
         // twelve fp32 images.
         let mut per_frame = 12.0 * 3.0 * 4.0;
+        if net.origin.design().is_some_and(|d| d.matches_spectrum()) {
+            // The spectrum term, always of the whole frame: the grey, its half spectrum and the
+            // projection (complex, half the bins each), the ratio, the inverse and the gradient
+            // spread over three channels: about eight fp32 values.
+            per_frame += SPECTRUM_BYTES_PER_PIXEL;
+        }
         if loss == LossKind::Swd {
             // Projections, sorted copy, sort order (8 bytes), gap and derivative: K <= 64 values
             // per position of every layer read, 24 bytes each.
@@ -344,6 +353,19 @@ mod tests {
         assert_eq!(whole, None);
         let e = resolve(BlockChoice::Auto, None, fp, eight_k, Some(24 * gib)).unwrap_err().to_string();
         assert!(e.contains("VGG"), "{e}");
+    }
+
+    /// The default design's spectrum term works on the whole frame, also in blocks: its
+    /// buffers count per frame pixel (at 8K, about 1 GiB a plan must leave room for).
+    #[test]
+    fn the_spectrum_term_counts_per_frame_pixel() {
+        use crate::vgg::RandomDesign;
+        let layers: Vec<usize> = (0..13).collect();
+        let of =
+            |design| Footprint::of(&Vgg::random_with(Network::Vgg16, design, Device::Cpu), &layers, LossKind::Gram);
+        let (plain, spectrum) = (of(RandomDesign::HeColour), of(RandomDesign::HeSpectrum));
+        assert_eq!(spectrum.per_block_pixel, plain.per_block_pixel);
+        assert_eq!(spectrum.per_frame_pixel - plain.per_frame_pixel, SPECTRUM_BYTES_PER_PIXEL);
     }
 
     #[test]
