@@ -115,7 +115,6 @@ class Driver:
 
     def screenshot(self, path):
         path.write_bytes(base64.b64decode(self.cmd("GET", "/screenshot")))
-        print(f"wrote {path}")
 
     def close(self):
         try:
@@ -159,7 +158,7 @@ def main():
             sys.exit(f"screenshots: submit failed:\n{submit.stderr}")
         job = submit.stdout.strip()
         procs.append(subprocess.Popen(
-            [gramzoom, "worker", "--coordinator", url, "--name", "gpu-7", "--device", "cpu",
+            [gramzoom, "worker", "--coordinator", url, "--name", "cpu-1", "--device", "cpu",
              "--frames-dir", work / "frames", "--preview-secs", "2"],
             stdout=(work / "worker.log").open("w"), stderr=subprocess.STDOUT, env=dict(env, GRAMZOOM_TOKEN=WORKER_TOKEN)))
 
@@ -172,13 +171,19 @@ def main():
         progress = f"const p = document.querySelector('#row-{job} progress'); return p ? Number(p.value) : -1;"
         # The warm-up and the first frames: several minutes on a CPU.
         driver.wait(1800, f"{a.frames_in} frames", progress, lambda v: v >= a.frames_in)
-        driver.screenshot(out / "dashboard-jobs.png")
+        driver.screenshot(work / "dashboard-jobs.png")
         driver.open(f"http://{http}/jobs/{job}")
         preview = "const i = document.getElementById('job-preview');" \
                   "return i && i.complete && i.naturalWidth > 0 ? i.getAttribute('src') : '';"
         driver.wait(60, "the preview", preview, lambda v: bool(v))
         time.sleep(1)
-        driver.screenshot(out / "dashboard-job.png")
+        driver.screenshot(work / "dashboard-job.png")
+        # Both or neither: a run cut short leaves the previous pair in place.
+        for name in ["dashboard-jobs.png", "dashboard-job.png"]:
+            shutil.copy(work / name, out / f".{name}.tmp")
+        for name in ["dashboard-jobs.png", "dashboard-job.png"]:
+            os.replace(out / f".{name}.tmp", out / name)
+            print(f"wrote {out / name}")
     finally:
         if driver:
             driver.close()
