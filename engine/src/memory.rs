@@ -47,7 +47,7 @@ impl Footprint {
         // Image, gradient, Adam's two moments, the step and its preconditioned copies: about
         // twelve fp32 images.
         let mut per_frame = 12.0 * 3.0 * 4.0;
-        if net.origin.design().is_some_and(|d| d.matches_spectrum()) {
+        if net.origin.design().is_some_and(crate::vgg::RandomDesign::matches_spectrum) {
             // The spectrum term, always of the whole frame: the grey, its half spectrum and the
             // projection (complex, half the bins each), the ratio, the inverse and the gradient
             // spread over three channels: about eight fp32 values.

@@ -248,11 +248,11 @@ fn a_bf16_movie_keeps_the_texture_statistics_of_the_fp32_one() {
 /// Measured with `he-colour`, the former default: colour 0.1 to 1.8 levels off, detail 85% to
 /// 89% of the gravel's, 44 to 45 levels of change a second, lines 1.00 / 1.09, detail-scale
 /// distance 0.58 (the 96x80 movies of the clean-zoom checks measured 0.83 on this style),
-/// speckle -0.46, chroma 1.7. With `he-spectrum` (stop 37, one thread, AMD EPYC): colour 1.1 to 2.1 levels
-/// off, detail 88% to 91%, 43 to 44 levels of change, lines 1.03 / 1.02, detail-scale distance
-/// 0.31, speckle -0.46, chroma 1.7; holding gravel's coarsest frequencies too (stop 38): colour
-/// 0.9 to 2.3 levels off, detail 88% to 91%, 43 to 44 levels of change, lines 1.06 / 0.97,
-/// detail-scale distance 0.18, speckle -0.45, chroma 1.7.
+/// speckle -0.46, chroma 1.7. With `he-spectrum` (stop 37, one thread, AMD EPYC): colour 1.1
+/// to 2.1 levels off, detail 88% to 91%, 43 to 44 levels of change, lines 1.03 / 1.02,
+/// detail-scale distance 0.31, speckle -0.46, chroma 1.7; holding gravel's coarsest
+/// frequencies too (stop 38): colour 0.9 to 2.3 levels off, detail 88% to 91%, 43 to 44 levels
+/// of change, lines 1.06 / 0.97, detail-scale distance 0.18, speckle -0.45, chroma 1.7.
 #[test]
 fn a_long_movie_stays_in_the_style_second_after_second() {
     let device = tch::Device::Cpu;
