@@ -153,3 +153,21 @@ impl From<Error> for tonic::Status {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a worker is told when its attempt is fenced off: the same status whatever ended the
+    /// attempt (the e2e tests reach a failed attempt over the wire; an expired lease needs a
+    /// clock, which `lease::tests` injects), with the reason in words.
+    #[test]
+    fn a_stale_attempt_is_a_failed_precondition_naming_why() {
+        for reason in ["its lease expired", "it failed (chunk_sha256: checksum mismatch)", "it already completed"] {
+            let status =
+                tonic::Status::from(Error::StaleAttempt { id: crate::db::AttemptId(7), reason: reason.into() });
+            assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{reason}");
+            assert_eq!(status.message(), format!("attempt 7 is no longer current: {reason}"));
+        }
+    }
+}
