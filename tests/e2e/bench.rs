@@ -34,7 +34,7 @@ fn bench_concurrent_times_renders_alone_and_together_and_names_a_failed_render()
     // Times are printed to 0.1 s and the ratio to 0.01, so the ratio is checked against what
     // the rounded times allow: at about a second each, rounding alone moves their quotient by
     // up to 9% (1.2 s and 1.1 s printed for a measured ratio of 0.99).
-    let (low, high) = ((together - 0.05) / (alone + 0.05), (together + 0.05) / (alone - 0.05).max(1e-9));
+    let (low, high) = ((together - 0.05) / (alone + 0.05), (together + 0.05) / (alone - 0.05));
     assert!(ratio >= low - 0.005 && ratio <= high + 0.005, "ratio outside {low:.3}..{high:.3}: {row}");
     // The half of a rounded wall time and a rounded half differ by up to 0.075.
     assert!((per_render - together / 2.0).abs() < 0.08, "{row}");
